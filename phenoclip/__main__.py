@@ -1,0 +1,3 @@
+from phenoclip.cli.main import main
+
+main()

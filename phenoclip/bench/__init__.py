@@ -1,0 +1,1 @@
+"""phenoclip.bench"""

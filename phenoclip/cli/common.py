@@ -1,0 +1,40 @@
+"""Options and the run wrapper shared by every subcommand."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator, Optional
+
+import typer
+
+from phenoclip.runlog import RunLog, log_path_for
+
+Threads = typer.Option(None, "--threads", min=1, help="CPU threads to use (default: all cores).")
+Seed = typer.Option(0, "--seed", help="Random seed; the same seed gives the same output.")
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Cap BLAS/OpenMP threads before numpy or torch start their pools."""
+    if threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Optional[int] = None,
+             device: str = "cpu") -> Iterator[RunLog]:
+    """Set up a step and write ``OUT.log`` when it succeeds.
+
+    The store module records the full command line in every file it writes.
+    """
+    from phenoclip import store
+
+    store.current_command = " ".join(["phenoclip"] + sys.argv[1:])
+    set_threads(threads)
+    log = RunLog(command, seed=seed, threads=threads, device=device)
+    yield log
+    log.write(log_path_for(out, command))

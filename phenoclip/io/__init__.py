@@ -1,0 +1,1 @@
+"""Readers and writers of outside formats. Nothing here imports torch."""

@@ -1,0 +1,93 @@
+"""Progress reporting: rich bars on a terminal, plain lines in batch logs, nothing with --quiet.
+
+Everything goes to stderr so results on stdout stay clean for pipes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+#: set by the CLI's ``--quiet``
+QUIET = False
+
+
+def info(message: str) -> None:
+    """A status line on stderr (suppressed by ``--quiet``)."""
+    if not QUIET:
+        print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; shown even with ``--quiet``."""
+    print(f"phenoclip: warning: {message}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A single progress task. ``advance(n)`` as work completes; use as a context manager."""
+
+    def __init__(self, description: str, total: float | None = None, unit: str = "items"):
+        self.description = description
+        self.total = total
+        self.unit = unit
+        self.done = 0.0
+        self._rich = None
+        self._task = None
+        self._t0 = time.perf_counter()
+        self._last_print = self._t0
+        self._next_fraction = 0.1
+
+    def __enter__(self) -> "Progress":
+        if QUIET:
+            return self
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(),
+                                      console=Console(stderr=True), transient=False)
+            self._rich.__enter__()
+            self._task = self._rich.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, n: float = 1) -> None:
+        self.done += n
+        if QUIET:
+            return
+        if self._rich is not None:
+            self._rich.update(self._task, advance=n)
+            return
+        # plain lines for batch logs: at every 10% of the total, or every 30 s without a total
+        now = time.perf_counter()
+        if self.total:
+            frac = self.done / self.total
+            if frac >= self._next_fraction or self.done >= self.total:
+                while self._next_fraction <= frac:
+                    self._next_fraction += 0.1
+                self._line(now)
+        elif now - self._last_print > 30:
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        self._last_print = now
+        total = f"/{self.total:g}" if self.total else ""
+        print(f"{self.description}: {self.done:g}{total} {self.unit} ({now - self._t0:.1f} s)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._rich is not None:
+            self._rich.__exit__(*exc)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None, unit: str = "items") -> Iterator[T]:
+    """Iterate ``items`` with a progress bar."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with Progress(description, total, unit) as bar:
+        for item in items:
+            yield item
+            bar.advance(1)
