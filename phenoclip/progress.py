@@ -63,6 +63,8 @@ class Progress:
             return
         # plain lines for batch logs: at every 10% of the total, or every 30 s without a total
         now = time.perf_counter()
+        if now - self._t0 < 1.0:
+            return  # sub-second work gets no progress lines
         if self.total:
             frac = self.done / self.total
             if frac >= self._next_fraction or self.done >= self.total:

@@ -54,7 +54,7 @@ class RunLog:
         end = _now()
         head = [
             f"phenoclip {__version__}",
-            f"command: {' '.join(sys.argv) if sys.argv else self.command}",
+            f"command: {' '.join(['phenoclip', *sys.argv[1:]])}",
             f"subcommand: {self.command}",
             f"host: {socket.gethostname()} ({platform.platform()}, Python {platform.python_version()})",
             f"start: {self.start.isoformat(timespec='seconds')}",

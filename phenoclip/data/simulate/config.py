@@ -1,0 +1,109 @@
+"""The knobs of the synthetic cohort, and the random streams derived from the seed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from phenoclip.errors import UsageError
+
+# One independent random stream per component: changing how MRI is drawn must not change the
+# genotypes of the same seed, and per-patient streams make the loops order-independent.
+STREAMS = {
+    "layout": 1,
+    "genotypes": 2,
+    "latent": 3,
+    "expression": 4,
+    "mri": 5,
+    "signals": 6,
+    "phenotypes": 7,
+    "presence": 8,
+}
+
+
+@dataclass
+class SimulationConfig:
+    """Everything that shapes a simulated cohort; the same config and seed give the same files.
+
+    The first eight fields are the ``phenoclip simulate`` options; the rest are knobs for
+    tests and experiments (how strong the planted signals are).
+    """
+
+    patients: int = 200
+    seed: int = 0
+    variants: int = 2000
+    genes: int = 200
+    volume_shape: tuple[int, int, int] = (32, 40, 32)
+    signal_seconds: float = 12.0
+    signal_rate: float = 250.0
+    missing_rate: float = 0.1
+    # --- strength of the planted structure ---
+    #: target shares of control / neuro / cardio
+    disease_shares: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    #: log-odds per allele of each causal SNP (3 per disease; sign = direction)
+    causal_effects: tuple[float, float, float] = (1.0, 0.9, -0.8)
+    #: log-fold change of an eQTL gene's mean per ALT allele of its SNP
+    eqtl_log_fold: float = 0.6
+    #: log-fold change of disease-program genes in affected patients (at severity 1)
+    program_log_fold: float = 1.0
+    #: lesion brightness over white matter (0.35 = +35 %); noise is ~4 %, bias field ~±10 %
+    lesion_contrast: float = 0.35
+    #: voxel size in mm along the image axes i, j, k
+    voxel_spacing: tuple[float, float, float] = (1.2, 1.0, 1.5)
+    #: probability of an AF rhythm in cardio patients (plus 0.1 x severity) and in others
+    af_rate_cardio: float = 0.85
+    af_rate_other: float = 0.02
+    #: share of genotype calls written as ``.|.`` and as half-calls ``0|.``
+    missing_call_rate: float = 0.005
+    half_call_rate: float = 0.001
+
+    def __post_init__(self) -> None:
+        self.volume_shape = tuple(int(v) for v in self.volume_shape)  # type: ignore[assignment]
+        self.voxel_spacing = tuple(float(v) for v in self.voxel_spacing)  # type: ignore[assignment]
+        self.disease_shares = tuple(float(v) for v in self.disease_shares)  # type: ignore[assignment]
+        self.causal_effects = tuple(float(v) for v in self.causal_effects)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~phenoclip.errors.UsageError` for settings that cannot be simulated."""
+        if self.patients < 8:
+            raise UsageError(f"need at least 8 patients, got {self.patients}")
+        if self.variants < 100:
+            raise UsageError(f"need at least 100 variant sites, got {self.variants}")
+        if self.genes < 20:
+            raise UsageError(f"need at least 20 genes, got {self.genes}")
+        if len(self.volume_shape) != 3 or min(self.volume_shape) < 16:
+            raise UsageError(f"volume shape needs three sizes of at least 16, got {self.volume_shape}")
+        if len(self.voxel_spacing) != 3 or min(self.voxel_spacing) <= 0:
+            raise UsageError(f"voxel spacing needs three positive sizes, got {self.voxel_spacing}")
+        if self.signal_seconds < 2.0:
+            raise UsageError(f"signals need at least 2 seconds, got {self.signal_seconds}")
+        if self.signal_rate < 50.0:
+            raise UsageError(f"signal rate must be at least 50 Hz, got {self.signal_rate}")
+        if not 0.0 <= self.missing_rate <= 0.5:
+            raise UsageError(f"missing rate must be within 0 and 0.5, got {self.missing_rate}")
+        if len(self.disease_shares) != 3 or min(self.disease_shares) <= 0:
+            raise UsageError(f"disease shares need three positive numbers, got {self.disease_shares}")
+        if len(self.causal_effects) != 3:
+            raise UsageError(f"causal effects need three numbers (per disease), got {self.causal_effects}")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy (tuples become lists)."""
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+def rng_for(cfg: SimulationConfig, stream: str, *index: int) -> np.random.Generator:
+    """The generator of one component (and optionally one patient) for ``cfg.seed``."""
+    # SeedSequence needs non-negative entries; the modulo keeps every int seed distinct in practice
+    return np.random.default_rng(np.random.SeedSequence([cfg.seed % (2**63), STREAMS[stream], *index]))
+
+
+def sample_ids(n: int) -> list[str]:
+    """``P0001``, ``P0002``, ... (wider when the cohort has 10,000 patients or more)."""
+    width = max(4, len(str(n)))
+    return [f"P{i + 1:0{width}d}" for i in range(n)]

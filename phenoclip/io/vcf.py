@@ -1,0 +1,279 @@
+"""VCF/BCF reading with cyvcf2, decoded block-wise into ALT-allele dosages and haplotypes.
+
+Data contract of :func:`iter_blocks` (one :class:`VariantBlock` per up to ``block_size`` sites):
+
+* one column per ALT allele: a multi-allelic site ``A -> C,T`` becomes two variants
+  ``A/C`` and ``A/T`` (as ``bcftools norm -m-`` splits it), each counting copies of its own ALT;
+* ``dosage`` int8 (variants x samples): 0, 1, 2 copies of the ALT allele; a haploid call
+  (male chrX) counts 0 or 1; a missing call ``./.`` **or a half-call** ``0/.`` is -1 (cyvcf2's
+  ``gt_types`` reports half-calls as called, so we decode ``genotype.array()`` instead);
+* ``haplotypes`` int8 (variants x 2 x samples): ALT (1) or not (0) on each haplotype, -1 where
+  the allele is missing; a haploid call's absent second haplotype is -1.
+  ``unphased_het`` counts heterozygous diploid calls without phase: haplotypes mean something
+  only when it is 0 for the whole file.
+
+cyvcf2 returns views into C memory that the next record overwrites: every array taken from a
+record is copied before the iterator moves on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gzip
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
+
+_REGION_RE = re.compile(r"^([^:]+?)(?::([\d,]+)?(?:-([\d,]*))?)?$")
+
+
+def _silence_htslib() -> None:
+    """htslib prints its own ``[E::...]`` lines on stderr; we report errors as one line instead."""
+    try:
+        from cyvcf2 import cyvcf2 as _ext
+
+        ctypes.CDLL(_ext.__file__).hts_set_log_level(0)
+    except (OSError, AttributeError):  # another cyvcf2 build: the extra lines are only noise
+        pass
+
+
+@dataclass(frozen=True)
+class Region:
+    """A 1-based inclusive interval; ``end`` None means to the end of the contig."""
+
+    chrom: str
+    start: int = 1
+    end: int | None = None
+
+    def __str__(self) -> str:
+        return self.chrom if self.start <= 1 and self.end is None else f"{self.chrom}:{self.start}-{self.end or ''}"
+
+    def contains(self, pos: int) -> bool:
+        return pos >= self.start and (self.end is None or pos <= self.end)
+
+
+def parse_region(text: str) -> Region:
+    """Parse ``chr1``, ``chr1:1000-2000``, ``chr1:1,000-`` (bcftools' forms)."""
+    m = _REGION_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"bad region '{text}': use CHR, CHR:BEG-END or CHR:BEG-")
+    chrom, beg, end = m.group(1), m.group(2), m.group(3)
+    start = int(beg.replace(",", "")) if beg else 1
+    stop = int(end.replace(",", "")) if end else None
+    if beg and end is None and "-" not in text:
+        stop = start  # "chr1:1000" is a single position, as in bcftools
+    if start < 1 or (stop is not None and stop < start):
+        raise UsageError(f"bad region '{text}': END must be >= BEG >= 1")
+    return Region(chrom, start, stop)
+
+
+def merge_regions(regions: Sequence[Region]) -> list[Region]:
+    """Merge overlapping regions per contig so no variant is read twice; keeps first-seen contig order."""
+    by_chrom: dict[str, list[Region]] = {}
+    for r in regions:
+        by_chrom.setdefault(r.chrom, []).append(r)
+    merged: list[Region] = []
+    for chrom, rs in by_chrom.items():
+        rs = sorted(rs, key=lambda r: r.start)
+        cur = rs[0]
+        for r in rs[1:]:
+            if cur.end is None or r.start <= cur.end + 1:
+                end = None if cur.end is None or r.end is None else max(cur.end, r.end)
+                cur = Region(chrom, cur.start, end)
+            else:
+                merged.append(cur)
+                cur = r
+        merged.append(cur)
+    return merged
+
+
+def header_samples(path: str) -> list[str] | None:
+    """Sample names from a text VCF's ``#CHROM`` line (None for BCF), to name duplicates clearly."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    opener = gzip.open if magic[:2] == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("#CHROM"):
+                    return line.rstrip("\r\n").split("\t")[9:]
+                if not line.startswith("##"):
+                    return None
+    except (OSError, EOFError):
+        return None
+    return None
+
+
+def open_vcf(path: str | os.PathLike, samples: Sequence[str] | None = None, threads: int | None = None):
+    """Open a VCF/BCF with cyvcf2, checking what phenoclip needs of it.
+
+    Raises one-line errors for a file that is not a VCF, a header without samples or without a
+    GT field, and duplicate sample IDs. ``samples`` subsets (and keeps the VCF's order).
+    """
+    from cyvcf2 import VCF
+
+    p = require_readable(path, "VCF")
+    _silence_htslib()
+    names = header_samples(p)
+    if names:
+        seen: set[str] = set()
+        for s in names:
+            if s in seen:
+                raise MalformedInputError(f"duplicate sample ID '{s}' in the header", p,
+                                          "rename it, e.g. with bcftools reheader")
+            seen.add(s)
+    try:
+        vcf = VCF(p, gts012=False, lazy=True, threads=threads)
+    except OSError:
+        raise MalformedInputError("not a VCF or BCF file", p, "give a .vcf, .vcf.gz or .bcf") from None
+    except Exception as e:  # cyvcf2 raises bare Exception for header errors
+        raise MalformedInputError(f"cannot parse the VCF header ({e})", p) from None
+    if not vcf.samples:
+        raise MalformedInputError("VCF has no samples (no genotype columns)", p,
+                                  "phenoclip needs per-sample GT calls")
+    if not vcf.contains("GT"):
+        raise MalformedInputError("VCF header declares no GT (genotype) FORMAT field", p)
+    if samples is not None:
+        vcf.set_samples(list(samples))
+    return vcf
+
+
+def has_index(path: str) -> bool:
+    """True when a tabix/CSI index sits beside the file (``.tbi`` or ``.csi``)."""
+    return os.path.exists(path + ".tbi") or os.path.exists(path + ".csi")
+
+
+@dataclass
+class VariantBlock:
+    """Up to ``block_size`` decoded variants (after multi-allelic splitting); see module docstring."""
+
+    chrom: list[str] = field(default_factory=list)
+    pos: list[int] = field(default_factory=list)
+    id: list[str] = field(default_factory=list)
+    ref: list[str] = field(default_factory=list)
+    alt: list[str] = field(default_factory=list)
+    dosage: np.ndarray | None = None       # (n, S) int8
+    haplotypes: np.ndarray | None = None   # (n, 2, S) int8
+    ref_count: np.ndarray | None = None    # (n, S) int8: copies of REF, -1 missing (for PGS on REF)
+    unphased_het: int = 0
+    n_sites: int = 0
+    n_multiallelic: int = 0
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+
+def _decode(raw: np.ndarray, allele_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Decode a stack of ``genotype.array()`` rows.
+
+    raw: (n_sites_rows, S, 3) int16, one row per output variant (a multi-allelic site's row is
+    repeated per ALT); allele_index: (n,) the ALT allele index that row counts.
+    """
+    a = raw[:, :, :2]
+    k = allele_index[:, None, None]
+    present = a >= 0                       # -1 missing allele, -2 vector end (haploid)
+    missing = (a == -1).any(axis=2)        # half-calls count as missing
+    haps = np.where(present, (a == k), -1).astype(np.int8)
+    dosage = (a == k).sum(axis=2).astype(np.int8)
+    dosage[missing] = -1
+    ref_count = (a == 0).sum(axis=2).astype(np.int8)
+    ref_count[missing] = -1
+    # heterozygous diploid calls without phase flag (column 2 of genotype.array())
+    diploid_het = (a[:, :, 1] >= 0) & (a[:, :, 0] >= 0) & (a[:, :, 0] != a[:, :, 1])
+    unphased = int((diploid_het & (raw[:, :, 2] == 0)).sum())
+    return dosage, np.ascontiguousarray(haps.transpose(0, 2, 1)), ref_count, unphased
+
+
+def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int = 2048) -> Iterator[VariantBlock]:
+    """Stream decoded :class:`VariantBlock`s from an open VCF, in file order (region order with regions).
+
+    With regions and an index, only those regions are read; without an index the whole file is
+    streamed and filtered by position (correct, just slower).
+    """
+    n_samples = len(vcf.samples)
+    if regions and has_index(path):
+        sources = [vcf(str(r)) for r in merge_regions(regions)]
+        region_filter = None
+    else:
+        sources = [vcf]
+        region_filter = merge_regions(regions) if regions else None
+
+    raw = np.empty((block_size, n_samples, 3), dtype=np.int16)
+    allele_index = np.empty(block_size, dtype=np.int16)
+    block = VariantBlock()
+    n = 0
+
+    def flush() -> VariantBlock:
+        nonlocal block, n
+        dos, haps, refc, unph = _decode(raw[:n], allele_index[:n])
+        block.dosage, block.haplotypes, block.ref_count, block.unphased_het = dos, haps, refc, unph
+        out, block, n = block, VariantBlock(), 0
+        return out
+
+    try:
+        for source in sources:
+            for rec in source:
+                if region_filter is not None and not any(
+                        r.chrom == rec.CHROM and r.contains(rec.POS) for r in region_filter):
+                    continue
+                alts = rec.ALT
+                if not alts:
+                    continue  # monomorphic site (ALT '.'): nothing to count
+                if len(alts) > 1:
+                    block.n_multiallelic += 1
+                    if n + len(alts) > block_size:
+                        yield flush()
+                # copy: the array is a view into htslib memory reused by the next record
+                gt = rec.genotype.array()
+                block.n_sites += 1
+                ploidy = gt.shape[1] - 1  # last column is the phase flag
+                if ploidy > 2:
+                    raise MalformedInputError(f"{rec.CHROM}:{rec.POS} has ploidy {ploidy}; only haploid and "
+                                              "diploid calls are supported", path)
+                for i, alt in enumerate(alts, start=1):
+                    raw[n, :, 0] = gt[:, 0]
+                    raw[n, :, 1] = gt[:, 1] if ploidy == 2 else -2  # all-haploid record: no 2nd allele
+                    raw[n, :, 2] = gt[:, ploidy]
+                    allele_index[n] = i
+                    block.chrom.append(rec.CHROM)
+                    block.pos.append(rec.POS)
+                    block.id.append(rec.ID or f"{rec.CHROM}:{rec.POS}:{rec.REF}:{alt}")
+                    block.ref.append(rec.REF)
+                    block.alt.append(alt)
+                    n += 1
+                if n >= block_size:
+                    yield flush()
+    except MalformedInputError:
+        raise
+    except Exception as e:
+        msg = str(e)
+        if "genotypes" in msg:
+            raise MalformedInputError("a record has no GT values", path) from None
+        raise MalformedInputError(f"cannot read the VCF body ({msg}); truncated or corrupt file?", path,
+                                  "check it with bcftools view") from None
+    if n:
+        yield flush()
+
+
+def check_samples_subset(vcf_samples: Sequence[str], keep: Sequence[str] | None, remove: Sequence[str] | None,
+                         path: str) -> tuple[list[str], list[str]]:
+    """Apply ``--keep``/``--remove`` (VCF order kept). Returns (selected, IDs asked for but absent)."""
+    selected = list(vcf_samples)
+    absent: list[str] = []
+    if keep is not None:
+        keep_set = set(keep)
+        absent += [s for s in keep if s not in set(vcf_samples)]
+        selected = [s for s in selected if s in keep_set]
+    if remove is not None:
+        rm = set(remove)
+        absent += [s for s in remove if s not in set(vcf_samples)]
+        selected = [s for s in selected if s not in rm]
+    if not selected:
+        raise InconsistentInputError("no samples left after --keep/--remove", path,
+                                     "check that the IDs match the VCF header")
+    return selected, absent

@@ -1,0 +1,272 @@
+"""``preprocess variants``: VCF/BCF -> genotype store.
+
+Streaming design: decoded blocks are kept variant-major (variants x samples, int8) and only
+variants passing the filters are kept, so memory is the output matrix plus one block; at the end
+the blocks are written sample by sample into the store (rows follow ``samples``).
+
+Filter order: sample selection -> per-variant call rate (``--max-missing``) -> minor allele
+frequency (``--maf``) -> every K-th of the survivors (ContIG's raw-SNP modality). PGS and burden
+scores are computed on *all* variants read (after sample selection), before the filters:
+a burden test is about the rare variants that ``--maf`` would drop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from phenoclip.errors import UsageError
+from phenoclip.io.annotations import (GeneIntervals, ScoringFile, normalise_chrom, read_gene_annotation,
+                                     read_pgs_scoring_file)
+from phenoclip.io.tables import read_id_list
+from phenoclip.io.vcf import VariantBlock, check_samples_subset, has_index, iter_blocks, open_vcf, parse_region
+from phenoclip.progress import Progress, warn
+from phenoclip.store import create_store
+
+_WRITE_BATCH = 256  # samples per HDF5 write: bounds the transpose buffer
+
+
+@dataclass
+class VariantOptions:
+    """What ``preprocess variants`` was asked to do (saved as store attributes)."""
+
+    regions: list[str] = field(default_factory=list)
+    keep: Path | None = None
+    remove: Path | None = None
+    maf: float | None = None
+    max_missing: float | None = None
+    every_kth: int = 1
+    pgs_files: list[Path] = field(default_factory=list)
+    genes_file: Path | None = None
+    burden_maf: float = 0.05
+    threads: int | None = None
+    block_size: int = 2048
+
+
+class _PgsAccumulator:
+    """Sums effect-allele dosages x weights per sample; missing calls are mean-imputed (plink2's default)."""
+
+    def __init__(self, scores: Sequence[ScoringFile], n_samples: int):
+        self.scores = list(scores)
+        self.values = np.zeros((n_samples, len(scores)), dtype=np.float64)
+        self.matched = np.zeros(len(scores), dtype=np.int64)
+
+    def add(self, block: VariantBlock) -> None:
+        for j, score in enumerate(self.scores):
+            for v in range(len(block)):
+                entries = score.by_pos.get((normalise_chrom(block.chrom[v]), block.pos[v]))
+                if entries is None and score.by_id:
+                    entries = score.by_id.get(block.id[v])
+                if not entries:
+                    continue
+                for effect, other, weight in entries:
+                    if effect == block.alt[v].upper() and other in ("", block.ref[v].upper()):
+                        counts = block.dosage[v]
+                    elif effect == block.ref[v].upper() and other in ("", block.alt[v].upper()):
+                        counts = block.ref_count[v]
+                    else:
+                        continue
+                    called = counts >= 0
+                    mean = counts[called].mean() if called.any() else 0.0
+                    self.values[:, j] += weight * np.where(called, counts, mean)
+                    self.matched[j] += 1
+
+
+class _BurdenAccumulator:
+    """Per-gene count of rare ALT alleles (ALT frequency < ``max_af``); missing calls count 0."""
+
+    def __init__(self, genes: GeneIntervals, n_samples: int, max_af: float):
+        self.genes = genes
+        self.max_af = max_af
+        self.values = np.zeros((n_samples, len(genes.names)), dtype=np.int32)
+        self.n_rare = np.zeros(len(genes.names), dtype=np.int64)
+        self._by_chrom: dict[str, np.ndarray] = {}
+
+    def add(self, block: VariantBlock, alt_freq: np.ndarray) -> None:
+        chroms = np.asarray(block.chrom)
+        pos = np.asarray(block.pos, dtype=np.int64)
+        for chrom in dict.fromkeys(block.chrom):
+            key = normalise_chrom(chrom)
+            if key not in self._by_chrom:
+                self._by_chrom[key] = self.genes.on(chrom)
+            gene_idx = self._by_chrom[key]
+            if gene_idx.size == 0:
+                continue
+            rows = np.flatnonzero((chroms == chrom) & (alt_freq < self.max_af) & (alt_freq > 0))
+            if rows.size == 0:
+                continue
+            order = np.argsort(pos[rows], kind="stable")
+            rows, p = rows[order], pos[rows][order]
+            # prefix sums over the rare variants of this contig: each gene is one subtraction
+            dos = np.clip(block.dosage[rows].astype(np.int32), 0, None)
+            csum = np.vstack([np.zeros((1, dos.shape[1]), np.int32), np.cumsum(dos, axis=0)])
+            lo = np.searchsorted(p, self.genes.start[gene_idx], side="left")
+            hi = np.searchsorted(p, self.genes.end[gene_idx], side="right")
+            hit = hi > lo
+            if hit.any():
+                g = gene_idx[hit]
+                self.values[:, g] += (csum[hi[hit]] - csum[lo[hit]]).T
+                self.n_rare[g] += hi[hit] - lo[hit]
+
+
+def _frequencies(block: VariantBlock) -> tuple[np.ndarray, np.ndarray]:
+    """ALT allele frequency and missing-call rate per variant of a block.
+
+    Frequencies count alleles actually called (a haploid call contributes one allele).
+    """
+    dos = block.dosage
+    called = dos >= 0
+    n_called = called.sum(axis=1)
+    miss_rate = 1.0 - n_called / dos.shape[1]
+    # alleles of called genotypes only: a half-call is missing, its present allele must not count
+    alleles = ((block.haplotypes >= 0).sum(axis=1) * called).sum(axis=1).astype(np.float64)
+    alt = np.where(called, dos, 0).sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        freq = np.where(alleles > 0, alt / np.maximum(alleles, 1), 0.0)
+    return freq, miss_rate
+
+
+def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: VariantOptions) -> dict:
+    """Convert a VCF/BCF to a genotype store; see the module docstring for the filter order.
+
+    Returns a summary (samples, sites read, variants written, multi-allelic sites split, phased).
+    """
+    vcf_path = os.fspath(vcf_path)
+    if opts.every_kth < 1:
+        raise UsageError("--every-kth must be >= 1")
+    regions = [parse_region(r) for r in opts.regions]
+    scores = [read_pgs_scoring_file(f) for f in opts.pgs_files]
+    genes = read_gene_annotation(opts.genes_file) if opts.genes_file else None
+    keep = read_id_list(opts.keep) if opts.keep else None
+    remove = read_id_list(opts.remove) if opts.remove else None
+
+    probe = open_vcf(vcf_path, threads=opts.threads)
+    all_samples = list(probe.samples)
+    probe.close()
+    subset = None
+    samples = all_samples
+    if keep is not None or remove is not None:
+        samples, absent = check_samples_subset(all_samples, keep, remove, vcf_path)
+        if absent:
+            warn(f"{len(absent)} sample ID(s) from --keep/--remove are not in {vcf_path} (first: {absent[0]})")
+        subset = samples
+    if regions and not has_index(vcf_path):
+        warn(f"{vcf_path} has no .tbi/.csi index: streaming the whole file to select regions "
+             "(index it with tabix -p vcf or bcftools index)")
+    vcf = open_vcf(vcf_path, samples=subset, threads=opts.threads)
+
+    pgs = _PgsAccumulator(scores, len(samples)) if scores else None
+    burden = _BurdenAccumulator(genes, len(samples), opts.burden_maf) if genes else None
+    kept_blocks: list[VariantBlock] = []
+    kept_freq, kept_miss = [], []
+    n_sites = n_split = n_read = n_unphased = 0
+    survivors = 0
+    with Progress(f"reading {os.path.basename(vcf_path)}", None, "variants") as bar:
+        for block in iter_blocks(vcf, vcf_path, regions, block_size=opts.block_size):
+            n_sites += block.n_sites
+            n_split += block.n_multiallelic
+            n_read += len(block)
+            n_unphased += block.unphased_het
+            freq, miss = _frequencies(block)
+            if pgs is not None:
+                pgs.add(block)
+            if burden is not None:
+                burden.add(block, freq)
+            keep_mask = np.ones(len(block), dtype=bool)
+            if opts.max_missing is not None:
+                keep_mask &= miss <= opts.max_missing
+            if opts.maf is not None:
+                keep_mask &= np.minimum(freq, 1 - freq) >= opts.maf
+            if opts.every_kth > 1:
+                idx = np.flatnonzero(keep_mask)
+                chosen = idx[(survivors + np.arange(idx.size)) % opts.every_kth == 0]
+                survivors += idx.size
+                keep_mask[:] = False
+                keep_mask[chosen] = True
+            _keep_rows(block, keep_mask)
+            block.ref_count = None  # only PGS needed it; free it now
+            if n_unphased:
+                # an unphased heterozygous call: no haplotypes will be written, do not hold them
+                block.haplotypes = None
+                for b in kept_blocks:
+                    b.haplotypes = None
+            if len(block):
+                kept_blocks.append(block)
+                kept_freq.append(freq[keep_mask])
+                kept_miss.append(miss[keep_mask])
+            bar.advance(block.n_sites)
+    vcf.close()
+
+    n_out = sum(len(b) for b in kept_blocks)
+    phased = n_unphased == 0 and n_out > 0
+    if n_out == 0:
+        warn(f"no variants left in {vcf_path} after region selection and filters; writing an empty store")
+    attrs = {
+        "source": os.path.abspath(vcf_path),
+        "sites_read": n_sites, "variants_read": n_read, "multiallelic_split": n_split,
+        "phased": phased, "unphased_heterozygous_calls": n_unphased,
+        "filters": f"regions={','.join(opts.regions) or 'all'} maf={opts.maf} max_missing={opts.max_missing} "
+                   f"every_kth={opts.every_kth}",
+        "dosage_encoding": "copies of the ALT allele; -1 missing or half-missing; haploid calls 0/1",
+    }
+    _write_store(out, samples, kept_blocks, np.concatenate(kept_freq) if kept_freq else np.zeros(0),
+                 np.concatenate(kept_miss) if kept_miss else np.zeros(0), phased, attrs, pgs, burden, vcf_path)
+    summary = {"samples": len(samples), "sites_read": n_sites, "variants": n_out,
+               "multiallelic_split": n_split, "phased": phased}
+    if pgs is not None:
+        summary["pgs_matched"] = "/".join(str(int(m)) for m in pgs.matched)
+    if burden is not None:
+        summary["burden_genes"] = int((burden.n_rare > 0).sum())
+    return summary
+
+
+def _keep_rows(block: VariantBlock, mask: np.ndarray) -> None:
+    if mask.all():
+        return
+    idx = np.flatnonzero(mask)
+    for name in ("chrom", "pos", "id", "ref", "alt"):
+        values = getattr(block, name)
+        setattr(block, name, [values[i] for i in idx])
+    block.dosage = block.dosage[idx]
+    if block.haplotypes is not None:
+        block.haplotypes = block.haplotypes[idx]
+    if block.ref_count is not None:
+        block.ref_count = block.ref_count[idx]
+
+
+def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, source) -> None:
+    n_samples = len(samples)
+    n_var = sum(len(b) for b in blocks)
+    with create_store(out, "genotypes", samples, attrs=attrs, source=source) as w:
+        w.array("variants/chrom", [c for b in blocks for c in b.chrom])
+        w.array("variants/pos", np.asarray([p for b in blocks for p in b.pos], dtype=np.int64))
+        w.array("variants/id", [c for b in blocks for c in b.id])
+        w.array("variants/ref", [c for b in blocks for c in b.ref])
+        w.array("variants/alt", [c for b in blocks for c in b.alt])
+        w.array("variants/alt_freq", freq.astype(np.float32))
+        w.array("variants/missing_rate", miss.astype(np.float32))
+        dosage = w.per_sample("dosage", shape=(n_samples, n_var), dtype=np.int8, fillvalue=-1)
+        haps = w.per_sample("haplotypes", shape=(n_samples, 2, n_var), dtype=np.int8, fillvalue=-1) if phased else None
+        with Progress("writing store", n_samples, "samples") as bar:
+            for s0 in range(0, n_samples, _WRITE_BATCH):
+                s1 = min(n_samples, s0 + _WRITE_BATCH)
+                if n_var:
+                    dosage[s0:s1] = np.concatenate([b.dosage[:, s0:s1] for b in blocks], axis=0).T
+                    if haps is not None:
+                        h = np.concatenate([b.haplotypes[:, :, s0:s1] for b in blocks], axis=0)
+                        haps[s0:s1] = h.transpose(2, 1, 0)
+                bar.advance(s1 - s0)
+        if pgs is not None:
+            w.per_sample("pgs", pgs.values.astype(np.float32),
+                         attrs={"variants_matched": pgs.matched,
+                                "variants_in_file": [s.n_variants for s in pgs.scores],
+                                "missing": "mean-imputed"})
+            w.array("pgs_names", [s.name for s in pgs.scores])
+        if burden is not None:
+            w.per_sample("burden", burden.values, attrs={"max_alt_freq": burden.max_af,
+                                                         "rare_variants_per_gene": burden.n_rare})
+            w.array("burden_genes", burden.genes.names)
