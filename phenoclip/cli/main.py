@@ -50,10 +50,24 @@ def _register() -> None:
 _register()
 
 
+def _click_kind(exc: BaseException) -> str | None:
+    """'exit', 'usage' or 'abort' for click's control-flow exceptions.
+
+    Recent typer vendors its own copy of click, so the classes are matched by name along the
+    MRO rather than imported from ``click``.
+    """
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "Exit" in names:
+        return "exit"
+    if "ClickException" in names:
+        return "usage"
+    if "Abort" in names:
+        return "abort"
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; user errors print one line and exit with their code, bugs exit 70."""
-    import click
-
     from phenoclip.errors import EXIT_INTERNAL, PhenoclipError
 
     command = typer.main.get_command(app)
@@ -61,14 +75,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     debug = os.environ.get("PHENOCLIP_DEBUG") not in (None, "", "0")
     try:
         command.main(args=args, prog_name="phenoclip", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        print("phenoclip: aborted", file=sys.stderr)
-        sys.exit(130)
     except PhenoclipError as e:
         if debug:
             raise
@@ -79,9 +85,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
-    except Exception as e:  # a bug: say so, point at the traceback switch
+    except Exception as e:
+        kind = _click_kind(e)
+        if kind == "exit":
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        if kind == "usage":
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        if kind == "abort":
+            print("phenoclip: aborted", file=sys.stderr)
+            sys.exit(130)
         if debug:
             raise
+        # a bug: say so in one line and point at the traceback switch
         print(f"phenoclip: internal error: {type(e).__name__}: {e} "
               f"(rerun with PHENOCLIP_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)

@@ -109,6 +109,20 @@ def header_samples(path: str) -> list[str] | None:
     return None
 
 
+def _gzip_is_broken(path: str) -> bool:
+    """True for a gzip/BGZF file that does not decompress to its end (only checked on the error path)."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return False
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except (OSError, EOFError):
+        return True
+    return False
+
+
 def open_vcf(path: str | os.PathLike, samples: Sequence[str] | None = None, threads: int | None = None):
     """Open a VCF/BCF with cyvcf2, checking what phenoclip needs of it.
 
@@ -132,6 +146,9 @@ def open_vcf(path: str | os.PathLike, samples: Sequence[str] | None = None, thre
     except OSError:
         raise MalformedInputError("not a VCF or BCF file", p, "give a .vcf, .vcf.gz or .bcf") from None
     except Exception as e:  # cyvcf2 raises bare Exception for header errors
+        if _gzip_is_broken(p):
+            raise MalformedInputError("truncated or corrupt gzip/BGZF stream", p,
+                                      "re-create or re-download the file") from None
         raise MalformedInputError(f"cannot parse the VCF header ({e})", p) from None
     if not vcf.samples:
         raise MalformedInputError("VCF has no samples (no genotype columns)", p,

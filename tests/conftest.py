@@ -1,0 +1,63 @@
+"""Shared fixtures: the real CLI entry point run as a subprocess, and small files with known content."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``phenoclip ARGS`` through the real entry point (``python -m phenoclip``)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("PHENOCLIP_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "phenoclip", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"phenoclip {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The non-empty stderr lines of a failed run (a user error must be exactly one)."""
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def needs(tool: str):
+    """Skip a test when a reference tool (bcftools, plink2) is absent; scripts/setup.sh installs them."""
+    return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed")
+
+
+KNOWN_VCF = """##fileformat=VCFv4.2
+##contig=<ID=chr1,length=100000>
+##contig=<ID=chrX,length=100000>
+##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">
+#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2\ts3\ts4
+chr1\t10\trs1\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|1\t.|.\t0|.
+chr1\t20\trs2\tC\tA,T\t.\tPASS\t.\tGT\t0|1\t1|2\t2|2\t0|0
+chr1\t500\trs4\tG\tC\t.\tPASS\t.\tGT\t1|0\t0|0\t0|0\t0|1
+chrX\t30\trs3\tG\tT\t.\tPASS\t.\tGT\t0\t1\t0|1\t.
+"""
+
+#: dosage of KNOWN_VCF decoded by hand: rows samples, columns rs1, rs2/A, rs2/T, rs4, rs3
+KNOWN_DOSAGE = [
+    [1, 1, 0, 1, 0],
+    [2, 1, 1, 0, 1],
+    [-1, 0, 2, 0, 1],
+    [-1, 0, 0, 1, -1],
+]
+
+
+@pytest.fixture
+def known_vcf(tmp_path: Path) -> Path:
+    p = tmp_path / "known.vcf"
+    p.write_text(KNOWN_VCF)
+    return p

@@ -1,0 +1,81 @@
+import h5py
+import numpy as np
+import pytest
+
+from phenoclip import store
+from phenoclip.errors import InconsistentInputError, MalformedInputError, OutputError
+
+
+def test_round_trip_and_lazy_reads(tmp_path):
+    path = tmp_path / "x.h5"
+    values = np.arange(5 * 7, dtype=np.float32).reshape(5, 7)
+    with store.create_store(path, "expression", [f"s{i}" for i in range(5)], attrs={"transform": "none"}) as w:
+        w.array("genes", [f"g{i}" for i in range(7)])
+        w.per_sample("values", values)
+    with store.open_store(path, expect="expression") as s:
+        assert s.schema == "expression" and s.version == store.SCHEMAS["expression"]
+        assert s.samples == ["s0", "s1", "s2", "s3", "s4"]
+        assert s.strings("genes")[3] == "g3"
+        np.testing.assert_array_equal(s.read("values", 2), values[2])
+        # out-of-order fancy reads come back in the asked order
+        np.testing.assert_array_equal(s.read("values", [4, 0, 2]), values[[4, 0, 2]])
+        assert s["values"].chunks[0] == 1  # one sample per chunk
+        assert s["values"].compression == "gzip"
+        assert s.attrs["transform"] == "none"
+        assert "phenoclip_version" in s.attrs and "created" in s.attrs and "command" in s.attrs
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    path = tmp_path / "x.h5"
+    with pytest.raises(RuntimeError):
+        with store.create_store(path, "expression", ["a", "b"]) as w:
+            w.per_sample("values", np.zeros((2, 3), np.float32))
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_samples_refused(tmp_path):
+    with pytest.raises(MalformedInputError, match="duplicate sample ID 'a'"):
+        with store.create_store(tmp_path / "x.h5", "expression", ["a", "b", "a"]):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_output_folder(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        with store.create_store(tmp_path / "nope" / "x.h5", "expression", ["a"]):
+            pass
+
+
+@pytest.mark.parametrize("schema,version,match", [
+    ("mystery", 1, "unknown store schema 'mystery'"),
+    ("expression", 99, "newer than this phenoclip reads"),
+])
+def test_refuses_unknown_schema_and_newer_version(tmp_path, schema, version, match):
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["phenoclip_schema"] = schema
+        f.attrs["schema_version"] = version
+        f["samples"] = np.array([b"a"])
+    with pytest.raises(MalformedInputError, match=match):
+        store.open_store(path)
+
+
+def test_refuses_foreign_files(tmp_path):
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f["x"] = 1
+    with pytest.raises(MalformedInputError, match="not a phenoclip store"):
+        store.open_store(plain)
+    text = tmp_path / "t.h5"
+    text.write_text("hello")
+    with pytest.raises(MalformedInputError, match="not an HDF5 file"):
+        store.open_store(text)
+
+
+def test_wrong_schema_for_caller(tmp_path):
+    path = tmp_path / "x.h5"
+    with store.create_store(path, "signals", ["a"]) as w:
+        w.per_sample("signals", np.zeros((1, 1, 4), np.float32))
+    with pytest.raises(InconsistentInputError, match="expected genotypes"):
+        store.open_store(path, expect="genotypes")
