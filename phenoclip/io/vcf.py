@@ -177,6 +177,7 @@ class VariantBlock:
     dosage: np.ndarray | None = None       # (n, S) int8
     haplotypes: np.ndarray | None = None   # (n, 2, S) int8
     ref_count: np.ndarray | None = None    # (n, S) int8: copies of REF, -1 missing (for PGS on REF)
+    n_alleles: np.ndarray | None = None    # (n,) alleles in the called genotypes (haploid calls count 1)
     unphased_het: int = 0
     n_sites: int = 0
     n_multiallelic: int = 0
@@ -185,32 +186,44 @@ class VariantBlock:
         return len(self.pos)
 
 
-def _decode(raw: np.ndarray, allele_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _decode(raw: np.ndarray, allele_index: np.ndarray, want_haplotypes: bool, want_ref_count: bool
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int, np.ndarray]:
     """Decode a stack of ``genotype.array()`` rows.
 
-    raw: (n_sites_rows, S, 3) int16, one row per output variant (a multi-allelic site's row is
-    repeated per ALT); allele_index: (n,) the ALT allele index that row counts.
+    raw: (n, S, 3) int16, one row per output variant (a multi-allelic site's row is repeated per
+    ALT); allele_index: (n,) the ALT allele index that row counts. Column-wise comparisons, not
+    reductions over the short last axis: numpy reduces a length-2 axis slowly.
     """
-    a = raw[:, :, :2]
-    k = allele_index[:, None, None]
-    present = a >= 0                       # -1 missing allele, -2 vector end (haploid)
-    missing = (a == -1).any(axis=2)        # half-calls count as missing
-    haps = np.where(present, (a == k), -1).astype(np.int8)
-    dosage = (a == k).sum(axis=2).astype(np.int8)
+    a0, a1, phase = raw[:, :, 0], raw[:, :, 1], raw[:, :, 2]
+    k = allele_index[:, None]
+    h0 = (a0 == k).view(np.int8)
+    h1 = (a1 == k).view(np.int8)
+    missing = (a0 == -1) | (a1 == -1)      # -1 missing allele (half-calls too); -2 is a haploid's vector end
+    dosage = h0 + h1
     dosage[missing] = -1
-    ref_count = (a == 0).sum(axis=2).astype(np.int8)
-    ref_count[missing] = -1
-    # heterozygous diploid calls without phase flag (column 2 of genotype.array())
-    diploid_het = (a[:, :, 1] >= 0) & (a[:, :, 0] >= 0) & (a[:, :, 0] != a[:, :, 1])
-    unphased = int((diploid_het & (raw[:, :, 2] == 0)).sum())
-    return dosage, np.ascontiguousarray(haps.transpose(0, 2, 1)), ref_count, unphased
+    called = ~missing
+    # alleles behind each variant's called genotypes: 2 per diploid call, 1 per haploid call
+    n_alleles = 2 * np.count_nonzero(called, axis=1) - np.count_nonzero((a1 == -2) & called, axis=1)
+    haps = None
+    unphased = 0
+    if want_haplotypes:
+        haps = np.stack([np.where(a0 >= 0, h0, np.int8(-1)), np.where(a1 >= 0, h1, np.int8(-1))], axis=1)
+        # heterozygous diploid calls without the phase flag make haplotypes meaningless
+        unphased = int(np.count_nonzero((a0 != a1) & (a0 >= 0) & (a1 >= 0) & (phase == 0)))
+    ref_count = None
+    if want_ref_count:
+        ref_count = (a0 == 0).view(np.int8) + (a1 == 0).view(np.int8)
+        ref_count[missing] = -1
+    return dosage, haps, ref_count, unphased, n_alleles
 
 
-def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int = 2048) -> Iterator[VariantBlock]:
+def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int = 2048,
+                want_ref_count: bool = False) -> Iterator[VariantBlock]:
     """Stream decoded :class:`VariantBlock`s from an open VCF, in file order (region order with regions).
 
     With regions and an index, only those regions are read; without an index the whole file is
-    streamed and filtered by position (correct, just slower).
+    streamed and filtered by position (correct, just slower). Haplotypes are decoded until the
+    first unphased heterozygous call; after it blocks carry ``haplotypes=None``.
     """
     n_samples = len(vcf.samples)
     if regions and has_index(path):
@@ -224,11 +237,14 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
     allele_index = np.empty(block_size, dtype=np.int16)
     block = VariantBlock()
     n = 0
+    phased_so_far = True
 
     def flush() -> VariantBlock:
-        nonlocal block, n
-        dos, haps, refc, unph = _decode(raw[:n], allele_index[:n])
+        nonlocal block, n, phased_so_far
+        dos, haps, refc, unph, n_alleles = _decode(raw[:n], allele_index[:n], phased_so_far, want_ref_count)
         block.dosage, block.haplotypes, block.ref_count, block.unphased_het = dos, haps, refc, unph
+        block.n_alleles = n_alleles
+        phased_so_far = phased_so_far and unph == 0
         out, block, n = block, VariantBlock(), 0
         return out
 
@@ -245,22 +261,26 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
                     block.n_multiallelic += 1
                     if n + len(alts) > block_size:
                         yield flush()
-                # copy: the array is a view into htslib memory reused by the next record
                 gt = rec.genotype.array()
                 block.n_sites += 1
                 ploidy = gt.shape[1] - 1  # last column is the phase flag
                 if ploidy > 2:
                     raise MalformedInputError(f"{rec.CHROM}:{rec.POS} has ploidy {ploidy}; only haploid and "
                                               "diploid calls are supported", path)
+                chrom, pos, ref, vid = rec.CHROM, rec.POS, rec.REF, rec.ID
                 for i, alt in enumerate(alts, start=1):
-                    raw[n, :, 0] = gt[:, 0]
-                    raw[n, :, 1] = gt[:, 1] if ploidy == 2 else -2  # all-haploid record: no 2nd allele
-                    raw[n, :, 2] = gt[:, ploidy]
+                    # copy into our buffer: cyvcf2 arrays may be views into htslib memory
+                    if ploidy == 2:
+                        raw[n] = gt
+                    else:  # all-haploid record: no second allele
+                        raw[n, :, 0] = gt[:, 0]
+                        raw[n, :, 1] = -2
+                        raw[n, :, 2] = gt[:, 1]
                     allele_index[n] = i
-                    block.chrom.append(rec.CHROM)
-                    block.pos.append(rec.POS)
-                    block.id.append(rec.ID or f"{rec.CHROM}:{rec.POS}:{rec.REF}:{alt}")
-                    block.ref.append(rec.REF)
+                    block.chrom.append(chrom)
+                    block.pos.append(pos)
+                    block.id.append(vid or f"{chrom}:{pos}:{ref}:{alt}")
+                    block.ref.append(ref)
                     block.alt.append(alt)
                     n += 1
                 if n >= block_size:

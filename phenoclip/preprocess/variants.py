@@ -122,9 +122,8 @@ def _frequencies(block: VariantBlock) -> tuple[np.ndarray, np.ndarray]:
     called = dos >= 0
     n_called = called.sum(axis=1)
     miss_rate = 1.0 - n_called / dos.shape[1]
-    # alleles of called genotypes only: a half-call is missing, its present allele must not count
-    alleles = ((block.haplotypes >= 0).sum(axis=1) * called).sum(axis=1).astype(np.float64)
-    alt = np.where(called, dos, 0).sum(axis=1).astype(np.float64)
+    alt = np.where(called, dos, 0).sum(axis=1, dtype=np.int64).astype(np.float64)
+    alleles = block.n_alleles.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         freq = np.where(alleles > 0, alt / np.maximum(alleles, 1), 0.0)
     return freq, miss_rate
@@ -157,7 +156,8 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     if regions and not has_index(vcf_path):
         warn(f"{vcf_path} has no .tbi/.csi index: streaming the whole file to select regions "
              "(index it with tabix -p vcf or bcftools index)")
-    vcf = open_vcf(vcf_path, samples=subset, threads=opts.threads)
+    # htslib decompresses BGZF on a second thread while we decode: worth it even on 2 cores
+    vcf = open_vcf(vcf_path, samples=subset, threads=opts.threads or min(2, os.cpu_count() or 1))
 
     pgs = _PgsAccumulator(scores, len(samples)) if scores else None
     burden = _BurdenAccumulator(genes, len(samples), opts.burden_maf) if genes else None
@@ -166,7 +166,7 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     n_sites = n_split = n_read = n_unphased = 0
     survivors = 0
     with Progress(f"reading {os.path.basename(vcf_path)}", None, "variants") as bar:
-        for block in iter_blocks(vcf, vcf_path, regions, block_size=opts.block_size):
+        for block in iter_blocks(vcf, vcf_path, regions, block_size=opts.block_size, want_ref_count=pgs is not None):
             n_sites += block.n_sites
             n_split += block.n_multiallelic
             n_read += len(block)
@@ -208,7 +208,7 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     attrs = {
         "source": os.path.abspath(vcf_path),
         "sites_read": n_sites, "variants_read": n_read, "multiallelic_split": n_split,
-        "phased": phased, "unphased_heterozygous_calls": n_unphased,
+        "phased": phased,
         "filters": f"regions={','.join(opts.regions) or 'all'} maf={opts.maf} max_missing={opts.max_missing} "
                    f"every_kth={opts.every_kth}",
         "dosage_encoding": "copies of the ALT allele; -1 missing or half-missing; haploid calls 0/1",

@@ -1,0 +1,80 @@
+"""preprocess expression: transforms, orientation, gene selection, bad input."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from conftest import error_lines, run_cli
+from phenoclip.errors import MalformedInputError
+from phenoclip.preprocess.expression import convert_expression
+from phenoclip.store import open_store
+
+COUNTS = np.array([[10, 0, 90], [1, 1, 8], [0, 50, 50]], dtype=float)
+
+
+def write_table(path, values=COUNTS, samples=("a", "b", "c"), genes=("G1", "G2", "G3"), sep="\t"):
+    lines = [sep.join(["sample", *genes])]
+    lines += [sep.join([s, *[f"{v:g}" for v in row]]) for s, row in zip(samples, values)]
+    text = "\n".join(lines) + "\n"
+    if str(path).endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("transform,expected", [
+    ("none", COUNTS),
+    ("log1p", np.log1p(COUNTS)),
+    ("cpm-log1p", np.log1p(COUNTS / COUNTS.sum(axis=1, keepdims=True) * 1e6)),
+])
+def test_transforms(tmp_path, transform, expected):
+    table = write_table(tmp_path / "e.tsv.gz")
+    convert_expression(table, tmp_path / "e.h5", transform=transform)
+    with open_store(tmp_path / "e.h5", expect="expression") as s:
+        assert s.samples == ["a", "b", "c"] and s.strings("genes") == ["G1", "G2", "G3"]
+        np.testing.assert_allclose(s["values"][:], expected, rtol=1e-6)
+        assert s.attrs["transform"] == transform
+        np.testing.assert_allclose(s["gene_mean"][:], expected.mean(axis=0), rtol=1e-5)
+
+
+def test_genes_as_rows_csv_and_top_genes(tmp_path):
+    table = write_table(tmp_path / "e.csv", values=COUNTS.T, samples=("G1", "G2", "G3"), genes=("a", "b", "c"),
+                        sep=",")
+    convert_expression(table, tmp_path / "e.h5", transform="none", genes_as_rows=True, top_genes=2)
+    with open_store(tmp_path / "e.h5") as s:
+        assert s.samples == ["a", "b", "c"]
+        # variances: G1 20.2, G2 544.2, G3 1121.6 -> keep G2, G3 in table order
+        assert s.strings("genes") == ["G2", "G3"]
+        np.testing.assert_allclose(s["values"][:], COUNTS[:, 1:])
+
+
+def test_non_numeric_cell_named(tmp_path):
+    table = tmp_path / "e.tsv"
+    table.write_text("sample\tG1\tG2\na\t1\t2\nb\t3\tNA?\n")
+    with pytest.raises(MalformedInputError, match=r"non-numeric value 'NA\?' at line 3, column 'G2'"):
+        convert_expression(table, tmp_path / "e.h5")
+    assert not (tmp_path / "e.h5").exists()
+
+
+def test_cli_bad_inputs(tmp_path):
+    ok = write_table(tmp_path / "ok.tsv")
+    dup = write_table(tmp_path / "dup.tsv", samples=("a", "b", "a"))
+    trunc = tmp_path / "t.tsv.gz"
+    trunc.write_bytes(gzip.compress(("sample\tG\n" + "".join(f"s{i}\t{i}\n" for i in range(5000))).encode())[:500])
+    neg = write_table(tmp_path / "neg.tsv", values=-COUNTS)
+    out = tmp_path / "out"
+    out.mkdir()
+    cases = [(tmp_path / "absent.tsv", 3, "does not exist"), (dup, 4, "duplicate sample ID 'a'"),
+             (trunc, 4, "truncated or corrupt gzip"), (neg, 4, "negative values")]
+    for path, code, text in cases:
+        proc = run_cli("preprocess", "expression", "--table", path, "--out", out / "e.h5")
+        assert proc.returncode == code, proc.stderr
+        lines = error_lines(proc)
+        assert len(lines) == 1 and text in lines[0] and str(path) in lines[0], proc.stderr
+        assert list(out.iterdir()) == []
+    proc = run_cli("preprocess", "expression", "--table", ok, "--out", out / "e.h5", "--top-genes", "9")
+    assert proc.returncode == 5 and "--top-genes 9" in proc.stderr
+    proc = run_cli("preprocess", "expression", "--table", ok, "--out", out / "e.h5")
+    assert proc.returncode == 0 and (out / "e.log").exists()
