@@ -26,6 +26,7 @@ _TRUE = {"1", "true"}
 _FALSE = {"0", "false", ""}
 #: cells read as a missing label value
 MISSING = {"", "na", "nan", "n/a", "null", "none", "."}
+_BAR_FROM = 2000
 
 
 @dataclass
@@ -160,7 +161,8 @@ def read_phenopackets(folder: str | os.PathLike) -> PhenotypeRecords:
     if not files:
         raise InputMissingError("no *.json phenopacket files in the folder", d)
     rec = PhenotypeRecords(d)
-    for f in track(files, "reading phenopackets", unit="files"):
+    # a bar only where reading takes seconds; a few files would only add lines to batch logs
+    for f in track(files, "reading phenopackets", unit="files") if len(files) > _BAR_FROM else files:
         _read_packet(f, rec)
     return rec
 

@@ -53,7 +53,8 @@ def _resolve_all(rec: PhenotypeRecords, onto: Ontology, allow_unknown: bool) -> 
         if not allow_unknown:
             raise MalformedInputError(msg, rec.source, "use a newer --ontology, or --allow-unknown to drop them")
         warn(f"{rec.source}: dropped {counts['unknown'] + counts['obsolete_no_replacement']} term(s); {msg}")
-    for how, label in (("alt_id", "alt_id(s) to their primary ID"), ("replaced_by", "obsolete ID(s) to their replacement")):
+    for how, label in (("alt_id", "alt_id(s) to their primary ID"),
+                       ("replaced_by", "obsolete ID(s) to their replacement")):
         if how_of[how]:
             pairs = [(t, onto.ids[mapping[t]]) for t in sorted(how_of[how])]
             warn(f"{rec.source}: mapped {counts[how]} {label} ({_examples(pairs)})")
