@@ -14,6 +14,9 @@ T = TypeVar("T")
 #: set by the CLI's ``--quiet``
 QUIET = False
 
+#: every warning of this process, so the run log can record them too
+WARNINGS: list[str] = []
+
 
 def info(message: str) -> None:
     """A status line on stderr (suppressed by ``--quiet``)."""
@@ -22,7 +25,8 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """A warning on stderr; shown even with ``--quiet``."""
+    """A warning on stderr; shown even with ``--quiet``, and recorded in ``OUT.log``."""
+    WARNINGS.append(message)
     print(f"phenoclip: warning: {message}", file=sys.stderr, flush=True)
 
 

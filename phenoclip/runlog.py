@@ -67,7 +67,10 @@ class RunLog:
         ]
         if self.outputs:
             head.append("outputs: " + ", ".join(self.outputs))
+        from phenoclip.progress import WARNINGS
+
+        body = self.lines + [f"warning: {w}" for w in WARNINGS]
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w") as fh:
-            fh.write("\n".join(head + [""] + self.lines) + "\n")
+            fh.write("\n".join(head + [""] + body) + "\n")
         os.replace(tmp, path)

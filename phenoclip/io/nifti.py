@@ -25,6 +25,7 @@ all equal.
 
 from __future__ import annotations
 
+import gzip
 import os
 import zlib
 from dataclasses import dataclass
@@ -65,11 +66,28 @@ def _is_gzip(path: str) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
+def _gzip_broken(path: str) -> bool:
+    """Whether the gzip stream is cut short or corrupt (only asked once a read has failed)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        return True
+    return False
+
+
 def _damaged(path: str, e: BaseException, reading: str) -> MalformedInputError:
-    if _is_gzip(path):
-        return MalformedInputError(f"truncated or corrupt gzip stream while reading the {reading} "
-                                   f"({_one_line(e)})", path, "re-create or re-download the file")
-    return MalformedInputError(f"not a readable NIfTI file ({_one_line(e)})", path)
+    detail = _one_line(e).replace(path, os.path.basename(path))
+    gzip_error = isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile))
+    if _is_gzip(path) and (gzip_error or _gzip_broken(path)):
+        detail = f" ({detail})" if gzip_error else ""  # nibabel's own words would mislead here
+        return MalformedInputError(f"truncated or corrupt gzip stream while reading the {reading}{detail}",
+                                   path, "re-create or re-download the file")
+    if reading == "voxel data":  # the header was fine: the data block is cut short
+        return MalformedInputError(f"truncated NIfTI: cannot read the voxel data ({detail})", path,
+                                   "re-create or re-download the file")
+    return MalformedInputError(f"not a readable NIfTI file ({detail})", path)
 
 
 def _squeeze_to_3d(shape: tuple[int, ...], path: str, what: str) -> tuple[tuple[int, int, int], bool]:
