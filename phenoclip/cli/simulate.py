@@ -20,7 +20,7 @@ def simulate(
     seed: int = Seed,
     variants: int = typer.Option(2000, "--variants", min=100, help="Number of variant sites (biallelic SNPs plus a few special sites)."),
     genes: int = typer.Option(200, "--genes", min=20, help="Number of genes in the expression table."),
-    volume_shape: str = typer.Option("40,48,40", "--volume-shape", help="MRI grid X,Y,Z in voxels."),
+    volume_shape: str = typer.Option("32,40,32", "--volume-shape", help="MRI grid X,Y,Z in voxels."),
     signal_seconds: float = typer.Option(12.0, "--signal-seconds", min=2.0, help="Length of each biosignal recording."),
     signal_rate: float = typer.Option(250.0, "--signal-rate", min=50.0, help="Sampling rate of the recordings in Hz."),
     missing_rate: float = typer.Option(0.1, "--missing-rate", min=0.0, max=0.5,

@@ -42,13 +42,13 @@ class SimulationConfig:
     #: target shares of control / neuro / cardio
     disease_shares: tuple[float, float, float] = (0.4, 0.3, 0.3)
     #: log-odds per allele of each causal SNP (3 per disease; sign = direction)
-    causal_effects: tuple[float, float, float] = (1.0, 0.9, -0.8)
+    causal_effects: tuple[float, float, float] = (1.2, 1.0, -1.0)
     #: log-fold change of an eQTL gene's mean per ALT allele of its SNP
     eqtl_log_fold: float = 0.6
     #: log-fold change of disease-program genes in affected patients (at severity 1)
     program_log_fold: float = 1.0
-    #: lesion brightness over white matter (0.35 = +35 %); noise is ~4 %, bias field ~±10 %
-    lesion_contrast: float = 0.35
+    #: lesion brightness over white matter (0.25 = +25 %); noise is ~4 %, bias field ~±10 %
+    lesion_contrast: float = 0.25
     #: voxel size in mm along the image axes i, j, k
     voxel_spacing: tuple[float, float, float] = (1.2, 1.0, 1.5)
     #: probability of an AF rhythm in cardio patients (plus 0.1 x severity) and in others

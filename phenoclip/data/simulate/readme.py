@@ -1,0 +1,99 @@
+"""The cohort's ``README.md``: what is there and what was planted, in prose, from ``truth.json``."""
+
+from __future__ import annotations
+
+
+def readme_text(truth: dict, out: str) -> str:
+    """Markdown for a person opening the folder; every number comes from ``truth``."""
+    cfg, v, ex, mr, sg = truth["config"], truth["variants"], truth["expression"], truth["mri"], truth["signals"]
+    counts = truth["disease_model"]["realised_counts"]
+    n = cfg["patients"]
+    pats = truth["patients"]
+    have = {m: sum(m in p["modalities"] for p in pats) for m in ("variants", "expression", "mri", "signals")}
+    causal = "\n".join(f"| {c['id']} | {c['chrom']}:{c['pos']} | {c['ref']}>{c['alt']} | {c['disease']} | "
+                       f"{c['effect_log_odds_per_alt']:+.2f} | {c['alt_freq']:.2f} | {c['eqtl_gene']} |"
+                       for c in v["causal_snps"])
+    prog = {k: ", ".join(g["gene"] for g in gs) for k, gs in ex["program_genes"].items()}
+    lesion_genes = ", ".join(f"{g} ({role})" for g, role in ex["lesion_genes"].items())
+    n_af = sum(p["af"] for p in pats)
+    return f"""# Simulated phenoclip cohort
+
+{n} synthetic patients (seed {cfg['seed']}) with a hidden disease state planted in every modality.
+Nothing here is real patient data. `truth.json` lists everything planted; this file says it in prose.
+
+Regenerate with:
+
+```
+{truth['command'].replace('--out OUT', '--out ' + out)}
+```
+
+## Files
+
+| path | content |
+| --- | --- |
+| `labels.tsv` | sample, disease (control/neuro/cardio), affected (0/1), severity |
+| `variants.vcf.gz` (+ `.tbi`) | phased GT-only VCF, bgzipped and tabix-indexed; {have['variants']} of {n} patients |
+| `genes.bed` | BED4 (0-based) of the {cfg['genes']} simulated genes |
+| `pgs/PGS_SIM001.txt` | PGS Catalog scoring file of the cardio liability ({v['pgs']['variants']} variants) |
+| `expression.tsv.gz` | samples x genes integer counts, first column `sample`; {have['expression']} patients |
+| `mri/manifest.tsv`, `mri/images/*_T1.nii.gz`, `mri/masks/*_lesion.nii.gz` | T1-like int16 brains and uint8 lesion masks; {have['mri']} patients |
+| `signals/manifest.tsv`, `signals/*.edf` | EDF+ with channels ECG (mV) and PPG (a.u.) at {sg['rate_hz']:g} Hz, {sg['seconds']:g} s; {have['signals']} patients |
+| `phenotypes/hpo.tsv`, `phenotypes/phenopackets/*.json` | HPO terms, one row per term; GA4GH phenopackets v2, one per patient |
+| `truth.json` | everything planted |
+
+Every patient has labels and a phenopacket (patients without any HPO term have no row in
+`hpo.tsv`). Each of variants, expression, MRI and signals is missing for about
+{cfg['missing_rate']:.0%} of patients, but everyone keeps at least two of the four; a missing
+patient is absent from that modality's file (no VCF column, no expression row, no manifest row).
+
+## Planted structure
+
+**Disease.** {counts['control']} controls, {counts['neuro']} neuro, {counts['cardio']} cardio. The disease is drawn from a
+softmax over `[0, c_neuro + liability_neuro, c_cardio + liability_cardio]`, with intercepts
+solved so the shares are about {', '.join(f'{s:.0%}' for s in cfg['disease_shares'])}. A liability is the sum
+of effect x (ALT dosage - 2 x ALT frequency) over that disease's three causal SNPs, so an effect
+is log-odds per ALT allele. Severity is about 1 (0.2-3) in the affected and rises with their
+liability; most controls have 0.
+
+**Variants.** {v['sites']} sites on chr1, chr2 and chrX in {len(v['blocks'])} haplotype blocks: each block has 3-6
+founder haplotypes and every patient haplotype copies one founder with rare mutations, so r2 is
+high within a block and near zero between blocks. Causal SNPs (each in its own block):
+
+| id | position | alleles | disease | effect | ALT freq | eQTL gene |
+| --- | --- | --- | --- | --- | --- | --- |
+{causal}
+
+Also: about {cfg['missing_call_rate']:.1%} missing calls `.|.` and a few half-calls (`0|.`); the multi-allelic
+site {v['multiallelic_site']['id']} ({v['multiallelic_site']['chrom']}:{v['multiallelic_site']['pos']}, ALT {v['multiallelic_site']['alt']});
+all chrX sites lie outside PAR1 ({v['chrX_haploid_region']['start']}-{v['chrX_haploid_region']['end']}), where males have haploid calls (`0`/`1`).
+{len(v['rare_variants'])} rare variants (population ALT frequency < 2 %) sit inside genes of `genes.bed`; the
+burden gene **{v['burden']['gene']}** carries {sum(r['burden'] for r in v['rare_variants'])} of them at
+{v['burden']['alt_freq_per_haplotype_in_cardio']:.0%} per haplotype in cardio patients (a burden signal).
+`PGS_SIM001` scores the cardio liability: its three causal SNPs with their true weights plus
+small noise weights; {v['pgs']['effect_allele_is_ref']} rows name the REF allele as effect allele (weight
+negated). Its `chr_name` has no `chr` prefix, as in PGS Catalog files; the VCF uses `chr1`.
+
+**Expression.** Negative-binomial counts; library sizes are log-normal (sd 0.4), so totals differ several-fold: normalise (e.g. CPM).
+cis-eQTL genes (gene body over its causal SNP): {', '.join(f"{g} ({e['snp']})" for g, e in ex['eqtl_genes'].items())},
+log-fold {next(iter(ex['eqtl_genes'].values()))['log_fold_per_alt_allele']} per ALT allele. Disease programmes (log-fold about
+{cfg['program_log_fold']}, scaled by severity): neuro up {prog['neuro_up']}; neuro down {prog['neuro_down']};
+cardio up {prog['cardio_up']}; cardio down {prog['cardio_down']}. Lesion genes: {lesion_genes}.
+
+**MRI.** {'x'.join(map(str, mr['shape']))} voxels of {' x '.join(f'{s:g}' for s in mr['spacing_mm'])} mm, int16; the affine is
+LPS-like (i -> Left, j -> Posterior, k -> Superior) with an origin offset, so reorient before
+comparing left and right. A T1-like head (scalp, skull, CSF, grey matter, brighter white matter,
+dark ventricles) with a mild bias field and Rician noise, and one FLAIR-like hyperintense
+lesion (+{mr['lesion_contrast']:.0%} of white matter, soft rim): neuro in the left hemisphere, cardio in the right,
+controls small near the midline. Radius grows with severity and the size lesion gene; the
+anterior-posterior position follows the anterior_posterior lesion gene. Masks share the
+affine (uint8, 1 = lesion).
+
+**Signals.** ECG (P-QRS-T) and PPG (pulse following each beat) with baseline wander and noise;
+{n_af} patients have an AF rhythm (irregular RR intervals, no P waves, f-waves), nearly all of
+them cardio. Heart rate differs per patient; beat times are in `truth.json`.
+
+**Phenotypes.** Real HPO terms (release {truth['phenotypes']['hpo_version']}): affected patients get 2-5 terms of their
+disease (sometimes a more specific descendant, e.g. Focal-onset seizure for Seizure), sometimes
+one nonspecific noise term; cardio patients with AF nearly always carry Atrial fibrillation (or
+Paroxysmal atrial fibrillation); controls get at most one nonspecific term.
+"""
