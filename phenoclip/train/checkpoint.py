@@ -1,0 +1,161 @@
+"""Checkpoint directories: ``model.safetensors`` + ``config.json`` + ``state.json`` + ``optimizer.pt``.
+
+* ``model.safetensors``: every parameter and buffer (safetensors: no code runs on load).
+* ``config.json``: the resolved configuration, enough to rebuild the model with no other input.
+* ``state.json``: progress (epoch, step, history), the patient split, numpy/python RNG states.
+* ``optimizer.pt``: optimizer and scheduler state, loaded with ``torch.load(weights_only=True)``
+  so a tampered file cannot execute code.
+* ``rng.safetensors``: torch RNG states, so a resumed run draws the same masks and dropout.
+
+A checkpoint is written into ``DIR/.tmp-PID`` and moved into place file by file at the end:
+a run killed while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phenoclip import __version__
+from phenoclip.errors import InputMissingError, MalformedInputError, OutputError
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.safetensors"
+
+
+def rng_state(generators: dict[str, torch.Generator] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors for safetensors, JSON-able dict) capturing torch, numpy and python RNG states."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    for name, g in (generators or {}).items():
+        tensors[f"gen_{name}"] = g.get_state()
+    py = random.getstate()
+    state = {"numpy": _jsonable(np.random.get_state()), "python": [py[0], list(py[1]), py[2]]}
+    return tensors, state
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], state: dict,
+                  generators: dict[str, torch.Generator] | None = None) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    for name, g in (generators or {}).items():
+        if f"gen_{name}" in tensors:
+            g.set_state(tensors[f"gen_{name}"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (tuple, list)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, config: dict, state: dict,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+                    generators: dict[str, torch.Generator] | None = None) -> Path:
+    """Write a complete checkpoint directory atomically (per file) and return its path."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the checkpoint folder ({e.strerror})", directory) from None
+    tmp = directory / f".tmp-{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    try:
+        # safetensors refuses shared storage; contiguous clones keep tied weights loadable
+        tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"phenoclip_version": __version__})
+        rng_tensors, rng_json = rng_state(generators)
+        save_file(rng_tensors, str(tmp / RNG_FILE))
+        full_state = {**state, "rng": rng_json, "phenoclip_version": __version__}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2, default=str))
+        if optimizer is not None:
+            torch.save({"optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                       tmp / OPTIMIZER_FILE)
+        for f in tmp.iterdir():
+            os.replace(f, directory / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """``config.json`` of a checkpoint directory, with one-line errors for what is missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputMissingError("checkpoint folder does not exist", directory)
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        raise InputMissingError(f"not a phenoclip checkpoint: no {CONFIG_FILE}", directory)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MalformedInputError(f"{CONFIG_FILE} is not valid JSON ({e.msg})", path) from None
+
+
+def read_state(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / STATE_FILE
+    if not path.exists():
+        raise InputMissingError(f"not a phenoclip checkpoint: no {STATE_FILE}", directory)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MalformedInputError(f"{STATE_FILE} is not valid JSON ({e.msg})", path) from None
+
+
+def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: bool = True) -> None:
+    """Load ``model.safetensors`` into ``model``; a non-safetensors file is a one-line error (exit 4)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / MODEL_FILE
+    if not path.exists():
+        raise InputMissingError(f"checkpoint has no {MODEL_FILE}", directory)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MalformedInputError(f"not a safetensors file ({e})", path,
+                                  "phenoclip never unpickles weights; re-create the checkpoint") from None
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if strict and (missing or unexpected):
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise MalformedInputError(f"weights do not fit the model of config.json ({what})", path)
+
+
+def load_training_state(directory: str | os.PathLike, optimizer=None, scheduler=None,
+                        generators: dict[str, torch.Generator] | None = None) -> dict:
+    """Restore optimizer, scheduler and RNG states; return ``state.json``."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    state = read_state(directory)
+    if optimizer is not None and (directory / OPTIMIZER_FILE).exists():
+        try:
+            blob = torch.load(directory / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
+        except Exception as e:  # weights_only refuses pickled code: report, don't execute
+            raise MalformedInputError(f"cannot read optimizer state ({type(e).__name__})",
+                                      directory / OPTIMIZER_FILE) from None
+        optimizer.load_state_dict(blob["optimizer"])
+        if scheduler is not None and blob.get("scheduler") is not None:
+            scheduler.load_state_dict(blob["scheduler"])
+    if (directory / RNG_FILE).exists():
+        set_rng_state(load_file(str(directory / RNG_FILE)), state["rng"], generators)
+    return state

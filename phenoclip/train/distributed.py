@@ -1,0 +1,44 @@
+"""torch.distributed plumbing: ``torchrun`` sets RANK/WORLD_SIZE/LOCAL_RANK; we read them.
+
+gloo on CPUs, NCCL on GPUs. Without torchrun everything here is a no-op, so the same code runs
+on a laptop and on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from phenoclip.objectives.distributed import is_distributed, rank, world_size  # noqa: F401 (re-exported)
+
+
+def init_from_env(device: str) -> str:
+    """Initialise the process group when launched by torchrun; return the device to use."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        if device.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return f"cuda:{local}"
+    return device
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def wrap(module: torch.nn.Module) -> torch.nn.Module:
+    """DistributedDataParallel around ``module`` when distributed, else ``module`` itself."""
+    if not is_distributed():
+        return module
+    # find_unused_parameters: a batch may lack a modality, leaving its encoder without gradients
+    return torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

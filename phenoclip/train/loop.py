@@ -1,0 +1,212 @@
+"""One explicit training loop: it only steps; the task joins model and objectives.
+
+Determinism: batches of epoch ``e`` are shuffled by a generator seeded with ``(seed, e)``, and
+every random draw of the task (masks, corruptions, dropout) comes from RNG states saved in the
+checkpoint, so a run stopped anywhere (epoch end, or mid-epoch on SIGTERM/SIGUSR1) and resumed
+ends with the same weights as one that never stopped.
+
+Preemption: SIGTERM and SIGUSR1 (SLURM's pre-timeout signal with ``--signal=B:USR1@120``) set a
+flag; after the current step the loop saves a checkpoint and raises :class:`Preempted`, which
+the CLI turns into exit code 75 (EX_TEMPFAIL: "try again") so ``pretrain && finetune`` does not
+carry on with an unfinished model, while a requeued job resumes with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from phenoclip.data.multimodal import collate
+from phenoclip.errors import PhenoclipError
+from phenoclip.train import checkpoint as ckpt
+from phenoclip.train import distributed as dist_utils
+
+EXIT_PREEMPTED = 75
+
+
+class Preempted(PhenoclipError):
+    """A stop signal arrived; a checkpoint was saved (exit 75: rerun with --resume)."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+class Task(Protocol):
+    """What the loop needs of a task (see :mod:`phenoclip.train.pretrain_task`).
+
+    ``forward(batch)`` is the training step: it returns the weighted total loss and every term
+    as a float, so that DistributedDataParallel (which calls forward) can wrap the task.
+    """
+
+    generators: dict[str, torch.Generator]
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def after_step(self, progress: float) -> None: ...
+
+    def parameters(self): ...
+
+    def state_dict(self): ...
+
+
+@dataclass
+class LoopSettings:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    num_workers: int = 0
+    stop_after_steps: int | None = None  # testing aid: simulate a kill after N optimizer steps
+
+
+class _StopFlag:
+    """Records SIGTERM/SIGUSR1 instead of dying, so the loop can checkpoint first."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside some test runners)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
+    """Linear warm-up then cosine decay to 0 (a LambdaLR, whose state is a plain dict)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: int) -> DataLoader:
+    g = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
+    if dist_utils.world_size() > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=True, seed=settings.seed,
+                                                                  drop_last=True)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+    else:
+        order = torch.randperm(len(dataset), generator=g).tolist()
+    n_full = len(order) // settings.batch_size
+    # drop the last partial batch: contrastive losses need comparable batch sizes
+    batches = [order[i * settings.batch_size:(i + 1) * settings.batch_size] for i in range(n_full)]
+    return DataLoader(dataset, batch_sampler=batches[skip_batches:], collate_fn=collate,
+                      num_workers=settings.num_workers)
+
+
+def steps_per_epoch(dataset: Dataset, settings: LoopSettings) -> int:
+    per_rank = len(dataset) // max(1, dist_utils.world_size())
+    return max(1, per_rank // settings.batch_size)
+
+
+def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *, config: dict, state: dict,
+          resume: bool = False, on_epoch_end: Callable[[int, dict], dict] | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train ``task`` on ``dataset``; checkpoint into ``out_dir`` each epoch; return the final state.
+
+    ``state`` carries what the caller wants saved with every checkpoint (the split, say);
+    ``on_epoch_end(epoch, logged) -> extra`` may add validation figures to the epoch's history.
+    """
+    from phenoclip.progress import Progress
+
+    out_dir = Path(out_dir)
+    n_steps = steps_per_epoch(dataset, settings)
+    if len(dataset) < settings.batch_size * max(1, dist_utils.world_size()):
+        raise PhenoclipError(f"only {len(dataset)} training patients for batch size {settings.batch_size}",
+                             hint="lower --batch-size")
+    params = [p for p in task.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]  # norms, biases, temperatures: no weight decay
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    total = n_steps * settings.epochs
+    scheduler = cosine_with_warmup(optimizer, total, int(settings.warmup_fraction * total))
+    model = dist_utils.wrap(task)
+
+    epoch, step_in_epoch, history, carried = 0, 0, [], {}
+    if resume:
+        ckpt.load_weights(out_dir, task)
+        prev = ckpt.load_training_state(out_dir, optimizer, scheduler, task.generators)
+        epoch, step_in_epoch, history = prev["epoch"], prev["step_in_epoch"], prev["history"]
+        carried = prev.get("epoch_sums", {})  # loss sums of the interrupted epoch's first steps
+        log(f"resuming at epoch {epoch + 1}, step {step_in_epoch}")
+
+    def save(finished: bool, epoch_sums: dict | None = None) -> None:
+        if dist_utils.rank() == 0:
+            ckpt.save_checkpoint(out_dir, model=task, config=config, optimizer=optimizer, scheduler=scheduler,
+                                 generators=task.generators,
+                                 state={**state, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                                        "history": history, "finished": finished,
+                                        "epoch_sums": epoch_sums or {}})
+        dist_utils.barrier()
+
+    steps_done = 0
+    with _StopFlag() as stop, Progress("pretraining", total, "steps") as bar:
+        bar.advance(epoch * n_steps + step_in_epoch)
+        while epoch < settings.epochs:
+            sums: dict[str, float] = dict(carried)
+            carried = {}
+            t_epoch, t_wait, n_seen = time.perf_counter(), 0.0, 0
+            task.train()
+            loader_iter = iter(_loader(dataset, settings, epoch, step_in_epoch))
+            while True:
+                t0 = time.perf_counter()
+                batch = next(loader_iter, None)
+                t_wait += time.perf_counter() - t0
+                if batch is None:
+                    break
+                loss, logged = model(batch)  # the task's forward is its training step (DDP calls forward)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if settings.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                task.after_step((epoch * n_steps + step_in_epoch + 1) / total)
+                step_in_epoch += 1
+                steps_done += 1
+                n_seen += len(batch["sample_ids"])
+                for k, v in logged.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.advance(1)
+                if stop.signal is not None or (settings.stop_after_steps and steps_done >= settings.stop_after_steps):
+                    save(finished=False, epoch_sums=sums)
+                    why = f"signal {signal.Signals(stop.signal).name}" if stop.signal else "stop requested"
+                    raise Preempted(f"{why}: checkpoint saved at epoch {epoch + 1}, step {step_in_epoch}",
+                                    out_dir, "rerun the same command with --resume")
+            seconds = time.perf_counter() - t_epoch
+            steps = max(1, step_in_epoch)
+            logged_epoch = {k: v / steps for k, v in sums.items()}
+            logged_epoch.update({"samples_per_s": n_seen * dist_utils.world_size() / max(seconds, 1e-9),
+                                 "data_wait_share": t_wait / max(seconds, 1e-9), "lr": scheduler.get_last_lr()[0]})
+            if on_epoch_end is not None:
+                logged_epoch.update(on_epoch_end(epoch, logged_epoch))
+            history.append({"epoch": epoch + 1, **logged_epoch})
+            log(f"epoch {epoch + 1}/{settings.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in logged_epoch.items()))
+            epoch += 1
+            step_in_epoch = 0
+            save(finished=epoch >= settings.epochs)
+    return {"epoch": epoch, "history": history}
