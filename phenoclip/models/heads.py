@@ -1,0 +1,314 @@
+"""Small modules shared by the encoders and the pretext tasks: projection and pretext heads,
+token masks, LD blocks, and the validation / transformer helpers every encoder uses.
+
+No loss lives here: a head maps token outputs to predictions, the objective compares them.
+
+Shapes: ``B`` batch, ``L`` tokens, ``V`` variants, ``W`` encoder width, ``E`` shared embedding size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+#: dosage classes of a variant token: 0, 1, 2 ALT alleles, a missing call, the [MASK] token
+DOSAGE_MISSING = 3
+DOSAGE_MASK = 4
+N_DOSAGE_CLASSES = 5
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+def check_positive(**values: float) -> None:
+    """Raise ``ValueError`` naming the first argument that is not > 0."""
+    for name, v in values.items():
+        if not v > 0:
+            raise ValueError(f"{name} must be positive, got {v}")
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def check_heads(width: int, heads: int) -> None:
+    check_positive(width=width, heads=heads)
+    if width % heads:
+        raise ValueError(f"width {width} is not divisible by heads {heads}")
+
+
+def check_token_mask(token_mask: Tensor | None, batch: int, n_tokens: int) -> Tensor | None:
+    """``token_mask`` must be bool ``(B, L)``; returns it unchanged (or None)."""
+    if token_mask is None:
+        return None
+    if token_mask.dtype != torch.bool or tuple(token_mask.shape) != (batch, n_tokens):
+        raise ValueError(f"token_mask must be bool of shape ({batch}, {n_tokens}), "
+                         f"got {token_mask.dtype} {tuple(token_mask.shape)}")
+    return token_mask
+
+
+def json_config(**kwargs: Any) -> dict:
+    """Constructor arguments as JSON-ready values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+
+
+# --------------------------------------------------------------------------- shared blocks
+
+def sinusoidal(positions: Tensor, dim: int) -> Tensor:
+    """Fixed sin/cos code ``(L, dim)`` of real-valued ``positions (L,)`` (Vaswani et al.; base 10,000)."""
+    if dim % 2:
+        raise ValueError(f"a sinusoidal position code needs an even width, got {dim}")
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
+    angle = positions.to(torch.float64)[:, None] * freq[None, :]
+    return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1).float()
+
+
+def transformer_stack(width: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> nn.TransformerEncoder:
+    """Pre-norm ``nn.TransformerEncoder`` (batch first, GELU) ending in a LayerNorm: ``(B, L, W) -> (B, L, W)``."""
+    layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=int(round(width * mlp_ratio)), dropout=dropout,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(width), enable_nested_tensor=False)
+
+
+def mamba_stack(width: int, depth: int, d_state: int, d_conv: int, expand: int, bidirectional: bool) -> nn.Module:
+    """:class:`phenoclip.models.mamba.MambaEncoder` ``(B, L, W) -> (B, L, W)``, imported only when built."""
+    check_positive(width=width, depth=depth, d_state=d_state, d_conv=d_conv, expand=expand)
+    from phenoclip.models.mamba import MambaEncoder  # lazy: the ops back end loads only for Mamba encoders
+
+    return MambaEncoder(width, depth, d_state=d_state, d_conv=d_conv, expand=expand, bidirectional=bidirectional)
+
+
+def mlp(sizes: Sequence[int], norm: str = "none", dropout: float = 0.0, activation: type[nn.Module] = nn.ReLU,
+        final_activation: bool = False) -> nn.Sequential:
+    """``Linear -> [BatchNorm|LayerNorm] -> activation -> [Dropout]`` between consecutive ``sizes``.
+
+    The last Linear is bare unless ``final_activation`` (then it gets the norm and activation too).
+    """
+    check_choice("norm", norm, ("batch", "layer", "none"))
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or final_activation:
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(b))
+            elif norm == "layer":
+                layers.append(nn.LayerNorm(b))
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class PatchMixer(nn.Module):
+    """Per-item embeddings ``(B, N, W)`` -> tokens ``(B, ceil(N / patch), W)``, ``patch`` neighbours each.
+
+    ``linear`` concatenates the patch (zero-padded at the end) and maps it back to ``W``;
+    ``sum`` adds the items, which keeps them apart only when their content embeddings are
+    slot-specific (the tokenizers do that in ``sum`` mode).
+    """
+
+    def __init__(self, width: int, patch: int, mode: str):
+        super().__init__()
+        check_positive(width=width, patch=patch)
+        check_choice("patch_mixing", mode, ("linear", "sum"))
+        self.patch, self.mode = patch, mode
+        self.linear = nn.Linear(patch * width, width) if patch > 1 and mode == "linear" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.patch == 1:
+            return x
+        b, n, w = x.shape
+        n_tok = math.ceil(n / self.patch)
+        x = nn.functional.pad(x, (0, 0, 0, n_tok * self.patch - n)).view(b, n_tok, self.patch, w)
+        return self.linear(x.flatten(2)) if self.linear is not None else x.sum(2)
+
+
+def pool_tokens(tokens: Tensor, mode: str) -> Tensor:
+    """``(B, L, W) -> (B, W)`` by ``mean``, ``max`` or ``mixed`` (mean + max halves, MGI's mixed pooling)."""
+    if mode == "mean":
+        return tokens.mean(1)
+    if mode == "max":
+        return tokens.amax(1)
+    return 0.5 * (tokens.mean(1) + tokens.amax(1))
+
+
+# --------------------------------------------------------------------------- heads
+
+class ProjectionHead(nn.Module):
+    """Encoder features ``(B, W)`` -> shared latent space ``(B, E)``.
+
+    ``hidden=None`` gives a single Linear (CLIP); an int gives ``Linear-ReLU-Linear`` (SimCLR, ContIG).
+    """
+
+    def __init__(self, width: int, embed_dim: int, hidden: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        check_positive(width=width, embed_dim=embed_dim)
+        check_dropout(dropout)
+        if hidden is not None:
+            check_positive(hidden=hidden)
+        sizes = [width, embed_dim] if hidden is None else [width, hidden, embed_dim]
+        self.net = mlp(sizes, dropout=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class VariantMaskingHead(nn.Module):
+    """Token outputs ``(B, L, W)`` -> dosage logits ``(B, V, 3)`` (classes 0/1/2) for every variant.
+
+    With patching each token predicts its ``patch`` variants; the trailing padding is cut off.
+    The objective picks the masked, non-missing variants.
+    """
+
+    def __init__(self, width: int, n_variants: int, patch: int = 1, n_classes: int = 3):
+        super().__init__()
+        check_positive(width=width, n_variants=n_variants, patch=patch, n_classes=n_classes)
+        self.n_variants, self.patch, self.n_classes = n_variants, patch, n_classes
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, patch * n_classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        b, n, _ = tokens.shape
+        if n != math.ceil(self.n_variants / self.patch):
+            raise ValueError(f"expected {math.ceil(self.n_variants / self.patch)} tokens, got {n}")
+        logits = self.out(self.norm(tokens)).view(b, n * self.patch, self.n_classes)
+        return logits[:, : self.n_variants]
+
+
+class VolumeReconstructionHead(nn.Module):
+    """MAE-style: token outputs ``(B, L, W)`` -> voxels of each patch ``(B, L, C * prod(patch))``.
+
+    The target is :func:`phenoclip.models.mri.patchify` of the input volume (same voxel order).
+    ``hidden`` inserts one GELU layer (a deeper decoder is the task's choice).
+    """
+
+    def __init__(self, width: int, patch: Sequence[int], in_channels: int = 1, hidden: int | None = None):
+        super().__init__()
+        patch = tuple(int(p) for p in patch)
+        check_positive(width=width, in_channels=in_channels, **{f"patch[{i}]": p for i, p in enumerate(patch)})
+        out = in_channels * int(np.prod(patch))
+        self.norm = nn.LayerNorm(width)
+        self.net = mlp([width, out] if hidden is None else [width, hidden, out], activation=nn.GELU)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.net(self.norm(tokens))
+
+
+# --------------------------------------------------------------------------- masks
+
+def _check_rate(rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"mask rate must be in [0, 1), got {rate}")
+
+
+def random_patch_mask(batch_size: int, n_tokens: int, rate: float, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None) -> Tensor:
+    """bool ``(B, L)`` with exactly ``round(rate * L)`` True per row, at random places (MAE)."""
+    check_positive(batch_size=batch_size, n_tokens=n_tokens)
+    _check_rate(rate)
+    n_mask = int(round(rate * n_tokens))
+    noise = torch.rand(batch_size, n_tokens, generator=generator)
+    ranks = noise.argsort(dim=1).argsort(dim=1)
+    return (ranks < n_mask).to(device)
+
+
+def haplotype_block_mask(block_ids: Tensor | np.ndarray | None, rate: float, batch_size: int,
+                         generator: torch.Generator | None = None, *, n_variants: int | None = None,
+                         window: int = 16, device: torch.device | str | None = None) -> Tensor:
+    """bool ``(B, V)`` masking whole haplotype blocks, about ``rate`` of the variants per row.
+
+    Masking single SNPs is a trivial task when neighbours in LD carry the same allele; hiding a
+    whole block forces the model to infer it from other blocks (paper 000's haplotype masking).
+
+    Parameters
+    ----------
+    block_ids:
+        ``(V,)`` ints, equal for variants of one block (e.g. :func:`estimate_ld_blocks`); blocks
+        need not be contiguous. ``None`` uses contiguous windows of ``window`` variants
+        (then ``n_variants`` is required).
+    rate:
+        Target fraction in ``[0, 1)``. Per row the blocks are taken in random order while the
+        running total stays within half a block of ``rate * V``, so the masked fraction is
+        ``rate`` up to half the largest block.
+    """
+    _check_rate(rate)
+    check_positive(batch_size=batch_size)
+    if block_ids is None:
+        if n_variants is None:
+            raise ValueError("give block_ids or n_variants")
+        check_positive(n_variants=n_variants, window=window)
+        block_ids = np.arange(n_variants) // window
+    ids = np.asarray(block_ids.cpu() if isinstance(block_ids, Tensor) else block_ids)
+    if ids.ndim != 1 or len(ids) == 0:
+        raise ValueError(f"block_ids must be a non-empty 1-D array, got shape {ids.shape}")
+    _, inverse, sizes = np.unique(ids, return_inverse=True, return_counts=True)
+    inverse_t, sizes_t = torch.as_tensor(inverse), torch.as_tensor(sizes, dtype=torch.float64)
+    n_blocks = len(sizes)
+    order = torch.rand(batch_size, n_blocks, generator=generator).argsort(dim=1)   # (B, K) random block order
+    sz = sizes_t[order]
+    before = sz.cumsum(1) - sz                                                  # variants masked before this one
+    take = (before + sz / 2) <= rate * len(ids)
+    block_mask = torch.zeros(batch_size, n_blocks, dtype=torch.bool).scatter(1, order, take)
+    return block_mask[:, inverse_t].to(device)
+
+
+_LD_CHUNK = 4096  # variant columns per step of estimate_ld_blocks: bounds the float64 copies
+
+
+def _adjacent_r2(d: np.ndarray) -> np.ndarray:
+    """``(S, n)`` dosages -> ``(n - 1,)`` r2 of each column with the next (pairwise complete; 0 if undefined)."""
+    d = d.astype(np.float64)
+    x, y = d[:, :-1], d[:, 1:]
+    ok = (x >= 0) & (y >= 0)
+    n = ok.sum(0)
+    x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mx, my = x.sum(0) / n, y.sum(0) / n
+        cov = (x * y).sum(0) / n - mx * my
+        vx = (x * x).sum(0) / n - mx * mx
+        vy = (y * y).sum(0) / n - my * my
+        r2 = cov * cov / (vx * vy)
+    return np.where((n > 1) & (vx > 1e-12) & (vy > 1e-12), r2, 0.0)
+
+
+def estimate_ld_blocks(dosage: np.ndarray, r2_threshold: float = 0.3, max_block: int = 64) -> np.ndarray:
+    """Cheap LD blocks from a dosage matrix: ``(S, V)`` -> ``(V,)`` int64 block ids ``0, 1, ...``.
+
+    Variants are taken in column (genomic) order; a new block starts where the squared Pearson
+    correlation of the dosages with the *previous* variant falls below ``r2_threshold`` (missing
+    calls, ``< 0``, are left out pairwise; a monomorphic pair counts as r2 = 0), and where the
+    current block reaches ``max_block`` variants. This is an adjacent-pair heuristic, not the
+    confidence-interval haplotype blocks of Gabriel et al. (``plink --blocks``): a single poorly
+    tagged variant splits a block. It is meant to make :func:`haplotype_block_mask` hide
+    correlated neighbours together; it reads the matrix 4,096 variants at a time, so memory stays
+    small and 10^5 variants take about a second.
+    """
+    d = np.asarray(dosage)
+    if d.ndim != 2:
+        raise ValueError(f"dosage must be (samples, variants), got shape {d.shape}")
+    if not 0.0 <= r2_threshold <= 1.0:
+        raise ValueError(f"r2_threshold must be in [0, 1], got {r2_threshold}")
+    check_positive(max_block=max_block)
+    n_var = d.shape[1]
+    if n_var == 0:
+        return np.zeros(0, dtype=np.int64)
+    r2 = np.concatenate([_adjacent_r2(d[:, a: a + _LD_CHUNK + 1]) for a in range(0, n_var - 1, _LD_CHUNK)]
+                        + [np.zeros(0)])
+    starts = np.concatenate([[True], r2 < r2_threshold])
+    ids = np.empty(n_var, dtype=np.int64)
+    block, size = -1, 0
+    for j in range(n_var):          # the max_block cut depends on where the block began: a scan
+        if starts[j] or size == max_block:
+            block, size = block + 1, 0
+        ids[j] = block
+        size += 1
+    return ids

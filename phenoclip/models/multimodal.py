@@ -1,0 +1,105 @@
+"""The multimodal model: one encoder and one projection head per modality into a shared latent space.
+
+Like open_clip's ``CLIP``: ``encode(modality, inputs, normalize=True)`` plays ``encode_image``,
+and ``logit_scale`` is a learnable log inverse temperature initialised to ``ln(1 / 0.07)``
+(the contrastive objective applies and clamps it). No loss lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from phenoclip.data.batch import MODALITIES
+from phenoclip.models.heads import ProjectionHead, check_positive
+from phenoclip.models.presets import Preset, get_preset
+from phenoclip.models.registry import build_encoder, encoder_class, encoder_from_config
+
+
+class MultimodalModel(nn.Module):
+    """Encoders ``(B, ...) -> (B, W_m)`` and projections ``(B, W_m) -> (B, E)`` keyed by modality.
+
+    Parameters
+    ----------
+    encoders:
+        Modality -> encoder (any registered class; ``encoder.width`` sizes its projection).
+    archs:
+        Modality -> registry architecture name of that encoder (saved in :meth:`config`).
+    embed_dim:
+        ``E``, the shared latent size.
+    projection_hidden:
+        Hidden size of the 2-layer projection heads; ``None`` for linear heads.
+    init_logit_scale:
+        Initial ``logit_scale`` (log of the inverse temperature).
+    """
+
+    def __init__(self, encoders: Mapping[str, nn.Module], archs: Mapping[str, str], embed_dim: int,
+                 projection_hidden: int | None = None, init_logit_scale: float = math.log(1 / 0.07)):
+        super().__init__()
+        check_positive(embed_dim=embed_dim)
+        if not encoders:
+            raise ValueError("a multimodal model needs at least one encoder")
+        if set(encoders) != set(archs):
+            raise ValueError(f"archs {sorted(archs)} do not match encoders {sorted(encoders)}")
+        for m, enc in encoders.items():
+            if type(enc) is not encoder_class(m, archs[m]):
+                raise ValueError(f"encoder of '{m}' is a {type(enc).__name__}, not the '{archs[m]}' architecture")
+        self.archs = dict(archs)
+        self.embed_dim, self.projection_hidden = embed_dim, projection_hidden
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.projections = nn.ModuleDict({m: ProjectionHead(enc.width, embed_dim, projection_hidden)
+                                          for m, enc in encoders.items()})
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    def encode(self, modality: str, inputs: dict, normalize: bool = True) -> Tensor:
+        """``(B, E)`` embedding of one modality's sub-dict (L2-normalised unless ``normalize=False``)."""
+        z = self.projections[modality](self.encoders[modality](inputs))
+        return nn.functional.normalize(z, dim=-1) if normalize else z
+
+    def encode_terms(self, indices: Tensor | None = None, normalize: bool = True) -> Tensor:
+        """``(K, E)``: HPO terms (ontology indices; default the vocabulary) as one-term patients in the
+        shared space, for an ontology-alignment loss. Needs an ``hpo`` encoder with ``term_embeddings``."""
+        if "hpo" not in self.encoders:
+            raise ValueError("the model has no 'hpo' encoder")
+        z = self.projections["hpo"](self.encoders["hpo"].term_embeddings(indices))
+        return nn.functional.normalize(z, dim=-1) if normalize else z
+
+    def forward(self, batch: dict, normalize: bool = True) -> dict[str, Tensor]:
+        """``{modality: (B, E)}`` for every modality of the model present in ``batch``."""
+        return {m: self.encode(m, batch[m], normalize) for m in self.encoders if m in batch}
+
+    @property
+    def config(self) -> dict:
+        """JSON-ready description from which :meth:`from_config` rebuilds the model (weights aside)."""
+        return {"embed_dim": self.embed_dim, "projection_hidden": self.projection_hidden,
+                "encoders": {m: {"arch": self.archs[m], "config": dict(enc.config)}
+                             for m, enc in self.encoders.items()}}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MultimodalModel":
+        encs = {m: encoder_from_config(m, e["arch"], e["config"]) for m, e in config["encoders"].items()}
+        return cls(encs, {m: e["arch"] for m, e in config["encoders"].items()}, config["embed_dim"],
+                   config.get("projection_hidden"))
+
+
+def build_model(data_shapes: Mapping[str, dict], preset: str | Preset = "tiny", archs: Mapping[str, str] | None = None,
+                overrides: Mapping[str, dict] | None = None, embed_dim: int | None = None) -> MultimodalModel:
+    """A :class:`MultimodalModel` over the modalities of ``data_shapes`` (modality -> data shape).
+
+    ``archs`` and ``overrides`` (modality -> constructor arguments) refine the preset's defaults;
+    ``embed_dim`` replaces the preset's. Encoders come in the order of ``batch.MODALITIES``.
+    """
+    p = get_preset(preset)
+    unknown = sorted(set(data_shapes) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"unknown modalities {', '.join(unknown)} (known: {', '.join(MODALITIES)})")
+    chosen = {m: (archs or {}).get(m, p.default_arch[m]) for m in MODALITIES if m in data_shapes}
+    encoders = {m: build_encoder(m, a, p, data_shapes[m], **(overrides or {}).get(m, {})) for m, a in chosen.items()}
+    return MultimodalModel(encoders, chosen, embed_dim or p.embed_dim, p.projection_hidden)

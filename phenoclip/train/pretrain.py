@@ -1,0 +1,170 @@
+"""``phenoclip pretrain`` as a library function: stores in, checkpoint directory out.
+
+Steps: open and join the stores -> resolve data shapes into the config -> patient-level
+train/validation split (recorded in the checkpoint) -> data-dependent initialisation from the
+training split -> train -> validation retrieval each epoch (Recall@1/5/10 and MRR for every
+modality pair, on held-out patients).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phenoclip.config import TABULAR_OBJECTIVES, PretrainConfig
+from phenoclip.data.batch import DOSAGE, PRESENT, VALUES
+from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate, split_patients
+from phenoclip.errors import InconsistentInputError, UsageError
+from phenoclip.eval.retrieval import paired_retrieval
+from phenoclip.progress import info
+from phenoclip.train import checkpoint as ckpt
+from phenoclip.train import distributed as dist_utils
+from phenoclip.train.loop import LoopSettings, train
+from phenoclip.train.pretrain_task import TABULAR_KEY, PretrainTask
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+def data_shapes(stores: CohortStores, modalities: list[str]) -> dict:
+    """Per modality the shape facts encoders are built from (saved in config.json)."""
+    out: dict = {}
+    for m in modalities:
+        ms = stores.by_modality[m]
+        if m == "gene":
+            out[m] = {"n_variants": ms.shapes[DOSAGE][0]}
+        elif m == "expr":
+            out[m] = {"n_genes": ms.shapes[VALUES][0]}
+        elif m == "mri":
+            c, *vol = ms.shapes["images"]
+            out[m] = {"volume_shape": list(vol), "in_channels": c}
+        elif m == "signal":
+            c, t = ms.shapes["signals"]
+            out[m] = {"n_channels": c, "length": t}
+        elif m == "hpo":
+            from phenoclip.models.phenotype import hpo_vocabulary
+
+            data = ms.meta["phenotypes"]
+            used = np.concatenate([*data.terms, *data.excluded, np.zeros(0, np.int64)])
+            out[m] = {"n_ontology_terms": len(data.ontology), "n_vocab": int(len(hpo_vocabulary(data.ontology, used)))}
+    return out
+
+
+def _initialisation(cfg: PretrainConfig, stores: CohortStores, train_ds: MultimodalDataset) -> dict:
+    """Everything the task derives from data, computed on the training split only."""
+    from phenoclip.models.heads import estimate_ld_blocks
+    from phenoclip.models.phenotype import hpo_vocabulary
+
+    init: dict = {}
+    needs = set(cfg.modalities) | ({"hpo"} if "ontology" in cfg.objectives else set())
+    if "gene" in needs:
+        ms = stores.by_modality["gene"]
+        init["variant_pos"] = np.asarray(ms.meta["variants"]["pos"], dtype=np.int64)
+        rows = [ms.row[s] for s in train_ds.samples if s in ms.row]
+        dos = np.stack([train_ds._read(ms, "dosage", DOSAGE, r) for r in rows]).astype(np.float32)
+        called = dos >= 0
+        init["dosage_means"] = np.where(called, dos, 0).sum(0) / np.maximum(called.sum(0), 1)
+        if "mhm" in cfg.objectives:
+            init["ld_blocks"] = estimate_ld_blocks(dos)
+    if "hpo" in needs:
+        data = stores.by_modality["hpo"].meta["phenotypes"]
+        used = np.concatenate([*data.terms, *data.excluded, np.zeros(0, np.int64)])
+        init["phenotypes"] = data
+        init["hpo_vocab"] = hpo_vocabulary(data.ontology, used)
+    if any(o in TABULAR_OBJECTIVES for o in cfg.objectives):
+        m = cfg.modalities[0]
+        key = TABULAR_KEY[m]
+        items = [train_ds[i][m] for i in range(len(train_ds))]
+        init["tabular_train"] = torch.stack([it[key] for it in items if bool(it[PRESENT])]).numpy()
+    return init
+
+
+@torch.no_grad()
+def embed(model, dataset: MultimodalDataset, modality: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, E), present (N,)) of ``dataset``'s patients for one modality."""
+    model.eval()
+    embs, present = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        embs.append(model.encode(modality, batch[modality]).cpu())
+        present.append(batch[modality][PRESENT].cpu())
+    return torch.cat(embs).numpy(), torch.cat(present).numpy()
+
+
+def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str]) -> dict[str, float]:
+    """Recall@1/5/10 and MRR on held-out patients for every modality pair (patients having both)."""
+    embs = {m: embed(model, dataset, m) for m in modalities}
+    out: dict[str, float] = {}
+    for i, a in enumerate(modalities):
+        for b in modalities[i + 1:]:
+            both = embs[a][1] & embs[b][1]
+            if both.sum() < 2:
+                continue
+            r = paired_retrieval(torch.from_numpy(embs[a][0][both]), torch.from_numpy(embs[b][0][both]))
+            for k in ("R@1", "R@5", "MRR", "chance@1"):
+                out[f"val/{a}-{b}/{k}"] = r[k]
+    return out
+
+
+def _check_resume(out: Path, cfg: PretrainConfig) -> None:
+    prev = PretrainConfig.from_dict(ckpt.read_config(out))
+    for name in PretrainConfig.IDENTITY_FIELDS:
+        a, b = getattr(prev, name), getattr(cfg, name)
+        if a != b:
+            raise InconsistentInputError(f"--resume on a checkpoint of another configuration: {name} was {a!r}, "
+                                         f"now {b!r}", out, "resume with the same options or choose a new --out")
+
+
+def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, log=info,
+                 stop_after_steps: int | None = None) -> dict:
+    """Pretrain and write the checkpoint directory ``out``; return the final state summary."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    device = dist_utils.init_from_env(device)
+    if device != "cpu":
+        raise UsageError("GPU training lands with the GPU presets; run with --device cpu for now")
+    out = Path(out)
+    if resume and not (out / ckpt.CONFIG_FILE).exists():
+        raise InconsistentInputError("--resume but no checkpoint here yet", out, "run once without --resume")
+    if not resume and (out / ckpt.MODEL_FILE).exists():
+        raise UsageError(f"{out} already holds a checkpoint", hint="add --resume to continue it, or pick a new --out")
+    if not out.parent.exists():
+        from phenoclip.errors import OutputError
+        raise OutputError("output folder's parent does not exist", out.parent)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    stores = CohortStores(cfg.data)
+    needed = list(cfg.modalities) + (["hpo"] if "ontology" in cfg.objectives and "hpo" not in cfg.modalities else [])
+    stores.require(needed)
+    cfg.data_shapes = data_shapes(stores, needed)
+    usable = [s for s in stores.samples if any(stores.present(m, [s])[0] for m in cfg.modalities)]
+    train_ids, val_ids = split_patients(usable, cfg.val_fraction, cfg.seed)
+    train_ds = MultimodalDataset(stores, needed, train_ids)
+    val_ds = MultimodalDataset(stores, needed, val_ids, stats_samples=train_ids)
+    cfg.data_shapes["n_train"] = len(train_ds)
+    if resume:
+        _check_resume(out, cfg)
+    task = PretrainTask(cfg, init=None if resume else _initialisation(cfg, stores, train_ds))
+    settings = LoopSettings(epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_ds)), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, seed=cfg.seed, stop_after_steps=stop_after_steps)
+    clip_modalities = [m for m in cfg.modalities]
+
+    def on_epoch_end(epoch: int, logged: dict) -> dict:
+        if len(clip_modalities) < 2:
+            return {}
+        return validation_retrieval(task.model, val_ds, clip_modalities)
+
+    state = {"split": {"train": train_ids, "validation": val_ids}, "modalities": cfg.modalities}
+    result = train(task, train_ds, settings, out, config=cfg.to_dict(), state=state, resume=resume,
+                   on_epoch_end=on_epoch_end, log=log)
+    dist_utils.shutdown()
+    return result

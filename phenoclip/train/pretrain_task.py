@@ -1,0 +1,221 @@
+"""The pretraining task: joins the multimodal model with the objectives a run asked for.
+
+Encoders know nothing about losses and losses nothing about encoders; this module is the one
+place where a batch becomes named loss terms. ``forward(batch)`` is the training step (so DDP
+can wrap the task); every random draw (masks, corruptions) comes from ``self.generators``,
+whose states go into checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from phenoclip.config import TABULAR_OBJECTIVES, PretrainConfig
+from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, TERMS, VALUES
+from phenoclip.models.heads import (VariantMaskingHead, VolumeReconstructionHead, haplotype_block_mask,
+                                    random_patch_mask)
+from phenoclip.models.mri import patchify
+from phenoclip.models.multimodal import build_model
+from phenoclip.objectives import (ByolLoss, ClipLoss, MaskedReconstructionLoss, MaskedTokenLoss,
+                                  OntologyAlignmentLoss, ScarfCorruption, ScarfLoss, VimeLoss, VimeMasking,
+                                  WeightedSum)
+from phenoclip.objectives.ontology import ancestor_distance_matrix, hierarchy_targets
+
+#: the tensor each tabular modality is corrupted on
+TABULAR_KEY = {"expr": VALUES, "gene": DOSAGE}
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class PretrainTask(nn.Module):
+    """Model + objectives for one :class:`~phenoclip.config.PretrainConfig`.
+
+    Parameters
+    ----------
+    cfg:
+        The resolved configuration (``cfg.data_shapes`` filled).
+    init:
+        Data-dependent initialisation from the training split (variant positions, LD blocks,
+        column means, HPO vocabulary, SCARF marginals). ``None`` when weights will be loaded
+        from a checkpoint, whose buffers carry the same information.
+    """
+
+    def __init__(self, cfg: PretrainConfig, init: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        shapes = {m: cfg.data_shapes[m] for m in cfg.modalities}
+        if "ontology" in cfg.objectives:
+            shapes["hpo"] = cfg.data_shapes["hpo"]  # term embeddings, even when hpo is not a CLIP modality
+        self.model = build_model(shapes, cfg.preset, cfg.architectures, embed_dim=cfg.embed_dim)
+        self.generators = {"task": torch.Generator().manual_seed(cfg.seed + 1)}
+        objectives = cfg.objectives
+        self.weights = WeightedSum({o: cfg.weights.get(o, 1.0) for o in objectives})
+        if "clip" in objectives:
+            self.clip = ClipLoss(cfg.modalities)
+        if "ontology" in objectives:
+            self.ontology = OntologyAlignmentLoss(temperature=cfg.ontology_temperature)
+            n_vocab = cfg.data_shapes["hpo"]["n_vocab"]
+            self.register_buffer("ontology_targets", torch.zeros(n_vocab, n_vocab))
+        if "mvm" in objectives:
+            enc = self.model.encoders["mri"]
+            self.mvm_head = VolumeReconstructionHead(enc.width, enc.patch, enc.in_channels)
+            self.mvm = MaskedReconstructionLoss()
+        if "mhm" in objectives:
+            enc = self.model.encoders["gene"]
+            if not hasattr(enc, "variant_to_token_mask"):
+                raise ValueError("mhm needs a token-based gene encoder (transformer or mamba), not "
+                                 f"'{self.model.archs['gene']}'")
+            self.mhm_head = VariantMaskingHead(enc.width, enc.tokens.n_variants, enc.tokens.patch)
+            self.mhm = MaskedTokenLoss()
+            self.register_buffer("ld_blocks", torch.zeros(enc.tokens.n_variants, dtype=torch.int64))
+        tab = [o for o in objectives if o in TABULAR_OBJECTIVES]
+        if tab:
+            self.tab_modality = cfg.modalities[0]
+            n_features = int(np.prod(next(v for k, v in cfg.data_shapes[self.tab_modality].items()
+                                          if k in ("n_genes", "n_variants"))))
+            self.register_buffer("marginals", torch.zeros(cfg.data_shapes["n_train"], n_features))
+        if "scarf" in objectives:
+            self.scarf_loss = ScarfLoss(temperature=1.0)
+        if "vime" in objectives:
+            width = self.model.encoders[self.tab_modality].width
+            self.vime_mask_head = nn.Linear(width, n_features)
+            self.vime_recon_head = nn.Linear(width, n_features)
+            self.vime_loss = VimeLoss()
+        if "byol" in objectives:
+            e = cfg.embed_dim or self.model.embed_dim
+            self.byol_predictor = nn.Sequential(nn.Linear(e, 4 * e), nn.BatchNorm1d(4 * e), nn.ReLU(),
+                                                nn.Linear(4 * e, e))
+            self.byol_target = nn.ModuleDict({"encoder": copy.deepcopy(self.model.encoders[self.tab_modality]),
+                                              "projection": copy.deepcopy(self.model.projections[self.tab_modality])})
+            for p in self.byol_target.parameters():
+                p.requires_grad_(False)
+            self.byol_loss = ByolLoss()
+            self._ema = None  # built lazily: needs the total number of steps
+        if init is not None:
+            self._initialise(init)
+
+    # ------------------------------------------------------------------ data-dependent initialisation
+    @torch.no_grad()
+    def _initialise(self, init: dict) -> None:
+        encs = self.model.encoders
+        if "gene" in encs:
+            if hasattr(encs["gene"], "set_positions"):
+                encs["gene"].set_positions(init["variant_pos"])
+            if hasattr(encs["gene"], "set_column_means"):
+                encs["gene"].set_column_means(init["dosage_means"])
+        if "hpo" in encs:
+            data = init["phenotypes"]
+            encs["hpo"].init_from_ontology(data.ontology, init["hpo_vocab"], generator=self.generators["task"])
+            if hasattr(self, "ontology_targets"):
+                dist = ancestor_distance_matrix(data.ontology, init["hpo_vocab"])
+                self.ontology_targets.copy_(hierarchy_targets(dist))
+        if hasattr(self, "ld_blocks"):
+            self.ld_blocks.copy_(torch.as_tensor(init["ld_blocks"]))
+        if hasattr(self, "marginals"):
+            self.marginals.copy_(torch.as_tensor(init["tabular_train"]))
+        if hasattr(self, "byol_target"):
+            self.byol_target["encoder"].load_state_dict(encs[self.tab_modality].state_dict())
+            self.byol_target["projection"].load_state_dict(self.model.projections[self.tab_modality].state_dict())
+
+    # ------------------------------------------------------------------ training step
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        terms: dict[str, torch.Tensor] = {}
+        cfg = self.cfg
+        g = self.generators["task"]
+        emb = {}
+        if "clip" in cfg.objectives or "ontology" in cfg.objectives:
+            emb = {m: self.model.encode(m, batch[m]) for m in cfg.modalities if m != "hpo" or "clip" in cfg.objectives}
+            present = {m: batch[m][PRESENT] for m in emb}
+        if "clip" in cfg.objectives:
+            terms.update(self.clip(emb, present, self.model.logit_scale))
+        if "ontology" in cfg.objectives:
+            terms.update(self._ontology_terms(batch, emb, present))
+        if "mvm" in cfg.objectives:
+            terms.update(self._mvm(batch["mri"], g))
+        if "mhm" in cfg.objectives:
+            terms.update(self._mhm(batch["gene"], g))
+        if "scarf" in cfg.objectives or "vime" in cfg.objectives or "byol" in cfg.objectives:
+            terms.update(self._tabular(batch[self.tab_modality], g))
+        return self.weights(terms)
+
+    def _ontology_terms(self, batch, emb, present) -> dict[str, torch.Tensor]:
+        hpo_terms = batch["hpo"][TERMS]
+        lookup = self.model.encoders["hpo"].lookup
+        rows = torch.where(hpo_terms >= 0, lookup[hpo_terms.clamp(min=0)], torch.full_like(hpo_terms, -1))
+        term_emb = self.model.encode_terms()
+        losses = []
+        for m, z in emb.items():
+            if m == "hpo":
+                continue
+            keep = present[m] & batch["hpo"][PRESENT]
+            if keep.sum() == 0:
+                continue
+            out = self.ontology(z[keep], rows[keep], term_emb, self.ontology_targets)
+            losses.append(out["ontology"])
+        total = torch.stack(losses).mean() if losses else term_emb.sum() * 0.0
+        return {"ontology": total}
+
+    def _mvm(self, mri: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
+        enc = self.model.encoders["mri"]
+        keep = mri[PRESENT]
+        images = mri[IMAGES][keep]
+        if images.shape[0] == 0:
+            return {"mvm": self.mvm_head.net[0].weight.sum() * 0.0}
+        mask = random_patch_mask(images.shape[0], enc.n_tokens, self.cfg.mvm_mask_rate, generator=g)
+        _, tokens = enc.forward_features({IMAGES: images}, token_mask=mask)
+        pred = self.mvm_head(tokens)
+        return self.mvm(pred, patchify(images, enc.patch), mask)
+
+    def _mhm(self, gene: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
+        enc = self.model.encoders["gene"]
+        keep = gene[PRESENT]
+        dosage = gene[DOSAGE][keep]
+        vmask = haplotype_block_mask(self.ld_blocks, self.cfg.mhm_mask_rate, dosage.shape[0], generator=g)
+        _, tokens = enc.forward_features({DOSAGE: dosage}, token_mask=enc.variant_to_token_mask(vmask))
+        logits = self.mhm_head(tokens)
+        return self.mhm(logits, dosage, vmask)
+
+    def _tabular(self, inputs: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
+        m, key = self.tab_modality, TABULAR_KEY[self.tab_modality]
+        x = inputs[key][inputs[PRESENT]]
+        out: dict[str, torch.Tensor] = {}
+        if "scarf" in self.cfg.objectives:
+            x_tilde, _ = ScarfCorruption(self.marginals, self.cfg.scarf_rate)(x, generator=g)
+            z1 = self.model.encode(m, {key: x})
+            z2 = self.model.encode(m, {key: x_tilde})
+            out.update(self.scarf_loss(z1, z2))
+        if "vime" in self.cfg.objectives:
+            x_tilde, mask = VimeMasking(self.cfg.vime_rate, self.marginals)(x, generator=g)
+            h = self.model.encoders[m]({key: x_tilde})
+            out.update(self.vime_loss(self.vime_mask_head(h), self.vime_recon_head(h), mask, x))
+        if "byol" in self.cfg.objectives:
+            corrupt = ScarfCorruption(self.marginals, self.cfg.scarf_rate)
+            v1, _ = corrupt(x, generator=g)
+            v2, _ = corrupt(x, generator=g)
+            p1 = self.byol_predictor(self.model.encode(m, {key: v1}, normalize=False))
+            p2 = self.byol_predictor(self.model.encode(m, {key: v2}, normalize=False))
+            with torch.no_grad():
+                t = self.byol_target
+                z1 = t["projection"](t["encoder"]({key: v1}))
+                z2 = t["projection"](t["encoder"]({key: v2}))
+            out.update(self.byol_loss(p1, p2, z1, z2))
+        return out
+
+    # ------------------------------------------------------------------ after each optimizer step
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        # keep the temperature in range like open_clip: the loss clamps, the parameter is clamped too
+        self.model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+        if hasattr(self, "byol_target"):
+            # cosine schedule from byol_tau to 1 over training (BYOL)
+            tau = 1 - (1 - self.cfg.byol_tau) * (math.cos(math.pi * min(1.0, progress)) + 1) / 2
+            online = nn.ModuleDict({"encoder": self.model.encoders[self.tab_modality],
+                                    "projection": self.model.projections[self.tab_modality]})
+            for t, o in zip(self.byol_target.parameters(), online.parameters()):
+                t.mul_(tau).add_(o.detach(), alpha=1 - tau)
+            for t, o in zip(self.byol_target.buffers(), online.buffers()):
+                t.copy_(o)
