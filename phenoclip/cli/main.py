@@ -40,10 +40,11 @@ def _root(
 
 
 def _register() -> None:
-    from phenoclip.cli import benchmark, preprocess, simulate
+    from phenoclip.cli import benchmark, preprocess, pretrain, simulate
 
     app.command("simulate", help=simulate.HELP)(simulate.simulate)
     app.add_typer(preprocess.app, name="preprocess")
+    app.command("pretrain", help=pretrain.HELP)(pretrain.pretrain)
     app.command("benchmark", help=benchmark.HELP)(benchmark.benchmark)
 
 

@@ -72,18 +72,50 @@ class VariantTokens(nn.Module):
             raise ValueError(f"positions must have shape ({self.n_variants},), got {tuple(pos.shape)}")
         self.positions.copy_(pos.to(self.positions.device))
 
-    def forward(self, dosage: Tensor, token_mask: Tensor | None = None) -> Tensor:
-        b = dosage.shape[0]
-        check_token_mask(token_mask, b, self.n_tokens)
+    def _classes(self, dosage: Tensor, token_mask: Tensor | None) -> Tensor:
+        """Dosage classes ``(B, V)``: 0/1/2, missing, or [MASK] for the variants of masked tokens."""
+        check_token_mask(token_mask, dosage.shape[0], self.n_tokens)
         cls = dosage.round().long().clamp(0, 2)
         cls = torch.where(dosage < 0, DOSAGE_MISSING, cls)
         if token_mask is not None:
             per_variant = token_mask.repeat_interleave(self.patch, dim=1)[:, : self.n_variants]
             cls = torch.where(per_variant, DOSAGE_MASK, cls)
+        return cls
+
+    def _static(self) -> Tensor:
+        """``(V, W)``: identity + scaled position code, the sample-independent part of each variant."""
         code = sinusoidal(self.positions.to(torch.float64) / self.position_unit, self.width)
-        code = code.to(self.identity.weight.dtype)
-        x = self.dosage(cls + self.slot_offset) + (self.identity.weight + self.position_scale * code)  # (B, V, W)
-        return self.mixer(x)                                                                           # (B, L, W)
+        return self.identity.weight + self.position_scale * code.to(self.identity.weight.dtype)
+
+    def forward(self, dosage: Tensor, token_mask: Tensor | None = None) -> Tensor:
+        """Tokens ``(B, L, W)``; equal to :meth:`forward_reference`, without its ``(B, V, W)`` tensors.
+
+        The mixer is linear in the per-variant embeddings, so a token splits into a static part
+        (the mixer applied to identity + position, once per batch) and a dynamic part that only
+        depends on each slot's dosage class: a one-hot ``(B, L, patch * classes)`` times a small
+        ``(patch * classes, W)`` table of mixed class embeddings.
+        """
+        cls = self._classes(dosage, token_mask)
+        static = self._static()
+        if self.patch == 1:
+            return self.dosage(cls + self.slot_offset) + static
+        p, c, w, n_tok = self.patch, N_DOSAGE_CLASSES, self.width, self.n_tokens
+        emb = self.dosage.weight
+        emb = emb.view(p, c, w) if emb.shape[0] == p * c else emb.view(1, c, w).expand(p, c, w)  # (p, C, W)
+        if self.mixer.linear is not None:  # slot j's block of the mixing matrix: weight[:, j*W:(j+1)*W]
+            table = torch.einsum("ojw,jcw->jco", self.mixer.linear.weight.view(w, p, w), emb)
+        else:
+            table = emb
+        padded = nn.functional.pad(cls, (0, n_tok * p - self.n_variants), value=c)  # class C = padding
+        onehot = nn.functional.one_hot(padded, c + 1)[..., :c].to(table.dtype)      # (B, L*p, C)
+        dynamic = onehot.view(cls.shape[0], n_tok, p * c) @ table.reshape(p * c, w)   # (B, L, W)
+        return dynamic + self.mixer(static.unsqueeze(0))
+
+    def forward_reference(self, dosage: Tensor, token_mask: Tensor | None = None) -> Tensor:
+        """The readable twin of :meth:`forward`: embed every variant ``(B, V, W)``, then mix."""
+        cls = self._classes(dosage, token_mask)
+        x = self.dosage(cls + self.slot_offset) + self._static()  # (B, V, W)
+        return self.mixer(x)                                      # (B, L, W)
 
 
 class VariantTransformer(nn.Module):

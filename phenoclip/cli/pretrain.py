@@ -1,0 +1,75 @@
+"""``phenoclip pretrain``: self-supervised pretraining of the multimodal model on a cohort's stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from phenoclip.cli.common import Threads, run_step
+
+HELP = ("Pretrain encoders whose embeddings line up across modalities (CLIP-style contrastive loss over "
+        "every modality pair, HPO ontology alignment, masked volume / haplotype modelling) or one tabular "
+        "modality alone (SCARF, VIME, BYOL). Writes a checkpoint directory: model.safetensors, config.json, "
+        "state.json (split, per-epoch losses and validation retrieval), optimizer.pt.")
+
+
+def _csv(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _pairs(items: list[str], what: str) -> dict:
+    from phenoclip.errors import UsageError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"{what} must be NAME=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def pretrain(
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated: gene, expr, mri, signal, hpo."),
+    data: List[Path] = typer.Option([], "--data", help="A store from phenoclip preprocess; repeatable. Its schema tells its modality."),
+    objective: Optional[str] = typer.Option(None, "--objective", help="Comma-separated: clip, ontology, mvm, mhm, scarf, vime, byol [default: clip]."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory (runs/NAME)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tiny (CPU, minutes) | small | paper (GPU) [default: tiny]."),
+    arch: List[str] = typer.Option([], "--arch", help="MODALITY=ARCH, e.g. gene=mlp, expr=mamba; repeatable."),
+    weight: List[str] = typer.Option([], "--weight", help="OBJECTIVE=W loss weight, e.g. ontology=0.5; repeatable."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs [default: 30]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="Patients per batch (per process) [default: 32]."),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine) [default: 0.002]."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Held-out patients for validation retrieval [default: 0.2]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a [pretrain] table; options given here win."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out exactly where it stopped."),
+    threads: Optional[int] = Threads,
+) -> None:
+    from phenoclip.config import PretrainConfig, merge, read_toml
+    from phenoclip.errors import UsageError
+    from phenoclip.progress import info
+    from phenoclip.train.pretrain import run_pretrain
+
+    file_values = read_toml(config, "pretrain") if config else {}
+    weights = {k: float(v) for k, v in _pairs(weight, "--weight").items()} if weight else None
+    cli = {"modalities": _csv(modalities), "data": [str(d) for d in data] or None, "objectives": _csv(objective),
+           "preset": preset, "architectures": _pairs(arch, "--arch") or None, "weights": weights, "epochs": epochs,
+           "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction, "device": device, "seed": seed,
+           "threads": threads}
+    values = merge(file_values, cli)
+    if not values.get("modalities"):
+        raise UsageError("--modalities is required (or 'modalities' in the --config file)")
+    if not values.get("data"):
+        raise UsageError("give at least one --data STORE")
+    try:
+        cfg = PretrainConfig.from_dict(values)
+    except TypeError as e:
+        raise UsageError(f"bad configuration: {e}") from None
+    with run_step("pretrain", str(out) + "/", seed=cfg.seed, threads=threads, device=cfg.device) as log:
+        result = run_pretrain(cfg, out, resume=resume, log=lambda line: (info(line), log.note(line)))
+        log.outputs.append(str(out))
+        info(f"checkpoint: {out} ({result['epoch']} epochs)")
