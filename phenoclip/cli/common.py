@@ -31,10 +31,15 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
 
     The store module records the full command line in every file it writes.
     """
-    from phenoclip import store
+    from phenoclip import progress, store
 
     store.current_command = " ".join(["phenoclip"] + sys.argv[1:])
     set_threads(threads)
+    # under torchrun every rank runs this; only rank 0 reports and writes the log
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if not rank0:
+        progress.QUIET = True
     log = RunLog(command, seed=seed, threads=threads, device=device)
     yield log
-    log.write(log_path_for(out, command))
+    if rank0:
+        log.write(log_path_for(out, command))

@@ -113,8 +113,10 @@ def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: 
     n_full = len(order) // settings.batch_size
     # drop the last partial batch: contrastive losses need comparable batch sizes
     batches = [order[i * settings.batch_size:(i + 1) * settings.batch_size] for i in range(n_full)]
+    # the loader draws its workers' base seed from `generator`: from the global RNG it would shift
+    # the dropout stream of a resumed run (one more iterator is created) and break exact resume
     return DataLoader(dataset, batch_sampler=batches[skip_batches:], collate_fn=collate,
-                      num_workers=settings.num_workers)
+                      num_workers=settings.num_workers, generator=g)
 
 
 def steps_per_epoch(dataset: Dataset, settings: LoopSettings) -> int:

@@ -163,7 +163,8 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
             return {}
         return validation_retrieval(task.model, val_ds, clip_modalities)
 
-    state = {"split": {"train": train_ids, "validation": val_ids}, "modalities": cfg.modalities}
+    state = {"split": {"train": train_ids, "validation": val_ids}, "modalities": cfg.modalities,
+             "world_size": dist_utils.world_size(), "device": device}
     result = train(task, train_ds, settings, out, config=cfg.to_dict(), state=state, resume=resume,
                    on_epoch_end=on_epoch_end, log=log)
     dist_utils.shutdown()

@@ -1,0 +1,130 @@
+"""phenoclip pretrain: checkpoint contents, exact resume, preemption, bad input, data-parallel runs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import error_lines, run_cli
+from phenoclip.config import PretrainConfig
+from phenoclip.train.loop import Preempted
+from phenoclip.train.pretrain import run_pretrain
+
+FAST = {"gene": "mlp", "expr": "mlp"}
+
+
+def fast_config(cohort, **kw) -> PretrainConfig:
+    base = dict(modalities=["gene", "expr"], data=[str(cohort["gene"]), str(cohort["expr"])], objectives=["clip"],
+                architectures=dict(FAST), epochs=3, batch_size=16, seed=5)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_checkpoint_directory_contents(small_cohort, tmp_path):
+    out = tmp_path / "pre"
+    proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", small_cohort["gene"], "--data", small_cohort["expr"],
+                   "--arch", "gene=mlp", "--arch", "expr=mlp", "--epochs", "2", "--batch-size", "16", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("model.safetensors", "config.json", "state.json", "optimizer.pt", "rng.safetensors", "pretrain.log"):
+        assert (out / name).exists(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["modalities"] == ["gene", "expr"] and cfg["architectures"] == FAST
+    state = json.loads((out / "state.json").read_text())
+    assert state["epoch"] == 2 and state["finished"] is True
+    train, val = state["split"]["train"], state["split"]["validation"]
+    assert not set(train) & set(val) and len(val) > 5
+    assert len(state["history"]) == 2 and "clip/gene-expr" in state["history"][0]
+    assert "val/gene-expr/R@1" in state["history"][-1] and "temperature" in state["history"][-1]
+    # weights rebuild from config.json alone
+    from phenoclip.train.pretrain_task import PretrainTask
+    task = PretrainTask(PretrainConfig.from_dict(cfg))
+    task.load_state_dict(load_file(str(out / "model.safetensors")))
+    log = (out / "pretrain.log").read_text()
+    assert "epoch 2/2" in log and "seed: 0" in log
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_weights(small_cohort, tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    run_pretrain(fast_config(small_cohort), straight, log=lambda s: None)
+    with pytest.raises(Preempted):  # killed mid-epoch 2 (after 5 optimizer steps)
+        run_pretrain(fast_config(small_cohort), broken, stop_after_steps=5, log=lambda s: None)
+    assert json.loads((broken / "state.json").read_text())["finished"] is False
+    run_pretrain(fast_config(small_cohort), broken, resume=True, log=lambda s: None)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(broken / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ha = json.loads((straight / "state.json").read_text())["history"]
+    hb = json.loads((broken / "state.json").read_text())["history"]
+    assert [h["loss"] for h in ha] == pytest.approx([h["loss"] for h in hb], rel=1e-6)
+
+
+def test_sigusr1_saves_checkpoint_and_exits_75_then_resumes(small_cohort, tmp_path):
+    out = tmp_path / "pre"
+    cmd = [sys.executable, "-m", "phenoclip", "pretrain", "--modalities", "gene,expr", "--data", str(small_cohort["gene"]),
+           "--data", str(small_cohort["expr"]), "--arch", "gene=mlp", "--arch", "expr=mlp", "--epochs", "400",
+           "--batch-size", "16", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stderr:  # wait until training is under way, then send SLURM's pre-timeout signal
+        if line.startswith("epoch 1/"):
+            proc.send_signal(signal.SIGUSR1)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 75, rest
+    assert "checkpoint saved" in rest and "--resume" in rest
+    state = json.loads((out / "state.json").read_text())
+    assert state["finished"] is False and 1 <= state["epoch"] < 400
+    # a different configuration is refused
+    proc2 = run_cli(*cmd[3:], "--resume", "--lr", "0.5")
+    assert proc2.returncode == 5 and "another configuration" in proc2.stderr
+
+
+def test_bad_inputs(small_cohort, tmp_path):
+    g, e, m = small_cohort["gene"], small_cohort["expr"], small_cohort["mri"]
+    # a modality named that no store provides
+    proc = run_cli("pretrain", "--modalities", "gene,mri", "--data", g, "--data", e, "--out", tmp_path / "a")
+    assert proc.returncode == 5 and "modality 'mri'" in proc.stderr and len(error_lines(proc)) == 1
+    # stores with no patients in common
+    from phenoclip.store import create_store, open_store
+    other = tmp_path / "other.h5"
+    with open_store(e) as src, create_store(other, "expression", [f"X{i}" for i in range(20)]) as w:
+        w.array("genes", src.strings("genes"))
+        w.per_sample("values", src["values"][:20])
+    proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", g, "--data", other, "--out", tmp_path / "b")
+    assert proc.returncode == 5 and "share no patients" in proc.stderr
+    # a store that is not a training input / not a store
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", g, "--data", tmp_path / "junk.h5", "--out", tmp_path / "c")
+    assert proc.returncode == 4 and "not an HDF5 file" in proc.stderr
+    # impossible objective combinations are usage errors
+    proc = run_cli("pretrain", "--modalities", "expr", "--data", e, "--objective", "clip", "--out", tmp_path / "d")
+    assert proc.returncode == 2 and "two --modalities" in proc.stderr
+    # a checkpoint whose weights are not safetensors
+    out = tmp_path / "pre"
+    run_pretrain(fast_config(small_cohort, epochs=1), out, log=lambda s: None)
+    (out / "model.safetensors").write_bytes(b"\x80\x04pickled")
+    proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", g, "--data", e, "--arch", "gene=mlp",
+                   "--arch", "expr=mlp", "--epochs", "2", "--batch-size", "16", "--seed", "5", "--out", out, "--resume")
+    assert proc.returncode == 4 and "not a safetensors file" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(small_cohort, tmp_path):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = tmp_path / "ddp"
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "phenoclip", "pretrain", "--modalities", "gene,expr",
+           "--data", str(small_cohort["gene"]), "--data", str(small_cohort["expr"]), "--arch", "gene=mlp",
+           "--arch", "expr=mlp", "--epochs", "2", "--batch-size", "8", "--out", str(out), "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out / "state.json").read_text())
+    assert state["finished"] and state["world_size"] == 2
+    # each rank saw its own half of every epoch: samples/s counts both ranks
+    assert state["history"][-1]["samples_per_s"] > 0
