@@ -394,6 +394,8 @@ def test_hpo_terms_are_real(cohort):
     for pool in (phenotypes.NEURO, phenotypes.CARDIO):
         for tid, _, _, kids in pool:
             assert all(tid in ancestors(k) for k, _ in kids)
+    for _, _, tid, label in phenotypes.TRAIT_TERMS:
+        assert obo[tid]["name"] == label and not obo[tid]["obsolete"], tid
     _, rows = _read_tsv(out / "phenotypes" / "hpo.tsv")
     assert rows and all(r[1] in phenotypes.HPO_LABELS for r in rows)
     for p in truth["patients"]:
@@ -406,12 +408,15 @@ def test_hpo_terms_are_real(cohort):
         feats = doc["phenotypicFeatures"]
         assert [f["type"]["id"] for f in feats] == p["hpo"] == [r[1] for r in rows if r[0] == p["sample"]]
         assert all(obo[f["type"]["id"]]["name"] == f["type"]["label"] and f["excluded"] is False for f in feats)
+        # trait extremes add their own terms on top of the disease's (Tachycardia may be both)
+        trait_terms = set(p["trait_hpo"])
+        assert trait_terms <= set(p["hpo"])
         own = {"neuro": phenotypes.NEURO, "cardio": phenotypes.CARDIO}.get(p["disease"])
         if own is None:
-            assert len(feats) <= 1
+            assert len(feats) - len(trait_terms) <= 1
         else:
             own_ids = {t for tid, _, _, kids in own for t in [tid, *(k for k, _ in kids)]}
-            assert 2 <= sum(f["type"]["id"] in own_ids for f in feats) <= 5
+            assert 2 <= sum(f["type"]["id"] in own_ids for f in feats) <= 5 + len(trait_terms & own_ids)
 
 
 # ---------------------------------------------------------------- determinism and failure
@@ -467,7 +472,205 @@ def test_empty_existing_folder_is_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("patients", 3), ("volume_shape", (8, 40, 32)), ("missing_rate", 0.7),
-                                         ("variants", 50)])
+                                         ("variants", 50), ("n_traits", 5), ("trait_heritability", 1.5),
+                                         ("trait_head_scale", 0.5), ("trait_hpo_threshold", 0.0)])
 def test_config_rejects_impossible_settings(field, value):
     with pytest.raises(UsageError):
         SimulationConfig(**{field: value})
+
+
+# ---------------------------------------------------------------- patient-specific traits
+# One 200-patient cohort at the sample's defaults (2000 variants, 200 genes, 32x40x32 MRI): the
+# planted traits must be measurable from the written files, as a small model would see them.
+
+TRAIT_CFG = SimulationConfig(patients=200, seed=5, signal_seconds=10.0)
+
+
+@pytest.fixture(scope="module")
+def trait_cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("traits") / "cohort"
+    simulate_cohort(out, TRAIT_CFG)
+    with open(out / "truth.json") as fh:
+        truth = json.load(fh)
+    return out, truth
+
+
+def _trait(truth, samples, k):
+    by = {p["sample"]: p["traits"][k] for p in truth["patients"]}
+    return np.array([by[s] for s in samples])
+
+
+def _r(a, b) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_traits_model_and_snps(trait_cohort):
+    _, truth = trait_cohort
+    tr = truth["traits"]
+    assert tr["count"] == 4 and tr["heritability"] == 0.6
+    values = np.array([p["traits"] for p in truth["patients"]])
+    genetic = np.array([p["trait_genetic_values"] for p in truth["patients"]])
+    assert np.all(np.abs(values.mean(0)) < 0.25) and np.all(np.abs(values.std(0) - 1) < 0.2)
+    for k in range(4):   # sqrt(0.6) = 0.77 expected
+        assert 0.6 < _r(values[:, k], genetic[:, k]) < 0.9
+    off = np.corrcoef(values.T)[np.triu_indices(4, 1)]
+    assert np.all(np.abs(off) < 0.25)
+    # common SNPs, ~9 per trait, every one in a block of its own, none in a causal SNP's block
+    snps = tr["snps"]
+    assert [sum(z["trait"] == k + 1 for z in snps) for k in range(4)] == [TRAIT_CFG.trait_snps] * 4
+    blocks = [z["block"] for z in snps]
+    assert len(set(blocks)) == len(blocks)
+    assert not set(blocks) & {c["block"] for c in truth["variants"]["causal_snps"]}
+    assert all(0.15 <= z["alt_freq"] <= 0.85 and z["chrom"] != "chrX" for z in snps)
+    # traits are independent of the disease
+    disease = np.array([p["disease"] for p in truth["patients"]])
+    for k in range(4):
+        for d in ("neuro", "cardio"):
+            assert abs(values[disease == d, k].mean() - values[disease == "control", k].mean()) < 0.6
+    # every trait shows in at least three non-genetic modalities; every modality shows two traits
+    shown = {(d["trait"], d["modality"]) for d in tr["drives"]}
+    for k in range(1, 5):
+        assert sum((k, m) in shown for m in ("expression", "mri", "signals", "hpo")) >= 3
+    for m in ("expression", "mri", "signals", "hpo"):
+        assert sum((k, m) in shown for k in range(1, 5)) >= 2
+
+
+def test_trait_snp_score_tracks_trait(trait_cohort):
+    cyvcf2 = pytest.importorskip("cyvcf2")
+    out, truth = trait_cohort
+    snps = {z["id"]: z for z in truth["traits"]["snps"]}
+    reader = cyvcf2.VCF(str(out / "variants.vcf.gz"))
+    samples = list(reader.samples)
+    score = np.zeros((4, len(samples)))
+    for v in reader:
+        z = snps.get(v.ID)
+        if z is None:
+            continue
+        assert (v.CHROM, v.POS, v.REF, v.ALT[0]) == (z["chrom"], z["pos"], z["ref"], z["alt"])
+        g = _dosage([[list(x) for x in v.genotypes]])[0]
+        score[z["trait"] - 1] += z["effect_per_alt"] * np.where(np.isnan(g), np.nanmean(g), g)
+    reader.close()
+    for k in range(4):
+        assert _r(score[k], _trait(truth, samples, k)) > 0.5, k
+
+
+def test_trait_expression_genes(trait_cohort):
+    out, truth = trait_cohort
+    header, rows = _read_tsv(out / "expression.tsv.gz")
+    samples = [r[0] for r in rows]
+    counts = np.array([[int(v) for v in r[1:]] for r in rows])
+    logcpm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e6)
+    col = {g: j for j, g in enumerate(header[1:])}
+    genes = truth["traits"]["expression_genes"]
+    other = (set(truth["expression"]["eqtl_genes"]) | set(truth["expression"]["lesion_genes"])
+             | {x["gene"] for xs in truth["expression"]["program_genes"].values() for x in xs})
+    assert not set(genes) & other and truth["expression"]["burden_gene"] not in genes
+    for k in range(4):
+        mine = {g: e["log_fold_per_sd"] for g, e in genes.items() if e["trait"] == k + 1}
+        assert len(mine) == TRAIT_CFG.trait_expr_genes
+        t = _trait(truth, samples, k)
+        for g, lfc in mine.items():
+            assert 0.6 <= abs(lfc) <= 1.0
+            assert np.sign(lfc) * _r(logcpm[:, col[g]], t) > 0.4, g
+        z = (logcpm - logcpm.mean(0)) / logcpm.std(0)
+        assert _r(sum(np.sign(f) * z[:, col[g]] for g, f in mine.items()), t) > 0.85
+
+
+def test_signal_traits(trait_cohort):
+    pyedflib = pytest.importorskip("pyedflib")
+    from scipy.signal import medfilt
+
+    out, truth = trait_cohort
+    rate = TRAIT_CFG.signal_rate
+    samples, hr, t_ratio, ppg_amp, af = [], [], [], [], []
+    by = {p["sample"]: p for p in truth["patients"]}
+    for p in _patients(truth, "signals"):
+        with pyedflib.EdfReader(str(out / "signals" / f"{p['sample']}.edf")) as f:
+            ecg, ppg = f.readSignal(0), f.readSignal(1)
+        peaks = _r_peaks(ecg, rate)
+        hr.append(60.0 / np.diff(peaks).mean())
+        x = ecg - medfilt(ecg, int(rate * 0.6) | 1)
+        idx = (peaks * rate).round().astype(int)
+        # T wave: the largest deflection 150-450 ms after each R peak, relative to the R peak
+        t_wave = [x[i + int(0.15 * rate): i + int(0.45 * rate)].max() for i in idx if i + int(0.45 * rate) < len(x)]
+        t_ratio.append(np.median(t_wave) / np.median(x[idx]))
+        y = ppg - medfilt(ppg, int(rate * 1.5) | 1)
+        ppg_amp.append(np.percentile(y, 95) - np.percentile(y, 5))
+        samples.append(p["sample"])
+        af.append(by[p["sample"]]["af"])
+    hr, af = np.array(hr), np.array(af)
+    t3 = _trait(truth, samples, 2)
+    assert _r(hr, t3) > 0.6
+    assert _r(hr[~af], t3[~af]) > 0.85           # sinus rhythm: the rate is the trait's
+    assert np.all((hr > 35) & (hr < 170))
+    assert _r(t_ratio, _trait(truth, samples, 1)) > 0.6
+    assert _r(ppg_amp, _trait(truth, samples, 3)) > 0.6
+
+
+def test_mri_traits(trait_cohort):
+    nib = pytest.importorskip("nibabel")
+    from scipy.ndimage import binary_fill_holes
+
+    out, truth = trait_cohort
+    samples, ventricles, brain, contrast = [], [], [], []
+    for p in _patients(truth, "mri"):
+        data = np.asarray(nib.load(out / "mri" / "images" / f"{p['sample']}_T1.nii.gz").dataobj).astype(float)
+        tissue = data > 350                          # scalp, grey and white matter (CSF and skull are darker)
+        filled = binary_fill_holes(tissue)
+        ventricles.append((filled & ~tissue).sum())  # dark CSF enclosed by brain: the ventricles
+        brain.append(filled.sum())
+        v = data[tissue]
+        contrast.append(np.percentile(v, 90) / np.percentile(v, 30))
+        samples.append(p["sample"])
+    assert _r(ventricles, _trait(truth, samples, 0)) > 0.6
+    assert _r(brain, _trait(truth, samples, 1)) > 0.8
+    assert _r(contrast, _trait(truth, samples, 3)) > 0.8
+
+
+def test_trait_hpo_terms_only_at_extremes(trait_cohort):
+    from phenoclip.data.simulate import phenotypes
+
+    out, truth = trait_cohort
+    thr = TRAIT_CFG.trait_hpo_threshold
+    _, rows = _read_tsv(out / "phenotypes" / "hpo.tsv")
+    written = {}
+    for s, t in rows:
+        written.setdefault(s, set()).add(t)
+    pool_ids = {t for tid, _, _, kids in phenotypes.CARDIO for t in [tid, *(k for k, _ in kids)]}
+    for trait, direction, tid, label in phenotypes.TRAIT_TERMS:
+        assert any(h["id"] == tid and h["label"] == label for h in truth["traits"]["hpo_terms"])
+        n_extreme = 0
+        for p in truth["patients"]:
+            v = p["traits"][trait - 1]
+            extreme = v > thr if direction == ">" else v < -thr
+            n_extreme += extreme
+            has = tid in written.get(p["sample"], set())
+            assert (tid in p["trait_hpo"]) == extreme, (p["sample"], tid)
+            if extreme:
+                assert has, (p["sample"], tid)
+            elif has:   # only a cardio patient's own disease term (Tachycardia) may appear without the extreme
+                assert p["disease"] == "cardio" and tid in pool_ids, (p["sample"], tid)
+        assert n_extreme >= 10, tid      # about 13.5 % of 200 patients per tail
+    # HPO sets are patient-specific beyond the disease: most controls now differ from each other
+    controls = [frozenset(written.get(p["sample"], ())) for p in truth["patients"] if p["disease"] == "control"]
+    assert len(set(controls)) > 0.3 * len(controls)
+
+
+def test_traits_leave_disease_and_genotypes_alone():
+    from phenoclip.data.simulate.cohort import draw_cohort
+
+    base = dict(patients=40, seed=9, variants=400, genes=40)
+    with_traits, without = draw_cohort(SimulationConfig(**base)), draw_cohort(SimulationConfig(**base, n_traits=0))
+    assert np.array_equal(with_traits.variants.calls, without.variants.calls)
+    assert np.array_equal(with_traits.disease, without.disease)
+    assert np.array_equal(with_traits.severity, without.severity)
+    assert np.array_equal(with_traits.af, without.af)
+    assert with_traits.disease_terms == without.terms == without.disease_terms
+    assert without.traits.values.shape == (40, 0) and not without.layout.trait_snps
+    assert np.all(without.ventricle_scale == 1) and np.allclose(without.white_level, 0.85)
+    # a tiny genome still places every trait (blocks shared between traits, never within one)
+    tiny = draw_cohort(SimulationConfig(patients=20, seed=1, variants=120, genes=20))
+    for k in range(4):
+        blocks = [z["block"] for z in tiny.layout.trait_snps if z["trait"] == k]
+        assert blocks and len(set(blocks)) == len(blocks)
+    assert len({z["snp"] for z in tiny.layout.trait_snps}) == len(tiny.layout.trait_snps)

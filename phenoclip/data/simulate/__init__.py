@@ -1,7 +1,9 @@
 """The synthetic cohort behind ``phenoclip simulate``.
 
-A latent disease state (control / neuro / cardio, with severity) is planted in every modality
-and written in the formats users bring::
+A latent disease state (control / neuro / cardio, with severity) is planted in every modality,
+together with up to four patient-specific, partly heritable continuous traits (trait SNPs ->
+expression genes, MRI ventricles / head size / white matter, heart rate and waveform shape, HPO
+terms of trait extremes), and written in the formats users bring::
 
     DIR/README.md, truth.json, labels.tsv
     DIR/variants.vcf.gz (+ .tbi), genes.bed, pgs/PGS_SIM001.txt
@@ -11,7 +13,8 @@ and written in the formats users bring::
     DIR/phenotypes/hpo.tsv, phenotypes/phenopackets/<sample>.json
 
 Modules: ``config`` (knobs and random streams), ``genome`` (blocks, causal SNPs, genes),
-``latent`` (disease, severity, presence), ``genotypes``, ``expression``, ``mri``, ``signals``,
+``latent`` (disease, severity, presence), ``traits`` (trait SNPs and genes, per-patient traits
+and what they set), ``genotypes``, ``expression``, ``mri``, ``signals``,
 ``phenotypes``, ``cohort`` (draws everything), ``output`` / ``writers`` (files), ``truth`` and
 ``readme`` (what was planted).
 """

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phenoclip.data.simulate import expression, genotypes, latent, mri, phenotypes, signals
+from phenoclip.data.simulate import expression, genotypes, latent, mri, phenotypes, signals, traits
 from phenoclip.data.simulate.config import SimulationConfig, rng_for, sample_ids
 from phenoclip.data.simulate.genome import DISEASES, Layout, build_layout
 
@@ -44,6 +44,14 @@ class Cohort:
     head_radii: list[np.ndarray]
     beats: list[np.ndarray]
     heart_rate: np.ndarray
+    traits: traits.Traits
+    disease_terms: list[list[str]]  # HPO IDs from the disease pools only (``terms`` adds trait terms)
+    ventricle_scale: np.ndarray     # (N,) trait-set multipliers (1 = neutral)
+    head_scale: np.ndarray
+    white_level: np.ndarray         # white-matter T1 level (0.85 = neutral)
+    t_wave_scale: np.ndarray
+    ppg_scale: np.ndarray
+    dicrotic_ratio: np.ndarray
 
     def has(self, modality: str) -> np.ndarray:
         """Boolean presence of one modality per patient."""
@@ -60,10 +68,12 @@ def draw_cohort(cfg: SimulationConfig) -> Cohort:
     """Everything except the rendered images and waveforms (those are made while writing)."""
     n = cfg.patients
     layout = build_layout(cfg)
+    traits.place(layout, cfg)
     lat_rng, gen_rng = rng_for(cfg, "latent"), rng_for(cfg, "genotypes")
 
     male = latent.draw_sex(n, lat_rng)
     block_haps = genotypes.draw_block_haplotypes(layout, male, gen_rng)
+    tr = traits.draw(layout, block_haps, cfg)
     causal_idx = [c["snp"] for c in layout.causal]
     causal_dosage = genotypes.dosage(block_haps[:, :, causal_idx])
     liab = latent.liabilities(causal_dosage,
@@ -82,24 +92,30 @@ def draw_cohort(cfg: SimulationConfig) -> Cohort:
     ex_rng = rng_for(cfg, "expression")
     levels = expression.lesion_levels(disease, severity, ex_rng)
     counts, effects = expression.simulate_counts(layout, disease, severity, causal_dosage, levels,
-                                                 cfg.eqtl_log_fold, cfg.program_log_fold, ex_rng)
-    terms = phenotypes.draw_terms(disease, severity, af, rng_for(cfg, "phenotypes"))
+                                                 cfg.eqtl_log_fold, cfg.program_log_fold, ex_rng, tr.values)
+    disease_terms = phenotypes.draw_terms(disease, severity, af, rng_for(cfg, "phenotypes"))
+    terms = phenotypes.add_trait_terms(disease_terms, tr.hpo)
 
     # geometry and rhythm for everyone (cheap); images and waveforms only where present
+    head_scale, target_hr = traits.head_scale(tr, cfg), traits.heart_rates(tr, af, cfg)
     lesions, affines, centres, radii, beats, hr = [], [], [], [], [], []
     for i in range(n):
         r = rng_for(cfg, "mri", i)
         lesions.append(mri.lesion_for(int(disease[i]), float(severity[i]), levels[i], r))
-        aff, centre, head_r = mri.affine_for(cfg.volume_shape, cfg.voxel_spacing, r)
+        aff, centre, head_r = mri.affine_for(cfg.volume_shape, cfg.voxel_spacing, r, float(head_scale[i]))
         affines.append(aff)
         centres.append(centre)
         radii.append(head_r)
-        b, h = signals.beat_times(bool(af[i]), cfg.signal_seconds, rng_for(cfg, "signals", i))
+        b, h = signals.beat_times(bool(af[i]), cfg.signal_seconds, rng_for(cfg, "signals", i),
+                                  None if target_hr is None else float(target_hr[i]))
         beats.append(b)
         hr.append(h)
     return Cohort(cfg, sample_ids(n), layout, male, causal_dosage, liab, disease, probs, intercepts, severity,
                   af, present, table, levels, counts, effects, terms, lesions, affines, centres, radii, beats,
-                  np.array(hr))
+                  np.array(hr), traits=tr, disease_terms=disease_terms,
+                  ventricle_scale=traits.ventricle_scale(tr, cfg), head_scale=head_scale,
+                  white_level=traits.white_level(tr, cfg, mri.WHITE), t_wave_scale=traits.t_wave_scale(tr, cfg),
+                  ppg_scale=traits.ppg_scale(tr, cfg), dicrotic_ratio=traits.dicrotic_ratio(tr, cfg))
 
 
 def mri_rng(cfg: SimulationConfig, i: int) -> np.random.Generator:

@@ -19,6 +19,7 @@ STREAMS = {
     "signals": 6,
     "phenotypes": 7,
     "presence": 8,
+    "traits": 9,
 }
 
 
@@ -57,6 +58,26 @@ class SimulationConfig:
     #: share of genotype calls written as ``.|.`` and as half-calls ``0|.``
     missing_call_rate: float = 0.005
     half_call_rate: float = 0.001
+    # --- patient-specific latent traits (see ``traits.py``): shared across modalities ---
+    #: number of continuous traits (0-4); trait k drives a fixed set of features per modality
+    n_traits: int = 4
+    #: share of each trait's variance explained by its SNPs
+    trait_heritability: float = 0.6
+    #: common SNPs per trait (each in a haplotype block of its own when the genome has enough)
+    trait_snps: int = 9
+    #: expression genes per trait and their log-fold per SD of the trait (x U(0.8, 1.2), random sign)
+    trait_expr_genes: int = 5
+    trait_expr_log_fold: float = 0.8
+    #: MRI: ventricle semi-axes x (1 + v) ** t; head size x (1 + s t); white matter level x (1 + w t)
+    trait_ventricle: float = 0.25
+    trait_head_scale: float = 0.08
+    trait_white_matter: float = 0.10
+    #: signals: heart rate bpm per SD; T-wave and PPG amplitude change per SD
+    trait_hr_bpm: float = 12.0
+    trait_t_wave: float = 0.25
+    trait_ppg: float = 0.25
+    #: HPO: trait terms when |t| passes this many SDs (direction per term)
+    trait_hpo_threshold: float = 1.1
 
     def __post_init__(self) -> None:
         self.volume_shape = tuple(int(v) for v in self.volume_shape)  # type: ignore[assignment]
@@ -87,6 +108,19 @@ class SimulationConfig:
             raise UsageError(f"disease shares need three positive numbers, got {self.disease_shares}")
         if len(self.causal_effects) != 3:
             raise UsageError(f"causal effects need three numbers (per disease), got {self.causal_effects}")
+        if not 0 <= self.n_traits <= 4:
+            raise UsageError(f"n_traits must be within 0 and 4, got {self.n_traits}")
+        if not 0.0 <= self.trait_heritability <= 1.0:
+            raise UsageError(f"trait heritability must be within 0 and 1, got {self.trait_heritability}")
+        if self.trait_snps < 1 or self.trait_expr_genes < 0:
+            raise UsageError(f"need at least 1 SNP per trait and no negative gene count, got "
+                             f"{self.trait_snps} and {self.trait_expr_genes}")
+        if self.trait_hpo_threshold <= 0:
+            raise UsageError(f"trait HPO threshold must be positive, got {self.trait_hpo_threshold}")
+        # multipliers stay positive over the clipped trait range (±2.5 SD)
+        if not (0 <= self.trait_head_scale < 0.4 and 0 <= self.trait_white_matter < 0.4
+                and 0 <= self.trait_t_wave < 0.4 and 0 <= self.trait_ppg < 0.4 and self.trait_ventricle >= 0):
+            raise UsageError("trait strengths must be non-negative and (except trait_ventricle) below 0.4")
 
     def to_dict(self) -> dict:
         """A JSON-ready copy (tuples become lists)."""

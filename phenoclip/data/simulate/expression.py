@@ -1,6 +1,6 @@
 """Gene expression counts: negative-binomial around a mean made of the planted effects.
 
-``log mean[i, g] = base[g] + log(library[i]) + eQTL + disease programme + lesion latent``
+``log mean[i, g] = base[g] + log(library[i]) + eQTL + disease programme + lesion latent + trait``
 and counts are Gamma-Poisson draws (NB with dispersion ``phi[g]``: var = m + phi m^2).
 """
 
@@ -30,9 +30,12 @@ def lesion_levels(disease: np.ndarray, severity: np.ndarray, rng: np.random.Gene
 
 def simulate_counts(layout: Layout, disease: np.ndarray, severity: np.ndarray, causal_dosage: np.ndarray,
                     lesion: np.ndarray, eqtl_log_fold: float, program_log_fold: float,
-                    rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+                    rng: np.random.Generator, traits: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Integer counts ``(N, G)`` for every patient (rows of absent patients are dropped later)
-    and a description of the planted effects for ``truth.json``."""
+    and a description of the planted effects for ``truth.json``.
+
+    ``traits`` ``(N, K)``: a trait gene (``layout.trait_genes``) adds ``log_fold_per_sd x trait``.
+    """
     n, genes = len(disease), layout.genes
     g = len(genes)
     base = rng.normal(np.log(80.0), 1.3, g)
@@ -62,6 +65,9 @@ def simulate_counts(layout: Layout, disease: np.ndarray, severity: np.ndarray, c
             k = lesion_names.index(gene.name)
             log_mean[:, j] += LESION_LOG_FOLD * lesion[:, k]
             effects["lesion"][gene.name] = {"sets": LESION_GENE_ROLES[k], "log_fold_per_unit": LESION_LOG_FOLD}
+        elif gene.role == "trait" and traits is not None:
+            e = layout.trait_genes[gene.name]
+            log_mean[:, j] += e["log_fold_per_sd"] * traits[:, e["trait"]]
 
     mean = np.exp(log_mean)
     lam = rng.gamma(shape=1.0 / phi[None, :], scale=mean * phi[None, :])

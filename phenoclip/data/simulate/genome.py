@@ -56,7 +56,7 @@ class Gene:
     chrom: str
     start: int                     # 0-based, BED
     end: int
-    role: str = "null"             # eqtl | neuro_up | neuro_down | cardio_up | cardio_down | lesion | null
+    role: str = "null"             # eqtl | neuro_up | neuro_down | cardio_up | cardio_down | lesion | trait | null
 
 
 @dataclass
@@ -73,6 +73,10 @@ class Layout:
     burden_gene: str
     lesion_genes: list[str]
     eqtl: dict = field(default_factory=dict)   # gene -> causal index
+    #: trait SNPs (trait, snp, block, chrom, pos, alt_freq, effect) and trait genes
+    #: (gene -> trait, log_fold_per_sd), filled by :func:`traits.place`
+    trait_snps: list = field(default_factory=list)
+    trait_genes: dict = field(default_factory=dict)
 
 
 def _block_sizes(n_snps: int, rng: np.random.Generator) -> list[int]:

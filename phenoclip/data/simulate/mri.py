@@ -1,5 +1,8 @@
 """A T1-like brain phantom with one hyperintense lesion, on a non-RAS grid.
 
+Patient traits set the lateral-ventricle size, the head size and the white-matter level
+(``traits.py``); the lesion follows the disease and the lesion genes as before.
+
 Data contract of what is written: int16 volumes indexed ``[i, j, k]`` with voxel sizes
 ``cfg.voxel_spacing`` mm; the affine maps ``(i, j, k)`` to RAS+ world mm with ``i`` pointing
 Left, ``j`` Posterior and ``k`` Superior (axis codes L, P, S), plus a per-patient origin, so a
@@ -60,15 +63,16 @@ def lesion_for(disease: int, severity: float, levels: np.ndarray, rng: np.random
 
 
 def affine_for(shape: tuple[int, int, int], spacing: tuple[float, float, float],
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               rng: np.random.Generator, head_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An LPS-like affine (i -> Left, j -> Posterior, k -> Superior), the head centre voxel and
     the head's semi-axes in mm.
 
-    The head is off-centre by up to a voxel, ±5 % in size, and the world centre is jittered by
-    a few mm per patient, as scanner positioning does.
+    The head is off-centre by up to a voxel, ±5 % in size per axis (times ``head_scale``, the
+    head-size trait), and the world centre is jittered by a few mm per patient, as scanner
+    positioning does.
     """
     centre = (np.asarray(shape) - 1) / 2.0 + rng.uniform(-1.0, 1.0, 3)
-    head_r = 0.43 * np.asarray(shape) * np.asarray(spacing) * rng.uniform(0.95, 1.05, 3)
+    head_r = 0.43 * np.asarray(shape) * np.asarray(spacing) * rng.uniform(0.95, 1.05, 3) * head_scale
     world = WORLD_CENTRE + rng.normal(0.0, 2.0, 3)
     aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     aff[:3, 3] = world - aff[:3, :3] @ centre
@@ -88,8 +92,13 @@ def _sig(x: np.ndarray, width: float) -> np.ndarray:
 
 def render(shape: tuple[int, int, int], spacing: tuple[float, float, float], centre: np.ndarray,
            head_r: np.ndarray, lesion: Lesion, contrast: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-    """The int16 T1 image ``(X, Y, Z)``, the uint8 lesion mask and the mask's voxel count."""
+           rng: np.random.Generator, ventricle_scale: float = 1.0,
+           white: float = WHITE) -> tuple[np.ndarray, np.ndarray, int]:
+    """The int16 T1 image ``(X, Y, Z)``, the uint8 lesion mask and the mask's voxel count.
+
+    ``ventricle_scale`` multiplies the lateral ventricles' semi-axes (their centres move out by
+    half the growth) and ``white`` is the white-matter level: both set by patient traits.
+    """
     sp = np.asarray(spacing)
     ii, jj, kk = np.meshgrid(*(np.arange(s, dtype=np.float32) for s in shape), indexing="ij")
     dx, dy, dz = ((ii - centre[0]) * sp[0], (jj - centre[1]) * sp[1], (kk - centre[2]) * sp[2])
@@ -103,10 +112,13 @@ def render(shape: tuple[int, int, int], spacing: tuple[float, float, float], cen
     wavy = WHITE_R + 0.05 * np.sin(6 * azimuth + phase[0]) * np.cos(4 * elevation + phase[1])
     f_white = _sig(wavy - r, w)
     img = (SCALP * (f_head - f_skull) + SKULL * (f_skull - f_csf) + CSF * (f_csf - f_brain)
-           + GREY * (f_brain - f_white) + WHITE * f_white)
+           + GREY * (f_brain - f_white) + white * f_white)
     # two lateral ventricles either side of the midline
+    v = ventricle_scale
+    lateral = 0.13 * (0.5 + 0.5 * v)
     for side in (-1.0, 1.0):
-        rv = np.sqrt(((ux - side * 0.13) / 0.09) ** 2 + ((uy + 0.05) / 0.28) ** 2 + ((uz - 0.05) / 0.13) ** 2)
+        rv = np.sqrt(((ux - side * lateral) / (0.09 * v)) ** 2 + ((uy + 0.05) / (0.28 * v)) ** 2
+                     + ((uz - 0.05) / (0.13 * v)) ** 2)
         f_v = _sig(1.0 - rv, 0.15)
         img = img * (1 - f_v) + CSF * f_v
 
@@ -116,7 +128,7 @@ def render(shape: tuple[int, int, int], spacing: tuple[float, float, float], cen
                  + ((dz - lc_mm[2]) / lesion.radii_mm[2]) ** 2)
     # FLAIR-like: additive brightening with a soft rim, only inside the brain
     f_les = _sig(1.0 - rl, 0.12) * f_brain
-    img = img + contrast * WHITE * f_les
+    img = img + contrast * white * f_les
     mask = ((rl <= 1.0) & (f_brain > 0.5)).astype(np.uint8)
     if not mask.any():   # a lesion smaller than a voxel still marks its nearest voxel
         mask[tuple(np.clip(np.round(lc_vox).astype(int), 0, np.asarray(shape) - 1))] = 1

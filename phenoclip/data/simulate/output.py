@@ -93,7 +93,8 @@ def write_mri(folder: str, c: Cohort) -> list[dict]:
     for i in track(present, "simulate: MRI", unit="patients"):
         s = c.samples[i]
         img, mask, f = mri.render(c.cfg.volume_shape, c.cfg.voxel_spacing, c.head_centres[i], c.head_radii[i],
-                                  c.lesions[i], c.cfg.lesion_contrast, mri_rng(c.cfg, i))
+                                  c.lesions[i], c.cfg.lesion_contrast, mri_rng(c.cfg, i),
+                                  float(c.ventricle_scale[i]), float(c.white_level[i]))
         image, lesion = f"images/{s}_T1.nii.gz", f"masks/{s}_lesion.nii.gz"
         _save_nifti(os.path.join(folder, "mri", image), img, c.affines[i])
         _save_nifti(os.path.join(folder, "mri", lesion), mask, c.affines[i])
@@ -111,7 +112,8 @@ def write_signals(folder: str, c: Cohort) -> tuple[int, float]:
     manifest = []
     for i in track(np.flatnonzero(c.has("signals")), "simulate: signals", unit="patients"):
         s = c.samples[i]
-        ecg, ppg = signals.synthesize(c.beats[i], bool(c.af[i]), n, rate, signal_rng(c.cfg, i))
+        ecg, ppg = signals.synthesize(c.beats[i], bool(c.af[i]), n, rate, signal_rng(c.cfg, i),
+                                      float(c.t_wave_scale[i]), float(c.ppg_scale[i]), float(c.dicrotic_ratio[i]))
         signals.write_edf(os.path.join(folder, "signals", f"{s}.edf"), s, bool(c.male[i]), ecg, ppg, rate, duration)
         manifest.append((s, f"{s}.edf"))
     writers.write_tsv(os.path.join(folder, "signals", "manifest.tsv"), ["sample", "path"], manifest)

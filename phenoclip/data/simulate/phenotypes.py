@@ -47,7 +47,16 @@ NONSPECIFIC = [
 ]
 POOLS = {1: NEURO, 2: CARDIO}
 AF_ID = "HP:0005110"
-
+#: terms of trait extremes (see ``traits.py``): (trait 1-4, '>' high or '<' low, id, label); a
+#: patient gets the term exactly when trait > threshold ('>') or trait < -threshold ('<')
+TRAIT_TERMS = [
+    (1, ">", "HP:0002119", "Ventriculomegaly"),
+    (2, ">", "HP:0000256", "Macrocephaly"),
+    (2, "<", "HP:0000252", "Microcephaly"),
+    (3, ">", "HP:0001649", "Tachycardia"),
+    (3, "<", "HP:0001662", "Bradycardia"),
+    (4, "<", "HP:0007103", "Hypointensity of cerebral white matter on MRI"),
+]
 
 
 def _labels() -> dict[str, str]:
@@ -56,6 +65,7 @@ def _labels() -> dict[str, str]:
         for tid, name, _, kids in pool:
             out[tid] = name
             out.update(dict(kids))
+    out.update({tid: label for _, _, tid, label in TRAIT_TERMS})
     return out
 
 
@@ -97,6 +107,12 @@ def draw_terms(disease: np.ndarray, severity: np.ndarray, af: np.ndarray,
                 terms += [t for t in extra if t not in terms]
         out.append(terms)
     return out
+
+
+def add_trait_terms(terms: list[list[str]], trait_terms: list[list[str]]) -> list[list[str]]:
+    """Each patient's disease terms followed by their trait terms (a term already drawn, e.g.
+    Tachycardia from the cardio pool, is not repeated)."""
+    return [own + [t for t in extra if t not in own] for own, extra in zip(terms, trait_terms)]
 
 
 def phenopacket(sample: str, male: bool, terms: list[str]) -> dict:

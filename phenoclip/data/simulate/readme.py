@@ -16,9 +16,11 @@ def readme_text(truth: dict, out: str) -> str:
     prog = {k: ", ".join(g["gene"] for g in gs) for k, gs in ex["program_genes"].items()}
     lesion_genes = ", ".join(f"{g} ({role})" for g, role in ex["lesion_genes"].items())
     n_af = sum(p["af"] for p in pats)
+    tr = truth["traits"]
     return f"""# Simulated phenoclip cohort
 
-{n} synthetic patients (seed {cfg['seed']}) with a hidden disease state planted in every modality.
+{n} synthetic patients (seed {cfg['seed']}) with a hidden disease state and {tr['count']} patient-specific,
+partly heritable traits planted across the modalities.
 Nothing here is real patient data. `truth.json` lists everything planted; this file says it in prose.
 
 Regenerate with:
@@ -90,10 +92,69 @@ affine (uint8, 1 = lesion).
 
 **Signals.** ECG (P-QRS-T) and PPG (pulse following each beat) with baseline wander and noise;
 {n_af} patients have an AF rhythm (irregular RR intervals, no P waves, f-waves), nearly all of
-them cardio. Heart rate differs per patient; beat times are in `truth.json`.
+them cardio. Heart rate differs per patient (set by trait 3 when simulated); beat times are in `truth.json`.
 
 **Phenotypes.** Real HPO terms (release {truth['phenotypes']['hpo_version']}): affected patients get 2-5 terms of their
 disease (sometimes a more specific descendant, e.g. Focal-onset seizure for Seizure), sometimes
 one nonspecific noise term; cardio patients with AF nearly always carry Atrial fibrillation (or
-Paroxysmal atrial fibrillation); controls get at most one nonspecific term.
+Paroxysmal atrial fibrillation); controls get at most one nonspecific term. Trait extremes add
+their own terms on top (below).
+{_traits_section(tr)}"""
+
+
+def _traits_section(tr: dict) -> str:
+    """The traits part of the README (empty when the cohort has none)."""
+    if not tr["count"]:
+        return ""
+    k = tr["count"]
+    names = ", ".join(f"T{j + 1} {name}" for j, name in enumerate(tr["names"]))
+    snps = "\n".join(f"| {z['id']} | {z['chrom']}:{z['pos']} | {z['ref']}>{z['alt']} | T{z['trait']} | "
+                     f"{z['effect_per_alt']:+.2f} | {z['alt_freq']:.2f} |" for z in tr["snps"])
+
+    def strength(d: dict) -> str:
+        if d["modality"] == "expression":
+            return ", ".join(f"{g} {f:+.2f}" for g, f in d["strength"].items())
+        return d["rule"]
+
+    drives = "\n".join(f"| T{d['trait']} | {d['modality']} | {d['feature']} | {strength(d)} |" for d in tr["drives"])
+    hpo = "\n".join(f"| T{h['trait']} | {h['direction']} {h['threshold']:+g} | {h['id']} | {h['label']} | "
+                     f"{tr['realised'].get('hpo_patients', {}).get(h['id'] + ' ' + h['label'], '')} |"
+                     for h in tr["hpo_terms"])
+    real = tr["realised"]
+    corr = ", ".join(f"T{j + 1} {c:.2f}" for j, c in enumerate(real.get("corr_with_genetic_value", [])))
+    off = [abs(real["corr_between_traits"][a][b]) for a in range(k) for b in range(a + 1, k)] if k > 1 else [0.0]
+    blocks = [z["block"] for z in tr["snps"]]
+    where = ("each in a haplotype block of its own" if len(set(blocks)) == len(blocks)
+             else "a trait's SNPs in distinct haplotype blocks, some blocks shared between traits")
+    return f"""
+## Patient-specific traits
+
+Beyond the disease, each patient has {k} continuous traits ({names}), about N(0, 1) each:
+`t = sqrt(h2) x genetic + sqrt(1 - h2) x environment` with heritability h2 = {tr['heritability']:g}.
+The genetic part adds effect x (ALT dosage - 2 x ALT frequency) over the trait's common SNPs
+({', '.join(f"T{j} {n}" for j, n in tr['snps_per_trait'].items())} SNPs; {where}), standardised by its
+population SD; the environment is N(0, 1). Realised correlation of trait and genetic value: {corr} (expected
+{tr['heritability'] ** 0.5:.2f}); between traits at most {max(off):.2f} in absolute value. Traits are independent of the disease
+(not in its liability, severity or AF) and their SNPs sit outside the causal SNPs' blocks.
+Image and waveform effects use the trait clipped to ±{tr['clip_for_images_and_waveforms']:g}. Per patient, `truth.json` has
+`traits`, `trait_genetic_values`, `trait_hpo` and `trait_effects` (the multipliers applied).
+
+Trait SNPs:
+
+| id | position | alleles | trait | effect per ALT | ALT freq |
+| --- | --- | --- | --- | --- | --- |
+{snps}
+
+What each trait drives (expression: log-fold per SD of the trait, per gene):
+
+| trait | modality | feature | strength |
+| --- | --- | --- | --- |
+{drives}
+
+HPO terms of trait extremes (every patient past the threshold carries the term; Tachycardia
+can also come from the cardio disease pool):
+
+| trait | rule (SD) | id | label | patients |
+| --- | --- | --- | --- | --- |
+{hpo}
 """

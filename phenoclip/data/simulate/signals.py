@@ -3,7 +3,8 @@
 ECG (mV): P-QRS-T as Gaussian bumps at each beat; AF drops the P wave, adds fibrillatory
 f-waves and makes RR intervals irregularly irregular. PPG (a.u.): a systolic pulse plus a
 dicrotic wave a pulse-transit time after each R peak, weaker after a short RR interval.
-Both carry baseline wander and noise.
+Both carry baseline wander and noise. Patient traits set the mean heart rate, the T-wave
+amplitude relative to the R wave, and the PPG pulse amplitude and dicrotic ratio (``traits.py``).
 """
 
 from __future__ import annotations
@@ -17,14 +18,20 @@ import numpy as np
 ECG_RANGE = 5.0    # mV, EDF physical min/max (clipped beyond)
 PPG_RANGE = 5.0
 START = _dt.datetime(2024, 1, 1, 8, 0, 0)   # fixed so two runs give identical files
+T_WAVE_RATIO = 0.22    # ECG T-wave / R-wave amplitude at a neutral trait (T was 0.3 mV flat, R 0.8-1.4 mV)
+DICROTIC_RATIO = 0.35  # PPG dicrotic / systolic amplitude at a neutral trait
 
 
-def beat_times(af: bool, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+def beat_times(af: bool, seconds: float, rng: np.random.Generator,
+               hr: float | None = None) -> tuple[np.ndarray, float]:
     """R-peak times (s) covering ``[-1, seconds + 1]`` and the mean heart rate (bpm).
 
-    Sinus rhythm: RR varies a few percent with breathing. AF: log-normal RR with ~22 % spread.
+    ``hr`` is the mean rate (set by the heart-rate trait); without it the rate is drawn, sinus
+    U(55, 90), AF U(75, 115). Sinus rhythm: RR varies a few percent with breathing. AF:
+    log-normal RR with ~22 % spread around the same mean.
     """
-    hr = rng.uniform(75, 115) if af else rng.uniform(55, 90)
+    if hr is None:
+        hr = rng.uniform(75, 115) if af else rng.uniform(55, 90)
     rr0 = 60.0 / hr
     resp_f, resp_phase = rng.uniform(0.2, 0.33), rng.uniform(0, 2 * np.pi)
     t = -1.0 + rng.uniform(0, rr0)
@@ -46,9 +53,14 @@ def _bumps(t: np.ndarray, centres: np.ndarray, amps: np.ndarray, width: float | 
     return (amps[None, :] * np.exp(-0.5 * d * d)).sum(1)
 
 
-def synthesize(beats: np.ndarray, af: bool, n: int, rate: float,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """ECG (mV) and PPG (a.u.) of ``n`` samples at ``rate`` Hz for the given beats."""
+def synthesize(beats: np.ndarray, af: bool, n: int, rate: float, rng: np.random.Generator,
+               t_wave_scale: float = 1.0, ppg_scale: float = 1.0,
+               dicrotic: float = DICROTIC_RATIO) -> tuple[np.ndarray, np.ndarray]:
+    """ECG (mV) and PPG (a.u.) of ``n`` samples at ``rate`` Hz for the given beats.
+
+    Trait-driven shape: the T wave is ``T_WAVE_RATIO x R amplitude x t_wave_scale``; the PPG pulse is
+    scaled by ``ppg_scale`` and its dicrotic wave is ``dicrotic`` x the systolic pulse.
+    """
     t = np.arange(n) / rate
     rr = np.diff(beats, prepend=beats[0] - np.median(np.diff(beats)))
     r_amp = rng.uniform(0.8, 1.4)
@@ -56,7 +68,8 @@ def synthesize(beats: np.ndarray, af: bool, n: int, rate: float,
     ecg += _bumps(t, beats - 0.035, np.full(len(beats), -0.12 * r_amp), 0.010)
     ecg += _bumps(t, beats + 0.035, np.full(len(beats), -0.30 * r_amp), 0.012)
     # the T wave moves with the RR interval (QT shortens at high rates)
-    ecg += _bumps(t, beats + 0.22 * np.sqrt(np.clip(rr, 0.3, 2.0)) + 0.06, np.full(len(beats), 0.3), 0.045)
+    t_amp = T_WAVE_RATIO * r_amp * t_wave_scale
+    ecg += _bumps(t, beats + 0.22 * np.sqrt(np.clip(rr, 0.3, 2.0)) + 0.06, np.full(len(beats), t_amp), 0.045)
     if af:
         f1, f2 = rng.uniform(5, 7, 2)
         drift = np.cumsum(rng.normal(0, 0.02, n))   # fibrillatory waves wander in phase
@@ -71,8 +84,8 @@ def synthesize(beats: np.ndarray, af: bool, n: int, rate: float,
 
     ptt = rng.uniform(0.18, 0.26)
     # Frank-Starling: a short preceding RR fills the ventricle less, so the pulse is weaker
-    amp = np.clip(rr / np.median(rr), 0.5, 1.3) ** 0.8
-    ppg = _bumps(t, beats + ptt + 0.12, amp, 0.06) + _bumps(t, beats + ptt + 0.38, 0.35 * amp, 0.08)
+    amp = ppg_scale * np.clip(rr / np.median(rr), 0.5, 1.3) ** 0.8
+    ppg = _bumps(t, beats + ptt + 0.12, amp, 0.06) + _bumps(t, beats + ptt + 0.38, dicrotic * amp, 0.08)
     ppg += 0.2 * np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * t + rng.uniform(0, 6.3))
     ppg += rng.normal(0, 0.02, n)
     return np.clip(ecg, -ECG_RANGE, ECG_RANGE), np.clip(ppg, -PPG_RANGE, PPG_RANGE)

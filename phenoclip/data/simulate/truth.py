@@ -6,7 +6,7 @@ import numpy as np
 
 from phenoclip import __version__
 from phenoclip.data.simulate import genotypes as gt
-from phenoclip.data.simulate import latent, mri, phenotypes
+from phenoclip.data.simulate import latent, mri, phenotypes, traits
 from phenoclip.data.simulate.cohort import Cohort
 from phenoclip.data.simulate.expression import LESION_GENE_ROLES
 from phenoclip.data.simulate.genome import CHRX_NONPAR_END, CHRX_NONPAR_START, DISEASES
@@ -72,8 +72,64 @@ def _patients(c: Cohort, mask_voxels: list, seconds_written: float) -> list[dict
             "heart_rate_bpm": _r(c.heart_rate[i], 2),
             "beats_s": _r(beats, 4),
             "hpo": list(c.terms[i]),
+            "traits": _r(c.traits.values[i]),
+            "trait_genetic_values": _r(c.traits.genetic[i]),
+            "trait_hpo": list(c.traits.hpo[i]),
+            "trait_effects": {
+                "ventricle_scale": _r(c.ventricle_scale[i]),
+                "head_scale": _r(c.head_scale[i]),
+                "head_semi_axes_mm": _r(c.head_radii[i], 3),
+                "head_centre_voxel": _r(c.head_centres[i], 3),
+                "white_matter_level": _r(c.white_level[i] * 1000, 1),
+                "t_wave_scale": _r(c.t_wave_scale[i]),
+                "ppg_amplitude_scale": _r(c.ppg_scale[i]),
+                "ppg_dicrotic_ratio": _r(c.dicrotic_ratio[i]),
+            },
         })
     return out
+
+
+def _traits(c: Cohort) -> dict:
+    """The trait model, its SNPs and genes, what each trait drives, and realised statistics."""
+    cfg, t, lay = c.cfg, c.variants, c.layout
+    row_of_snp = {int(s): m for m, s in enumerate(t.block_snp) if s >= 0}
+    snps = []
+    for z in lay.trait_snps:
+        m = row_of_snp[z["snp"]]
+        snps.append({"id": str(t.id[m]), "chrom": z["chrom"], "pos": z["pos"], "ref": str(t.ref[m]),
+                     "alt": str(t.alt[m]), "trait": z["trait"] + 1, "effect_per_alt": z["effect"],
+                     "alt_freq": _r(z["alt_freq"]), "block": z["block"]})
+    snps.sort(key=lambda z: (z["trait"], z["id"]))
+    v = c.traits.values
+    k = c.traits.k
+    realised = {}
+    if k and len(v) > 2:
+        realised = {"mean": _r(v.mean(0)), "sd": _r(v.std(0)),
+                    "corr_with_genetic_value": _r([float(np.corrcoef(v[:, j], c.traits.genetic[:, j])[0, 1])
+                                                   for j in range(k)]),
+                    "corr_between_traits": _r(np.corrcoef(v.T)) if k > 1 else [[1.0]],
+                    "hpo_patients": {f"{tid} {lab}": sum(tid in h for h in c.traits.hpo)
+                                     for tr, _, tid, lab in phenotypes.TRAIT_TERMS if tr <= k}}
+    return {
+        "count": k,
+        "names": list(traits.TRAIT_NAMES[:k]),
+        "heritability": cfg.trait_heritability,
+        "model": "t = sqrt(h2) x genetic + sqrt(1 - h2) x environment; genetic = sum of effect x (ALT dosage - "
+                 "2 x alt_freq) over the trait's SNPs divided by sqrt(sum effect^2 x 2 alt_freq (1 - alt_freq)) "
+                 "(true dosages, before missing calls); environment ~ N(0, 1)",
+        "disease_link": "none: traits do not enter disease liability, severity or AF, and their SNPs lie outside "
+                        "the causal SNPs' blocks",
+        "clip_for_images_and_waveforms": traits.TRAIT_CLIP,
+        "snps_per_trait": {str(j + 1): sum(z["trait"] == j + 1 for z in snps) for j in range(k)},
+        "snps": snps,
+        "expression_genes": {g: {"trait": e["trait"] + 1, "log_fold_per_sd": e["log_fold_per_sd"]}
+                             for g, e in lay.trait_genes.items()},
+        "hpo_terms": [{"trait": tr, "direction": d, "threshold": cfg.trait_hpo_threshold if d == ">"
+                       else -cfg.trait_hpo_threshold, "id": tid, "label": lab}
+                      for tr, d, tid, lab in phenotypes.TRAIT_TERMS if tr <= k],
+        "drives": traits.drives(cfg, lay),
+        "realised": realised,
+    }
 
 
 def _variants(c: Cohort, pgs: dict) -> dict:
@@ -181,6 +237,7 @@ def build_truth(c: Cohort, pgs: dict, mask_voxels: list, signal_samples: int, re
                                   for name, pool in (("neuro", phenotypes.NEURO), ("cardio", phenotypes.CARDIO),
                                                      ("nonspecific", phenotypes.NONSPECIFIC))},
         },
+        "traits": _traits(c),
         "files": files,
     }
 
