@@ -46,6 +46,7 @@ class PretrainConfig:
     vime_rate: float = 0.3
     byol_tau: float = 0.99
     ontology_temperature: float = 0.1
+    augment: bool = True
     data_shapes: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "PretrainConfig":
@@ -102,7 +103,7 @@ class PretrainConfig:
     # the fields whose change makes a checkpoint a different model or a different run
     IDENTITY_FIELDS = ("modalities", "objectives", "preset", "architectures", "embed_dim", "batch_size", "lr",
                        "weight_decay", "val_fraction", "seed", "weights", "mvm_mask_rate", "mhm_mask_rate",
-                       "scarf_rate", "vime_rate", "byol_tau", "ontology_temperature", "data_shapes")
+                       "scarf_rate", "vime_rate", "byol_tau", "ontology_temperature", "augment", "data_shapes")
 
 
 def read_toml(path: str | os.PathLike, section: str) -> dict:

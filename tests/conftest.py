@@ -67,26 +67,11 @@ def known_vcf(tmp_path: Path) -> Path:
 def small_cohort(tmp_path_factory) -> dict:
     """A 64-patient simulated cohort preprocessed into stores: {'dir', 'gene', 'expr', 'mri', 'signal', 'pheno'}."""
     from phenoclip.data.simulate import SimulationConfig, simulate_cohort
-    from phenoclip.preprocess.expression import convert_expression
-    from phenoclip.preprocess.mri import convert_mri
-    from phenoclip.preprocess.phenotypes import convert_phenotypes
-    from phenoclip.preprocess.signals import convert_signals
-    from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+    from phenoclip.preprocess.cohort import preprocess_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     cohort = root / "sim"
     simulate_cohort(cohort, SimulationConfig(patients=64, seed=3, variants=400, genes=60, volume_shape=(32, 40, 32),
                                              signal_seconds=6.0, signal_rate=100.0))
-    stores = {"dir": cohort}
-    stores["gene"] = root / "gene.h5"
-    convert_vcf(cohort / "variants.vcf.gz", stores["gene"], VariantOptions())
-    stores["expr"] = root / "expr.h5"
-    convert_expression(cohort / "expression.tsv.gz", stores["expr"], transform="cpm-log1p")
-    stores["mri"] = root / "mri.h5"
-    convert_mri(cohort / "mri" / "manifest.tsv", stores["mri"], spacing=(1.5, 1.5, 1.5), shape=(32, 32, 32))
-    stores["signal"] = root / "signal.h5"
-    convert_signals(cohort / "signals" / "manifest.tsv", stores["signal"], rate=100.0, window=5.0, bandpass=(0.5, 40))
-    stores["pheno"] = root / "pheno.h5"
-    convert_phenotypes(stores["pheno"], phenopackets=cohort / "phenotypes" / "phenopackets",
-                       labels=cohort / "labels.tsv")
+    stores = {"dir": cohort, **preprocess_cohort(cohort, root, signal_window=5.0)}
     return stores

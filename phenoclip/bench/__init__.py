@@ -58,9 +58,9 @@ class SuiteFailed(PhenoclipError):
 
 
 def _suites() -> dict[str, Callable[[BenchContext], SuiteResult]]:
-    from phenoclip.bench import ingest
+    from phenoclip.bench import ingest, pretrain_speed
 
-    return {"ingest": ingest.run}
+    return {"ingest": ingest.run, "pretrain": pretrain_speed.run}
 
 
 def _fmt(v) -> str:

@@ -42,10 +42,12 @@ def pretrain(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs [default: 30]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="Patients per batch (per process) [default: 32]."),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine) [default: 0.002]."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", min=0.0, help="AdamW weight decay [default: 0.05]."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Held-out patients for validation retrieval [default: 0.2]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a [pretrain] table; options given here win."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Perturb each view during contrastive training (dosage/term dropout, noise, shifts) [default: on]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out exactly where it stopped."),
     threads: Optional[int] = Threads,
 ) -> None:
@@ -58,8 +60,8 @@ def pretrain(
     weights = {k: float(v) for k, v in _pairs(weight, "--weight").items()} if weight else None
     cli = {"modalities": _csv(modalities), "data": [str(d) for d in data] or None, "objectives": _csv(objective),
            "preset": preset, "architectures": _pairs(arch, "--arch") or None, "weights": weights, "epochs": epochs,
-           "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction, "device": device, "seed": seed,
-           "threads": threads}
+           "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "val_fraction": val_fraction, "device": device, "seed": seed,
+           "threads": threads, "augment": augment}
     values = merge(file_values, cli)
     if not values.get("modalities"):
         raise UsageError("--modalities is required (or 'modalities' in the --config file)")

@@ -207,7 +207,9 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
             if on_epoch_end is not None:
                 logged_epoch.update(on_epoch_end(epoch, logged_epoch))
             history.append({"epoch": epoch + 1, **logged_epoch})
-            log(f"epoch {epoch + 1}/{settings.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in logged_epoch.items()))
+            # one readable line; every figure (per pair, per split) is in state.json's history
+            shown = {k: v for k, v in logged_epoch.items() if k.count("/") < 2}
+            log(f"epoch {epoch + 1}/{settings.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
             epoch += 1
             step_in_epoch = 0
             save(finished=epoch >= settings.epochs)

@@ -103,6 +103,7 @@ def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str
     """Recall@1/5/10 and MRR on held-out patients for every modality pair (patients having both)."""
     embs = {m: embed(model, dataset, m) for m in modalities}
     out: dict[str, float] = {}
+    ratios = []
     for i, a in enumerate(modalities):
         for b in modalities[i + 1:]:
             both = embs[a][1] & embs[b][1]
@@ -111,6 +112,10 @@ def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str
             r = paired_retrieval(torch.from_numpy(embs[a][0][both]), torch.from_numpy(embs[b][0][both]))
             for k in ("R@1", "R@5", "MRR", "chance@1"):
                 out[f"val/{a}-{b}/{k}"] = r[k]
+            ratios.append(r["R@1"] / r["chance@1"])
+    if ratios:  # the headline: held-out Recall@1 in multiples of chance, averaged over pairs
+        out["val/R@1_x_chance"] = float(np.mean(ratios))
+        out["val/min_R@1_x_chance"] = float(np.min(ratios))
     return out
 
 
@@ -165,6 +170,11 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
 
     state = {"split": {"train": train_ids, "validation": val_ids}, "modalities": cfg.modalities,
              "world_size": dist_utils.world_size(), "device": device}
+    if resume:
+        state["init_validation"] = ckpt.read_state(out).get("init_validation", {})
+    elif len(clip_modalities) >= 2:
+        # the same model at random initialisation: the baseline every learning claim is held against
+        state["init_validation"] = validation_retrieval(task.model, val_ds, clip_modalities)
     result = train(task, train_ds, settings, out, config=cfg.to_dict(), state=state, resume=resume,
                    on_epoch_end=on_epoch_end, log=log)
     dist_utils.shutdown()

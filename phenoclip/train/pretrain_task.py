@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from phenoclip.config import TABULAR_OBJECTIVES, PretrainConfig
+from phenoclip.data.augment import AugmentConfig, augment_batch
 from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, TERMS, VALUES
 from phenoclip.models.heads import (VariantMaskingHead, VolumeReconstructionHead, haplotype_block_mask,
                                     random_patch_mask)
@@ -127,6 +128,8 @@ class PretrainTask(nn.Module):
         cfg = self.cfg
         g = self.generators["task"]
         emb = {}
+        if self.training and cfg.augment and ("clip" in cfg.objectives or "ontology" in cfg.objectives):
+            batch = augment_batch(batch, AugmentConfig(), g)
         if "clip" in cfg.objectives or "ontology" in cfg.objectives:
             emb = {m: self.model.encode(m, batch[m]) for m in cfg.modalities if m != "hpo" or "clip" in cfg.objectives}
             present = {m: batch[m][PRESENT] for m in emb}

@@ -1,0 +1,77 @@
+"""Training-time augmentations of a batch dict, one per modality.
+
+Contrastive pretraining on a few hundred patients memorises them unless each view is perturbed;
+these perturbations keep what the modalities share (ventricle size, heart rate, expression
+programmes, genotype) and change what they don't (exact voxels, recording phase, noise).
+Every draw comes from the given ``torch.Generator``, whose state is checkpointed, so resumed
+runs see the same augmentations. Left/right flips are deliberately absent: lesion laterality
+carries the disease in the data this is meant for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, SIGNALS, TERMS, VALUES
+
+
+@dataclass
+class AugmentConfig:
+    dosage_dropout: float = 0.1      # share of genotype calls hidden (set missing)
+    expr_noise: float = 0.2          # Gaussian noise in gene-wise standard deviations
+    expr_dropout: float = 0.1        # share of genes zeroed (their mean after standardisation)
+    mri_shift: int = 2               # voxels of random translation per axis
+    mri_intensity: float = 0.1       # +- relative intensity scaling
+    mri_noise: float = 0.05          # Gaussian noise (intensities are z-scored)
+    signal_shift: float = 0.5        # max circular shift as a share of the window
+    signal_scale: float = 0.1        # +- amplitude scaling per channel
+    signal_noise: float = 0.05
+    term_dropout: float = 0.2        # share of a patient's HPO terms hidden (one is always kept)
+
+
+def _uniform(shape, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(shape, generator=g)
+
+
+def augment_batch(batch: dict, cfg: AugmentConfig, g: torch.Generator) -> dict:
+    """A new batch dict with each present modality perturbed (inputs are not modified in place)."""
+    out = dict(batch)
+    if "gene" in batch:
+        d = batch["gene"][DOSAGE]
+        hide = torch.rand(d.shape, generator=g) < cfg.dosage_dropout
+        out["gene"] = {**batch["gene"], DOSAGE: torch.where(hide, torch.full_like(d, -1.0), d)}
+    if "expr" in batch:
+        x = batch["expr"][VALUES]
+        x = x + cfg.expr_noise * torch.randn(x.shape, generator=g)
+        x = torch.where(torch.rand(x.shape, generator=g) < cfg.expr_dropout, torch.zeros_like(x), x)
+        out["expr"] = {**batch["expr"], VALUES: x}
+    if "mri" in batch:
+        v = batch["mri"][IMAGES]
+        b = v.shape[0]
+        shifts = torch.randint(-cfg.mri_shift, cfg.mri_shift + 1, (b, 3), generator=g)
+        v = torch.stack([torch.roll(v[i], tuple(shifts[i].tolist()), dims=(1, 2, 3)) for i in range(b)])
+        scale = _uniform((b, 1, 1, 1, 1), 1 - cfg.mri_intensity, 1 + cfg.mri_intensity, g)
+        v = v * scale + cfg.mri_noise * torch.randn(v.shape, generator=g)
+        out["mri"] = {**batch["mri"], IMAGES: v}
+    if "signal" in batch:
+        s = batch["signal"][SIGNALS]
+        b, c, t = s.shape
+        shifts = torch.randint(0, max(1, int(cfg.signal_shift * t)), (b,), generator=g)
+        s = torch.stack([torch.roll(s[i], int(shifts[i]), dims=-1) for i in range(b)])
+        s = s * _uniform((b, c, 1), 1 - cfg.signal_scale, 1 + cfg.signal_scale, g)
+        s = s + cfg.signal_noise * torch.randn(s.shape, generator=g)
+        out["signal"] = {**batch["signal"], SIGNALS: s}
+    if "hpo" in batch:
+        terms = batch["hpo"][TERMS]
+        valid = terms >= 0
+        drop = (torch.rand(terms.shape, generator=g) < cfg.term_dropout) & valid
+        # keep each patient's first valid term so nobody loses every phenotype
+        first = valid & (valid.cumsum(dim=1) == 1)
+        drop &= ~first
+        out["hpo"] = {**batch["hpo"], TERMS: torch.where(drop, torch.full_like(terms, -1), terms)}
+    for m in out:
+        if isinstance(out[m], dict) and PRESENT in batch.get(m, {}):
+            out[m][PRESENT] = batch[m][PRESENT]
+    return out
