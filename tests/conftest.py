@@ -75,3 +75,11 @@ def small_cohort(tmp_path_factory) -> dict:
                                              signal_seconds=6.0, signal_rate=100.0))
     stores = {"dir": cohort, **preprocess_cohort(cohort, root, signal_window=5.0)}
     return stores
+
+
+@pytest.fixture(scope="session")
+def sample_stores(tmp_path_factory) -> dict:
+    """The bundled data/sample cohort preprocessed into stores (as scripts/run_sample.sh does)."""
+    from phenoclip.preprocess.cohort import preprocess_cohort
+
+    return preprocess_cohort(SAMPLE, tmp_path_factory.mktemp("sample_stores"))

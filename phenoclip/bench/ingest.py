@@ -48,7 +48,8 @@ def _throughput_rows(ctx: BenchContext, vcf: str, n_samples: int, n_variants: in
     results = {}
     for name, cmd in runs.items():
         info(f"ingest: {name} on {n_samples} x {n_variants}")
-        m = measure(cmd)
+        # best of 3 where a run is short enough for timing noise to matter; the same for every tool
+        m = best_of(3, cmd) if n_variants <= 50000 else measure(cmd)
         if m.returncode != 0:
             raise RuntimeError(f"{name} failed: {m.stderr.strip().splitlines()[-1:]}")
         results[name] = m
@@ -82,9 +83,12 @@ def run(ctx: BenchContext) -> SuiteResult:
         result.commands.append(f"phenoclip preprocess variants --vcf {vcf} --out ingest_{label}.h5")
     result.tables.append(Table(
         "VCF -> dosage matrix (one process each, same file)",
-        ["samples x variants", "tool", "seconds", "variants/s", "peak RSS MB", "speed vs bare cyvcf2 loop"], rows,
+        ["samples x variants", "tool", "seconds (best of 3 up to 50k variants)", "variants/s", "peak RSS MB",
+         "speed vs bare cyvcf2 loop"], rows,
         note=(f"Target: phenoclip >= 0.8x the bare loop. Measured: "
-              f"{result.metrics['main_speed_vs_bare_loop']:.2f}x. phenoclip also writes haplotypes, the variant "
+              f"{result.metrics['main_speed_vs_bare_loop']:.2f}x"
+              + (f" (100k variants: {result.metrics['large_speed_vs_bare_loop']:.2f}x)"
+                 if "large_speed_vs_bare_loop" in result.metrics else "") + ". Times include process start-up. phenoclip also writes haplotypes, the variant "
               f"table and a compressed HDF5 file; the bare loop only fills an in-memory matrix. Output matrix "
               f"(dosage + haplotypes, int8): {result.metrics['main_output_matrix_mb']:.0f} MB.")))
 

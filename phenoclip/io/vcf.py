@@ -233,20 +233,39 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
         sources = [vcf]
         region_filter = merge_regions(regions) if regions else None
 
-    raw = np.empty((block_size, n_samples, 3), dtype=np.int16)
-    allele_index = np.empty(block_size, dtype=np.int16)
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Two raw buffers: a worker thread decodes one block (numpy releases the GIL) while this
+    # thread parses the next one into the other buffer.
+    raws = [np.empty((block_size, n_samples, 3), dtype=np.int16) for _ in range(2)]
+    indices = [np.empty(block_size, dtype=np.int16) for _ in range(2)]
+    which = 0
+    raw, allele_index = raws[which], indices[which]
     block = VariantBlock()
     n = 0
     phased_so_far = True
+    pending = None
+    pool = ThreadPoolExecutor(max_workers=1)
 
-    def flush() -> VariantBlock:
-        nonlocal block, n, phased_so_far
-        dos, haps, refc, unph, n_alleles = _decode(raw[:n], allele_index[:n], phased_so_far, want_ref_count)
-        block.dosage, block.haplotypes, block.ref_count, block.unphased_het = dos, haps, refc, unph
-        block.n_alleles = n_alleles
+    def finish(blk: VariantBlock, future) -> VariantBlock:
+        nonlocal phased_so_far
+        dos, haps, refc, unph, n_alleles = future.result()
+        blk.dosage, blk.haplotypes, blk.ref_count, blk.unphased_het = dos, haps, refc, unph
+        blk.n_alleles = n_alleles
         phased_so_far = phased_so_far and unph == 0
-        out, block, n = block, VariantBlock(), 0
-        return out
+        return blk
+
+    def flush() -> VariantBlock | None:
+        """Start decoding the current block; return the previous one, now decoded (or None)."""
+        nonlocal block, n, pending, which, raw, allele_index
+        done = finish(*pending) if pending is not None else None
+        # haplotypes are decoded while every block so far was phased (known once `done` is in)
+        future = pool.submit(_decode, raw[:n], allele_index[:n], phased_so_far, want_ref_count)
+        pending = (block, future)
+        which = 1 - which
+        raw, allele_index = raws[which], indices[which]
+        block, n = VariantBlock(), 0
+        return done
 
     try:
         for source in sources:
@@ -260,7 +279,9 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
                 if len(alts) > 1:
                     block.n_multiallelic += 1
                     if n + len(alts) > block_size:
-                        yield flush()
+                        done = flush()
+                        if done is not None:
+                            yield done
                 gt = rec.genotype.array()
                 block.n_sites += 1
                 ploidy = gt.shape[1] - 1  # last column is the phase flag
@@ -284,17 +305,28 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
                     block.alt.append(alt)
                     n += 1
                 if n >= block_size:
-                    yield flush()
+                    done = flush()
+                    if done is not None:
+                        yield done
     except MalformedInputError:
+        pool.shutdown(wait=True)
         raise
     except Exception as e:
+        pool.shutdown(wait=True)
         msg = str(e)
         if "genotypes" in msg:
             raise MalformedInputError("a record has no GT values", path) from None
         raise MalformedInputError(f"cannot read the VCF body ({msg}); truncated or corrupt file?", path,
                                   "check it with bcftools view") from None
-    if n:
-        yield flush()
+    try:
+        if n:
+            done = flush()
+            if done is not None:
+                yield done
+        if pending is not None:
+            yield finish(*pending)
+    finally:
+        pool.shutdown(wait=True)
 
 
 def check_samples_subset(vcf_samples: Sequence[str], keep: Sequence[str] | None, remove: Sequence[str] | None,

@@ -214,7 +214,8 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
         "dosage_encoding": "copies of the ALT allele; -1 missing or half-missing; haploid calls 0/1",
     }
     _write_store(out, samples, kept_blocks, np.concatenate(kept_freq) if kept_freq else np.zeros(0),
-                 np.concatenate(kept_miss) if kept_miss else np.zeros(0), phased, attrs, pgs, burden, vcf_path)
+                 np.concatenate(kept_miss) if kept_miss else np.zeros(0), phased, attrs, pgs, burden, vcf_path,
+                 threads=opts.threads or os.cpu_count() or 1)
     summary = {"samples": len(samples), "sites_read": n_sites, "variants": n_out,
                "multiallelic_split": n_split, "phased": phased}
     if pgs is not None:
@@ -238,7 +239,7 @@ def _keep_rows(block: VariantBlock, mask: np.ndarray) -> None:
         block.ref_count = block.ref_count[idx]
 
 
-def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, source) -> None:
+def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, source, threads: int) -> None:
     n_samples = len(samples)
     n_var = sum(len(b) for b in blocks)
     with create_store(out, "genotypes", samples, attrs=attrs, source=source) as w:
@@ -249,16 +250,27 @@ def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, s
         w.array("variants/alt", [c for b in blocks for c in b.alt])
         w.array("variants/alt_freq", freq.astype(np.float32))
         w.array("variants/missing_rate", miss.astype(np.float32))
-        dosage = w.per_sample("dosage", shape=(n_samples, n_var), dtype=np.int8, fillvalue=-1)
-        haps = w.per_sample("haplotypes", shape=(n_samples, 2, n_var), dtype=np.int8, fillvalue=-1) if phased else None
+        w.per_sample("dosage", shape=(n_samples, n_var), dtype=np.int8, fillvalue=-1)
+        if phased:
+            w.per_sample("haplotypes", shape=(n_samples, 2, n_var), dtype=np.int8, fillvalue=-1)
+        # transpose block by block into one (samples, variants) batch buffer: a single
+        # transposed copy of the concatenation would walk memory column-wise
+        dos_buf = np.empty((_WRITE_BATCH, n_var), dtype=np.int8)
+        hap_buf = np.empty((_WRITE_BATCH, 2, n_var), dtype=np.int8) if phased else None
         with Progress("writing store", n_samples, "samples") as bar:
             for s0 in range(0, n_samples, _WRITE_BATCH):
                 s1 = min(n_samples, s0 + _WRITE_BATCH)
                 if n_var:
-                    dosage[s0:s1] = np.concatenate([b.dosage[:, s0:s1] for b in blocks], axis=0).T
-                    if haps is not None:
-                        h = np.concatenate([b.haplotypes[:, :, s0:s1] for b in blocks], axis=0)
-                        haps[s0:s1] = h.transpose(2, 1, 0)
+                    col = 0
+                    for b in blocks:
+                        n = len(b)
+                        dos_buf[: s1 - s0, col:col + n] = b.dosage[:, s0:s1].T
+                        if hap_buf is not None:
+                            hap_buf[: s1 - s0, :, col:col + n] = b.haplotypes[:, :, s0:s1].transpose(2, 1, 0)
+                        col += n
+                    w.write_rows("dosage", s0, dos_buf[: s1 - s0], threads=threads)
+                    if hap_buf is not None:
+                        w.write_rows("haplotypes", s0, hap_buf[: s1 - s0], threads=threads)
                 bar.advance(s1 - s0)
         if pgs is not None:
             w.per_sample("pgs", pgs.values.astype(np.float32),
