@@ -32,10 +32,12 @@ class PretrainConfig:
     preset: str = "tiny"
     architectures: dict[str, str] = field(default_factory=dict)
     embed_dim: int | None = None
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 32
     lr: float = 2e-3
-    weight_decay: float = 0.05
+    # strong decay: contrastive pretraining on a few hundred patients overfits otherwise
+    # (held-out retrieval on the sample cohort: 3.55x chance at 0.5 against 2.3x at 0.05)
+    weight_decay: float = 0.5
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"

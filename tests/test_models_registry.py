@@ -86,9 +86,11 @@ def test_bigger_presets_build(name):
 
 
 def test_build_encoder_defaults_overrides_and_errors():
-    enc = build_encoder("gene", preset="tiny", data_shape={"n_variants": 100}, patch=4)
-    assert type(enc) is ENCODERS[("gene", PRESETS["tiny"].default_arch["gene"])]
+    enc = build_encoder("gene", preset="small", data_shape={"n_variants": 100}, patch=4)
+    assert type(enc) is ENCODERS[("gene", PRESETS["small"].default_arch["gene"])]
     assert enc.config["patch"] == 4 and enc.n_tokens == 25
+    tiny = build_encoder("gene", preset="tiny", data_shape={"n_variants": 100})
+    assert type(tiny) is ENCODERS[("gene", "mlp")]  # tiny (CPU) presets use ContIG's dosage MLP
     mlp = build_encoder("expr", "mlp", "tiny", {"n_genes": 30}, input_key="pgs")
     assert mlp.config["n_features"] == 30 and mlp({"pgs": torch.randn(4, 30)}).shape == (4, 64)
     with pytest.raises(ValueError, match="known"):

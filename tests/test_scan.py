@@ -181,3 +181,13 @@ def test_importing_phenoclip_does_not_import_mamba_ssm():
     code = ("import sys, phenoclip.ops.scan, phenoclip.models.mamba, phenoclip.bench.scan; "
             "sys.exit('mamba_ssm' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_benchmark_case_and_ratios():
+    from phenoclip.bench.scan import _measure, _ratios
+
+    seconds, peak_mb, note = _measure("ours", 64, 1, 4, timeout=120)
+    assert note == "" and seconds > 0 and peak_mb >= 0
+    rows = [["ours", 64, 0.5, 10.0, ""], ["mamba_ssm selective_scan_ref", 64, 5.0, 30.0, ""],
+            ["TransformerEncoderLayer", 64, None, None, "skipped"]]
+    assert _ratios(rows) == {"ref_over_ours_seconds_L64": 10.0, "ref_over_ours_peak_mb_L64": 3.0}
