@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from phenoclip.data.batch import VALUES
-from phenoclip.models.heads import (PatchMixer, check_choice, check_dropout, check_positive, check_token_mask,
-                                    json_config, mamba_stack, mlp, pool_tokens)
+from phenoclip.models.heads import (Encoder, PatchMixer, check_choice, check_dropout, check_positive,
+                                    check_token_mask, json_config, mamba_stack, mlp, pool_tokens)
 
 
 def _matrix(inputs: dict, key: str, n: int) -> Tensor:
@@ -54,7 +54,7 @@ class ExpressionTokens(nn.Module):
         return self.mixer(content + self.identity)                                             # (B, L, W)
 
 
-class ExpressionMamba(nn.Module):
+class ExpressionMamba(Encoder):
     """MGI's gene encoder: gene tokens through :class:`phenoclip.models.mamba.MambaEncoder`, then pooling.
 
     Parameters
@@ -92,14 +92,8 @@ class ExpressionMamba(nn.Module):
         x = self.encoder(self.dropout(x))
         return pool_tokens(x, self.pool), x
 
-    def forward(self, inputs: dict) -> Tensor:
-        return self.forward_features(inputs)[0]
 
-    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(inputs, token_mask)[1]
-
-
-class TabularMLP(nn.Module):
+class TabularMLP(Encoder):
     """``(B, F) -> (B, W)``: ``Linear-Norm-ReLU[-Dropout]`` blocks of ``hidden`` sizes, then a Linear to ``width``.
 
     The encoder of SCARF / VIME / BYOL (paper 002: a few layers of 256). ``input_key`` picks the
@@ -126,9 +120,3 @@ class TabularMLP(nn.Module):
             raise ValueError("TabularMLP has no tokens to mask; corrupt the input features instead")
         out = self.net(_matrix(inputs, self.input_key, self.n_features))
         return out, out[:, None]
-
-    def forward(self, inputs: dict) -> Tensor:
-        return self.forward_features(inputs)[0]
-
-    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(inputs, token_mask)[1]

@@ -108,6 +108,30 @@ def mlp(sizes: Sequence[int], norm: str = "none", dropout: float = 0.0, activati
     return nn.Sequential(*layers)
 
 
+class Encoder(nn.Module):
+    """Base of every modality encoder: subclasses define ``forward_features(inputs, token_mask)``
+    returning ``(pooled (B, W), tokens (B, L, W))``; ``forward`` and ``forward_tokens`` are its halves."""
+
+    def forward(self, inputs: dict) -> Tensor:
+        return self.forward_features(inputs)[0]
+
+    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
+        return self.forward_features(inputs, token_mask)[1]
+
+
+def encode_with_cls(encoder: nn.Module, tokens: Tensor, cls_token: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Run ``encoder`` over ``tokens`` (B, L, W), with a CLS token prepended when given.
+
+    Returns ``(pooled (B, W), tokens (B, L, W))``: the CLS output, or the mean over tokens.
+    """
+    if cls_token is not None:
+        tokens = torch.cat([cls_token.expand(tokens.shape[0], 1, -1), tokens], dim=1)
+    out = encoder(tokens)
+    if cls_token is not None:
+        return out[:, 0], out[:, 1:]
+    return out.mean(1), out
+
+
 class PatchMixer(nn.Module):
     """Per-item embeddings ``(B, N, W)`` -> tokens ``(B, ceil(N / patch), W)``, ``patch`` neighbours each.
 

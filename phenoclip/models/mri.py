@@ -23,8 +23,8 @@ from monai.networks.blocks import PatchEmbeddingBlock
 from torch import Tensor, nn
 
 from phenoclip.data.batch import IMAGES
-from phenoclip.models.heads import (check_choice, check_dropout, check_heads, check_positive, check_token_mask,
-                                    json_config, transformer_stack)
+from phenoclip.models.heads import (Encoder, check_choice, check_dropout, check_heads, check_positive,
+                                    check_token_mask, encode_with_cls, json_config, transformer_stack)
 
 
 def _triple(name: str, value: Sequence[int] | int) -> tuple[int, int, int]:
@@ -56,7 +56,7 @@ def unpatchify(patches: Tensor, patch: Sequence[int] | int, volume_shape: Sequen
                      w=s[2] // p[2], pd=p[0], ph=p[1], pw=p[2], c=in_channels)
 
 
-class VolumeViT(nn.Module):
+class VolumeViT(Encoder):
     """3D Vision Transformer over non-overlapping patches (paper 000's imaging encoder, MGI's ViT).
 
     Parameters
@@ -116,15 +116,4 @@ class VolumeViT(nn.Module):
         if check_token_mask(token_mask, t.shape[0], self.n_tokens) is not None:
             t = torch.where(token_mask[..., None], self.mask_token.to(t.dtype), t)
         t = self.embed.dropout(t + self.embed.position_embeddings)
-        if self.cls_token is not None:
-            t = torch.cat([self.cls_token.expand(t.shape[0], 1, -1), t], dim=1)
-        t = self.encoder(t)
-        if self.cls_token is not None:
-            return t[:, 0], t[:, 1:]
-        return t.mean(1), t
-
-    def forward(self, inputs: dict) -> Tensor:
-        return self.forward_features(inputs)[0]
-
-    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(inputs, token_mask)[1]
+        return encode_with_cls(self.encoder, t, self.cls_token)

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from phenoclip.data.batch import TERMS
-from phenoclip.models.heads import check_dropout, check_positive, check_token_mask, json_config, mlp
+from phenoclip.models.heads import (Encoder, check_dropout, check_positive, check_token_mask, json_config,
+                                    mlp)
 
 if TYPE_CHECKING:  # numpy-only modules; imported for types
     from phenoclip.io.ontology import Ontology
@@ -91,7 +92,7 @@ def ontology_init(ontology: "Ontology", vocab: np.ndarray, width: int,
     return (out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
 
 
-class HpoEncoder(nn.Module):
+class HpoEncoder(Encoder):
     """Patient HPO terms ``(B, K)`` -> ``(B, W)``: mean of term embeddings -> ``Linear-GELU-Linear``.
 
     Parameters
@@ -179,9 +180,3 @@ class HpoEncoder(nn.Module):
         w = valid[..., None].to(emb.dtype)
         mean = (emb * w).sum(1) / w.sum(1).clamp_min(1.0)
         return self.mlp(mean), self.mlp(emb) * w
-
-    def forward(self, inputs: dict) -> Tensor:
-        return self.forward_features(inputs)[0]
-
-    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(inputs, token_mask)[1]

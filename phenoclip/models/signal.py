@@ -14,15 +14,16 @@ import torch
 from torch import Tensor, nn
 
 from phenoclip.data.batch import SIGNALS
-from phenoclip.models.heads import (check_choice, check_dropout, check_heads, check_positive, check_token_mask,
-                                    json_config, sinusoidal, transformer_stack)
+from phenoclip.models.heads import (Encoder, check_choice, check_dropout, check_heads, check_positive,
+                                    check_token_mask, encode_with_cls, json_config, sinusoidal,
+                                    transformer_stack)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm1d(channels) if kind == "batch" else nn.GroupNorm(math.gcd(8, channels), channels)
 
 
-class SignalCNNTransformer(nn.Module):
+class SignalCNNTransformer(Encoder):
     """1D CNN stem -> tokens ``(B, L, W)`` -> pre-norm transformer -> mean (or CLS) pool.
 
     Parameters
@@ -106,15 +107,4 @@ class SignalCNNTransformer(nn.Module):
             t = torch.where(token_mask[..., None], self.mask_token.to(t.dtype), t)
         pos = sinusoidal(torch.arange(t.shape[1], device=t.device), self.width).to(t.dtype)
         t = self.dropout(t + pos)
-        if self.cls_token is not None:
-            t = torch.cat([self.cls_token.expand(t.shape[0], 1, -1), t], dim=1)
-        t = self.encoder(t)
-        if self.cls_token is not None:
-            return t[:, 0], t[:, 1:]
-        return t.mean(1), t
-
-    def forward(self, inputs: dict) -> Tensor:
-        return self.forward_features(inputs)[0]
-
-    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(inputs, token_mask)[1]
+        return encode_with_cls(self.encoder, t, self.cls_token)

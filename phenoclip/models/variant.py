@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from phenoclip.data.batch import DOSAGE
-from phenoclip.models.heads import (DOSAGE_MASK, DOSAGE_MISSING, N_DOSAGE_CLASSES, PatchMixer, check_choice,
-                                    check_dropout, check_heads, check_positive, check_token_mask, json_config,
-                                    mamba_stack, mlp, sinusoidal, transformer_stack)
+from phenoclip.models.heads import (DOSAGE_MASK, DOSAGE_MISSING, Encoder, N_DOSAGE_CLASSES, PatchMixer,
+                                    check_choice, check_dropout, check_heads, check_positive,
+                                    check_token_mask, encode_with_cls, json_config, mamba_stack, mlp,
+                                    sinusoidal, transformer_stack)
 
 
 def _dosage_matrix(inputs: dict, key: str, n_variants: int) -> Tensor:
@@ -118,7 +119,7 @@ class VariantTokens(nn.Module):
         return self.mixer(x)                                      # (B, L, W)
 
 
-class VariantTransformer(nn.Module):
+class VariantTransformer(Encoder):
     """BERT-style encoder over variant tokens (paper 000's genomic encoder).
 
     Parameters
@@ -163,18 +164,7 @@ class VariantTransformer(nn.Module):
     def forward_features(self, inputs: dict, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(pooled (B, W), tokens (B, L, W))`` from one pass."""
         x = self.tokens(_dosage_matrix(inputs, DOSAGE, self.tokens.n_variants), token_mask)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], 1, -1), x], dim=1)
-        x = self.encoder(x)
-        if self.cls_token is not None:
-            return x[:, 0], x[:, 1:]
-        return x.mean(1), x
-
-    def forward(self, inputs: dict) -> Tensor:
-        return self.forward_features(inputs)[0]
-
-    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(inputs, token_mask)[1]
+        return encode_with_cls(self.encoder, x, self.cls_token)
 
     def variant_to_token_mask(self, variant_mask: Tensor) -> Tensor:
         """``(B, V)`` variant mask -> ``(B, L)`` token mask: a token is hidden if any of its variants is."""
@@ -189,7 +179,7 @@ def _variant_to_token_mask(variant_mask: Tensor, n_variants: int, patch: int) ->
     return padded.view(variant_mask.shape[0], n_tok, patch).any(-1)
 
 
-class VariantMamba(nn.Module):
+class VariantMamba(Encoder):
     """Mamba over variant tokens in genomic order (the tokens of :class:`VariantTransformer`), mean pool.
 
     ``d_state``, ``d_conv``, ``expand``, ``bidirectional`` go to
@@ -222,18 +212,12 @@ class VariantMamba(nn.Module):
         x = self.encoder(self.dropout(x))   # (B, L, W)
         return x.mean(1), x
 
-    def forward(self, inputs: dict) -> Tensor:
-        return self.forward_features(inputs)[0]
-
-    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(inputs, token_mask)[1]
-
     def variant_to_token_mask(self, variant_mask: Tensor) -> Tensor:
         """``(B, V)`` variant mask -> ``(B, L)`` token mask: a token is hidden if any of its variants is."""
         return _variant_to_token_mask(variant_mask, self.tokens.n_variants, self.tokens.patch)
 
 
-class DosageMLP(nn.Module):
+class DosageMLP(Encoder):
     """ContIG / DietNetwork-style MLP over the dosage vector ``(B, V) -> (B, W)``.
 
     A missing call (``< 0``) is imputed with its column mean, and every column is centred on
@@ -279,9 +263,3 @@ class DosageMLP(nn.Module):
         x = torch.where(x < 0, 0.0, x - self.column_mean)
         out = self.net(x)
         return out, out[:, None]
-
-    def forward(self, inputs: dict) -> Tensor:
-        return self.forward_features(inputs)[0]
-
-    def forward_tokens(self, inputs: dict, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(inputs, token_mask)[1]
