@@ -157,10 +157,11 @@ class MultimodalDataset(Dataset):
     def _expr_stats(self, samples: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         ms = self.stores.by_modality["expr"]
         rows = [ms.row[x] for x in samples if x in ms.row]
-        values = np.stack([self._read(ms, "values", VALUES, r) for r in rows])
+        values = np.stack([self.read_row(ms, "values", VALUES, r) for r in rows])
         return values.mean(axis=0), np.maximum(values.std(axis=0), 1e-6)
 
-    def _read(self, ms: ModalityStore, name: str, key: str, row: int) -> np.ndarray:
+    def read_row(self, ms: ModalityStore, name: str, key: str, row: int) -> np.ndarray:
+        """Row ``row`` of store dataset ``name`` (from the in-memory cache when the store is small)."""
         if ms.cache is not None:
             return ms.cache[key][row]
         h = self._handles.get(ms.path)
@@ -195,7 +196,7 @@ class MultimodalDataset(Dataset):
             if not present:
                 out[key] = torch.zeros(shape, dtype=torch.float32)
                 continue
-            arr = self._read(ms, name, key, row).astype(np.float32)
+            arr = self.read_row(ms, name, key, row).astype(np.float32)
             if m == "expr":
                 arr = (arr - self.expr_mean) / self.expr_std
             out[key] = torch.from_numpy(np.ascontiguousarray(arr))

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from phenoclip.data.multimodal import collate
-from phenoclip.errors import PhenoclipError
+from phenoclip.errors import PhenoclipError, UsageError
 from phenoclip.train import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
 
@@ -137,8 +137,8 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
     out_dir = Path(out_dir)
     n_steps = steps_per_epoch(dataset, settings)
     if len(dataset) < settings.batch_size * max(1, dist_utils.world_size()):
-        raise PhenoclipError(f"only {len(dataset)} training patients for batch size {settings.batch_size}",
-                             hint="lower --batch-size")
+        raise UsageError(f"only {len(dataset)} training patients for batch size {settings.batch_size}",
+                         hint="lower --batch-size")
     params = [p for p in task.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # norms, biases, temperatures: no weight decay

@@ -69,7 +69,7 @@ def _initialisation(cfg: PretrainConfig, stores: CohortStores, train_ds: Multimo
         ms = stores.by_modality["gene"]
         init["variant_pos"] = np.asarray(ms.meta["variants"]["pos"], dtype=np.int64)
         rows = [ms.row[s] for s in train_ds.samples if s in ms.row]
-        dos = np.stack([train_ds._read(ms, "dosage", DOSAGE, r) for r in rows]).astype(np.float32)
+        dos = np.stack([train_ds.read_row(ms, "dosage", DOSAGE, r) for r in rows]).astype(np.float32)
         called = dos >= 0
         init["dosage_means"] = np.where(called, dos, 0).sum(0) / np.maximum(called.sum(0), 1)
         if "mhm" in cfg.objectives:
