@@ -97,28 +97,28 @@ def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, con
     return directory
 
 
+def _read_json(directory: Path, name: str) -> dict:
+    """``directory/name`` parsed, with one-line errors for a missing or malformed file."""
+    path = directory / name
+    if not path.exists():
+        raise InputMissingError(f"not a phenoclip checkpoint: no {name}", directory)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MalformedInputError(f"{name} is not valid JSON ({e.msg})", path) from None
+
+
 def read_config(directory: str | os.PathLike) -> dict:
-    """``config.json`` of a checkpoint directory, with one-line errors for what is missing."""
+    """``config.json`` of a checkpoint directory."""
     directory = Path(directory)
     if not directory.is_dir():
         raise InputMissingError("checkpoint folder does not exist", directory)
-    path = directory / CONFIG_FILE
-    if not path.exists():
-        raise InputMissingError(f"not a phenoclip checkpoint: no {CONFIG_FILE}", directory)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MalformedInputError(f"{CONFIG_FILE} is not valid JSON ({e.msg})", path) from None
+    return _read_json(directory, CONFIG_FILE)
 
 
 def read_state(directory: str | os.PathLike) -> dict:
-    path = Path(directory) / STATE_FILE
-    if not path.exists():
-        raise InputMissingError(f"not a phenoclip checkpoint: no {STATE_FILE}", directory)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MalformedInputError(f"{STATE_FILE} is not valid JSON ({e.msg})", path) from None
+    """``state.json`` of a checkpoint directory (progress, split, history)."""
+    return _read_json(Path(directory), STATE_FILE)
 
 
 def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: bool = True) -> None:
