@@ -99,9 +99,6 @@ class PretrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def architecture_of(self, modality: str) -> str | None:
-        return self.architectures.get(modality)
-
     # the fields whose change makes a checkpoint a different model or a different run
     IDENTITY_FIELDS = ("modalities", "objectives", "preset", "architectures", "embed_dim", "batch_size", "lr",
                        "weight_decay", "val_fraction", "seed", "weights", "mvm_mask_rate", "mhm_mask_rate",
