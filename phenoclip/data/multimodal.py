@@ -145,14 +145,17 @@ class MultimodalDataset(Dataset):
     """
 
     def __init__(self, stores: CohortStores, modalities: Sequence[str], samples: Sequence[str],
-                 stats_samples: Sequence[str] | None = None):
+                 stats_samples: Sequence[str] | None = None,
+                 expr_stats: tuple[np.ndarray, np.ndarray] | None = None):
         self.stores = stores
         self.modalities = list(modalities)
         self.samples = list(samples)
         self._handles: dict[str, object] = {}
         self.expr_mean = self.expr_std = None
         if "expr" in self.modalities:
-            self.expr_mean, self.expr_std = self._expr_stats(stats_samples or samples)
+            # given statistics (from a checkpoint) win: a model sees data scaled as in training
+            self.expr_mean, self.expr_std = expr_stats if expr_stats is not None \
+                else self._expr_stats(stats_samples or samples)
 
     def _expr_stats(self, samples: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         ms = self.stores.by_modality["expr"]

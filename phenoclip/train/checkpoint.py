@@ -30,6 +30,9 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.safetensors"
+#: statistics the inputs were scaled with in training (per-gene expression mean/std), so a later
+#: step on another cohort scales its data the same way
+DATA_STATS_FILE = "data_stats.safetensors"
 
 
 def rng_state(generators: dict[str, torch.Generator] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -121,8 +124,13 @@ def read_state(directory: str | os.PathLike) -> dict:
     return _read_json(Path(directory), STATE_FILE)
 
 
-def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: bool = True) -> None:
-    """Load ``model.safetensors`` into ``model``; a non-safetensors file is a one-line error (exit 4)."""
+def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: bool = True,
+                 prefix: str = "") -> None:
+    """Load ``model.safetensors`` into ``model``; a non-safetensors file is a one-line error (exit 4).
+
+    ``prefix`` selects a sub-module's tensors (``"model."``: the multimodal model inside a
+    pretraining task), stripped before loading.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -134,6 +142,8 @@ def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: b
     except (SafetensorError, OSError, ValueError) as e:
         raise MalformedInputError(f"not a safetensors file ({e})", path,
                                   "phenoclip never unpickles weights; re-create the checkpoint") from None
+    if prefix:
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if strict and (missing or unexpected):
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
@@ -159,3 +169,27 @@ def load_training_state(directory: str | os.PathLike, optimizer=None, scheduler=
     if (directory / RNG_FILE).exists():
         set_rng_state(load_file(str(directory / RNG_FILE)), state["rng"], generators)
     return state
+
+
+def write_data_stats(directory: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
+    """Write ``data_stats.safetensors`` (float32 arrays) into an existing checkpoint directory."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tmp = directory / f".{DATA_STATS_FILE}.tmp-{os.getpid()}"
+    save_file({k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, directory / DATA_STATS_FILE)
+
+
+def read_data_stats(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The checkpoint's ``data_stats.safetensors`` as numpy arrays ({} for older checkpoints)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / DATA_STATS_FILE
+    if not path.exists():
+        return {}
+    try:
+        return {k: v.numpy() for k, v in load_file(str(path)).items()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MalformedInputError(f"not a safetensors file ({e})", path) from None

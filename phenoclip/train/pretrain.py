@@ -175,7 +175,20 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
     elif len(clip_modalities) >= 2:
         # the same model at random initialisation: the baseline every learning claim is held against
         state["init_validation"] = validation_retrieval(task.model, val_ds, clip_modalities)
-    result = train(task, train_ds, settings, out, config=cfg.to_dict(), state=state, resume=resume,
-                   on_epoch_end=on_epoch_end, log=log)
+    from phenoclip.train.loop import Preempted
+
+    try:
+        result = train(task, train_ds, settings, out, config=cfg.to_dict(), state=state, resume=resume,
+                       on_epoch_end=on_epoch_end, log=log)
+    except Preempted:
+        _write_stats(out, train_ds)
+        raise
+    _write_stats(out, train_ds)
     dist_utils.shutdown()
     return result
+
+
+def _write_stats(out: Path, train_ds: MultimodalDataset) -> None:
+    """Expression scaling of the training split, for finetune/retrieve on other cohorts (rank 0)."""
+    if train_ds.expr_mean is not None and dist_utils.rank() == 0 and out.is_dir():
+        ckpt.write_data_stats(out, {"expr_mean": train_ds.expr_mean, "expr_std": train_ds.expr_std})
