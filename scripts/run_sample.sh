@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on data/sample/: preprocess every modality into HDF5 stores under OUT (default runs/sample),
-# then pretrain the multimodal model into OUT/pretrain/. Each step writes its .log beside its output.
+# pretrain the multimodal model into OUT/pretrain/, then fine-tune a disease classifier on it
+# (OUT/finetune/, pretrained vs scratch at each label fraction). Each step writes its .log beside its output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/sample}
@@ -17,4 +18,9 @@ rm -rf "$OUT/pretrain"
 phenoclip pretrain --modalities gene,expr,mri,signal,hpo \
     --data "$OUT/gene.h5" --data "$OUT/expr.h5" --data "$OUT/mri.h5" --data "$OUT/signal.h5" --data "$OUT/pheno.h5" \
     --objective clip --preset tiny --out "$OUT/pretrain"
-echo "sample pipeline done: stores and the pretrained checkpoint in $OUT" >&2
+DATA=(--data "$OUT/gene.h5" --data "$OUT/expr.h5" --data "$OUT/mri.h5" --data "$OUT/signal.h5" --data "$OUT/pheno.h5")
+# label-efficient disease classification: linear heads, pretrained vs random init (under a minute)
+rm -rf "$OUT/finetune"
+phenoclip finetune --checkpoint "$OUT/pretrain" "${DATA[@]}" --labels $S/labels.tsv:disease --out "$OUT/finetune"
+phenoclip finetune predict --model "$OUT/finetune" "${DATA[@]}" --out "$OUT/finetune/predictions.tsv"
+echo "sample pipeline done: stores, the pretrained checkpoint and the fine-tuned classifier in $OUT" >&2

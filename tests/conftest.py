@@ -83,3 +83,18 @@ def sample_stores(tmp_path_factory) -> dict:
     from phenoclip.preprocess.cohort import preprocess_cohort
 
     return preprocess_cohort(SAMPLE, tmp_path_factory.mktemp("sample_stores"))
+
+
+@pytest.fixture(scope="session")
+def sample_checkpoint(sample_stores, tmp_path_factory) -> Path:
+    """``phenoclip pretrain`` defaults (tiny preset, 100 epochs, CLIP) on all five modalities of the
+    sample cohort, as ``make sample`` runs it: about two minutes, shared by the learning tests of
+    pretrain, finetune and retrieve."""
+    from phenoclip.config import PretrainConfig
+    from phenoclip.train.pretrain import run_pretrain
+
+    modalities = ["gene", "expr", "mri", "signal", "hpo"]
+    data = [str(sample_stores[m if m != "hpo" else "pheno"]) for m in modalities]
+    out = tmp_path_factory.mktemp("sample_checkpoint") / "clip"
+    run_pretrain(PretrainConfig(modalities=modalities, data=data, seed=0), out, log=lambda s: None)
+    return out

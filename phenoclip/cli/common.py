@@ -41,5 +41,5 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
         progress.QUIET = True
     log = RunLog(command, seed=seed, threads=threads, device=device)
     yield log
-    if rank0:
+    if rank0 and out != "-":  # results on stdout: the log would have no place of its own
         log.write(log_path_for(out, command))

@@ -40,11 +40,12 @@ def _root(
 
 
 def _register() -> None:
-    from phenoclip.cli import benchmark, preprocess, pretrain, simulate
+    from phenoclip.cli import benchmark, finetune, preprocess, pretrain, simulate
 
     app.command("simulate", help=simulate.HELP)(simulate.simulate)
     app.add_typer(preprocess.app, name="preprocess")
     app.command("pretrain", help=pretrain.HELP)(pretrain.pretrain)
+    app.add_typer(finetune.app, name="finetune")
     app.command("benchmark", help=benchmark.HELP)(benchmark.benchmark)
 
 

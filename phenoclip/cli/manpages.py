@@ -50,7 +50,9 @@ def _page(path: list[str], cmd) -> str:
         ".SH SYNOPSIS",
         f".B {_esc(' '.join(path))}",
     ]
-    if _is_group(cmd):
+    if _is_group(cmd) and getattr(cmd, "invoke_without_command", False):
+        lines.append("[OPTIONS] | COMMAND [OPTIONS]")  # a group that also runs on its own (finetune)
+    elif _is_group(cmd):
         lines.append("COMMAND [OPTIONS]")
     else:
         lines.append("[OPTIONS]")

@@ -61,6 +61,16 @@ def checkpoint_kind(config: dict) -> str:
     return config.get(KIND_KEY, "pretrain")
 
 
+def read_config_of_kind(directory: str | os.PathLike, kind: str) -> dict:
+    """``config.json`` of a checkpoint written by ``phenoclip KIND``; another kind is refused (exit 5)."""
+    config = ckpt.read_config(directory)
+    found = checkpoint_kind(config)
+    if found != kind:
+        raise InconsistentInputError(f"this is a {found} checkpoint, not a {kind} one", directory,
+                                     f"give the --out folder of phenoclip {kind}")
+    return config
+
+
 def model_from_pretrain_config(config: dict) -> MultimodalModel:
     """The multimodal model of a pretraining ``config.json`` (weights not loaded)."""
     shapes = config["data_shapes"]
@@ -74,11 +84,7 @@ def model_from_pretrain_config(config: dict) -> MultimodalModel:
 def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     """Open a ``phenoclip pretrain`` checkpoint; other kinds of checkpoint are refused (exit 5)."""
     directory = Path(directory)
-    config = ckpt.read_config(directory)
-    kind = checkpoint_kind(config)
-    if kind != "pretrain":
-        raise InconsistentInputError(f"this is a {kind} checkpoint, not a pretrain one", directory,
-                                     "give the folder written by phenoclip pretrain")
+    config = read_config_of_kind(directory, "pretrain")
     if "data_shapes" not in config or "modalities" not in config:
         raise InconsistentInputError("config.json does not describe a phenoclip model", directory)
     model = model_from_pretrain_config(config)

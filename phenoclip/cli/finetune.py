@@ -1,0 +1,87 @@
+"""``phenoclip finetune``: label-efficient prediction from a pretrained checkpoint, against scratch.
+
+``phenoclip finetune --checkpoint ... --out runs/ft`` runs the experiment;
+``phenoclip finetune predict --model runs/ft ...`` scores new patients with its model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from phenoclip.cli.common import Threads, run_step
+
+HELP = ("Fine-tune a prediction head on a pretrained checkpoint at several label fractions, each repeated "
+        "with different seeds, beside the same head on a randomly initialised model (paper 002's "
+        "comparison). Writes metrics.tsv, metrics.json, the fine-tuned model (a checkpoint folder), "
+        "predictions.h5 for the held-out test split, and ROC, reliability and label-fraction plots. "
+        "'finetune predict' scores new patients with the model.")
+
+app = typer.Typer(help=HELP, invoke_without_command=True)
+
+
+@app.callback()
+def finetune(
+    ctx: typer.Context,
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Pretraining checkpoint folder (phenoclip pretrain --out)."),
+    data: List[Path] = typer.Option([], "--data", help="A store from phenoclip preprocess; repeatable."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="labels.tsv[:COLUMN]: a table with a 'sample' column; COLUMN defaults to the first label column."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (must not exist yet)."),
+    mode: str = typer.Option("linear", "--mode", help="linear (frozen encoders, logistic/ridge head) | full (encoders fine-tuned too)."),
+    label_fractions: str = typer.Option("0.02,0.05,0.1,0.2,0.5,1.0", "--label-fractions", help="Fractions of the training pool to train on, comma-separated."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats per fraction, each with its own training subset and seed."),
+    task: str = typer.Option("auto", "--task", help="auto | binary | multiclass | regression."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Positive class of a binary label [default: 1, case, affected, ... or the second class]."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out test patients (stratified; the pretraining run's validation patients first)."),
+    baseline: str = typer.Option("scratch", "--baseline", help="scratch (same head on a randomly initialised model) | none."),
+    fusion: str = typer.Option("concat", "--fusion", help="concat | mean: how the modalities' embeddings are combined."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the checkpoint's modalities [default: all with a store]."),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Epochs of --mode full."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Learning rate of the head in --mode full (encoders: a tenth)."),
+    c: float = typer.Option(1.0, "--C", min=0.0, help="Inverse L2 strength of the logistic-regression head (scikit-learn's C)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the split, the subsets and the baseline's initialisation."),
+    threads: Optional[int] = Threads,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from phenoclip.errors import UsageError
+    from phenoclip.train.finetune import FinetuneSettings, run_finetune
+    from phenoclip.train.finetune_heads import HeadSettings
+    from phenoclip.train.labels import parse_fractions
+
+    for name, value in (("--checkpoint", checkpoint), ("--labels", labels), ("--out", out)):
+        if value is None:
+            raise UsageError(f"{name} is required (or use 'phenoclip finetune predict')")
+    if not data:
+        raise UsageError("give at least one --data STORE")
+    settings = FinetuneSettings(
+        checkpoint=str(checkpoint), data=[str(d) for d in data], labels=labels, out=str(out), mode=mode,
+        fractions=parse_fractions(label_fractions), repeats=repeats, task=task, positive=positive,
+        test_fraction=test_fraction, seed=seed, baseline=baseline, fusion=fusion,
+        modalities=[m.strip() for m in modalities.split(",") if m.strip()] if modalities else None,
+        head=HeadSettings(mode=mode, c=c, epochs=epochs, lr=lr))
+    with run_step("finetune", str(out) + "/", seed=seed, threads=threads) as log:
+        result = run_finetune(settings)
+        log.outputs.append(str(out))
+        metric = result["headline_metric"]
+        for row in result["summary"]:
+            log.note(f"fraction {row['fraction']} {row['model']}: {metric} {row[metric + '_mean']:.4f} "
+                     f"sd {row[metric + '_sd']:.4f}")
+
+
+@app.command("predict", help="Score patients with a fine-tuned model: one row per patient with the "
+                             "predicted class (and class probabilities) or value.")
+def predict(
+    model: Path = typer.Option(..., "--model", help="Output folder of phenoclip finetune."),
+    data: List[Path] = typer.Option(..., "--data", help="A store holding one of the model's modalities; repeatable."),
+    out: str = typer.Option(..., "--out", help="Predictions TSV ('-' for stdout)."),
+    threads: Optional[int] = Threads,
+) -> None:
+    from phenoclip.train.finetune_predict import run_predict
+
+    with run_step("finetune predict", out, threads=threads) as log:
+        n = run_predict(model, [str(d) for d in data], out)
+        log.note(f"predicted {n} patients")
+        log.outputs.append(out)

@@ -1,0 +1,82 @@
+"""A prediction head on top of a (pretrained) multimodal model.
+
+Per patient, every modality's embedding in the shared space is taken (zeros where the patient
+lacks the modality), *fused* (``concat``: side by side; ``mean``: averaged over the modalities
+the patient has, which the shared space makes meaningful), standardised with saved statistics
+and passed to one linear layer. Classification heads output one logit per class (binary: two,
+the first fixed at 0, so the softmax equals the logistic regression's sigmoid); regression heads
+one value, de-standardised with the saved target statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from phenoclip.data.batch import PRESENT
+from phenoclip.models.multimodal import MultimodalModel
+
+FUSIONS = ("concat", "mean")
+
+
+class FinetuneModel(nn.Module):
+    """``batch -> (B, n_outputs)``: fused embeddings of ``modalities`` through a linear head.
+
+    Parameters
+    ----------
+    model:
+        The multimodal model whose encoders provide the embeddings.
+    modalities:
+        Modalities fused, in this order (each must be a modality of ``model``).
+    fusion:
+        ``concat`` or ``mean`` (see the module docstring).
+    n_outputs:
+        Classes (2 for binary) or 1 for regression.
+    """
+
+    def __init__(self, model: MultimodalModel, modalities: Sequence[str], fusion: str, n_outputs: int):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        missing = [m for m in modalities if m not in model.encoders]
+        if not modalities or missing:
+            raise ValueError(f"modalities {list(modalities)} must be a non-empty subset of {model.modalities}")
+        if n_outputs < 1:
+            raise ValueError(f"n_outputs must be positive, got {n_outputs}")
+        self.model = model
+        self.modalities = list(modalities)
+        self.fusion = fusion
+        self.in_features = model.embed_dim * (len(self.modalities) if fusion == "concat" else 1)
+        self.register_buffer("feature_mean", torch.zeros(self.in_features))
+        self.register_buffer("feature_scale", torch.ones(self.in_features))
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_scale", torch.ones(()))
+        self.head = nn.Linear(self.in_features, n_outputs)
+
+    def features(self, batch: dict) -> Tensor:
+        """``(B, F)`` fused, unstandardised features of the modalities present in ``batch``."""
+        embs, present = [], []
+        for m in self.modalities:
+            if m in batch:
+                z = self.model.encode(m, batch[m])
+                ok = batch[m][PRESENT].to(z.dtype)[:, None]
+            else:  # the store was not given: the modality is absent for every patient
+                n = len(next(iter(v for v in batch.values() if isinstance(v, dict)))[PRESENT])
+                z, ok = torch.zeros(n, self.model.embed_dim), torch.zeros(n, 1)
+            embs.append(z * ok)
+            present.append(ok)
+        if self.fusion == "concat":
+            return torch.cat(embs, dim=1)
+        return torch.stack(embs).sum(0) / torch.stack(present).sum(0).clamp(min=1.0)
+
+    def head_output(self, features: Tensor) -> Tensor:
+        """Logits (classification) or values (regression) of already fused features."""
+        out = self.head((features - self.feature_mean) / self.feature_scale)
+        if self.head.out_features == 1:
+            out = out * self.target_scale + self.target_mean
+        return out
+
+    def forward(self, batch: dict) -> Tensor:
+        return self.head_output(self.features(batch))

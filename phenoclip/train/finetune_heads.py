@@ -1,0 +1,144 @@
+"""Fitting a :class:`~phenoclip.models.finetune.FinetuneModel`'s head: linear (frozen encoders) or full.
+
+* ``linear``: the encoders stay frozen; the fused features of the training patients are
+  standardised and a scikit-learn ``LogisticRegression`` (classification) or ``Ridge``
+  (regression) is fitted on them, then copied into the torch head, so the saved model predicts
+  exactly what was evaluated. Paper 002's linear evaluation.
+* ``full``: encoders and head are trained together with AdamW (the encoders at a tenth of the
+  head's learning rate, so fine-tuning adjusts rather than overwrites the pretrained features),
+  cross-entropy or mean squared error on the standardised target, for a fixed number of epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from phenoclip.data.multimodal import MultimodalDataset, collate
+from phenoclip.models.finetune import FinetuneModel
+
+MODES = ("linear", "full")
+
+
+@dataclass
+class HeadSettings:
+    mode: str = "linear"
+    c: float = 1.0            # inverse L2 strength of the logistic regression (sklearn's C)
+    ridge_alpha: float = 1.0
+    epochs: int = 30          # full mode
+    lr: float = 1e-3          # full mode, head; encoders get lr / 10
+    batch_size: int = 32
+    weight_decay: float = 0.01
+
+
+@torch.no_grad()
+def fused_features(ft: FinetuneModel, dataset: MultimodalDataset, batch_size: int = 64) -> np.ndarray:
+    """(N, F) float64 fused features of every patient of ``dataset`` (eval mode)."""
+    ft.eval()
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        out.append(ft.features(batch))
+    return torch.cat(out).double().numpy() if out else np.zeros((0, ft.in_features))
+
+
+def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classification: bool,
+                    settings: HeadSettings, seed: int) -> None:
+    """Fit the head of ``ft`` on features ``x`` (N, F) and targets ``y``; encoders untouched."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-8, scale, 1.0)  # constant features (an absent modality) stay at 0
+    z = (x - mean) / scale
+    n_out = ft.head.out_features
+    weight = np.zeros((n_out, x.shape[1]))
+    bias = np.zeros(n_out)
+    if classification:
+        clf = LogisticRegression(C=settings.c, max_iter=5000, random_state=seed)
+        clf.fit(z, y)
+        cols = clf.classes_.astype(int)  # classes seen in training; unseen ones keep a -inf-like logit
+        if n_out == 2 and clf.coef_.shape[0] == 1:
+            weight[1], bias[1] = clf.coef_[0], clf.intercept_[0]
+        else:
+            bias[:] = -1e4 if len(cols) < n_out else 0.0
+            weight[cols], bias[cols] = clf.coef_, clf.intercept_
+        target_mean, target_scale = 0.0, 1.0
+    else:
+        target_mean, target_scale = float(y.mean()), float(y.std() or 1.0)
+        reg = Ridge(alpha=settings.ridge_alpha).fit(z, (y - target_mean) / target_scale)
+        weight[0], bias[0] = reg.coef_, reg.intercept_
+    with torch.no_grad():
+        ft.feature_mean.copy_(torch.as_tensor(mean))
+        ft.feature_scale.copy_(torch.as_tensor(scale))
+        ft.head.weight.copy_(torch.as_tensor(weight))
+        ft.head.bias.copy_(torch.as_tensor(bias))
+        ft.target_mean.fill_(target_mean)
+        ft.target_scale.fill_(target_scale)
+
+
+def train_full(ft: FinetuneModel, dataset: MultimodalDataset, y: np.ndarray, classification: bool,
+               settings: HeadSettings, seed: int) -> None:
+    """Train encoders and head of ``ft`` end to end on ``dataset`` (targets ``y`` in its order)."""
+    torch.manual_seed(seed)
+    # standardise with the starting features, so the head's learning rate means the same for any encoder
+    x0 = fused_features(ft, dataset)
+    fit_linear_head(ft, x0, y, classification, settings, seed)  # a warm start: the linear solution
+    targets = torch.as_tensor(y if classification else (y - float(ft.target_mean)) / float(ft.target_scale))
+    head_params = list(ft.head.parameters())
+    encoder_params = [p for p in ft.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": head_params, "lr": settings.lr},
+                                   {"params": encoder_params, "lr": settings.lr / 10}],
+                                  weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    indexed = _Indexed(dataset)
+    loader = DataLoader(indexed, batch_size=min(settings.batch_size, len(dataset)), shuffle=True,
+                        generator=generator, collate_fn=_collate_indexed, drop_last=len(dataset) > settings.batch_size)
+    for _ in range(settings.epochs):
+        ft.train()
+        for idx, batch in loader:
+            out = ft.head((ft.features(batch) - ft.feature_mean) / ft.feature_scale)
+            if classification:
+                loss = torch.nn.functional.cross_entropy(out, targets[idx].long())
+            else:
+                loss = torch.nn.functional.mse_loss(out[:, 0], targets[idx].float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    ft.eval()
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, dataset: MultimodalDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return i, self.dataset[i]
+
+
+def _collate_indexed(items):
+    return torch.tensor([i for i, _ in items]), collate([it for _, it in items])
+
+
+@torch.no_grad()
+def predict_scores(ft: FinetuneModel, dataset: MultimodalDataset, classification: bool) -> np.ndarray:
+    """(N, C) class probabilities or (N,) predicted values for ``dataset``'s patients."""
+    ft.eval()
+    outs = []
+    for start in range(0, len(dataset), 64):
+        outs.append(ft(collate([dataset[i] for i in range(start, min(len(dataset), start + 64))])))
+    out = torch.cat(outs).double()
+    return torch.softmax(out, dim=1).numpy() if classification else out[:, 0].numpy()
+
+
+def scores_from_features(ft: FinetuneModel, x: np.ndarray, classification: bool) -> np.ndarray:
+    """As :func:`predict_scores`, from precomputed fused features (linear mode's fast path)."""
+    with torch.no_grad():
+        out = ft.head_output(torch.as_tensor(x, dtype=torch.float32)).double()
+    return torch.softmax(out, dim=1).numpy() if classification else out[:, 0].numpy()

@@ -1,0 +1,88 @@
+"""``phenoclip finetune predict``: score new patients with a fine-tuned model directory.
+
+Output TSV columns: ``sample``, ``predicted`` (class name or value), one ``prob_<class>``
+column per class for classification, and ``modalities`` (those the patient had). Patients
+with none of the model's modalities in the given stores are left out, with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from phenoclip.data.multimodal import CohortStores, MultimodalDataset
+from phenoclip.errors import InconsistentInputError, MalformedInputError, OutputError
+from phenoclip.eval.encode import model_from_pretrain_config, read_config_of_kind
+from phenoclip.models.finetune import FinetuneModel
+from phenoclip.progress import info, warn
+from phenoclip.train import checkpoint as ckpt
+from phenoclip.train.finetune_heads import predict_scores
+
+
+def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
+    """(model in eval mode, config.json) of a ``phenoclip finetune`` output folder."""
+    directory = Path(directory)
+    config = read_config_of_kind(directory, "finetune")
+    try:
+        model = model_from_pretrain_config(config["pretrain_config"])
+        ft = FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise MalformedInputError(f"config.json does not describe a fine-tuned model ({e})", directory) from None
+    ckpt.load_weights(directory, ft)
+    ft.eval()
+    return ft, config
+
+
+def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
+    """Write predictions for every patient of ``data`` with at least one modality; return the count."""
+    ft, config = load_finetuned(model_dir)
+    stores = CohortStores(data)
+    mods = [m for m in ft.modalities if m in stores.by_modality]
+    if not mods:
+        raise InconsistentInputError(f"no --data store holds a modality of the model ({', '.join(ft.modalities)}); "
+                                     f"stores give {', '.join(stores.modalities)}", model_dir)
+    absent = [m for m in ft.modalities if m not in mods]
+    if absent:
+        warn(f"no store for {', '.join(absent)}: predicting from {', '.join(mods)} only")
+    samples = [s for s in stores.samples if any(stores.present(m, [s])[0] for m in mods)]
+    skipped = len(stores.samples) - len(samples)
+    if skipped:
+        warn(f"{skipped} patient(s) have none of the model's modalities and are left out")
+    stats = ckpt.read_data_stats(model_dir)
+    expr = (stats["expr_mean"], stats["expr_std"]) if "expr_mean" in stats else None
+    ds = MultimodalDataset(stores, mods, samples, expr_stats=expr)
+    classification = config["task"] != "regression"
+    scores = predict_scores(ft, ds, classification)
+    present = {m: stores.present(m, samples) for m in mods}
+    classes = config.get("classes") or []
+    header = ["sample", "predicted"] + [f"prob_{c}" for c in classes] + ["modalities"]
+    lines = ["\t".join(header)]
+    for i, s in enumerate(samples):
+        have = ",".join(m for m in mods if present[m][i])
+        if classification:
+            row = [s, classes[int(np.argmax(scores[i]))]] + [f"{p:.6g}" for p in scores[i]] + [have]
+        else:
+            row = [s, f"{scores[i]:.6g}", have]
+        lines.append("\t".join(row))
+    text = "\n".join(lines) + "\n"
+    if out == "-":
+        sys.stdout.write(text)
+    else:
+        _write_atomic(Path(out), text)
+    info(f"predicted {len(samples)} patient(s) with {config['column']!r} model ({config['task']})")
+    return len(samples)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    if not path.parent.exists():
+        raise OutputError("output folder does not exist", path.parent)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write ({e.strerror})", path) from None

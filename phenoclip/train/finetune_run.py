@@ -1,0 +1,192 @@
+"""The label-fraction experiment behind ``phenoclip finetune`` (see :mod:`phenoclip.train.finetune`)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+
+from phenoclip.data.multimodal import CohortStores, MultimodalDataset
+from phenoclip.errors import InconsistentInputError
+from phenoclip.eval.encode import expr_stats, load_pretrained, random_init_like
+from phenoclip.models.finetune import FinetuneModel
+from phenoclip.progress import info
+from phenoclip.train import checkpoint as ckpt
+from phenoclip.train.finetune import FinetuneSettings, describe_labels, write_json
+from phenoclip.train.finetune_heads import (fit_linear_head, fused_features, predict_scores, scores_from_features,
+                                            train_full)
+from phenoclip.train.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
+                                    restrict_to)
+
+#: the fine-tuned model kind written into config.json (``finetune predict`` checks it)
+KIND = "finetune"
+
+
+def choose_modalities(pre, stores: CohortStores, asked: list[str] | None) -> list[str]:
+    """The checkpoint's modalities that a given store provides (or the ones asked for, checked)."""
+    if asked:
+        for m in asked:
+            pre.require(m)
+            if m not in stores.by_modality:
+                raise InconsistentInputError(f"--modalities names '{m}' but no --data store provides it")
+        return list(asked)
+    mods = [m for m in pre.modalities if m in stores.by_modality]
+    if not mods:
+        raise InconsistentInputError(f"no --data store holds a modality of the checkpoint "
+                                     f"({', '.join(pre.modalities)}); stores give {', '.join(stores.modalities)}",
+                                     pre.path)
+    return mods
+
+
+class Experiment:
+    """Data, split, models and fits of one ``phenoclip finetune`` run."""
+
+    def __init__(self, s: FinetuneSettings):
+        self.s = s
+        self.pre = load_pretrained(s.checkpoint)
+        self.stores = CohortStores(s.data)
+        self.modalities = choose_modalities(self.pre, self.stores, s.modalities)
+        labels = load_task_labels(s.labels, s.task, s.positive)
+        usable = [x for x in self.stores.samples
+                  if any(self.stores.present(m, [x])[0] for m in self.modalities)]
+        self.labels = restrict_to(labels, usable, ", ".join(self.stores.by_modality[m].path for m in self.modalities))
+        self.classification = self.labels.is_classification
+        self.test = held_out_split(self.labels, s.test_fraction, s.seed, prefer=self.pre.validation_samples)
+        self.pool = ~self.test
+        self.orders = [fraction_orders(self.labels, self.pool, s.seed + 1000 * (r + 1)) for r in range(s.repeats)]
+        for f in s.fractions:  # refuse impossible fractions before any long work
+            fraction_subset(self.labels, self.orders[0], f)
+        self.stats = expr_stats(self.pre, self.stores)
+        self.dataset = MultimodalDataset(self.stores, self.modalities, self.labels.samples, expr_stats=self.stats)
+        self.test_index = np.flatnonzero(self.test)
+        self.test_dataset = self._subset(self.test_index)
+        n_out = len(self.labels.classes) if self.classification else 1
+        self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out)}
+        if s.baseline == "scratch":
+            scratch = random_init_like(self.pre, s.seed + 7919)
+            self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out)
+        self.features = {}
+        if s.head.mode == "linear":  # frozen encoders: embed every labelled patient once per model
+            self.features = {name: fused_features(ft, self.dataset) for name, ft in self.models.items()}
+        self.saved: tuple[FinetuneModel, np.ndarray, np.ndarray] | None = None
+        n_pref = int(sum(self.labels.samples[i] in set(self.pre.validation_samples) for i in self.test_index))
+        self.test_never_seen = n_pref
+        info(f"{self.labels.task} task on '{self.labels.column}': {len(self.labels.samples)} labelled patients, "
+             f"test {len(self.test_index)} ({n_pref} held out of pretraining too), modalities {','.join(self.modalities)}")
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.models)
+
+    def _subset(self, index: np.ndarray) -> MultimodalDataset:
+        return MultimodalDataset(self.stores, self.modalities, [self.labels.samples[i] for i in index],
+                                 expr_stats=self.stats)
+
+    def fit_and_score(self, fraction: float, repeat: int, name: str) -> dict:
+        """Fit one head (or fine-tune one model) and score it on the test split: one metrics row."""
+        from phenoclip.eval.metrics import classification_metrics, regression_metrics
+
+        idx = fraction_subset(self.labels, self.orders[repeat], fraction)
+        seed = self.s.seed + 31 * repeat
+        y = self.labels.y
+        if self.s.head.mode == "linear":
+            ft = self.models[name]
+            fit_linear_head(ft, self.features[name][idx], y[idx], self.classification, self.s.head, seed)
+            scores = scores_from_features(ft, self.features[name][self.test_index], self.classification)
+        else:
+            ft = copy.deepcopy(self.models[name])
+            train_full(ft, self._subset(idx), y[idx], self.classification, self.s.head, seed)
+            scores = predict_scores(ft, self.test_dataset, self.classification)
+        y_test = y[self.test_index]
+        metrics = (classification_metrics(y_test, scores, self.labels.classes) if self.classification
+                   else regression_metrics(y_test, scores))
+        if name == "pretrained" and repeat == 0 and fraction == max(self.s.fractions):
+            self.saved = (copy.deepcopy(ft), scores, idx)
+        return {"fraction": fraction, "repeat": repeat, "model": name, "n_train": int(len(idx)), **metrics}
+
+    # ------------------------------------------------------------------ outputs
+    def write_outputs(self, folder: Path, rows: list[dict]) -> dict:
+        from phenoclip.eval.metrics import mean_sd
+
+        metric_names = [k for k in rows[0] if k not in ("fraction", "repeat", "model", "n_train", "n")]
+        _write_tsv(folder / "metrics.tsv", rows)
+        summary = mean_sd(rows, ["fraction", "model"], ["n_train", *metric_names])
+        headline = "auroc" if self.classification else "r2"
+        ft, scores, train_idx = self.saved
+        self._write_checkpoint(folder, ft, train_idx)
+        self._write_predictions(folder / "predictions.h5", scores)
+        figures = self._plots(folder, scores, summary, headline)
+        result = {"task": describe_labels(self.labels), "mode": self.s.head.mode, "fusion": self.s.fusion,
+                  "modalities": self.modalities, "checkpoint": os.path.abspath(self.s.checkpoint),
+                  "headline_metric": headline, "n_labelled": len(self.labels.samples),
+                  "n_test": int(len(self.test_index)), "n_test_held_out_of_pretraining": self.test_never_seen,
+                  "fractions": self.s.fractions, "repeats": self.s.repeats, "seed": self.s.seed,
+                  "summary": summary, "rows": rows, "figures": figures,
+                  "saved_model": {"model": "pretrained", "fraction": max(self.s.fractions), "repeat": 0}}
+        write_json(folder / "metrics.json", result)
+        return result
+
+    def _write_checkpoint(self, folder: Path, ft: FinetuneModel, train_idx: np.ndarray) -> None:
+        config = {"kind": KIND, "pretrain_checkpoint": os.path.abspath(self.s.checkpoint),
+                  "pretrain_config": self.pre.config, "modalities": self.modalities, "fusion": self.s.fusion,
+                  "n_outputs": ft.head.out_features, "mode": self.s.head.mode, **describe_labels(self.labels)}
+        samples = self.labels.samples
+        state = {"split": {"test": [samples[i] for i in self.test_index],
+                           "pool": [s for s, p in zip(samples, self.pool) if p],
+                           "train": [samples[i] for i in train_idx]},
+                 "fraction": max(self.s.fractions), "repeat": 0, "seed": self.s.seed}
+        ckpt.save_checkpoint(folder, model=ft, config=config, state=state)
+        if self.stats is not None:
+            ckpt.write_data_stats(folder, {"expr_mean": self.stats[0], "expr_std": self.stats[1]})
+
+    def _write_predictions(self, path: Path, scores: np.ndarray) -> None:
+        from phenoclip.store import create_store
+
+        samples = [self.labels.samples[i] for i in self.test_index]
+        y = self.labels.y[self.test_index]
+        attrs = {"task": self.labels.task, "label_column": self.labels.column,
+                 "checkpoint": os.path.abspath(self.s.out), "split": "test"}
+        with create_store(path, "predictions", samples, attrs=attrs) as w:
+            if self.classification:
+                w.per_sample("truth", y.astype(np.int64), attrs={"index_into": "classes"})
+                w.per_sample("probabilities", scores.astype(np.float32), attrs={"columns": "classes"})
+                w.per_sample("predicted", scores.argmax(1).astype(np.int64), attrs={"index_into": "classes"})
+                w.array("classes", list(self.labels.classes))
+            else:
+                w.per_sample("truth", y.astype(np.float64))
+                w.per_sample("predicted", scores.astype(np.float64))
+
+    def _plots(self, folder: Path, scores: np.ndarray, summary: list[dict], headline: str) -> list[str]:
+        from phenoclip.eval import plots
+
+        y = self.labels.y[self.test_index]
+        title = f"{self.labels.column}, test split (n={len(y)}), pretrained, fraction {max(self.s.fractions):g}"
+        figures = []
+        if self.classification:
+            plots.plot_roc(y, scores, self.labels.classes, folder / "roc.png", title=title)
+            plots.plot_reliability(y, scores, folder / "reliability.png", title=title)
+            figures += ["roc.png", "reliability.png"]
+        else:
+            plots.plot_regression(y, scores, folder / "regression.png", title=title)
+            figures.append("regression.png")
+        plots.plot_label_fraction_curve(summary, headline, folder / "label_fractions.png",
+                                        title=f"{self.labels.column}: {headline} on the test split, "
+                                              f"{self.s.head.mode} fine-tuning")
+        figures.append("label_fractions.png")
+        return figures
+
+
+def _write_tsv(path: Path, rows: list[dict]) -> None:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return "nan" if np.isnan(v) else f"{v:.6g}"
+        return str(v)
+
+    lines = ["\t".join(columns)] + ["\t".join(fmt(r.get(c, "")) for c in columns) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
