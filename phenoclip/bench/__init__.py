@@ -58,9 +58,9 @@ class SuiteFailed(PhenoclipError):
 
 
 def _suites() -> dict[str, Callable[[BenchContext], SuiteResult]]:
-    from phenoclip.bench import ingest, pretrain_speed
+    from phenoclip.bench import ingest, pretrain_speed, retrieve_speed
 
-    return {"ingest": ingest.run, "pretrain": pretrain_speed.run}
+    return {"ingest": ingest.run, "pretrain": pretrain_speed.run, "retrieve": retrieve_speed.run}
 
 
 def _fmt(v) -> str:
