@@ -58,9 +58,10 @@ class SuiteFailed(PhenoclipError):
 
 
 def _suites() -> dict[str, Callable[[BenchContext], SuiteResult]]:
-    from phenoclip.bench import ingest, pretrain_speed, retrieve_speed
+    from phenoclip.bench import explain, ingest, pretrain_speed, retrieve_speed
 
-    return {"ingest": ingest.run, "pretrain": pretrain_speed.run, "retrieve": retrieve_speed.run}
+    return {"ingest": ingest.run, "pretrain": pretrain_speed.run, "retrieve": retrieve_speed.run,
+            "explain": explain.run}
 
 
 def _fmt(v) -> str:

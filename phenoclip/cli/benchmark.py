@@ -14,7 +14,7 @@ HELP = ("Run benchmark suites and write report/README.md and report/results.json
 
 
 def benchmark(
-    suite: str = typer.Option("all", "--suite", help="ingest | pretrain | retrieve (exact top-k: ours vs faiss IndexFlatIP vs full-matrix torch.topk) | all (more suites land with their subcommands)."),
+    suite: str = typer.Option("all", "--suite", help="ingest | pretrain | retrieve (exact top-k: ours vs faiss IndexFlatIP vs full-matrix torch.topk) | explain (planted-SNP precision@k per attribution method vs random and a marginal test; IG seconds and peak memory) | all (more suites land with their subcommands)."),
     out: Path = typer.Option(..., "--out", help="Report folder (created)."),
     cohort: Optional[Path] = typer.Option(None, "--cohort", help="Use this simulated cohort folder instead of simulating one."),
     patients: Optional[int] = typer.Option(None, "--patients", min=8, help="Patients to simulate (default per suite)."),

@@ -1,1 +1,9 @@
-"""phenoclip.explain"""
+"""phenoclip.explain: captum attributions of a model's output to one modality's input features.
+
+- :mod:`~phenoclip.explain.attribution`: the modality as a dense differentiable function, the methods
+- :mod:`~phenoclip.explain.targets`: what is explained (ContIG's contrastive loss, a fine-tuned output)
+- :mod:`~phenoclip.explain.run`: ``phenoclip explain`` and ``explain merge`` as library functions
+- :mod:`~phenoclip.explain.shards`: ``--part/--num-parts`` and the run fingerprint
+- :mod:`~phenoclip.explain.summary`, :mod:`~phenoclip.explain.outputs`, :mod:`~phenoclip.explain.volumes`:
+  the ranked table, per-gene aggregation, plots and NIfTI volumes
+"""
