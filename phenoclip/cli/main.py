@@ -40,14 +40,15 @@ def _root(
 
 
 def _register() -> None:
-    from phenoclip.cli import benchmark, explain, finetune, preprocess, pretrain, retrieve, simulate
+    from phenoclip.cli import benchmark, explain, finetune, preprocess, pretrain, retrieve, segment, simulate
 
     app.command("simulate", help=simulate.HELP)(simulate.simulate)
     app.add_typer(preprocess.app, name="preprocess")
     app.command("pretrain", help=pretrain.HELP)(pretrain.pretrain)
-    app.add_typer(finetune.app, name="finetune")
     app.command("retrieve", help=retrieve.HELP)(retrieve.retrieve)
+    app.add_typer(finetune.app, name="finetune")
     app.add_typer(explain.app, name="explain")
+    app.add_typer(segment.app, name="segment")
     app.command("benchmark", help=benchmark.HELP)(benchmark.benchmark)
 
 

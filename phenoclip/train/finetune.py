@@ -20,15 +20,14 @@ The folder is assembled under a temporary name and renamed at the end: a failed 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from phenoclip.errors import OutputError, UsageError
+from phenoclip.errors import UsageError
 from phenoclip.progress import info, track
+from phenoclip.staging import staged_folder
 from phenoclip.train.finetune_heads import MODES, HeadSettings
 from phenoclip.train.labels import TaskLabels
 
@@ -66,37 +65,18 @@ class FinetuneSettings:
             raise UsageError("give at least one --data STORE")
 
 
-def _prepare_out(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists", hint="choose a new --out or remove it")
-    if not out.parent.exists():
-        raise OutputError("output folder's parent does not exist", out.parent)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
 def run_finetune(s: FinetuneSettings) -> dict:
     """Run the label-fraction experiment and write the output folder ``s.out``; return metrics.json."""
     from phenoclip.train.finetune_run import Experiment
 
     s.validate()
-    out = Path(s.out)
-    tmp = _prepare_out(out)
-    try:
+    with staged_folder(s.out) as tmp:
         exp = Experiment(s)
         rows = []
         runs = [(f, r, m) for r in range(s.repeats) for f in s.fractions for m in exp.model_names]
         for fraction, repeat, name in track(runs, "fine-tuning", unit="fits"):
             rows.append(exp.fit_and_score(fraction, repeat, name))
         result = exp.write_outputs(tmp, rows)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _print_summary(result)
     return result
 

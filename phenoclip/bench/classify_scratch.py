@@ -1,0 +1,125 @@
+"""Single-modality networks trained from scratch for ``--suite classify`` (paper 000's supervised baselines).
+
+Kept tiny on purpose (a few thousand to ~100k parameters): the benchmark runs on two CPU cores,
+and a cohort of ~200 patients cannot feed anything larger. Each network trains with Adam and
+cross-entropy on the training patients minus a stratified validation slice; training stops when
+the validation loss has not improved for ``patience`` epochs, and the weights of the best epoch
+are restored, so the test split never steers training.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def gene_mlp(n_variants: int, n_classes: int, hidden: int = 32) -> nn.Module:
+    """Dosages (standardised) -> dropout -> 32 -> classes; dropout on the input too, ~2,000 inputs for ~150 patients."""
+    return nn.Sequential(nn.Dropout(0.2), nn.Linear(n_variants, hidden), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Linear(hidden, n_classes))
+
+
+def mri_cnn3d(n_classes: int, in_channels: int = 1, width: int = 8) -> nn.Module:
+    """Three stride-2 3D convolutions (8-16-16 channels), global average pooling, a linear layer."""
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv3d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm3d(cout), nn.ReLU()]
+
+    return nn.Sequential(*block(in_channels, width), *block(width, 2 * width), *block(2 * width, 2 * width),
+                         nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(2 * width, n_classes))
+
+
+def signal_cnn1d(n_channels: int, n_classes: int, width: int = 16) -> nn.Module:
+    """Four stride-2 1D convolutions (kernel 7), global average and max pooling, a linear layer.
+
+    Max pooling beside the average keeps rare events (an irregular beat) visible after pooling.
+    """
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv1d(cin, cout, 7, stride=2, padding=3), nn.BatchNorm1d(cout), nn.ReLU()]
+
+    class _Pool(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x.mean(-1), x.amax(-1)], dim=1)
+
+    return nn.Sequential(*block(n_channels, width), *block(width, width), *block(width, 2 * width),
+                         *block(2 * width, 2 * width), _Pool(), nn.Dropout(0.3), nn.Linear(4 * width, n_classes))
+
+
+@dataclass
+class TrainSettings:
+    max_epochs: int = 30
+    patience: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 16
+    val_fraction: float = 0.2
+
+
+@dataclass
+class TrainLog:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    n_fit: int
+    n_val: int
+
+
+def validation_slice(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """bool mask: a stratified ``fraction`` of the training patients held out for early stopping."""
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        val[members[:max(1, int(round(len(members) * fraction)))]] = True
+    return val
+
+
+def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> float:
+    net.eval()
+    with torch.no_grad():
+        total = sum(float(nn.functional.cross_entropy(net(x[i:i + batch_size]), y[i:i + batch_size],
+                                                      reduction="sum")) for i in range(0, len(x), batch_size))
+    return total / max(1, len(x))
+
+
+def train_classifier(net: nn.Module, x: np.ndarray, y: np.ndarray, settings: TrainSettings,
+                     seed: int) -> TrainLog:
+    """Train ``net`` in place on ``(x, y)`` with early stopping on a stratified validation slice."""
+    torch.manual_seed(seed)
+    val = validation_slice(y, settings.val_fraction, seed)
+    xt, yt = torch.as_tensor(x[~val], dtype=torch.float32), torch.as_tensor(y[~val], dtype=torch.long)
+    xv, yv = torch.as_tensor(x[val], dtype=torch.float32), torch.as_tensor(y[val], dtype=torch.long)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    best, best_epoch, best_state, epoch = float("inf"), 0, copy.deepcopy(net.state_dict()), 0
+    for epoch in range(1, settings.max_epochs + 1):
+        net.train()
+        order = torch.randperm(len(xt), generator=generator)
+        for i in range(0, len(order), settings.batch_size):
+            batch = order[i:i + settings.batch_size]
+            if len(batch) < 2:  # BatchNorm cannot train on one example
+                continue
+            loss = nn.functional.cross_entropy(net(xt[batch]), yt[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        current = _loss(net, xv, yv)
+        if current < best - 1e-4:
+            best, best_epoch, best_state = current, epoch, copy.deepcopy(net.state_dict())
+        elif epoch - best_epoch >= settings.patience:
+            break
+    net.load_state_dict(best_state)
+    net.eval()
+    return TrainLog(epoch, best_epoch, best, int((~val).sum()), int(val.sum()))
+
+
+def predict_proba(net: nn.Module, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N, C) softmax probabilities, float64 (eval mode)."""
+    net.eval()
+    with torch.no_grad():
+        out = [torch.softmax(net(torch.as_tensor(x[i:i + batch_size], dtype=torch.float32)), dim=1)
+               for i in range(0, len(x), batch_size)]
+    return torch.cat(out).double().numpy()

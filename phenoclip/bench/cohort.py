@@ -1,0 +1,148 @@
+"""The cohort and the pretrained model that the learning suites (ssl, classify, retrieve, ablation) share.
+
+``--cohort DIR`` is either a folder of preprocessed stores (``*.h5``; each store's schema says
+which modality it holds, a ``labels.tsv`` beside them gives the classes) or a folder laid out like
+``phenoclip simulate``'s output (preprocessed here, once). Without ``--cohort`` a cohort of
+``--patients`` patients is simulated with the sample cohort's settings. Everything is cached under
+``report/work/`` so that the suites of one ``benchmark --suite all`` run pretrain the shared model once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from phenoclip.bench import BenchContext
+from phenoclip.errors import InconsistentInputError
+from phenoclip.progress import info
+
+#: the modalities of a full cohort, in the order the CLI lists them
+MODALITIES = ["gene", "expr", "mri", "signal", "hpo"]
+#: patients simulated when neither --cohort nor --patients is given
+DEFAULT_PATIENTS = 200
+#: objectives of the shared multimodal model (paper 000: contrastive pairs plus ontology alignment)
+FULL_OBJECTIVES = ["clip", "ontology"]
+#: pretraining epochs of the shared model, with and without --quick
+PRETRAIN_EPOCHS = {"quick": 60, "full": 150}
+
+
+@dataclass
+class BenchCohort:
+    """Stores by modality name, the labels file (``sample`` + ``disease`` ...), the truth file if simulated."""
+
+    stores: dict[str, Path]
+    labels: Path | None
+    truth: Path | None
+    description: str
+
+    def data(self, modalities: list[str] | None = None) -> list[str]:
+        """Store paths for ``--data``: of ``modalities`` (default all), plus hpo when it exists (ontology)."""
+        names = list(self.stores) if modalities is None else [m for m in modalities if m in self.stores]
+        return [str(self.stores[m]) for m in names]
+
+    def data_args(self, modalities: list[str] | None = None) -> str:
+        return " ".join(f"--data {p}" for p in self.data(modalities))
+
+
+def _stores_in(folder: Path) -> dict[str, Path]:
+    from phenoclip.store import SCHEMA_MODALITY, open_store
+
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.h5")):
+        try:
+            with open_store(path) as store:
+                modality = SCHEMA_MODALITY.get(store.schema)
+        except Exception:
+            continue  # not a store (or not one of ours): other files may sit beside the stores
+        if modality and modality not in found:
+            found[modality] = path
+    return found
+
+
+def bench_cohort(ctx: BenchContext) -> BenchCohort:
+    """The cohort of this benchmark run (see the module docstring); preprocessed once per report folder."""
+    cached = ctx.work / "cohort_stores"
+    if ctx.cohort is not None:
+        cohort = Path(ctx.cohort)
+        if not cohort.is_dir():
+            raise InconsistentInputError("--cohort is not a folder", cohort,
+                                         "give a folder of phenoclip stores or of phenoclip simulate output")
+        stores = _stores_in(cohort)
+        if len(stores) >= 2:
+            labels = cohort / "labels.tsv"
+            truth = cohort / "truth.json"
+            return BenchCohort(stores, labels if labels.exists() else None, truth if truth.exists() else None,
+                               f"the stores in {cohort}")
+        if not (cohort / "labels.tsv").exists():
+            raise InconsistentInputError("--cohort holds neither two phenoclip stores nor a simulated cohort "
+                                         "(labels.tsv)", cohort, "run phenoclip preprocess first")
+        raw, description = cohort, f"cohort {cohort}"
+    else:
+        patients = ctx.patients or DEFAULT_PATIENTS
+        raw, description = ctx.work / "cohort", f"{patients} patients simulated with seed {ctx.seed}"
+        if not (raw / "truth.json").exists():
+            from phenoclip.data.simulate import SimulationConfig, simulate_cohort
+
+            shutil.rmtree(raw, ignore_errors=True)
+            info(f"simulating {patients} patients (seed {ctx.seed})")
+            simulate_cohort(raw, SimulationConfig(patients=patients, seed=ctx.seed))
+    done = cached / "done.json"
+    if not done.exists():
+        from phenoclip.preprocess.cohort import preprocess_cohort
+
+        shutil.rmtree(cached, ignore_errors=True)
+        info(f"preprocessing {raw} into {cached}")
+        preprocess_cohort(raw, cached)
+        done.write_text(json.dumps({"source": str(raw)}))
+    stores = _stores_in(cached)
+    truth = raw / "truth.json"
+    return BenchCohort(stores, raw / "labels.tsv", truth if truth.exists() else None, description)
+
+
+def pretrain_command(cohort: BenchCohort, modalities: list[str], objectives: list[str], epochs: int, seed: int,
+                     out: Path, preset: str = "tiny") -> str:
+    """The ``phenoclip pretrain`` command line equivalent to :func:`pretrained` (for the report)."""
+    needed = modalities + (["hpo"] if "ontology" in objectives and "hpo" not in modalities else [])
+    return (f"phenoclip pretrain --modalities {','.join(modalities)} {cohort.data_args(needed)} "
+            f"--objective {','.join(objectives)} --preset {preset} --epochs {epochs} --seed {seed} --out {out}")
+
+
+def pretrained(ctx: BenchContext, cohort: BenchCohort, modalities: list[str] | None = None,
+               objectives: list[str] | None = None, epochs: int | None = None, preset: str = "tiny",
+               **overrides) -> tuple[Path, str]:
+    """A checkpoint pretrained on ``cohort`` (cached by its settings); returns (folder, equivalent command).
+
+    Defaults: every modality of the cohort, :data:`FULL_OBJECTIVES` (ontology only with an hpo store),
+    :data:`PRETRAIN_EPOCHS`. ``overrides`` go to :class:`~phenoclip.config.PretrainConfig`.
+    """
+    from phenoclip.config import PretrainConfig
+    from phenoclip.train.pretrain import run_pretrain
+
+    modalities = [m for m in (modalities or MODALITIES) if m in cohort.stores]
+    if objectives is None:
+        objectives = [o for o in FULL_OBJECTIVES if o != "ontology" or "hpo" in cohort.stores]
+    epochs = epochs or PRETRAIN_EPOCHS["quick" if ctx.quick else "full"]
+    key = json.dumps([modalities, objectives, epochs, preset, ctx.seed, sorted(overrides.items()),
+                      cohort.data(None)], default=str)
+    out = ctx.work / f"pretrain_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    command = pretrain_command(cohort, modalities, objectives, epochs, ctx.seed, out, preset)
+    for k, v in overrides.items():
+        if k == "architectures":  # the CLI spells it --arch MODALITY=ARCH, repeated
+            command += "".join(f" --arch {m}={a}" for m, a in v.items())
+        elif isinstance(v, bool):
+            command += f" --{k.replace('_', '-')}" if v else ""
+        else:
+            command += f" --{k.replace('_', '-')} {v}"
+    if (out / "done.json").exists():
+        return out, command
+    shutil.rmtree(out, ignore_errors=True)
+    needed = modalities + (["hpo"] if "ontology" in objectives and "hpo" not in modalities else [])
+    cfg = PretrainConfig(modalities=modalities, data=cohort.data(needed), objectives=objectives, epochs=epochs,
+                         preset=preset, seed=ctx.seed, device="cpu", **overrides)
+    info(f"pretraining {','.join(modalities)} ({','.join(objectives)}, {epochs} epochs)")
+    run_pretrain(cfg, out, log=lambda line: None)
+    (out / "done.json").write_text(key)
+    return out, command

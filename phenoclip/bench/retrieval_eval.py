@@ -1,0 +1,229 @@
+"""Metric code shared by ``--suite retrieve`` (quality part) and ``--suite ablation``.
+
+* :func:`embed_modalities`: per-modality embeddings of a list of patients (only those having the modality);
+* :func:`cross_modal_metrics`: Recall@1/5/10 and MRR for every modality pair, the two directions
+  (a -> b and b -> a) averaged, on the patients having both modalities, with chance levels;
+* :func:`raw_features` and :func:`cca_pair_metrics`: the supervised linear ceiling, CCA on the
+  PCA-reduced input features of the training patients, scored with the same retrieval metrics;
+* :func:`own_term_ranking`: zero-shot ranking of the hpo vocabulary for each patient, scored
+  against the patient's own recorded terms;
+* :func:`concat_embeddings`: one row per patient (the modalities' embeddings side by side) for a
+  linear probe.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from phenoclip.eval.retrieval import paired_retrieval
+
+KS = (1, 5, 10)
+#: (ids, embeddings (N, E) float32) of the patients having a modality
+Embedded = tuple[list[str], np.ndarray]
+
+
+def embed_modalities(model, pre, stores, modalities: Sequence[str], samples: Sequence[str]) -> dict[str, Embedded]:
+    """``{modality: (ids, embeddings)}`` of ``samples`` (those having the modality), with ``model``.
+
+    ``pre`` (the checkpoint) gives the expression scaling the model was trained with, so a
+    random-initialised twin sees the data exactly as the trained model does.
+    """
+    from phenoclip.eval.encode import embed_samples, expr_stats
+
+    stats = expr_stats(pre, stores) if "expr" in modalities else None
+    out: dict[str, Embedded] = {}
+    for m in modalities:
+        emb, present = embed_samples(model, stores, m, list(samples), stats if m == "expr" else None,
+                                     label=f"embedding {m}")
+        keep = np.flatnonzero(present)
+        out[m] = ([samples[i] for i in keep], emb[keep])
+    return out
+
+
+def chance_levels(n: int, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Expected Recall@K and MRR of a random ranking of ``n`` gallery items (one true item)."""
+    out = {f"R@{k}": min(k, n) / n for k in ks}
+    out["MRR"] = float(np.sum(1.0 / np.arange(1, n + 1)) / n)
+    return out
+
+
+def paired_metrics(a: Embedded, b: Embedded, ks: Sequence[int] = KS) -> dict | None:
+    """Retrieval between two sides on the patients present in both (both directions averaged).
+
+    Adds ``n``, ``chance@K`` / ``chance MRR`` and ``x chance@1`` (R@1 over its chance level).
+    None when fewer than 2 patients have both.
+    """
+    pos = {s: i for i, s in enumerate(b[0])}
+    both = [(i, pos[s]) for i, s in enumerate(a[0]) if s in pos]
+    if len(both) < 2:
+        return None
+    ia, ib = zip(*both)
+    ea = torch.nn.functional.normalize(torch.from_numpy(np.asarray(a[1][list(ia)], np.float32)), dim=1)
+    eb = torch.nn.functional.normalize(torch.from_numpy(np.asarray(b[1][list(ib)], np.float32)), dim=1)
+    out = paired_retrieval(ea, eb, ks)
+    chance = chance_levels(len(both), ks)
+    out.update({f"chance {k}": v for k, v in chance.items()})
+    out["x chance@1"] = out["R@1"] / chance["R@1"]
+    return out
+
+
+def modality_pairs(modalities: Sequence[str]) -> list[tuple[str, str]]:
+    return list(combinations(list(modalities), 2))
+
+
+def cross_modal_metrics(embedded: dict[str, Embedded], ks: Sequence[int] = KS) -> dict[str, dict]:
+    """``{"a-b": metrics}`` for every pair of the embedded modalities (see :func:`paired_metrics`)."""
+    out = {}
+    for a, b in modality_pairs(list(embedded)):
+        m = paired_metrics(embedded[a], embedded[b], ks)
+        if m is not None:
+            out[f"{a}-{b}"] = m
+    return out
+
+
+def mean_over(metrics: dict[str, dict], key: str, pairs: Sequence[str] | None = None) -> float:
+    """Mean of ``key`` over the pairs (default all) of a :func:`cross_modal_metrics` result."""
+    names = [p for p in (pairs if pairs is not None else metrics) if p in metrics]
+    return float(np.mean([metrics[p][key] for p in names])) if names else float("nan")
+
+
+# ----------------------------------------------------------------------------- supervised linear ceiling
+
+def raw_features(stores, modality: str, samples: Sequence[str], expr_scaling=None) -> Embedded:
+    """The input features of a modality as flat float64 rows (patients having it).
+
+    gene: dosage with missing calls (< 0) set to the column mean; expr: standardised as the model
+    sees it; mri / signal: flattened arrays; hpo: multi-hot of the recorded terms and all their
+    ancestors (the same information the hpo encoder's vocabulary holds).
+    """
+    from phenoclip.data.multimodal import MultimodalDataset
+
+    ms = stores.by_modality[modality]
+    ids = [s for s in samples if s in ms.row]
+    if modality == "hpo":
+        data = ms.meta["phenotypes"]
+        rows = []
+        for s in ids:
+            terms = {int(t) for t in data.terms[ms.row[s]]}
+            for t in list(terms):
+                terms |= data.ontology.ancestors(t)
+            rows.append(terms)
+        cols = {t: j for j, t in enumerate(sorted(set().union(*rows)))} if rows else {}
+        x = np.zeros((len(ids), len(cols)))
+        for i, terms in enumerate(rows):
+            x[i, [cols[t] for t in terms]] = 1.0
+        return ids, x
+    ds = MultimodalDataset(stores, [modality], ids, expr_stats=expr_scaling)
+    x = np.stack([np.concatenate([v.numpy().ravel() for k, v in ds[i][modality].items()
+                                  if v.dtype.is_floating_point]) for i in range(len(ids))]).astype(np.float64)
+    if modality == "gene":
+        x[x < 0] = np.nan
+        x = np.where(np.isnan(x), np.nan_to_num(np.nanmean(x, axis=0)), x)
+    return ids, x
+
+
+def _both(a: Embedded, b: Embedded, keep: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    pos = {s: i for i, s in enumerate(b[0])}
+    pairs = [(i, pos[s]) for i, s in enumerate(a[0]) if s in pos and s in keep]
+    ia, ib = (list(t) for t in zip(*pairs)) if pairs else ([], [])
+    return a[1][ia], b[1][ib]
+
+
+def reduce_features(feats: Embedded, train: Sequence[str], n_pca: int = 32, seed: int = 0) -> Embedded:
+    """Standardise then PCA-reduce one modality's raw features, both fitted on its ``train`` patients only.
+
+    Once per modality (not per pair): the MRI voxels make this the costly step.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ids, x = feats
+    keep = set(train)
+    rows = [i for i, s in enumerate(ids) if s in keep]
+    n = min(n_pca, len(rows) - 1, x.shape[1])
+    # full SVD: exact, and for (patients << features) cheaper than the randomised solver's passes
+    pca = make_pipeline(StandardScaler(), PCA(n, svd_solver="full", random_state=seed)).fit(x[rows])
+    return ids, pca.transform(x)
+
+
+def fit_cca(a: Embedded, b: Embedded, train: Sequence[str], n_cca: int = 8):
+    """CCA fitted on the ``train`` patients having both (features already reduced); returns ``transform``."""
+    from sklearn.cross_decomposition import CCA
+
+    xa, xb = _both(a, b, set(train))
+    cca = CCA(n_components=min(n_cca, xa.shape[1], xb.shape[1]), max_iter=2000).fit(xa, xb)
+
+    def transform(qa: np.ndarray, qb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sa, sb = cca.transform(qa, qb)
+        return sa.astype(np.float32), sb.astype(np.float32)
+
+    return transform
+
+
+def cca_pair_metrics(a: Embedded, b: Embedded, train: Sequence[str], test: Sequence[str],
+                     n_cca: int = 8) -> dict | None:
+    """:func:`paired_metrics` of the ``test`` patients in the CCA space fitted on ``train`` (cosine).
+
+    ``a`` and ``b``: features of train and test patients, reduced by :func:`reduce_features`.
+    """
+    transform = fit_cca(a, b, train, n_cca)
+    ta, tb = _both(a, b, set(test))
+    if len(ta) < 2:
+        return None
+    sa, sb = transform(ta, tb)
+    ids = [f"p{i}" for i in range(len(sa))]
+    return paired_metrics((ids, sa), (ids, sb))
+
+
+# ----------------------------------------------------------------------------- zero-shot phenotype terms
+
+@torch.no_grad()
+def own_term_ranking(model, embedded: dict[str, Embedded], stores) -> dict[str, dict]:
+    """Per modality: each patient's embedding ranks every hpo vocabulary term (cosine); scored against
+    the patient's own recorded terms: mean per-patient AUROC (chance 0.5) and Recall@10 (share of the
+    own terms in the top 10; chance 10 / vocabulary size)."""
+    from sklearn.metrics import roc_auc_score
+
+    enc = model.encoders["hpo"]
+    terms = model.encode_terms().float().numpy()
+    data = stores.by_modality["hpo"].meta["phenotypes"]
+    row_of = stores.by_modality["hpo"].row
+    lookup = enc.lookup.numpy()
+    n_vocab = terms.shape[0]
+    out = {}
+    for m, (ids, emb) in embedded.items():
+        aucs, recalls = [], []
+        for s, e in zip(ids, emb):
+            if s not in row_of:
+                continue
+            own = np.zeros(n_vocab, bool)
+            rows = lookup[np.asarray(data.terms[row_of[s]], dtype=np.int64)]
+            own[rows[rows >= 0]] = True
+            if not own.any() or own.all():
+                continue
+            score = terms @ e
+            aucs.append(roc_auc_score(own, score))
+            top = np.argsort(-score, kind="stable")[:10]
+            recalls.append(own[top].sum() / own.sum())
+        if aucs:
+            out[m] = {"n": len(aucs), "AUROC": float(np.mean(aucs)), "R@10": float(np.mean(recalls)),
+                      "chance R@10": min(10, n_vocab) / n_vocab}
+    return out
+
+
+def concat_embeddings(embedded: dict[str, Embedded], samples: Sequence[str]) -> np.ndarray:
+    """(len(samples), sum of E) float32: the modalities' embeddings side by side, zeros where absent."""
+    blocks = []
+    for ids, emb in embedded.values():
+        pos = {s: i for i, s in enumerate(ids)}
+        block = np.zeros((len(samples), emb.shape[1]), np.float32)
+        for i, s in enumerate(samples):
+            if s in pos:
+                block[i] = emb[pos[s]]
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1)
