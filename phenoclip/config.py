@@ -39,6 +39,9 @@ class PretrainConfig:
     # (held-out retrieval on the sample cohort: 3.55x chance at 0.5 against 2.3x at 0.05)
     weight_decay: float = 0.5
     val_fraction: float = 0.2
+    #: fixed validation patients (--val-samples FILE) instead of a random val_fraction split, so that
+    #: models trained on different modality sets are scored on the same held-out patients
+    val_samples: list[str] | None = None
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -101,7 +104,7 @@ class PretrainConfig:
 
     # the fields whose change makes a checkpoint a different model or a different run
     IDENTITY_FIELDS = ("modalities", "objectives", "preset", "architectures", "embed_dim", "batch_size", "lr",
-                       "weight_decay", "val_fraction", "seed", "weights", "mvm_mask_rate", "mhm_mask_rate",
+                       "weight_decay", "val_fraction", "val_samples", "seed", "weights", "mvm_mask_rate", "mhm_mask_rate",
                        "scarf_rate", "vime_rate", "byol_tau", "ontology_temperature", "augment", "data_shapes")
 
 
@@ -120,6 +123,18 @@ def read_toml(path: str | os.PathLike, section: str) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise MalformedInputError(f"not valid TOML ({e})", p) from None
     return doc.get(section, doc)
+
+
+def read_sample_ids(path: str | os.PathLike, option: str) -> list[str]:
+    """Sample IDs, one a line (blank lines and ``#`` comments skipped); a missing or empty file is an input error."""
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise InputMissingError(f"{option} file does not exist", p)
+    with open(p) as fh:
+        ids = [line.strip() for line in fh if line.strip() and not line.startswith("#")]
+    if not ids:
+        raise MalformedInputError(f"{option} file lists no sample IDs", p, "write one sample ID a line")
+    return ids
 
 
 def merge(defaults_from_file: dict, cli: dict) -> dict:

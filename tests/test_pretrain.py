@@ -50,6 +50,31 @@ def test_checkpoint_directory_contents(small_cohort, tmp_path):
     assert "epoch 2/2" in log and "seed: 0" in log
 
 
+def test_val_samples_fixes_the_held_out_patients(small_cohort, tmp_path):
+    """--val-samples: the listed patients (those in the stores) are validation, whatever the modalities."""
+    import h5py
+
+    with h5py.File(small_cohort["expr"]) as f:
+        expr_ids = [s.decode() for s in f["samples"][:]]
+    chosen = expr_ids[:7] + ["NOT_A_PATIENT"]
+    ids = tmp_path / "val.txt"
+    ids.write_text("# held out for every ablation\n" + "\n".join(chosen) + "\n")
+    common = ["--arch", "gene=mlp", "--arch", "expr=mlp", "--epochs", "1", "--batch-size", "16", "--val-samples", ids]
+    out = tmp_path / "pre"
+    proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", small_cohort["gene"], "--data",
+                   small_cohort["expr"], *common, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads((out / "state.json").read_text())
+    assert sorted(state["split"]["validation"]) == sorted(expr_ids[:7])
+    assert not set(state["split"]["train"]) & set(expr_ids[:7])
+    # patients of none of the stores: one line, exit 5, no checkpoint
+    ids.write_text("NOBODY\nNOBODY_ELSE\n")
+    proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", small_cohort["gene"], "--data",
+                   small_cohort["expr"], *common, "--out", tmp_path / "bad")
+    assert proc.returncode == 5 and len(error_lines(proc)) == 1 and "--val-samples" in proc.stderr
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
 def test_interrupted_and_resumed_run_ends_with_identical_weights(small_cohort, tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     run_pretrain(fast_config(small_cohort), straight, log=lambda s: None)

@@ -109,13 +109,17 @@ def run(ctx: BenchContext) -> SuiteResult:
     epochs = ABLATION_EPOCHS["quick" if ctx.quick else "full"]
     stores = CohortStores(cohort.data(modalities))
     evals, models, splits, seconds = {}, {}, {}, {}
+    held_out = None
     for name, mods, objs in variants(modalities, objectives):
         t0 = time.perf_counter()
-        ckpt, command = pretrained(ctx, cohort, modalities=mods, objectives=objs, epochs=epochs)
+        # every variant holds out the full model's validation patients (--val-samples): same test patients
+        fixed = {} if held_out is None else {"val_samples": held_out}
+        ckpt, command = pretrained(ctx, cohort, modalities=mods, objectives=objs, epochs=epochs, **fixed)
         seconds[name] = time.perf_counter() - t0
         result.commands.append(f"# {name}\n{command}")
         pre = load_pretrained(ckpt)
         splits[name] = tuple(sorted(pre.validation_samples))
+        held_out = held_out or sorted(pre.validation_samples)
         evals[name] = evaluate(pre.model, pre, stores, mods, labels, ctx.seed)
         models[name] = (pre, mods)
     full_pre = models["full"][0]

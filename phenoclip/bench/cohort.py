@@ -132,6 +132,10 @@ def pretrained(ctx: BenchContext, cohort: BenchCohort, modalities: list[str] | N
     for k, v in overrides.items():
         if k == "architectures":  # the CLI spells it --arch MODALITY=ARCH, repeated
             command += "".join(f" --arch {m}={a}" for m, a in v.items())
+        elif k == "val_samples":  # the CLI reads them from a file
+            ids = out.parent / f"{out.name}.val_samples.txt"
+            ids.write_text("\n".join(v) + "\n")
+            command += f" --val-samples {ids}"
         elif isinstance(v, bool):
             command += f" --{k.replace('_', '-')}" if v else ""
         else:

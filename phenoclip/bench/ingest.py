@@ -69,7 +69,7 @@ def _throughput_rows(ctx: BenchContext, vcf: str, n_samples: int, n_variants: in
 def run(ctx: BenchContext) -> SuiteResult:
     result = SuiteResult(name="ingest")
     n_samples = 1000
-    n_variants = ctx.variants or 20000
+    n_variants = ctx.variants or (5000 if ctx.quick else 20000)
     sizes = [(n_samples, n_variants, "main")]
     if not ctx.quick:
         sizes.append((1000, 100000, "large"))

@@ -44,6 +44,7 @@ def pretrain(
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine) [default: 0.002]."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", min=0.0, help="AdamW weight decay [default: 0.5]."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Held-out patients for validation retrieval [default: 0.2]."),
+    val_samples: Optional[Path] = typer.Option(None, "--val-samples", help="File of sample IDs (one a line) to hold out for validation instead of a random --val-fraction split: the same held-out patients for models of different modality sets (ablations)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a [pretrain] table; options given here win."),
@@ -51,7 +52,7 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out exactly where it stopped."),
     threads: Optional[int] = Threads,
 ) -> None:
-    from phenoclip.config import PretrainConfig, merge, read_toml
+    from phenoclip.config import PretrainConfig, merge, read_sample_ids, read_toml
     from phenoclip.errors import UsageError
     from phenoclip.progress import info
     from phenoclip.train.pretrain import run_pretrain
@@ -61,7 +62,8 @@ def pretrain(
     cli = {"modalities": _csv(modalities), "data": [str(d) for d in data] or None, "objectives": _csv(objective),
            "preset": preset, "architectures": _pairs(arch, "--arch") or None, "weights": weights, "epochs": epochs,
            "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "val_fraction": val_fraction, "device": device, "seed": seed,
-           "threads": threads, "augment": augment}
+           "threads": threads, "augment": augment,
+           "val_samples": read_sample_ids(val_samples, "--val-samples") if val_samples else None}
     values = merge(file_values, cli)
     if not values.get("modalities"):
         raise UsageError("--modalities is required (or 'modalities' in the --config file)")

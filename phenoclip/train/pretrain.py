@@ -34,6 +34,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def fixed_split(usable: list[str], val_samples: list[str], data: list[str]) -> tuple[list[str], list[str]]:
+    """(train, validation) with the given validation patients; those absent from the stores are dropped."""
+    held = set(val_samples)
+    val = [s for s in usable if s in held]
+    if len(val) < 2:
+        raise InconsistentInputError(f"--val-samples names {len(val)} patient(s) of these stores; validation "
+                                     "retrieval needs at least 2", data[0], "list sample IDs that are in the stores")
+    return [s for s in usable if s not in held], val
+
+
 def data_shapes(stores: CohortStores, modalities: list[str]) -> dict:
     """Per modality the shape facts encoders are built from (saved in config.json)."""
     out: dict = {}
@@ -152,7 +162,10 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
     stores.require(needed)
     cfg.data_shapes = data_shapes(stores, needed)
     usable = [s for s in stores.samples if any(stores.present(m, [s])[0] for m in cfg.modalities)]
-    train_ids, val_ids = split_patients(usable, cfg.val_fraction, cfg.seed)
+    if cfg.val_samples:
+        train_ids, val_ids = fixed_split(usable, cfg.val_samples, cfg.data)
+    else:
+        train_ids, val_ids = split_patients(usable, cfg.val_fraction, cfg.seed)
     train_ds = MultimodalDataset(stores, needed, train_ids)
     val_ds = MultimodalDataset(stores, needed, val_ids, stats_samples=train_ids)
     cfg.data_shapes["n_train"] = len(train_ds)
