@@ -178,7 +178,7 @@ def accuracy(ctx: BenchContext) -> tuple[list[Table], dict, list[str]]:
     hits = hit_masks(stores["gene"], truth)
     by_set = {w: hit_masks(stores["gene"], truth, (w,)) for w in ("causal", "trait")}
     rows, metrics = [], {"held_out_R@1_x_chance": retrieval["held_out"]}
-    n_ref = 256 if patients >= 400 else 64
+    n_ref = 256 if _n_both(stores) > 300 else 64  # the reference batch never holds the individual explained
     orders: dict[str, np.ndarray] = {}
     runs = [(m, "mean") for m in METHODS] + [("ig", "zeros")]
     for method, baseline in runs:
@@ -223,6 +223,14 @@ def accuracy(ctx: BenchContext) -> tuple[list[Table], dict, list[str]]:
                 f"phenoclip explain --method METHOD --checkpoint PRE --data gene.h5 --reference expr.h5 "
                 f"--reference-size {n_ref} --baseline mean|zeros --out attr"]
     return [main, split], metrics, commands
+
+
+def _n_both(stores: dict) -> int:
+    """Individuals in both the gene and the expression store."""
+    from phenoclip.store import open_store
+
+    with open_store(stores["gene"]) as g, open_store(stores["expr"]) as e:
+        return len(set(g.samples) & set(e.samples))
 
 
 def _cells(order: np.ndarray, hits: dict) -> list[float]:

@@ -108,16 +108,18 @@ def scan_benchmark(lengths=(1024, 4096, 16384, 65536), batch: int = 2, d_model: 
     Quick mode measures L = 1024 and 2048 only. ``threads`` > 0 sets torch's thread count in
     every case (1 gives steadier figures on a machine shared with other jobs); 0 keeps torch's.
     """
-    if quick:  # the reference's backward takes minutes at 4k: --quick stops at 2k
-        lengths = (1024, 2048)
+    ref_max = REF_MAX_L
+    if quick:  # the reference's backward takes minutes at 4k and ~1 min at 2k: --quick runs it at 1k only
+        lengths, ref_max = (1024, 2048), 1024
     rows = []
     for L in lengths:
         rows.append(["ours", L, *_measure("ours", L, batch, d_model, timeout, 3, threads)])
-        if L <= REF_MAX_L:
+        if L <= ref_max:
             rows.append(["mamba_ssm selective_scan_ref", L, *_measure("ref", L, batch, d_model, timeout, 1, threads)])
         else:
             rows.append(["mamba_ssm selective_scan_ref", L, None, None,
-                         "skipped: quadratic backward (16x the time per 4x length), far over 120 s"])
+                         "skipped: quadratic backward (16x the time per 4x length)"
+                         + (" (--quick: 1k only)" if quick and L <= REF_MAX_L else ", far over 120 s")])
         gb = ATTN_MATRICES * batch * 4 * L * L * 4 / 1e9
         if gb <= ATTN_MAX_GB:
             rows.append(["TransformerEncoderLayer", L, *_measure("transformer", L, batch, d_model, timeout, 2, threads)])

@@ -13,7 +13,7 @@ Two cohorts: the benchmark's shared cohort (``--cohort``, e.g. data/sample, or a
 with the sample's settings), whose lesions are +25 % of white matter and plain to see; and, without
 ``--quick``, a simulated cohort with fainter lesions (+12 %), where the image alone is ambiguous
 and the lesion genes' information should show. ``--quick`` reuses the shared multimodal
-checkpoint instead of an mri + expression pretraining and trains 12 epochs.
+checkpoint instead of an mri + expression pretraining and trains 10 epochs.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ METHODS = [
 FAINT_METHODS = [METHODS[0], METHODS[1], METHODS[3]]
 FAINT_CONTRAST = 0.12
 #: (pretraining epochs, segmentation epochs) with and without --quick
-EPOCHS = {"quick": (None, 12), "full": (100, 60)}
+EPOCHS = {"quick": (None, 10), "full": (100, 60)}
 PAPER_TABLE_1 = "U-Net 0.735, ResU-Net 0.772, DeepLabv3+ 0.840, Attention U-Net 0.830, MGI 0.901 (TCGA-LGG, 2D slices)"
 
 
@@ -90,7 +90,7 @@ def pretrain_mri_expr(folder: Path, stores: dict, epochs: int, seed: int) -> tup
 
 
 def compare(folder: Path, stores: dict, methods: list, pre: Path, pre_command: str, epochs: int, seed: int,
-            result: SuiteResult, title: str, key: str) -> None:
+            result: SuiteResult, title: str, key: str, report_dir: Path) -> None:
     """Train every method on one split from checkpoint ``pre``; add the table, metrics and commands to ``result``."""
     from scipy.stats import wilcoxon
 
@@ -106,8 +106,12 @@ def compare(folder: Path, stores: dict, methods: list, pre: Path, pre_command: s
         info(f"segment [{key}]: {label} ({epochs} epochs)")
         s = SegmentSettings(images=str(stores["mri"]), out=str(out), genes=str(stores["expr"]) if genes else None,
                             checkpoint=str(pre), decoder=decoder, init=init or "pretrained", keep=str(keep),
-                            overlays=0, fit=FitSettings(epochs=epochs, seed=seed))
+                            overlays=3 if label == METHODS[0][0] else 0, fit=FitSettings(epochs=epochs, seed=seed))
         r = runs[label] = run_segment_train(s, log=lambda line: None)
+        for i, fig in enumerate(r.get("figures", [])):  # best, median, worst test patient of MGI with genes
+            target = f"segment_{key}_overlay_{i + 1}.png"
+            shutil.copyfile(out / fig, report_dir / target)
+            result.figures.append(target)
         t = r["test"]
         rows.append([label, f"{t['dice_mean']:.3f} ± {t['dice_sd']:.3f}", round(t["hd95_mm_mean"], 2),
                      r["parameters"], round(r["train_seconds"], 1)])
@@ -160,13 +164,13 @@ def run(ctx: BenchContext) -> SuiteResult:
     else:
         pre, pre_command = pretrain_mri_expr(plain, stores, pre_epochs, ctx.seed)
     compare(plain, stores, METHODS, pre, pre_command, epochs, ctx.seed, result,
-            f"Lesion segmentation on held-out patients, paper 003 Table 1 layout ({where})", "plain")
+            f"Lesion segmentation on held-out patients, paper 003 Table 1 layout ({where})", "plain", ctx.out)
     if not ctx.quick:
         faint = ctx.work / "segment_faint"
         stores = cohort_stores(faint, None, patients, ctx.seed + 11, contrast=FAINT_CONTRAST)
         pre, pre_command = pretrain_mri_expr(faint, stores, pre_epochs, ctx.seed)
         compare(faint, stores, FAINT_METHODS, pre, pre_command, epochs, ctx.seed, result,
                 f"Fainter lesions ({patients} simulated patients, lesions +{FAINT_CONTRAST:.0%} of white matter)",
-                "faint")
+                "faint", ctx.out)
     result.tables[-1].note += f" Paper 003 Table 1 for reference: {PAPER_TABLE_1}."
     return result
