@@ -13,7 +13,7 @@ import pytest
 from phenoclip import bench
 from phenoclip.bench import BenchContext, SuiteFailed, SuiteResult, Table
 from phenoclip.bench.cohort import bench_cohort
-from phenoclip.bench.report import speed_ratio_rows
+from phenoclip.bench.report import bold_sentences, speed_ratio_rows
 from phenoclip.errors import InconsistentInputError, UsageError
 from conftest import SAMPLE, error_lines, run_cli
 
@@ -91,6 +91,12 @@ def test_speed_ratios_are_checked_against_their_targets():
     assert rows["pretraining (tiny)"][1] == "2.0 %"
     # the longest length measured is the one reported
     assert rows["selective scan fwd+bwd at L=2,048"][1:] == ["15.00", ">= 10 at 4k", "met"]
+
+
+def test_bold_note_passages_become_shortfalls():
+    note = "Setup text. **Below the CCA ceiling on R@1: expr-mri.** More. **Not better than random init: gene-mri.**"
+    assert bold_sentences(note) == ["Below the CCA ceiling on R@1: expr-mri", "Not better than random init: gene-mri"]
+    assert bold_sentences("no shortfall here") == []
 
 
 def _ctx(tmp_path, cohort):

@@ -222,4 +222,8 @@ def run(ctx: BenchContext) -> SuiteResult:
     result.metrics["ablation"] = {"epochs": epochs, "evaluations": evals, "spearman": rhos,
                                   "pretrain_seconds": seconds, "same_split": same_split,
                                   "other_split_overlap": other_split}
+    from phenoclip.bench.report import bold_sentences
+
+    # the notes state every shortfall in bold: the report lists them together as well
+    result.shortfalls += [line for t in result.tables for line in bold_sentences(t.note)]
     return result

@@ -91,6 +91,12 @@ def _machine() -> dict:
             "gpu": gpu}
 
 
+def bold_sentences(text: str) -> list[str]:
+    """The **bold** passages of a table note: where suites state a shortfall in their notes."""
+    parts = text.split("**")
+    return [p.strip().rstrip(".") for p in parts[1::2] if p.strip()]
+
+
 def speed_ratio_rows(results) -> list[list]:
     by_name = {r.name: r for r in results}
     rows = []

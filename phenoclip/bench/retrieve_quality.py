@@ -179,4 +179,8 @@ def run(ctx: BenchContext) -> SuiteResult:
                         f"phenoclip retrieve --checkpoint {ckpt} --query {cohort.stores[a]} --gallery hpo "
                         f"--out {ctx.work}/{a}_terms.tsv --map {ctx.out / MAP_PNG} --labels {cohort.labels}:disease "
                         + " ".join(f"--data {cohort.stores[m]}" for m in modalities[1:])]
+    from phenoclip.bench.report import bold_sentences
+
+    # the notes state every shortfall in bold: the report lists them together as well
+    result.shortfalls += [line for t in result.tables for line in bold_sentences(t.note)]
     return result
