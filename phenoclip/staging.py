@@ -38,3 +38,42 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class StagedFiles:
+    """Several output files written under temporary names beside their targets, renamed together at
+    the end (:meth:`commit`) or all removed (:meth:`abort`): a failure leaves none of them behind."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def tmp(self, final: str | os.PathLike, suffix: str = "") -> str:
+        """The temporary path to write ``final`` to (``suffix`` keeps an extension some writers need)."""
+        final = os.path.abspath(final)
+        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{os.getpid()}{suffix}")
+        self.items.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self.items:
+            os.replace(tmp, final)
+        self.items = []
+
+    def abort(self) -> None:
+        for tmp, _ in self.items:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file: readers never see half a file."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise OutputError("output folder does not exist", path.parent)
+    staged = StagedFiles()
+    try:
+        Path(staged.tmp(path)).write_text(text)
+        staged.commit()
+    except OSError as e:
+        staged.abort()
+        raise OutputError(f"cannot write ({e.strerror})", path) from None

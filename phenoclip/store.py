@@ -27,7 +27,6 @@ import numpy as np
 from phenoclip import __version__
 from phenoclip.errors import (
     InconsistentInputError,
-    InputMissingError,
     MalformedInputError,
     OutputError,
     require_readable,

@@ -6,7 +6,6 @@ import os
 import subprocess
 from unittest import mock
 
-import h5py
 import numpy as np
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """preprocess variants: exact decoding, agreement with bcftools, filters, PGS/burden, bad input."""
 
 import gzip
-import shutil
 import subprocess
 
 import numpy as np

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from phenoclip.data.batch import (DOSAGE, HAPLOTYPES, IMAGES, MASKS, PRESENT, SAMPLE_IDS, SIGNALS, TERMS,
+from phenoclip.data.batch import (DOSAGE, IMAGES, MASKS, PRESENT, SAMPLE_IDS, SIGNALS, TERMS,
                                   VALUES)
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.store import SCHEMA_MODALITY, open_store

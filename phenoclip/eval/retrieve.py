@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -43,50 +42,16 @@ import numpy as np
 import torch
 
 from phenoclip.data.multimodal import CohortStores
-from phenoclip.errors import (InconsistentInputError, OutputError, UsageError, require_readable,
-                              require_writable_parent)
+from phenoclip.errors import InconsistentInputError, OutputError, UsageError, require_readable
 from phenoclip.eval.encode import Pretrained, embed_samples, expr_stats, load_pretrained
 from phenoclip.eval.retrieval import metrics_from_ranks, topk_chunked, true_match_ranks
+from phenoclip.eval.retrieve_outputs import (HPO_GALLERY, Side, check_outputs, write_embeddings, write_hits,
+                                             write_pheno)
 from phenoclip.progress import info, warn
+from phenoclip.staging import StagedFiles
 
-#: the ``--gallery`` word that means "the hpo encoder's vocabulary terms"
-HPO_GALLERY = "hpo"
 KS = (1, 5, 10)
 _QUERY_BLOCK = 4096  # queries per true_match_ranks call
-
-
-@dataclass
-class Side:
-    """One embedded store: its path, modality and patients, and their embeddings (all present)."""
-
-    path: str
-    modality: str
-    samples: list[str]
-    embeddings: np.ndarray
-    stores: CohortStores = field(repr=False, default=None)
-
-
-class _Staged:
-    """Outputs written under temporary names beside their targets, renamed together at the end."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def tmp(self, final: str, suffix: str = "") -> str:
-        final = os.path.abspath(final)
-        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{os.getpid()}{suffix}")
-        self.items.append((tmp, final))
-        return tmp
-
-    def commit(self) -> None:
-        for tmp, final in self.items:
-            os.replace(tmp, final)
-        self.items = []
-
-    def abort(self) -> None:
-        for tmp, _ in self.items:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 def output_prefix(out: str) -> str:
@@ -146,59 +111,6 @@ def _fmt_metrics(m: dict) -> str:
             + f" (queries {m['n_queries']}, gallery {m['gallery_size']}, chance@1 {m['chance@1']:.3f})")
 
 
-def _write_hits(fh, query_ids, gallery_ids, scores, indices, names=None) -> None:
-    fh.write("query\trank\thit\tscore" + ("\tname" if names is not None else "") + "\n")
-    scores, indices = scores.tolist(), indices.tolist()
-    for q, srow, irow in zip(query_ids, scores, indices):
-        for r, (s, j) in enumerate(zip(srow, irow), start=1):
-            fh.write(f"{q}\t{r}\t{gallery_ids[j]}\t{s:.6g}" + (f"\t{names[j]}" if names is not None else "") + "\n")
-
-
-def _write_pheno(path: str, query: Side, pcs: int, seed: int) -> dict:
-    from sklearn.decomposition import PCA
-
-    n, e = query.embeddings.shape
-    if n < 2:
-        raise InconsistentInputError("--pheno-out needs at least 2 query patients", query.path)
-    n_pcs = min(pcs, e, n - 1)
-    if n_pcs < pcs:
-        info(f"--pheno-out: {n_pcs} principal components (capped by the embedding size {e} and {n} patients)")
-    pca = PCA(n_components=n_pcs, random_state=seed)
-    comps = pca.fit_transform(query.embeddings.astype(np.float64))
-    with open(path, "w") as fh:
-        fh.write("#FID\tIID\t" + "\t".join(f"EMB_PC{i + 1}" for i in range(n_pcs)) + "\n")
-        for s, row in zip(query.samples, comps.tolist()):
-            fh.write(f"{s}\t{s}\t" + "\t".join(f"{v:.6g}" for v in row) + "\n")
-    return {"pcs": n_pcs, "explained_variance_ratio": [round(float(v), 6) for v in pca.explained_variance_ratio_]}
-
-
-def _write_embeddings(path: str, pre: Pretrained, query: Side, gallery: Side | None, terms=None) -> None:
-    from phenoclip.store import create_store
-
-    samples = list(dict.fromkeys(query.samples + (gallery.samples if gallery is not None else [])))
-    pos = {s: i for i, s in enumerate(samples)}
-    sides = [query] + ([gallery] if gallery is not None else [])
-    same = gallery is not None and gallery.modality == query.modality
-    names = ["query", "gallery"] if same else [s.modality for s in sides]
-    attrs = {"checkpoint": str(Path(pre.path).resolve()), "embed_dim": int(pre.model.embed_dim),
-             "query_store": os.path.abspath(query.path),
-             "gallery_store": HPO_GALLERY if gallery is None else os.path.abspath(gallery.path),
-             "names": np.asarray(names, dtype=object)}
-    with create_store(path, "embeddings", samples, attrs=attrs) as w:
-        for name, side in zip(names, sides):
-            rows = np.asarray([pos[s] for s in side.samples], dtype=np.int64)
-            emb = np.zeros((len(samples), pre.model.embed_dim), dtype=np.float32)
-            present = np.zeros(len(samples), dtype=bool)
-            emb[rows], present[rows] = side.embeddings, True
-            w.per_sample(f"embeddings/{name}", emb, attrs={"modality": side.modality,
-                                                            "store": os.path.abspath(side.path)})
-            w.per_sample(f"present/{name}", present)
-        if terms is not None:
-            w.array("terms/ids", terms.ids)
-            w.array("terms/names", terms.names)
-            w.array("terms/embeddings", terms.embeddings.astype(np.float32))
-
-
 def _map(pre: Pretrained, png: str, label_table: tuple[dict[str, str], str, str], sides: list[Side],
          extra: Sequence[str], seed: int) -> dict:
     from phenoclip.eval.embedding_map import MapPoints, plot_map
@@ -241,22 +153,6 @@ def _map(pre: Pretrained, png: str, label_table: tuple[dict[str, str], str, str]
                       label_name=column)
     result.update({"label_column": column, "labels": label_path})
     return result
-
-
-def _check_outputs(paths: dict[str, str | None], inputs: Sequence[str]) -> None:
-    finals = {}
-    for what, p in paths.items():
-        if p is None:
-            continue
-        require_writable_parent(p)
-        if os.path.isdir(p):
-            raise OutputError(f"is a folder; {what} needs a file name", p)
-        real = os.path.realpath(p)
-        if real in finals:
-            raise UsageError(f"{what} and {finals[real]} are the same file: {p}")
-        if real in {os.path.realpath(i) for i in inputs}:
-            raise UsageError(f"{what} {p} would overwrite an input")
-        finals[real] = what
 
 
 def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, gallery: str | os.PathLike,
@@ -314,7 +210,7 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
              "--map": None if map_out is None else os.fspath(map_out),
              "OUT.diseases.tsv": None if diseases is None else prefix + ".diseases.tsv"}
     inputs = [query] + ([] if zero_shot else [gallery]) + [os.fspath(d) for d in data]
-    _check_outputs(paths, inputs)
+    check_outputs(paths, inputs)
     for p in inputs:  # every input checked before minutes of embedding
         require_readable(p, "store")
     label_table = None
@@ -370,12 +266,12 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
                 metrics["held_out"] = m_val
                 info(f"held-out patients: {_fmt_metrics(m_val)}")
 
-    staged = _Staged()
+    staged = StagedFiles()
     try:
         outputs = []
         if not stdout:
             with open(staged.tmp(out), "w") as fh:
-                _write_hits(fh, q.samples, g_ids, scores, indices, names)
+                write_hits(fh, q.samples, g_ids, scores, indices, names)
             outputs.append(out)
         if diseases is not None:
             from phenoclip.eval.zero_shot import disease_gallery
@@ -392,10 +288,10 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
             metrics["diseases"] = {"file": os.fspath(diseases), "scored": len(dg.ids)}
             outputs.append(paths["OUT.diseases.tsv"])
         if embeddings_out is not None:
-            _write_embeddings(staged.tmp(os.fspath(embeddings_out)), pre, q, g_side, terms)
+            write_embeddings(staged.tmp(os.fspath(embeddings_out)), pre, q, g_side, terms)
             outputs.append(os.fspath(embeddings_out))
         if pheno_out is not None:
-            metrics["pheno"] = _write_pheno(staged.tmp(os.fspath(pheno_out)), q, pcs, seed)
+            metrics["pheno"] = write_pheno(staged.tmp(os.fspath(pheno_out)), q, pcs, seed)
             outputs.append(os.fspath(pheno_out))
         if map_out is not None:
             sides = [q] + ([g_side] if g_side is not None else [])
@@ -423,7 +319,7 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
         staged.abort()
         raise
     if stdout:  # after the files: a reader that stops early (| head) must not undo them
-        _write_hits(sys.stdout, q.samples, g_ids, scores, indices, names)
+        write_hits(sys.stdout, q.samples, g_ids, scores, indices, names)
         sys.stdout.flush()
     return {"metrics": metrics, "outputs": outputs}
 

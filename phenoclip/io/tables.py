@@ -41,13 +41,11 @@ def iter_rows(path: str | os.PathLike, delimiter: str | None = None, comment: st
     try:
         with open_text(p) as fh:
             first = True
-            reader = None
             for line in fh:
                 if not line.strip() or (comment and line.startswith(comment)):
                     continue
                 if first:
                     delim = delimiter or _delimiter_for(p, line)
-                    reader = csv.reader([], delimiter=delim)
                     first = False
                 yield next(csv.reader([line.rstrip("\r\n")], delimiter=delim))
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:

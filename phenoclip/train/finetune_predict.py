@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset
-from phenoclip.errors import InconsistentInputError, MalformedInputError, OutputError
+from phenoclip.errors import InconsistentInputError, MalformedInputError
 from phenoclip.eval.encode import model_from_pretrain_config, read_config_of_kind
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info, warn
+from phenoclip.staging import write_text_atomic
 from phenoclip.train import checkpoint as ckpt
 from phenoclip.train.finetune_heads import predict_scores
 
@@ -71,18 +72,6 @@ def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
     if out == "-":
         sys.stdout.write(text)
     else:
-        _write_atomic(Path(out), text)
+        write_text_atomic(out, text)
     info(f"predicted {len(samples)} patient(s) with {config['column']!r} model ({config['task']})")
     return len(samples)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    if not path.parent.exists():
-        raise OutputError("output folder does not exist", path.parent)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write ({e.strerror})", path) from None
