@@ -136,8 +136,8 @@ def pretrained(ctx: BenchContext, cohort: BenchCohort, modalities: list[str] | N
             ids = out.parent / f"{out.name}.val_samples.txt"
             ids.write_text("\n".join(v) + "\n")
             command += f" --val-samples {ids}"
-        elif isinstance(v, bool):
-            command += f" --{k.replace('_', '-')}" if v else ""
+        elif isinstance(v, bool):  # typer's --flag/--no-flag pairs
+            command += f" --{'' if v else 'no-'}{k.replace('_', '-')}"
         else:
             command += f" --{k.replace('_', '-')} {v}"
     if (out / "done.json").exists():
