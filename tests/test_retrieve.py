@@ -368,3 +368,16 @@ def test_benchmark_methods_agree_on_a_tiny_gallery(tmp_path):
     assert [r[5] for r in rows] == ["100.0%"] * 3, rows
     assert metrics["threads"] == 1 and metrics["ours_queries_per_s"] > 0 and "ours_over_faiss" in metrics
     assert not list(tmp_path.iterdir())  # indices and stderr files cleaned up
+
+
+def test_map_points_keep_labelled_patients_of_the_kept_set():
+    from phenoclip.eval.embedding_map import points_from
+
+    emb = np.arange(8, dtype=np.float64).reshape(4, 2)
+    groups = [("gene", ["a", "b", "c", "d"], emb), ("expr", ["b", "d"], emb[:2] + 10)]
+    points = points_from(groups, {"a": "x", "b": "y", "d": "y"}, keep={"a", "b", "c"})
+    assert points.samples == ["a", "b", "b"] and points.labels == ["x", "y", "y"]
+    assert points.groups == ["gene", "gene", "expr"]
+    assert points.embeddings.dtype == np.float32
+    assert points.embeddings.tolist() == [[0, 1], [2, 3], [10, 11]]
+    assert points_from(groups, {"a": "x"}).samples == ["a"]  # no keep set: every labelled point

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from phenoclip.bench import BenchContext, SuiteResult, Table
 from phenoclip.bench.retrieval_eval import (cca_pair_metrics, cross_modal_metrics, embed_modalities, mean_over,
-                                            own_term_ranking, raw_features,
-                                            reduce_features)
+                                            own_term_ranking, raw_features, reduce_features)
 
 N_PCA, N_CCA = 32, 8
 MAP_PNG = "retrieve_map.png"
@@ -42,21 +39,6 @@ def read_labels(cohort, column: str = "disease") -> dict[str, str]:
     from phenoclip.eval.embedding_map import read_label_column
 
     return read_label_column(f"{cohort.labels}:{column}")[0]
-
-
-def map_points(embedded: dict, labels: dict[str, str]):
-    """:class:`MapPoints` of every embedded (patient, modality) with a label."""
-    from phenoclip.eval.embedding_map import MapPoints
-
-    embs, ids, labs, groups = [], [], [], []
-    for m, (samples, emb) in embedded.items():
-        for s, e in zip(samples, emb):
-            if s in labels:
-                embs.append(e)
-                ids.append(s)
-                labs.append(labels[s])
-                groups.append(m)
-    return MapPoints(np.stack(embs).astype(np.float32), ids, labs, groups)
 
 
 def cca_metrics(stores, pre, modalities, train, test, seed) -> dict[str, dict]:
@@ -120,7 +102,7 @@ def run(ctx: BenchContext) -> SuiteResult:
     torch.set_num_threads(1)  # shared small machines: OpenMP spinning costs more than a second thread gives
     from phenoclip.bench.cohort import bench_cohort, pretrained
     from phenoclip.data.multimodal import CohortStores
-    from phenoclip.eval.embedding_map import cluster_scores, plot_map
+    from phenoclip.eval.embedding_map import cluster_scores, plot_map, points_from
     from phenoclip.eval.encode import load_pretrained, random_init_like
 
     result = SuiteResult(name="retrieve")
@@ -157,10 +139,10 @@ def run(ctx: BenchContext) -> SuiteResult:
 
     labels = read_labels(cohort)
     if labels:
-        points = map_points(ours, labels)
+        points = points_from([(m, *e) for m, e in ours.items()], labels)
         drawn = plot_map(points, ctx.out / MAP_PNG, title="held-out patients of the shared model by disease",
                          seed=ctx.seed, label_name="disease")
-        rand_scores = cluster_scores(map_points(rand, labels))
+        rand_scores = cluster_scores(points_from([(m, *e) for m, e in rand.items()], labels))
         rows = [["pretrained", drawn["n_points"], drawn["silhouette_label"], drawn["silhouette_modality"]],
                 ["random init", rand_scores["n_points"], rand_scores["silhouette_label"],
                  rand_scores["silhouette_modality"]]]

@@ -28,6 +28,25 @@ class MapPoints:
     groups: list[str]
 
 
+def points_from(groups: list[tuple[str, list[str], np.ndarray]], labels: dict[str, str],
+                keep: set[str] | None = None) -> MapPoints:
+    """One point per (group, patient) with a label, and in ``keep`` when given.
+
+    ``groups``: ``(group name, patient IDs, embeddings (N, E))``, e.g. one per modality.
+    """
+    embs, ids, labs, names = [], [], [], []
+    for name, samples, embeddings in groups:
+        for s, e in zip(samples, embeddings):
+            if (keep is None or s in keep) and s in labels:
+                embs.append(e)
+                ids.append(s)
+                labs.append(labels[s])
+                names.append(name)
+    dim = groups[0][2].shape[1] if groups else 0
+    stacked = np.stack(embs).astype(np.float32) if embs else np.zeros((0, dim), np.float32)
+    return MapPoints(stacked, ids, labs, names)
+
+
 def split_label_spec(spec: str) -> tuple[str, str | None]:
     """``FILE[:COLUMN]`` -> (FILE, COLUMN or None), raising :class:`InputMissingError` if FILE is absent."""
     path, column = spec, None

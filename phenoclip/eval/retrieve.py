@@ -113,7 +113,7 @@ def _fmt_metrics(m: dict) -> str:
 
 def _map(pre: Pretrained, png: str, label_table: tuple[dict[str, str], str, str], sides: list[Side],
          extra: Sequence[str], seed: int) -> dict:
-    from phenoclip.eval.embedding_map import MapPoints, plot_map
+    from phenoclip.eval.embedding_map import plot_map, points_from
 
     labels, column, label_path = label_table
     val = pre.validation_samples
@@ -136,19 +136,13 @@ def _map(pre: Pretrained, png: str, label_table: tuple[dict[str, str], str, str]
     counts: dict[str, int] = {}
     for s in sources:
         counts[s.modality] = counts.get(s.modality, 0) + 1
-    embs, ids, labs, groups = [], [], [], []
-    for side in sources:
-        group = side.modality if counts[side.modality] == 1 else f"{side.modality} ({os.path.basename(side.path)})"
-        for i, s in enumerate(side.samples):
-            if (not keep or s in keep) and s in labels:
-                embs.append(side.embeddings[i])
-                ids.append(s)
-                labs.append(labels[s])
-                groups.append(group)
-    if len(ids) < 3:
-        raise InconsistentInputError(f"only {len(ids)} held-out patient embedding(s) have a '{column}' label; "
-                                     "a map needs at least 3", label_path, "check that the sample IDs match")
-    points = MapPoints(np.stack(embs).astype(np.float32), ids, labs, groups)
+    named = [(side.modality if counts[side.modality] == 1 else f"{side.modality} ({os.path.basename(side.path)})",
+              side.samples, side.embeddings) for side in sources]
+    points = points_from(named, labels, keep or None)
+    if len(points.samples) < 3:
+        raise InconsistentInputError(f"only {len(points.samples)} held-out patient embedding(s) have a "
+                                     f"'{column}' label; a map needs at least 3", label_path,
+                                     "check that the sample IDs match")
     result = plot_map(points, png, title=f"held-out patients of {Path(pre.path).name} by {column}", seed=seed,
                       label_name=column)
     result.update({"label_column": column, "labels": label_path})
