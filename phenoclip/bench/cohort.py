@@ -62,6 +62,17 @@ def _stores_in(folder: Path) -> dict[str, Path]:
     return found
 
 
+def simulate_into(folder: Path, config, what: str = "") -> Path:
+    """``folder/cohort``: a fresh ``phenoclip simulate`` cohort of ``config`` (a SimulationConfig)."""
+    from phenoclip.data.simulate import simulate_cohort
+
+    cohort = folder / "cohort"
+    shutil.rmtree(cohort, ignore_errors=True)
+    info(f"simulating {config.patients} patients (seed {config.seed}{', ' + what if what else ''})")
+    simulate_cohort(cohort, config)
+    return cohort
+
+
 def bench_cohort(ctx: BenchContext) -> BenchCohort:
     """The cohort of this benchmark run (see the module docstring); preprocessed once per report folder."""
     cached = ctx.work / "cohort_stores"
@@ -84,11 +95,9 @@ def bench_cohort(ctx: BenchContext) -> BenchCohort:
         patients = ctx.patients or DEFAULT_PATIENTS
         raw, description = ctx.work / "cohort", f"{patients} patients simulated with seed {ctx.seed}"
         if not (raw / "truth.json").exists():
-            from phenoclip.data.simulate import SimulationConfig, simulate_cohort
+            from phenoclip.data.simulate import SimulationConfig
 
-            shutil.rmtree(raw, ignore_errors=True)
-            info(f"simulating {patients} patients (seed {ctx.seed})")
-            simulate_cohort(raw, SimulationConfig(patients=patients, seed=ctx.seed))
+            simulate_into(ctx.work, SimulationConfig(patients=patients, seed=ctx.seed))
     done = cached / "done.json"
     if not done.exists():
         from phenoclip.preprocess.cohort import preprocess_cohort

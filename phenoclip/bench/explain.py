@@ -126,18 +126,16 @@ def tsv_order(tsv: str | os.PathLike, gene_store: str | os.PathLike) -> np.ndarr
 def simulate_stores(folder: Path, patients: int, variants: int, genes: int, seed: int, cohort: Path | None = None,
                     **knobs) -> dict[str, Path]:
     """gene.h5 and expr.h5 (and truth.json) of ``cohort`` or of a freshly simulated one in ``folder``."""
-    from phenoclip.data.simulate import SimulationConfig, simulate_cohort
+    from phenoclip.bench.cohort import simulate_into
+    from phenoclip.data.simulate import SimulationConfig
     from phenoclip.preprocess.expression import convert_expression
     from phenoclip.preprocess.variants import VariantOptions, convert_vcf
 
     folder.mkdir(parents=True, exist_ok=True)
     if cohort is None:
-        cohort = folder / "cohort"
-        shutil.rmtree(cohort, ignore_errors=True)
-        info(f"explain: simulating {patients} patients x {variants} variants")
-        simulate_cohort(cohort, SimulationConfig(patients=patients, seed=seed, variants=variants, genes=genes,
-                                                 volume_shape=(16, 16, 16), signal_seconds=2.0, signal_rate=50.0,
-                                                 **knobs))
+        cohort = simulate_into(folder, SimulationConfig(patients=patients, seed=seed, variants=variants, genes=genes,
+                                                        volume_shape=(16, 16, 16), signal_seconds=2.0,
+                                                        signal_rate=50.0, **knobs), f"{variants} variants")
     paths = {"gene": folder / "gene.h5", "expr": folder / "expr.h5", "truth": cohort / "truth.json"}
     convert_vcf(cohort / "variants.vcf.gz", paths["gene"], VariantOptions())
     convert_expression(cohort / "expression.tsv.gz", paths["expr"], transform="cpm-log1p")

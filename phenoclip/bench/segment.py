@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from phenoclip.bench import BenchContext, SuiteResult, Table
-from phenoclip.bench.cohort import bench_cohort, pretrained
+from phenoclip.bench.cohort import bench_cohort, pretrained, simulate_into
 from phenoclip.progress import info
 
 #: (label, decoder, init, with genes)
@@ -43,8 +43,9 @@ EPOCHS = {"quick": (None, 10), "full": (100, 60)}
 PAPER_TABLE_1 = "U-Net 0.735, ResU-Net 0.772, DeepLabv3+ 0.840, Attention U-Net 0.830, MGI 0.901 (TCGA-LGG, 2D slices)"
 
 
-def cohort_stores(folder: Path, cohort: Path | None, patients: int, seed: int, contrast: float = 0.25) -> dict:
-    """``mri.h5`` (32^3 at 1.5 mm, with masks) and ``expr.h5`` of ``cohort`` or of a simulated one."""
+def faint_stores(folder: Path, patients: int, seed: int, contrast: float) -> dict:
+    """``mri.h5`` (32^3 at 1.5 mm, with masks) and ``expr.h5`` of a simulated cohort with lesions of ``contrast``."""
+    from phenoclip.data.simulate import SimulationConfig
     from phenoclip.preprocess.expression import convert_expression
     from phenoclip.preprocess.mri import convert_mri
 
@@ -52,16 +53,11 @@ def cohort_stores(folder: Path, cohort: Path | None, patients: int, seed: int, c
     if all(p.exists() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
-    if cohort is None:
-        from phenoclip.data.simulate import SimulationConfig, simulate_cohort
-
-        cohort = folder / "cohort"
-        shutil.rmtree(cohort, ignore_errors=True)
-        info(f"simulating {patients} patients (lesion contrast {contrast:+.0%})")
-        simulate_cohort(cohort, SimulationConfig(patients=patients, seed=seed, variants=200, signal_seconds=2.0,
-                                                 signal_rate=100.0, lesion_contrast=contrast))
-    convert_mri(Path(cohort) / "mri" / "manifest.tsv", paths["mri"], spacing=(1.5, 1.5, 1.5), shape=(32, 32, 32))
-    convert_expression(Path(cohort) / "expression.tsv.gz", paths["expr"], transform="cpm-log1p")
+    cohort = simulate_into(folder, SimulationConfig(patients=patients, seed=seed, variants=200, signal_seconds=2.0,
+                                                    signal_rate=100.0, lesion_contrast=contrast),
+                           f"lesion contrast {contrast:+.0%}")
+    convert_mri(cohort / "mri" / "manifest.tsv", paths["mri"], spacing=(1.5, 1.5, 1.5), shape=(32, 32, 32))
+    convert_expression(cohort / "expression.tsv.gz", paths["expr"], transform="cpm-log1p")
     return paths
 
 
@@ -167,7 +163,7 @@ def run(ctx: BenchContext) -> SuiteResult:
             f"Lesion segmentation on held-out patients, paper 003 Table 1 layout ({where})", "plain", ctx.out)
     if not ctx.quick:
         faint = ctx.work / "segment_faint"
-        stores = cohort_stores(faint, None, patients, ctx.seed + 11, contrast=FAINT_CONTRAST)
+        stores = faint_stores(faint, patients, ctx.seed + 11, FAINT_CONTRAST)
         pre, pre_command = pretrain_mri_expr(faint, stores, pre_epochs, ctx.seed)
         compare(faint, stores, FAINT_METHODS, pre, pre_command, epochs, ctx.seed, result,
                 f"Fainter lesions ({patients} simulated patients, lesions +{FAINT_CONTRAST:.0%} of white matter)",
