@@ -144,3 +144,18 @@ def test_finetune_runs_share_split_and_one_random_init(planted, tmp_path):
     assert all("--mode linear --label-fractions 0.1,1 --repeats 2" in c for c in commands)
     # the planted signal survives a 2-epoch encoder's frozen features (chance AUROC: 0.5)
     assert methods["scarf"][-1]["auroc_mean"] > 0.8
+
+
+def test_raw_dosages_keep_missing_calls_for_the_training_imputer(known_vcf, tmp_path):
+    """Missing and half-missing calls stay NaN: only the training subset may set their imputed value."""
+    from conftest import KNOWN_DOSAGE
+
+    from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+
+    store = tmp_path / "gene.h5"
+    convert_vcf(known_vcf, store, VariantOptions())
+    samples, x = raw_features(store)
+    assert samples == ["s1", "s2", "s3", "s4"]
+    expected = np.array(KNOWN_DOSAGE, dtype=np.float64)
+    assert np.array_equal(np.isnan(x), expected < 0)
+    assert np.array_equal(x[expected >= 0], expected[expected >= 0])

@@ -132,6 +132,7 @@ def raw_feature_reference(store: Path, labels: Path, test_samples: list[str], fr
     The split and the nested subsets are rebuilt with the functions ``run_finetune`` uses and the
     same seeds; the rebuilt test split is checked against the one its runs saved.
     """
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -152,7 +153,8 @@ def raw_feature_reference(store: Path, labels: Path, test_samples: list[str], fr
         orders = fraction_orders(task, ~test, seed + 1000 * (r + 1))  # as phenoclip.train.finetune_run
         for f in fractions:
             idx = fraction_subset(task, orders, f)
-            clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, random_state=seed + 31 * r))
+            clf = make_pipeline(SimpleImputer(strategy="mean"), StandardScaler(),
+                                LogisticRegression(C=1.0, max_iter=5000, random_state=seed + 31 * r))
             clf.fit(x[idx], task.y[idx])
             proba = np.zeros((len(test_idx), len(task.classes)))
             proba[:, clf.classes_.astype(int)] = clf.predict_proba(x[test_idx])  # unseen classes: probability 0
@@ -168,8 +170,9 @@ def raw_feature_reference(store: Path, labels: Path, test_samples: list[str], fr
 def raw_features(store: Path) -> tuple[list[str], np.ndarray]:
     """(samples, (N, F) float64) of a tabular store: expression values or variant dosages.
 
-    Missing dosage calls (negative) are imputed with the variant's mean; constant columns are harmless
-    (the scaler leaves them at zero).
+    Missing dosage calls (negative) are NaN here: :func:`raw_feature_reference` imputes them with
+    the training subset's mean, so no test patient shapes the imputation. Constant columns are
+    harmless (the scaler leaves them at zero).
     """
     from phenoclip.store import SCHEMA_MODALITY, open_store
 
@@ -181,8 +184,7 @@ def raw_features(store: Path) -> tuple[list[str], np.ndarray]:
     x = x.reshape(len(samples), -1)
     if modality == "gene":
         x[x < 0] = np.nan
-    mean = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
-    return samples, np.where(np.isnan(x), mean, x)
+    return samples, x
 
 
 def run(ctx: BenchContext) -> SuiteResult:
