@@ -135,3 +135,12 @@ def test_simulated_cohort_layout_is_preprocessed_once(tmp_path, small_cohort):
     assert first.truth == Path(small_cohort["dir"]) / "truth.json"
     stamp = first.stores["gene"].stat().st_mtime_ns
     assert bench_cohort(ctx).stores["gene"].stat().st_mtime_ns == stamp  # cached, not rewritten
+
+
+def test_cli_bad_cohort_is_one_line_and_no_report(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("benchmark", "--suite", "classify", "--cohort", empty, "--out", tmp_path / "r")
+    assert proc.returncode == 5
+    assert len(error_lines(proc)) == 1 and "neither two phenoclip stores" in proc.stderr
+    assert not (tmp_path / "r").exists()

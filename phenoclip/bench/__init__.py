@@ -105,6 +105,10 @@ def run_suites(suite: str, out: Path, *, cohort: Path | None, patients: int | No
         raise UsageError(f"unknown suite '{unknown[0]}': available {', '.join(SUITE_MODULES)} or all")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise UsageError(f"--device must be auto, cpu or cuda, got '{device}'")
+    if cohort is not None:
+        from phenoclip.bench.cohort import check_cohort
+
+        check_cohort(Path(cohort))
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

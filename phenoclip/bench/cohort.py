@@ -73,23 +73,36 @@ def simulate_into(folder: Path, config, what: str = "") -> Path:
     return cohort
 
 
+def check_cohort(cohort: Path) -> dict[str, Path]:
+    """The stores of a ``--cohort`` folder of stores, or ``{}`` for a simulated-layout folder.
+
+    Anything else raises :class:`InconsistentInputError` (exit 5) with what to do; ``phenoclip
+    benchmark`` calls it before any suite runs, so a wrong ``--cohort`` is one line, not a report of
+    failed suites.
+    """
+    if not cohort.is_dir():
+        raise InconsistentInputError("--cohort is not a folder", cohort,
+                                     "give a folder of phenoclip stores or of phenoclip simulate output")
+    stores = _stores_in(cohort)
+    if len(stores) >= 2:
+        return stores
+    if not (cohort / "labels.tsv").exists():
+        raise InconsistentInputError("--cohort holds neither two phenoclip stores nor a simulated cohort "
+                                     "(labels.tsv)", cohort, "run phenoclip preprocess first")
+    return {}
+
+
 def bench_cohort(ctx: BenchContext) -> BenchCohort:
     """The cohort of this benchmark run (see the module docstring); preprocessed once per report folder."""
     cached = ctx.work / "cohort_stores"
     if ctx.cohort is not None:
         cohort = Path(ctx.cohort)
-        if not cohort.is_dir():
-            raise InconsistentInputError("--cohort is not a folder", cohort,
-                                         "give a folder of phenoclip stores or of phenoclip simulate output")
-        stores = _stores_in(cohort)
-        if len(stores) >= 2:
+        stores = check_cohort(cohort)
+        if stores:
             labels = cohort / "labels.tsv"
             truth = cohort / "truth.json"
             return BenchCohort(stores, labels if labels.exists() else None, truth if truth.exists() else None,
                                f"the stores in {cohort}")
-        if not (cohort / "labels.tsv").exists():
-            raise InconsistentInputError("--cohort holds neither two phenoclip stores nor a simulated cohort "
-                                         "(labels.tsv)", cohort, "run phenoclip preprocess first")
         raw, description = cohort, f"cohort {cohort}"
     else:
         patients = ctx.patients or DEFAULT_PATIENTS
