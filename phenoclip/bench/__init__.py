@@ -103,8 +103,9 @@ def run_suites(suite: str, out: Path, *, cohort: Path | None, patients: int | No
     unknown = [n for n in names if n not in SUITE_MODULES]
     if unknown:
         raise UsageError(f"unknown suite '{unknown[0]}': available {', '.join(SUITE_MODULES)} or all")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got '{device}'")
+    from phenoclip.ops.devices import resolve_device
+
+    device = resolve_device(device)  # before any suite: 'cuda' on a machine without one is one line
     if cohort is not None:
         from phenoclip.bench.cohort import check_cohort
 

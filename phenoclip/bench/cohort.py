@@ -148,7 +148,7 @@ def pretrained(ctx: BenchContext, cohort: BenchCohort, modalities: list[str] | N
         objectives = [o for o in FULL_OBJECTIVES if o != "ontology" or "hpo" in cohort.stores]
     epochs = epochs or PRETRAIN_EPOCHS["quick" if ctx.quick else "full"]
     key = json.dumps([modalities, objectives, epochs, preset, ctx.seed, sorted(overrides.items()),
-                      cohort.data(None)], default=str)
+                      cohort.data(None), ctx.device], default=str)
     out = ctx.work / f"pretrain_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     command = pretrain_command(cohort, modalities, objectives, epochs, ctx.seed, out, preset)
     for k, v in overrides.items():
@@ -167,7 +167,7 @@ def pretrained(ctx: BenchContext, cohort: BenchCohort, modalities: list[str] | N
     shutil.rmtree(out, ignore_errors=True)
     needed = modalities + (["hpo"] if "ontology" in objectives and "hpo" not in modalities else [])
     cfg = PretrainConfig(modalities=modalities, data=cohort.data(needed), objectives=objectives, epochs=epochs,
-                         preset=preset, seed=ctx.seed, device="cpu", **overrides)
+                         preset=preset, seed=ctx.seed, device=ctx.device, **overrides)
     info(f"pretraining {','.join(modalities)} ({','.join(objectives)}, {epochs} epochs)")
     run_pretrain(cfg, out, log=lambda line: None)
     (out / "done.json").write_text(key)

@@ -39,8 +39,17 @@ class AugmentConfig:
     term_dropout: float = 0.2        # share of a patient's HPO terms hidden (one is always kept)
 
 
-def _uniform(shape, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(shape, generator=g)
+def _uniform(shape, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
+    return (lo + (hi - lo) * torch.rand(shape, generator=g)).to(device)
+
+
+def _rand(shape, g: torch.Generator, device) -> torch.Tensor:
+    # drawn on the generator's (CPU) device and moved: the same seed perturbs alike on CPU and GPU
+    return torch.rand(shape, generator=g).to(device)
+
+
+def _randn(shape, g: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(shape, generator=g).to(device)
 
 
 def augment_batch(batch: dict, cfg: AugmentConfig, g: torch.Generator) -> dict:
@@ -48,33 +57,33 @@ def augment_batch(batch: dict, cfg: AugmentConfig, g: torch.Generator) -> dict:
     out = dict(batch)
     if "gene" in batch:
         d = batch["gene"][DOSAGE]
-        hide = torch.rand(d.shape, generator=g) < cfg.dosage_dropout
+        hide = _rand(d.shape, g, d.device) < cfg.dosage_dropout
         out["gene"] = {**batch["gene"], DOSAGE: torch.where(hide, torch.full_like(d, -1.0), d)}
     if "expr" in batch:
         x = batch["expr"][VALUES]
-        x = x + cfg.expr_noise * torch.randn(x.shape, generator=g)
-        x = torch.where(torch.rand(x.shape, generator=g) < cfg.expr_dropout, torch.zeros_like(x), x)
+        x = x + cfg.expr_noise * _randn(x.shape, g, x.device)
+        x = torch.where(_rand(x.shape, g, x.device) < cfg.expr_dropout, torch.zeros_like(x), x)
         out["expr"] = {**batch["expr"], VALUES: x}
     if "mri" in batch:
         v = batch["mri"][IMAGES]
         b = v.shape[0]
         shifts = torch.randint(-cfg.mri_shift, cfg.mri_shift + 1, (b, 3), generator=g)
         v = torch.stack([torch.roll(v[i], tuple(shifts[i].tolist()), dims=(1, 2, 3)) for i in range(b)])
-        scale = _uniform((b, 1, 1, 1, 1), 1 - cfg.mri_intensity, 1 + cfg.mri_intensity, g)
-        v = v * scale + cfg.mri_noise * torch.randn(v.shape, generator=g)
+        scale = _uniform((b, 1, 1, 1, 1), 1 - cfg.mri_intensity, 1 + cfg.mri_intensity, g, v.device)
+        v = v * scale + cfg.mri_noise * _randn(v.shape, g, v.device)
         out["mri"] = {**batch["mri"], IMAGES: v}
     if "signal" in batch:
         s = batch["signal"][SIGNALS]
         b, c, t = s.shape
         shifts = torch.randint(0, max(1, int(cfg.signal_shift * t)), (b,), generator=g)
         s = torch.stack([torch.roll(s[i], int(shifts[i]), dims=-1) for i in range(b)])
-        s = s * _uniform((b, c, 1), 1 - cfg.signal_scale, 1 + cfg.signal_scale, g)
-        s = s + cfg.signal_noise * torch.randn(s.shape, generator=g)
+        s = s * _uniform((b, c, 1), 1 - cfg.signal_scale, 1 + cfg.signal_scale, g, s.device)
+        s = s + cfg.signal_noise * _randn(s.shape, g, s.device)
         out["signal"] = {**batch["signal"], SIGNALS: s}
     if "hpo" in batch:
         terms = batch["hpo"][TERMS]
         valid = terms >= 0
-        drop = (torch.rand(terms.shape, generator=g) < cfg.term_dropout) & valid
+        drop = (_rand(terms.shape, g, terms.device) < cfg.term_dropout) & valid
         # keep each patient's first valid term so nobody loses every phenotype
         first = valid & (valid.cumsum(dim=1) == 1)
         drop &= ~first

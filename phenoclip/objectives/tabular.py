@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phenoclip.ops.devices import draw_device
+
 
 def _check_rate(rate: float) -> float:
     if not 0.0 <= rate <= 1.0:
@@ -34,8 +36,8 @@ def _check_rate(rate: float) -> float:
 def _marginal_draws(marginals: torch.Tensor, batch: int, generator: torch.Generator | None) -> torch.Tensor:
     """(batch, F): entry (b, f) is feature f of a random row of ``marginals`` (N, F), drawn independently."""
     rows = torch.randint(marginals.shape[0], (batch, marginals.shape[1]), generator=generator,
-                         device=marginals.device)
-    return marginals.gather(0, rows)
+                         device=draw_device(generator, marginals.device))
+    return marginals.gather(0, rows.to(marginals.device))
 
 
 class ScarfCorruption(nn.Module):
@@ -70,11 +72,12 @@ class ScarfCorruption(nn.Module):
         target = self.rate * n_feat
         target = round(target) if abs(target - round(target)) < 1e-9 else target  # 0.7 * 10 = 7.000000000000001
         whole = math.floor(target)
-        extra = torch.rand(batch, generator=generator, device=x.device) < target - whole
+        where = draw_device(generator, x.device)
+        extra = torch.rand(batch, generator=generator, device=where) < target - whole
         count = whole + extra.long()  # (B,) features to corrupt in each row
         # rank of each feature under uniform noise = a random permutation per row; keep the first `count`
-        noise = torch.rand(batch, n_feat, generator=generator, device=x.device)
-        mask = noise.argsort(dim=1).argsort(dim=1) < count.unsqueeze(1)
+        noise = torch.rand(batch, n_feat, generator=generator, device=where)
+        mask = (noise.argsort(dim=1).argsort(dim=1) < count.unsqueeze(1)).to(x.device)
         draws = _marginal_draws(self.marginals, batch, generator).to(x)
         return torch.where(mask, draws, x), mask
 
@@ -137,9 +140,10 @@ class VimeMasking(nn.Module):
                 raise ValueError(f"x has {n_feat} features, marginals {self.marginals.shape[1]}")
             draws = _marginal_draws(self.marginals, batch, generator).to(x)
         else:  # an independent permutation of the batch rows per column
-            perm = torch.rand(batch, n_feat, generator=generator, device=x.device).argsort(dim=0)
-            draws = x.gather(0, perm)
-        chosen = torch.rand(batch, n_feat, generator=generator, device=x.device) < self.rate
+            perm = torch.rand(batch, n_feat, generator=generator, device=draw_device(generator, x.device))
+            draws = x.gather(0, perm.argsort(dim=0).to(x.device))
+        chosen = (torch.rand(batch, n_feat, generator=generator, device=draw_device(generator, x.device))
+                  < self.rate).to(x.device)
         x_tilde = torch.where(chosen, draws, x)
         return x_tilde, x_tilde != x
 

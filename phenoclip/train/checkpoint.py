@@ -38,6 +38,10 @@ DATA_STATS_FILE = "data_stats.safetensors"
 def rng_state(generators: dict[str, torch.Generator] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors for safetensors, JSON-able dict) capturing torch, numpy and python RNG states."""
     tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # dropout on a GPU draws from the CUDA generators: without them a resume would differ
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = state
     for name, g in (generators or {}).items():
         tensors[f"gen_{name}"] = g.get_state()
     py = random.getstate()
@@ -48,6 +52,10 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> tuple[dic
 def set_rng_state(tensors: dict[str, torch.Tensor], state: dict,
                   generators: dict[str, torch.Generator] | None = None) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"torch_cuda_{i}" in tensors:
+                torch.cuda.set_rng_state(tensors[f"torch_cuda_{i}"], i)
     for name, g in (generators or {}).items():
         if f"gen_{name}" in tensors:
             g.set_state(tensors[f"gen_{name}"])
@@ -82,7 +90,8 @@ def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, con
     tmp.mkdir(exist_ok=True)
     try:
         # safetensors refuses shared storage; contiguous clones keep tied weights loadable
-        tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        # (copied to the CPU: a checkpoint written on a GPU loads on a laptop as it is)
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"phenoclip_version": __version__})
         rng_tensors, rng_json = rng_state(generators)
         save_file(rng_tensors, str(tmp / RNG_FILE))

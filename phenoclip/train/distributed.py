@@ -31,12 +31,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap(module: torch.nn.Module) -> torch.nn.Module:
-    """DistributedDataParallel around ``module`` when distributed, else ``module`` itself."""
+def wrap(module: torch.nn.Module, device: str = "cpu") -> torch.nn.Module:
+    """DistributedDataParallel around ``module`` when distributed, else ``module`` itself.
+
+    ``module`` must already be on ``device``; on a GPU each rank drives the one device it was
+    given by :func:`init_from_env`.
+    """
     if not is_distributed():
         return module
+    ids = [torch.device(device).index] if device.startswith("cuda") else None
     # find_unused_parameters: a batch may lack a modality, leaving its encoder without gradients
-    return torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
 def shutdown() -> None:

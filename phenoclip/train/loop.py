@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from phenoclip.data.multimodal import collate
 from phenoclip.errors import PhenoclipError, UsageError
+from phenoclip.ops.devices import to_device
 from phenoclip.train import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
 
@@ -66,6 +67,7 @@ class LoopSettings:
     seed: int = 0
     num_workers: int = 0
     stop_after_steps: int | None = None  # testing aid: simulate a kill after N optimizer steps
+    device: str = "cpu"  # where the task lives; batches are moved there step by step
 
 
 class _StopFlag:
@@ -116,7 +118,8 @@ def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: 
     # the loader draws its workers' base seed from `generator`: from the global RNG it would shift
     # the dropout stream of a resumed run (one more iterator is created) and break exact resume
     return DataLoader(dataset, batch_sampler=batches[skip_batches:], collate_fn=collate,
-                      num_workers=settings.num_workers, generator=g)
+                      num_workers=settings.num_workers, generator=g,
+                      pin_memory=settings.device.startswith("cuda"))  # pinned pages copy asynchronously
 
 
 def steps_per_epoch(dataset: Dataset, settings: LoopSettings) -> int:
@@ -139,6 +142,7 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
     if len(dataset) < settings.batch_size * max(1, dist_utils.world_size()):
         raise UsageError(f"only {len(dataset)} training patients for batch size {settings.batch_size}",
                          hint="lower --batch-size")
+    task.to(settings.device)  # before the optimizer is built: its state follows the parameters
     params = [p for p in task.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # norms, biases, temperatures: no weight decay
@@ -146,7 +150,7 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
                                    {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
     total = n_steps * settings.epochs
     scheduler = cosine_with_warmup(optimizer, total, int(settings.warmup_fraction * total))
-    model = dist_utils.wrap(task)
+    model = dist_utils.wrap(task, settings.device)
 
     epoch, step_in_epoch, history, carried = 0, 0, [], {}
     if resume:
@@ -180,6 +184,7 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
                 t_wait += time.perf_counter() - t0
                 if batch is None:
                     break
+                batch = to_device(batch, settings.device, non_blocking=True)
                 loss, logged = model(batch)  # the task's forward is its training step (DDP calls forward)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

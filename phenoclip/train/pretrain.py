@@ -19,19 +19,12 @@ from phenoclip.data.batch import DOSAGE, PRESENT, VALUES
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate, split_patients
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval.retrieval import paired_retrieval
+from phenoclip.ops.devices import module_device, resolve_device, to_device
 from phenoclip.progress import info
 from phenoclip.train import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, train
 from phenoclip.train.pretrain_task import TABULAR_KEY, PretrainTask
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
-    return device
 
 
 def fixed_split(usable: list[str], val_samples: list[str], data: list[str]) -> tuple[list[str], list[str]]:
@@ -101,9 +94,10 @@ def _initialisation(cfg: PretrainConfig, stores: CohortStores, train_ds: Multimo
 def embed(model, dataset: MultimodalDataset, modality: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, E), present (N,)) of ``dataset``'s patients for one modality."""
     model.eval()
+    device = module_device(model)
     embs, present = [], []
     for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        batch = to_device(collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))]), device)
         embs.append(model.encode(modality, batch[modality]).cpu())
         present.append(batch[modality][PRESENT].cpu())
     return torch.cat(embs).numpy(), torch.cat(present).numpy()
@@ -144,8 +138,6 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
     cfg.validate()
     device = resolve_device(cfg.device)
     device = dist_utils.init_from_env(device)
-    if device != "cpu":
-        raise UsageError("GPU training lands with the GPU presets; run with --device cpu for now")
     out = Path(out)
     if resume and not (out / ckpt.CONFIG_FILE).exists():
         raise InconsistentInputError("--resume but no checkpoint here yet", out, "run once without --resume")
@@ -173,7 +165,8 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
         _check_resume(out, cfg)
     task = PretrainTask(cfg, init=None if resume else _initialisation(cfg, stores, train_ds))
     settings = LoopSettings(epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_ds)), lr=cfg.lr,
-                            weight_decay=cfg.weight_decay, seed=cfg.seed, stop_after_steps=stop_after_steps)
+                            weight_decay=cfg.weight_decay, seed=cfg.seed, stop_after_steps=stop_after_steps,
+                            device=device)
     clip_modalities = [m for m in cfg.modalities]
 
     def on_epoch_end(epoch: int, logged: dict) -> dict:

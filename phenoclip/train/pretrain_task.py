@@ -168,7 +168,8 @@ class PretrainTask(nn.Module):
         images = mri[IMAGES][keep]
         if images.shape[0] == 0:
             return {"mvm": self.mvm_head.net[0].weight.sum() * 0.0}
-        mask = random_patch_mask(images.shape[0], enc.n_tokens, self.cfg.mvm_mask_rate, generator=g)
+        mask = random_patch_mask(images.shape[0], enc.n_tokens, self.cfg.mvm_mask_rate, generator=g,
+                                device=images.device)
         _, tokens = enc.forward_features({IMAGES: images}, token_mask=mask)
         pred = self.mvm_head(tokens)
         return self.mvm(pred, patchify(images, enc.patch), mask)
@@ -177,7 +178,8 @@ class PretrainTask(nn.Module):
         enc = self.model.encoders["gene"]
         keep = gene[PRESENT]
         dosage = gene[DOSAGE][keep]
-        vmask = haplotype_block_mask(self.ld_blocks, self.cfg.mhm_mask_rate, dosage.shape[0], generator=g)
+        vmask = haplotype_block_mask(self.ld_blocks, self.cfg.mhm_mask_rate, dosage.shape[0], generator=g,
+                                     device=dosage.device)
         _, tokens = enc.forward_features({DOSAGE: dosage}, token_mask=enc.variant_to_token_mask(vmask))
         logits = self.mhm_head(tokens)
         return self.mhm(logits, dosage, vmask)
