@@ -32,3 +32,23 @@ def test_chunked_topk_equals_full_matrix():
     assert torch.equal(i, full_i)
     ranks = true_match_ranks(q, g, full_i[:, 3], chunk=100)
     assert ranks.tolist() == [4] * 7
+
+
+def test_ties_are_broken_at_random_not_in_the_querys_favour():
+    """A collapsed encoder (every patient the same embedding) is at chance, not perfect."""
+    from phenoclip.eval.retrieval import metrics_from_rank_bounds, rank_bounds
+
+    n = 8
+    same = torch.nn.functional.normalize(torch.ones(n, 4), dim=1)
+    m = paired_retrieval(same, same.clone(), ks=(1, 5))
+    assert abs(m["R@1"] - 1 / n) < 1e-12 and abs(m["R@5"] - 5 / n) < 1e-12
+    assert abs(m["MRR"] - sum(1 / r for r in range(1, n + 1)) / n) < 1e-12
+    # query 0 -> item 0: item 1 above, item 2 tied -> rank 2 or 3; query 1 -> item 1: items 0, 2 above -> rank 3
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    g = torch.tensor([[0.6, 0.8], [0.8, 0.6], [0.6, 0.8]])
+    higher, tied = rank_bounds(q, g, torch.tensor([0, 1]))
+    assert higher.tolist() == [1, 2] and tied.tolist() == [2, 1]
+    assert true_match_ranks(q, g, torch.tensor([0, 1])).tolist() == [2.5, 3.0]
+    m = metrics_from_rank_bounds(higher, tied, ks=(1, 2, 3))
+    assert m["R@1"] == 0.0 and m["R@2"] == 0.25 and m["R@3"] == 1.0
+    assert abs(m["MRR"] - ((1 / 2 + 1 / 3) / 2 + 1 / 3) / 2) < 1e-12

@@ -137,21 +137,35 @@ def topk_full(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[tor
     return s[:, :k], i[:, :k]
 
 
-def true_match_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor,
-                     chunk: int = 65536) -> torch.Tensor:
-    """1-based rank of each query's true gallery item (``targets``: (Q,) gallery indices).
+def rank_bounds(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor,
+                chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query: gallery items scoring above its true item, and items tied with it (itself included).
 
-    rank = 1 + number of gallery items scoring higher than the true item by more than rounding
-    error (ties count in the query's favour): the true score is an elementwise dot product while
-    the gallery's come from a matrix product, and the two round differently.
+    Scores within rounding error of the true item's count as ties (the true score is an
+    elementwise dot product while the gallery's come from a matrix product, and the two round
+    differently). The true item's rank lies uniformly among the tied places: an embedding that
+    gives many patients the same score must not be credited as if it had found the one.
     """
     eps = 1e-5 if queries.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-12
     true_scores = (queries * gallery[targets]).sum(dim=1, keepdim=True)
-    true_scores = true_scores + eps * true_scores.abs().clamp(min=1.0)
+    band = eps * true_scores.abs().clamp(min=1.0)
     higher = torch.zeros(queries.shape[0], dtype=torch.long)
+    tied = torch.zeros(queries.shape[0], dtype=torch.long)
     for start in range(0, gallery.shape[0], chunk):
-        higher += (queries @ gallery[start:start + chunk].T > true_scores).sum(dim=1)
-    return higher + 1
+        sims = queries @ gallery[start:start + chunk].T
+        higher += (sims > true_scores + band).sum(dim=1)
+        tied += (sims >= true_scores - band).sum(dim=1)
+    return higher, (tied - higher).clamp(min=1)
+
+
+def true_match_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor,
+                     chunk: int = 65536) -> torch.Tensor:
+    """1-based rank of each query's true gallery item (``targets``: (Q,) gallery indices), float64.
+
+    With ties (see :func:`rank_bounds`) the rank is the mean of the tied places.
+    """
+    higher, tied = rank_bounds(queries, gallery, targets, chunk)
+    return 1.0 + higher.to(torch.float64) + (tied.to(torch.float64) - 1.0) / 2
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
@@ -162,11 +176,25 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> d
     return out
 
 
+def metrics_from_rank_bounds(higher: torch.Tensor, tied: torch.Tensor,
+                             ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K and MRR expected when ties are broken at random (:func:`rank_bounds`' output).
+
+    The rank is uniform on ``higher + 1 .. higher + tied``: P(rank <= K) = clip((K - higher) / tied, 0, 1)
+    and E[1 / rank] = (H(higher + tied) - H(higher)) / tied. Without ties these are the plain metrics.
+    """
+    h, t = higher.to(torch.float64), tied.to(torch.float64).clamp(min=1.0)
+    out = {f"R@{k}": float(((k - h) / t).clamp(0.0, 1.0).mean()) for k in ks}
+    harmonic = (torch.special.digamma(h + t + 1) - torch.special.digamma(h + 1)) / t
+    out["MRR"] = float(torch.where(t == 1, 1.0 / (h + 1), harmonic).mean())
+    return out
+
+
 def paired_retrieval(a: torch.Tensor, b: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Row ``i`` of ``a`` should retrieve row ``i`` of ``b``; metrics averaged over both directions."""
     targets = torch.arange(a.shape[0])
-    ab = metrics_from_ranks(true_match_ranks(a, b, targets), ks)
-    ba = metrics_from_ranks(true_match_ranks(b, a, targets), ks)
+    ab = metrics_from_rank_bounds(*rank_bounds(a, b, targets), ks)
+    ba = metrics_from_rank_bounds(*rank_bounds(b, a, targets), ks)
     out = {k: (ab[k] + ba[k]) / 2 for k in ab}
     out["chance@1"] = 1.0 / a.shape[0]
     out["n"] = a.shape[0]

@@ -44,14 +44,14 @@ import torch
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, OutputError, UsageError, require_readable
 from phenoclip.eval.encode import Pretrained, embed_samples, expr_stats, load_pretrained
-from phenoclip.eval.retrieval import metrics_from_ranks, topk_chunked, true_match_ranks
+from phenoclip.eval.retrieval import metrics_from_rank_bounds, rank_bounds, topk_chunked
 from phenoclip.eval.retrieve_outputs import (HPO_GALLERY, Side, check_outputs, write_embeddings, write_hits,
                                              write_pheno)
 from phenoclip.progress import info, warn
 from phenoclip.staging import StagedFiles
 
 KS = (1, 5, 10)
-_QUERY_BLOCK = 4096  # queries per true_match_ranks call
+_QUERY_BLOCK = 4096  # queries per rank_bounds call
 
 
 def output_prefix(out: str) -> str:
@@ -88,9 +88,9 @@ def retrieval_metrics(query_ids: Sequence[str], queries: np.ndarray, gallery_ids
     q, g = torch.from_numpy(queries[rows]), torch.from_numpy(gallery)
     targets = torch.tensor([pos[query_ids[i]] for i in rows])
     chunk = max(1024, (1 << 24) // min(len(rows), _QUERY_BLOCK))  # similarity blocks of at most 64 MB
-    ranks = torch.cat([true_match_ranks(q[a:a + _QUERY_BLOCK], g, targets[a:a + _QUERY_BLOCK], chunk=chunk)
-                       for a in range(0, len(rows), _QUERY_BLOCK)])
-    out = metrics_from_ranks(ranks, KS)
+    bounds = [rank_bounds(q[a:a + _QUERY_BLOCK], g, targets[a:a + _QUERY_BLOCK], chunk=chunk)
+              for a in range(0, len(rows), _QUERY_BLOCK)]
+    out = metrics_from_rank_bounds(torch.cat([b[0] for b in bounds]), torch.cat([b[1] for b in bounds]), KS)
     out.update({"n_queries": len(rows), "gallery_size": len(gallery_ids), "chance@1": 1.0 / len(gallery_ids)})
     return out
 
