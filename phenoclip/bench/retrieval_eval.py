@@ -5,6 +5,8 @@
   (a -> b and b -> a) averaged, on the patients having both modalities, with chance levels;
 * :func:`raw_features` and :func:`cca_pair_metrics`: the supervised linear ceiling, CCA on the
   PCA-reduced input features of the training patients, scored with the same retrieval metrics;
+* :func:`planted_genetics`: a simulated cohort's noise-free genetic values from ``truth.json``,
+  for the CCA ceiling of the genetics pairs that no model of the observed dosages can pass;
 * :func:`own_term_ranking`: zero-shot ranking of the hpo vocabulary for each patient, scored
   against the patient's own recorded terms;
 * :func:`concat_embeddings`: one row per patient (the modalities' embeddings side by side) for a
@@ -178,6 +180,26 @@ def cca_pair_metrics(a: Embedded, b: Embedded, train: Sequence[str], test: Seque
     sa, sb = transform(ta, tb)
     ids = [f"p{i}" for i in range(len(sa))]
     return paired_metrics((ids, sa), (ids, sb))
+
+
+def planted_genetics(truth_path, samples: Sequence[str]) -> Embedded:
+    """What a simulated genotype carries about everything else, without noise, from ``truth.json``.
+
+    Per patient of ``samples``: the ALT dosages of the causal SNPs (disease liability and cis-eQTLs),
+    each latent trait's genetic value (its SNPs' weighted dosages) and sex (the chrX dosage). Every
+    genotype-to-phenotype path of the simulator goes through these numbers, so CCA from them bounds
+    what any model of the observed dosages (missing calls, 2,000 SNPs to search) can retrieve.
+    """
+    import json
+    from pathlib import Path
+
+    wanted = set(samples)
+    ids, rows = [], []
+    for p in json.loads(Path(truth_path).read_text())["patients"]:
+        if p["sample"] in wanted and "causal_dosage" in p:
+            ids.append(p["sample"])
+            rows.append([*p["causal_dosage"], *p.get("trait_genetic_values", []), float(p.get("sex") == "male")])
+    return ids, np.asarray(rows, dtype=np.float64).reshape(len(ids), -1)
 
 
 # ----------------------------------------------------------------------------- zero-shot phenotype terms
