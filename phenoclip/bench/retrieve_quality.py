@@ -126,9 +126,10 @@ def _genetics_table(ours, cca, planted) -> Table:
     reach = [r[0] for r in rows if r[4] >= TARGET_X_CHANCE]
     note = ("How far the genotype can go: the cohort is simulated, so its truth file holds each patient's planted "
             "genetic values (causal SNP dosages, each trait's genetic value, sex). CCA from those noise-free values "
-            "to the partner's PCA features, fitted on the training patients, scored on the same held-out patients: "
-            "a linear ceiling for any model of the observed dosages, which must also find the few informative "
-            "SNPs among all sites, through missing calls. "
+            "to the partner's PCA features, fitted on the training patients and scored on the same held-out "
+            "patients, is what a linear map reaches when the genotype side is perfect; a model of the observed "
+            "dosages must also find the few informative SNPs among all sites, through missing calls. Where ours is "
+            "above it, the partner's raw features are the weak side of the linear map. "
             f"**Even the planted genetic values reach {TARGET_X_CHANCE:g}x chance Recall@1 on "
             f"{len(reach)} of {len(rows)} genetics pairs" + (f" ({', '.join(reach)})" if reach else "") + ".**")
     return Table("Genetics pairs against the planted genetics (simulated cohorts only)",

@@ -20,7 +20,7 @@ from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate, 
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval.retrieval import paired_retrieval
 from phenoclip.ops.devices import module_device, resolve_device, to_device
-from phenoclip.progress import info
+from phenoclip.progress import info, warn
 from phenoclip.train import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, train
@@ -138,6 +138,11 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
     cfg.validate()
     device = resolve_device(cfg.device)
     device = dist_utils.init_from_env(device)
+    if device == "cpu" and cfg.preset == "paper":
+        # measured on 2 cores with the sample cohort: about 0.2 samples/s at batch 4, and more than
+        # 24 GB of RAM at batch 32 (the process is killed without a word of its own)
+        warn("the paper preset is sized for GPUs: on a CPU it trains at well under 1 sample/s and needs "
+             "tens of GB of RAM at the default batch size; use --device cuda, or --preset tiny|small")
     out = Path(out)
     if resume and not (out / ckpt.CONFIG_FILE).exists():
         raise InconsistentInputError("--resume but no checkpoint here yet", out, "run once without --resume")
