@@ -39,7 +39,11 @@ def wrap(module: torch.nn.Module, device: str = "cpu") -> torch.nn.Module:
     """
     if not is_distributed():
         return module
-    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    if device.startswith("cuda"):
+        index = torch.device(device).index
+        ids = [torch.cuda.current_device() if index is None else index]
+    else:
+        ids = None  # CPU modules: DDP takes no device ids
     # find_unused_parameters: a batch may lack a modality, leaving its encoder without gradients
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
