@@ -190,6 +190,11 @@ def test_planted_genetics_reads_every_genetic_path_of_the_simulator(tmp_path):
     assert ids == ["p001", "p003"] and x.shape == (2, 11)
     p = patients[3]
     assert x[1].tolist() == [*p["causal_dosage"], *p["trait_genetic_values"], float(p["sex"] == "male")]
+    # a truth file without genotype truth gives nothing to bound with, and the suite skips the table
+    ids, x = planted_genetics(tmp_path / "truth.json", ["no_genotype"])
+    assert ids == [] and x.shape == (0, 0)
+    assert retrieve_quality.planted_metrics(tmp_path / "truth.json", ["no_genotype"], {}, ["gene", "expr"],
+                                            ["no_genotype"], []) == {}
 
 
 def test_planted_ceiling_finds_what_the_genotype_drives_and_only_that(tmp_path):

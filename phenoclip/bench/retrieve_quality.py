@@ -105,7 +105,7 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
     genotyped = set(gene_samples)  # the pair is scored on patients having both modalities, as in the main table
     ids, x = planted_genetics(truth, [s for s in [*train, *test] if s in genotyped])
     fit = [i for i, s in enumerate(ids) if s in set(train)]
-    if len(fit) < 3:
+    if len(fit) < 3 or x.shape[1] == 0:
         return {}
     sd = x[fit].std(0)
     planted = (ids, (x - x[fit].mean(0)) / np.where(sd > 0, sd, 1.0))
@@ -175,8 +175,9 @@ def run(ctx: BenchContext) -> SuiteResult:
                                           "n_train": len(train), "n_held_out": len(test)}
     if cohort.truth is not None and "gene" in modalities:
         m_planted = planted_metrics(cohort.truth, stores.by_modality["gene"].row, feats, modalities, train, test)
-        result.tables.append(_genetics_table(m_ours, m_cca, m_planted))
-        result.metrics["retrieve_quality"]["cca_planted_genetics"] = m_planted
+        if m_planted:
+            result.tables.append(_genetics_table(m_ours, m_cca, m_planted))
+            result.metrics["retrieve_quality"]["cca_planted_genetics"] = m_planted
 
     if "hpo" in stores.by_modality and "hpo" in pre.model.encoders:
         z_ours, z_rand = own_term_ranking(pre.model, ours, stores), own_term_ranking(rand_model, rand, stores)
