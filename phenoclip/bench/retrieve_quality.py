@@ -28,8 +28,8 @@ import numpy as np
 
 from phenoclip.bench import BenchContext, SuiteResult, Table
 from phenoclip.bench.retrieval_eval import (Embedded, cca_pair_metrics, cross_modal_metrics, embed_modalities,
-                                            mean_over, own_term_ranking, planted_genetics, raw_features,
-                                            reduce_features)
+                                            mean_over, modality_pairs, own_term_ranking, planted_genetics,
+                                            raw_features, reduce_features)
 
 N_PCA, N_CCA = 32, 8
 #: issue 3's learning criterion: held-out Recall@1 of every pair at least this many times chance
@@ -58,11 +58,10 @@ def reduced_inputs(stores, pre, modalities, train, test, seed) -> dict[str, Embe
 def cca_metrics(feats: dict[str, Embedded], modalities, train, test) -> dict[str, dict]:
     """CCA ceiling per modality pair (see the module docstring)."""
     out = {}
-    for i, a in enumerate(modalities):
-        for b in modalities[i + 1:]:
-            m = cca_pair_metrics(feats[a], feats[b], train, test, N_CCA)
-            if m is not None:
-                out[f"{a}-{b}"] = m
+    for a, b in modality_pairs(modalities):
+        m = cca_pair_metrics(feats[a], feats[b], train, test, N_CCA)
+        if m is not None:
+            out[f"{a}-{b}"] = m
     return out
 
 
@@ -110,13 +109,11 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
     sd = x[fit].std(0)
     planted = (ids, (x - x[fit].mean(0)) / np.where(sd > 0, sd, 1.0))
     out = {}
-    for i, a in enumerate(modalities):
-        for b in modalities[i + 1:]:
-            if "gene" in (a, b):
-                other = b if a == "gene" else a
-                m = cca_pair_metrics(planted, feats[other], train, test, min(N_CCA, x.shape[1]))
-                if m is not None:
-                    out[f"{a}-{b}"] = m
+    for a, b in modality_pairs(modalities):
+        if "gene" in (a, b):
+            m = cca_pair_metrics(planted, feats[b if a == "gene" else a], train, test, min(N_CCA, x.shape[1]))
+            if m is not None:
+                out[f"{a}-{b}"] = m
     return out
 
 
