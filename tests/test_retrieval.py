@@ -2,7 +2,7 @@
 
 import torch
 
-from phenoclip.eval.retrieval import metrics_from_ranks, paired_retrieval, topk_chunked, true_match_ranks
+from phenoclip.eval.retrieval import metrics_from_rank_bounds, paired_retrieval, rank_bounds, topk_chunked
 
 
 def test_hand_computed_ranks_and_metrics():
@@ -10,9 +10,9 @@ def test_hand_computed_ranks_and_metrics():
     g = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]])
     # query 0 -> item 0: scores 1, 0, .8 -> rank 1; query 1 -> item 1: 0, 1, .6 -> rank 1;
     # query 2 -> item 2: scores .6, .8, .96 -> rank 1 ... make query 2 target item 0 instead
-    ranks = true_match_ranks(q, g, torch.tensor([0, 1, 0]))
-    assert ranks.tolist() == [1, 1, 3]
-    m = metrics_from_ranks(ranks, ks=(1, 2, 3))
+    higher, tied = rank_bounds(q, g, torch.tensor([0, 1, 0]))
+    assert (higher + 1).tolist() == [1, 1, 3] and tied.tolist() == [1, 1, 1]
+    m = metrics_from_rank_bounds(higher, tied, ks=(1, 2, 3))
     assert m["R@1"] == 2 / 3 and m["R@2"] == 2 / 3 and m["R@3"] == 1.0
     assert abs(m["MRR"] - (1 + 1 + 1 / 3) / 3) < 1e-12
 
@@ -30,14 +30,12 @@ def test_chunked_topk_equals_full_matrix():
     full_s, full_i = torch.topk(q @ g.T, 10, dim=1)
     torch.testing.assert_close(s, full_s)
     assert torch.equal(i, full_i)
-    ranks = true_match_ranks(q, g, full_i[:, 3], chunk=100)
-    assert ranks.tolist() == [4] * 7
+    higher, tied = rank_bounds(q, g, full_i[:, 3], chunk=100)
+    assert (higher + 1).tolist() == [4] * 7 and tied.tolist() == [1] * 7
 
 
 def test_ties_are_broken_at_random_not_in_the_querys_favour():
     """A collapsed encoder (every patient the same embedding) is at chance, not perfect."""
-    from phenoclip.eval.retrieval import metrics_from_rank_bounds, rank_bounds
-
     n = 8
     same = torch.nn.functional.normalize(torch.ones(n, 4), dim=1)
     m = paired_retrieval(same, same.clone(), ks=(1, 5))
@@ -48,7 +46,6 @@ def test_ties_are_broken_at_random_not_in_the_querys_favour():
     g = torch.tensor([[0.6, 0.8], [0.8, 0.6], [0.6, 0.8]])
     higher, tied = rank_bounds(q, g, torch.tensor([0, 1]))
     assert higher.tolist() == [1, 2] and tied.tolist() == [2, 1]
-    assert true_match_ranks(q, g, torch.tensor([0, 1])).tolist() == [2.5, 3.0]
     m = metrics_from_rank_bounds(higher, tied, ks=(1, 2, 3))
     assert m["R@1"] == 0.0 and m["R@2"] == 0.25 and m["R@3"] == 1.0
     assert abs(m["MRR"] - ((1 / 2 + 1 / 3) / 2 + 1 / 3) / 2) < 1e-12

@@ -158,24 +158,6 @@ def rank_bounds(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Ten
     return higher, (tied - higher).clamp(min=1)
 
 
-def true_match_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor,
-                     chunk: int = 65536) -> torch.Tensor:
-    """1-based rank of each query's true gallery item (``targets``: (Q,) gallery indices), float64.
-
-    With ties (see :func:`rank_bounds`) the rank is the mean of the tied places.
-    """
-    higher, tied = rank_bounds(queries, gallery, targets, chunk)
-    return 1.0 + higher.to(torch.float64) + (tied.to(torch.float64) - 1.0) / 2
-
-
-def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@K (share of queries whose true item is in the top K) and mean reciprocal rank."""
-    ranks = ranks.to(torch.float64)
-    out = {f"R@{k}": float((ranks <= k).to(torch.float64).mean()) for k in ks}
-    out["MRR"] = float((1.0 / ranks).mean())
-    return out
-
-
 def metrics_from_rank_bounds(higher: torch.Tensor, tied: torch.Tensor,
                              ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Recall@K and MRR expected when ties are broken at random (:func:`rank_bounds`' output).
