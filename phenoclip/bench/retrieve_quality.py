@@ -14,6 +14,12 @@ the two directions (a -> b and b -> a). Beside it:
   held-out patients in the canonical space (cosine). CCA sees the pairing of the two modalities
   it is scored on, and only those; the pretrained model learns all pairs at once.
 
+On a simulated cohort, the genetics pairs get three more tables: CCA from the planted, noise-free
+genetic values in ``truth.json`` (how far a perfect genotype model could go), then
+:mod:`~phenoclip.bench.genetics_limits`' split of what stops ours: a lasso told each planted trait
+(can the genotype side be learnt from these patients?) and a ridge from the dosages onto our
+partner embeddings (do those embeddings hold what the genotype sets?).
+
 Zero-shot phenotype terms: each held-out patient's embedding (of each modality) ranks the hpo
 vocabulary terms; scored against the patient's own recorded terms (mean per-patient AUROC,
 Recall@10). The map (``retrieve_map.png``): t-SNE of the held-out patients of every modality,
@@ -117,6 +123,19 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
     return out
 
 
+def genetics_limits(truth, pre, stores, modalities, train, test, m_ours, seed) -> dict:
+    """:mod:`~phenoclip.bench.genetics_limits`' two measurements and their tables (``tables`` key)."""
+    from phenoclip.bench import genetics_limits as gl
+
+    dosages = raw_features(stores, "gene", list(train) + list(test))
+    partners = [m for m in modalities if m != "gene"]
+    traits = gl.trait_prediction(truth, dosages, train, test, seed)
+    distilled = gl.distilled_gene_metrics(
+        dosages, embed_modalities(pre.model, pre, stores, partners, list(train) + list(test)), train, test)
+    return {"trait_prediction": traits, "ridge_onto_partner_embeddings": distilled,
+            "tables": gl.limits_tables(traits, distilled, m_ours)}
+
+
 def _genetics_table(ours, cca, planted) -> Table:
     rows = [[p, ours[p]["n"], ours[p]["x chance@1"], cca.get(p, {}).get("x chance@1", float("nan")),
              planted[p]["x chance@1"], ours[p]["MRR"], planted[p]["MRR"]] for p in planted if p in ours]
@@ -175,6 +194,9 @@ def run(ctx: BenchContext) -> SuiteResult:
         if m_planted:
             result.tables.append(_genetics_table(m_ours, m_cca, m_planted))
             result.metrics["retrieve_quality"]["cca_planted_genetics"] = m_planted
+        limits = genetics_limits(cohort.truth, pre, stores, modalities, train, test, m_ours, ctx.seed)
+        result.tables += limits.pop("tables")
+        result.metrics["retrieve_quality"]["genetics_limits"] = limits
 
     if "hpo" in stores.by_modality and "hpo" in pre.model.encoders:
         z_ours, z_rand = own_term_ranking(pre.model, ours, stores), own_term_ranking(rand_model, rand, stores)
