@@ -67,3 +67,29 @@ def test_ridge_onto_partner_embeddings_retrieves_what_the_genotype_sets_and_only
     assert [len(t.rows) for t in tables] == [2, 2]
     # our gene encoder 0.2 MRR below the ridge on gene-expr: that pair is not explained by the partner side
     assert "On 1 of 2 pairs" in tables[1].note
+
+
+def test_effective_rank_counts_the_directions_embeddings_use():
+    rng = np.random.default_rng(0)
+    one_direction = np.outer(rng.standard_normal(300), rng.standard_normal(16)) + 1e-3 * rng.standard_normal((300, 16))
+    assert gl.effective_rank(one_direction) < 1.2
+    isotropic = rng.standard_normal((2000, 8))
+    assert 7.5 < gl.effective_rank(isotropic) <= 8.0
+
+
+def test_trait_decoding_names_a_trait_the_embedding_drops(tmp_path):
+    ids, _, rng = _cohort(tmp_path)
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    y = np.array([p["traits"] for p in truth["patients"] if "traits" in p])
+    # our embedding keeps trait one only; the raw features carry both
+    ours = {"mri": (ids, np.c_[y[:, :1], np.zeros((200, 3))] @ rng.standard_normal((4, 8))
+                    + 0.3 * rng.standard_normal((200, 8)))}
+    raw = {"mri": (ids, y @ rng.standard_normal((2, 12)) + 0.3 * rng.standard_normal((200, 12)))}
+    out = gl.trait_decoding(tmp_path / "truth.json", ours, raw, ids[:150], ids[150:])
+    d = out["mri"]
+    assert d["n_test"] == 50 and d["ours"]["one"] > 0.9 and abs(d["ours"]["two"]) < 0.3
+    assert d["raw"]["one"] > 0.9 and d["raw"]["two"] > 0.9
+    assert d["effective_rank"] < 4  # one strong direction plus noise in 8 dimensions
+    table = gl.decoding_table(out, 8)
+    assert table.rows[0][:2] == ["mri", 50] and table.rows[0][3].endswith(f"/ {d['raw']['one']:.2f}")
+    assert "our embeddings drop (r < 0.3): mri two" in table.note and "mri one" not in table.note

@@ -18,7 +18,8 @@ On a simulated cohort, the genetics pairs get three more tables: CCA from the pl
 genetic values in ``truth.json`` (how far a perfect genotype model could go), then
 :mod:`~phenoclip.bench.genetics_limits`' split of what stops ours: a lasso told each planted trait
 (can the genotype side be learnt from these patients?) and a ridge from the dosages onto our
-partner embeddings (do those embeddings hold what the genotype sets?).
+partner embeddings (do those embeddings hold what the genotype sets?). A last table decodes each
+planted trait from every modality's embeddings and raw features: which traits an encoder drops.
 
 Zero-shot phenotype terms: each held-out patient's embedding (of each modality) ranks the hpo
 vocabulary terms; scored against the patient's own recorded terms (mean per-patient AUROC,
@@ -123,17 +124,19 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
     return out
 
 
-def genetics_limits(truth, pre, stores, modalities, train, test, m_ours, seed) -> dict:
+def genetics_limits(truth, pre, stores, modalities, train, test, m_ours, feats, seed) -> dict:
     """:mod:`~phenoclip.bench.genetics_limits`' two measurements and their tables (``tables`` key)."""
     from phenoclip.bench import genetics_limits as gl
 
     dosages = raw_features(stores, "gene", list(train) + list(test))
-    partners = [m for m in modalities if m != "gene"]
+    everyone = embed_modalities(pre.model, pre, stores, modalities, list(train) + list(test))
     traits = gl.trait_prediction(truth, dosages, train, test, seed)
-    distilled = gl.distilled_gene_metrics(
-        dosages, embed_modalities(pre.model, pre, stores, partners, list(train) + list(test)), train, test)
-    return {"trait_prediction": traits, "ridge_onto_partner_embeddings": distilled,
-            "tables": gl.limits_tables(traits, distilled, m_ours)}
+    distilled = gl.distilled_gene_metrics(dosages, {m: e for m, e in everyone.items() if m != "gene"}, train, test)
+    decoded = gl.trait_decoding(truth, everyone, feats, train, test)
+    tables = gl.limits_tables(traits, distilled, m_ours)
+    decoding = gl.decoding_table(decoded, next(iter(everyone.values()))[1].shape[1] if everyone else None)
+    return {"trait_prediction": traits, "ridge_onto_partner_embeddings": distilled, "trait_decoding": decoded,
+            "tables": tables + ([decoding] if decoding else [])}
 
 
 def _genetics_table(ours, cca, planted) -> Table:
@@ -194,7 +197,7 @@ def run(ctx: BenchContext) -> SuiteResult:
         if m_planted:
             result.tables.append(_genetics_table(m_ours, m_cca, m_planted))
             result.metrics["retrieve_quality"]["cca_planted_genetics"] = m_planted
-        limits = genetics_limits(cohort.truth, pre, stores, modalities, train, test, m_ours, ctx.seed)
+        limits = genetics_limits(cohort.truth, pre, stores, modalities, train, test, m_ours, feats, ctx.seed)
         result.tables += limits.pop("tables")
         result.metrics["retrieve_quality"]["genetics_limits"] = limits
 
