@@ -1,6 +1,6 @@
 """Where a genetics pair loses its signal, on simulated cohorts: the genotype side or the partner side.
 
-The retrieve suite's planted-genetics CCA says how far a *perfect* genotype model could go. Two
+The retrieve suite's planted-genetics CCA says how far a *perfect* genotype model could go. Three
 measurements here split what stops ours:
 
 * **Genotype side** (:func:`trait_prediction`): each planted trait is predicted from the observed
@@ -30,7 +30,8 @@ import numpy as np
 
 from phenoclip.bench.retrieval_eval import Embedded, paired_metrics
 
-RIDGE_ALPHAS = np.logspace(-1, 5, 25)
+RIDGE_ALPHAS = np.logspace(-1, 5, 25)     # dosages (thousands of columns) -> partner embeddings
+DECODE_ALPHAS = np.logspace(-3, 4, 15)    # embeddings or PCA features (tens of columns) -> traits
 N_LASSO_ALPHAS = 20   # a path of 20 penalties, from the smallest that keeps no SNP down to 1e-3 of it
 
 
@@ -151,7 +152,7 @@ def trait_decoding(truth_path, ours: dict[str, Embedded], raw: dict[str, Embedde
             return {}
         y_tr = np.array([value[ids[i]] for i in tr])
         y_te = np.array([value[ids[i]] for i in te])
-        pred = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(x[tr], y_tr).predict(x[te])
+        pred = RidgeCV(alphas=DECODE_ALPHAS).fit(x[tr], y_tr).predict(x[te])
         return {n: float(np.corrcoef(pred[:, k], y_te[:, k])[0, 1]) if np.std(pred[:, k]) > 0 else float("nan")
                 for k, n in enumerate(names)}
 
