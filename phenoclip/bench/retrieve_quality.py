@@ -125,7 +125,7 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
 
 
 def genetics_limits(truth, pre, stores, modalities, train, test, m_ours, feats, seed) -> dict:
-    """:mod:`~phenoclip.bench.genetics_limits`' two measurements and their tables (``tables`` key)."""
+    """:mod:`~phenoclip.bench.genetics_limits`' three measurements and their tables (``tables`` key)."""
     from phenoclip.bench import genetics_limits as gl
 
     dosages = raw_features(stores, "gene", list(train) + list(test))
