@@ -40,6 +40,11 @@ def _rows(ids: Sequence[str], wanted: Sequence[str]) -> list[int]:
     return [pos[s] for s in wanted if s in pos]
 
 
+def _pearson(pred: np.ndarray, truth: np.ndarray) -> float:
+    # a constant prediction (a lasso that keeps no SNP, say) has no defined r: reported as NaN
+    return float(np.corrcoef(pred, truth)[0, 1]) if np.std(pred) > 0 else float("nan")
+
+
 def _lasso_path(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     # explicit penalties (scikit-learn's own path length is spelled differently across versions)
     xc, yc = x - x.mean(0), y - y.mean()
@@ -80,11 +85,8 @@ def trait_prediction(truth_path, dosages: Embedded, train: Sequence[str], test: 
             warnings.simplefilter("ignore", ConvergenceWarning)
             lasso = LassoCV(cv=5, alphas=_lasso_path(x[tr], value_tr[:, k]), tol=1e-3, max_iter=2000,
                             random_state=seed).fit(x[tr], value_tr[:, k])
-        pred = lasso.predict(x[te])
-        # a lasso that keeps no SNP predicts a constant: its r is undefined, reported as NaN
-        r = float(np.corrcoef(pred, value_te[:, k])[0, 1]) if np.std(pred) > 0 else float("nan")
         out.append({"trait": name, "n_train": len(tr), "n_test": len(te),
-                    "r_lasso": r,
+                    "r_lasso": _pearson(lasso.predict(x[te]), value_te[:, k]),
                     "snps_kept": int(np.count_nonzero(lasso.coef_)),
                     "r_ceiling": float(np.corrcoef(genetic_te[:, k], value_te[:, k])[0, 1])})
     return out
@@ -153,8 +155,7 @@ def trait_decoding(truth_path, ours: dict[str, Embedded], raw: dict[str, Embedde
         y_tr = np.array([value[ids[i]] for i in tr])
         y_te = np.array([value[ids[i]] for i in te])
         pred = RidgeCV(alphas=DECODE_ALPHAS).fit(x[tr], y_tr).predict(x[te])
-        return {n: float(np.corrcoef(pred[:, k], y_te[:, k])[0, 1]) if np.std(pred[:, k]) > 0 else float("nan")
-                for k, n in enumerate(names)}
+        return {n: _pearson(pred[:, k], y_te[:, k]) for k, n in enumerate(names)}
 
     out = {}
     for m, feats in ours.items():

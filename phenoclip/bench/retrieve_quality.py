@@ -110,7 +110,8 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
     """
     genotyped = set(gene_samples)  # the pair is scored on patients having both modalities, as in the main table
     ids, x = planted_genetics(truth, [s for s in [*train, *test] if s in genotyped])
-    fit = [i for i, s in enumerate(ids) if s in set(train)]
+    in_train = set(train)
+    fit = [i for i, s in enumerate(ids) if s in in_train]
     if len(fit) < 3 or x.shape[1] == 0:
         return {}
     sd = x[fit].std(0)
@@ -124,12 +125,16 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
     return out
 
 
-def genetics_limits(truth, pre, stores, modalities, train, test, m_ours, feats, seed) -> dict:
-    """:mod:`~phenoclip.bench.genetics_limits`' three measurements and their tables (``tables`` key)."""
+def genetics_limits(truth, pre, stores, modalities, train, test, ours, m_ours, feats, seed) -> dict:
+    """:mod:`~phenoclip.bench.genetics_limits`' three measurements and their tables (``tables`` key).
+
+    ``ours``: the held-out embeddings the main table scored; only the training patients are embedded here.
+    """
     from phenoclip.bench import genetics_limits as gl
 
     dosages = raw_features(stores, "gene", list(train) + list(test))
-    everyone = embed_modalities(pre.model, pre, stores, modalities, list(train) + list(test))
+    fitted = embed_modalities(pre.model, pre, stores, modalities, list(train))
+    everyone = {m: (fitted[m][0] + ours[m][0], np.concatenate([fitted[m][1], ours[m][1]])) for m in modalities}
     traits = gl.trait_prediction(truth, dosages, train, test, seed)
     distilled = gl.distilled_gene_metrics(dosages, {m: e for m, e in everyone.items() if m != "gene"}, train, test)
     decoded = gl.trait_decoding(truth, everyone, feats, train, test)
@@ -197,7 +202,7 @@ def run(ctx: BenchContext) -> SuiteResult:
         if m_planted:
             result.tables.append(_genetics_table(m_ours, m_cca, m_planted))
             result.metrics["retrieve_quality"]["cca_planted_genetics"] = m_planted
-        limits = genetics_limits(cohort.truth, pre, stores, modalities, train, test, m_ours, feats, ctx.seed)
+        limits = genetics_limits(cohort.truth, pre, stores, modalities, train, test, ours, m_ours, feats, ctx.seed)
         result.tables += limits.pop("tables")
         result.metrics["retrieve_quality"]["genetics_limits"] = limits
 
