@@ -14,8 +14,9 @@ the two directions (a -> b and b -> a). Beside it:
   held-out patients in the canonical space (cosine). CCA sees the pairing of the two modalities
   it is scored on, and only those; the pretrained model learns all pairs at once.
 
-On a simulated cohort, the genetics pairs get three more tables: CCA from the planted, noise-free
-genetic values in ``truth.json`` (how far a perfect genotype model could go), then
+On a simulated cohort, the genetics pairs get more tables: CCA from the planted, noise-free
+genetic values in ``truth.json``; :mod:`~phenoclip.bench.genetics_ceiling`'s likelihood ceiling
+(the most the genotype says about each held-out partner record: no model can pass it); then
 :mod:`~phenoclip.bench.genetics_limits`' split of what stops ours: a lasso told each planted trait
 (can the genotype side be learnt from these patients?) and a ridge from the dosages onto our
 partner embeddings (do those embeddings hold what the genotype sets?). A last table decodes each
@@ -126,10 +127,12 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
 
 
 def genetics_limits(truth, pre, stores, modalities, train, test, ours, m_ours, feats, seed) -> dict:
-    """:mod:`~phenoclip.bench.genetics_limits`' three measurements and their tables (``tables`` key).
+    """:mod:`~phenoclip.bench.genetics_limits`' three measurements, :mod:`~phenoclip.bench.genetics_ceiling`'s
+    likelihood ceiling, and their tables (``tables`` key).
 
     ``ours``: the held-out embeddings the main table scored; only the training patients are embedded here.
     """
+    from phenoclip.bench import genetics_ceiling as gc
     from phenoclip.bench import genetics_limits as gl
 
     dosages = raw_features(stores, "gene", list(train) + list(test))
@@ -138,10 +141,14 @@ def genetics_limits(truth, pre, stores, modalities, train, test, ours, m_ours, f
     traits = gl.trait_prediction(truth, dosages, train, test, seed)
     distilled = gl.distilled_gene_metrics(dosages, {m: e for m, e in everyone.items() if m != "gene"}, train, test)
     decoded = gl.trait_decoding(truth, everyone, feats, train, test)
+    ceiling = gc.retrieval_ceiling(truth, dosages, {m: e[0] for m, e in everyone.items() if m != "gene"},
+                                   train, test, seed)
     tables = gl.limits_tables(traits, distilled, m_ours)
     decoding = gl.decoding_table(decoded, next(iter(everyone.values()))[1].shape[1] if everyone else None)
+    ceiling_tab = gc.ceiling_table(ceiling, m_ours, TARGET_X_CHANCE)
     return {"trait_prediction": traits, "ridge_onto_partner_embeddings": distilled, "trait_decoding": decoded,
-            "tables": tables + ([decoding] if decoding else [])}
+            "likelihood_ceiling": ceiling,
+            "tables": [t for t in (ceiling_tab, *tables, decoding) if t is not None]}
 
 
 def _genetics_table(ours, cca, planted) -> Table:
