@@ -47,9 +47,15 @@ def test_score_matrix_metrics_perfect_and_uninformative():
 
 
 def test_ceiling_is_high_where_the_genotype_sets_the_partner_and_near_chance_where_it_does_not(tmp_path):
-    ids, x, _ = _truth(tmp_path)
+    ids, x, truth = _truth(tmp_path)
     partners = {"expr": ids, "mri": ids[:150], "hpo": ids}
-    out = gc.retrieval_ceiling(tmp_path / "truth.json", (ids, x), partners, ids[:120], ids[120:], n_splits=2)
+    rng = np.random.default_rng(1)
+    traits = np.array([p["traits"] for p in truth["patients"]])
+    # the expression data carries traits a-c with some noise; the MRI data nothing at all
+    feats = {"expr": (ids, traits[:, :3] @ rng.standard_normal((3, 8)) + 0.2 * rng.standard_normal((160, 8))),
+             "mri": (ids[:150], rng.standard_normal((150, 8)))}
+    out = gc.retrieval_ceiling(tmp_path / "truth.json", (ids, x), partners, ids[:120], ids[120:], n_splits=2,
+                               partner_feats=feats)
     assert set(out) == {"gene-expr", "gene-mri", "gene-hpo"}
     assert out["gene-expr"]["n"] == 40 and out["gene-mri"]["n"] == 30  # only patients having the partner
     # three traits read from their SNPs, shown without noise: far above chance from the dosages too
@@ -59,6 +65,10 @@ def test_ceiling_is_high_where_the_genotype_sets_the_partner_and_near_chance_whe
     assert out["gene-mri"]["observed"]["x chance@1"] < 2.5
     assert out["gene-mri"]["planted_resplit"]["mean"] > out["gene-mri"]["observed_resplit"]["mean"]
     assert out["gene-mri"]["observed_resplit"]["splits"] == 2
+    # read back from the partner's own data: high where the data carries the traits, chance where it does not
+    assert out["gene-expr"]["decoded"]["x chance@1"] > 6
+    assert out["gene-mri"]["decoded"]["x chance@1"] < 3
+    assert "decoded" not in out["gene-hpo"]  # no features given for hpo
     # a single binary term (about 1 patient in 6) says far less than the trait values
     assert out["gene-hpo"]["observed"]["x chance@1"] < out["gene-expr"]["observed"]["x chance@1"]
 

@@ -142,7 +142,7 @@ def genetics_limits(truth, pre, stores, modalities, train, test, ours, m_ours, f
     distilled = gl.distilled_gene_metrics(dosages, {m: e for m, e in everyone.items() if m != "gene"}, train, test)
     decoded = gl.trait_decoding(truth, everyone, feats, train, test)
     ceiling = gc.retrieval_ceiling(truth, dosages, {m: e[0] for m, e in everyone.items() if m != "gene"},
-                                   train, test, seed)
+                                   train, test, seed, partner_feats=feats)
     tables = gl.limits_tables(traits, distilled, m_ours)
     decoding = gl.decoding_table(decoded, next(iter(everyone.values()))[1].shape[1] if everyone else None)
     ceiling_tab = gc.ceiling_table(ceiling, m_ours, TARGET_X_CHANCE)
