@@ -85,6 +85,17 @@ def _fit_disease(x: np.ndarray, y: np.ndarray, seed: int):
     return LogisticRegression(C=best, max_iter=2000).fit(x, y)
 
 
+def _disease_probs(x: np.ndarray, disease: np.ndarray, fit_rows: list[int], n_classes: int, seed: int) -> np.ndarray:
+    # (N, C); a class absent from the training rows gets probability 0
+    prob = np.zeros((len(x), n_classes))
+    if len(np.unique(disease[fit_rows])) > 1:
+        clf = _fit_disease(x[fit_rows], disease[fit_rows], seed)
+        prob[:, clf.classes_] = clf.predict_proba(x)
+    else:
+        prob[:, disease[fit_rows][0]] = 1.0
+    return prob
+
+
 def dosage_predictions(x: np.ndarray, traits: np.ndarray, disease: np.ndarray, fit_rows: Sequence[int],
                        n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Trait values (N, K) and disease probabilities (N, C) of every row of ``x``, fitted on ``fit_rows``.
@@ -95,13 +106,7 @@ def dosage_predictions(x: np.ndarray, traits: np.ndarray, disease: np.ndarray, f
     fit_rows = list(fit_rows)
     pred = np.column_stack([_fit_lasso(x[fit_rows], traits[fit_rows, k], seed).predict(x)
                             for k in range(traits.shape[1])])
-    prob = np.zeros((len(x), n_classes))
-    if len(np.unique(disease[fit_rows])) > 1:
-        clf = _fit_disease(x[fit_rows], disease[fit_rows], seed)
-        prob[:, clf.classes_] = clf.predict_proba(x)
-    else:
-        prob[:, disease[fit_rows][0]] = 1.0
-    return pred, prob
+    return pred, _disease_probs(x, disease, fit_rows, n_classes, seed)
 
 
 def likelihood_scores(pred: np.ndarray, prob: np.ndarray, traits: np.ndarray, disease: np.ndarray,
@@ -167,13 +172,7 @@ def decoded_partner(feats: np.ndarray, traits: np.ndarray, disease: np.ndarray, 
 
     fit_rows = list(fit_rows)
     values = RidgeCV(alphas=DECODE_ALPHAS).fit(feats[fit_rows], traits[fit_rows]).predict(feats)
-    prob = np.zeros((len(feats), n_classes))
-    if len(np.unique(disease[fit_rows])) > 1:
-        clf = _fit_disease(feats[fit_rows], disease[fit_rows], seed)
-        prob[:, clf.classes_] = clf.predict_proba(feats)
-    else:
-        prob[:, disease[fit_rows][0]] = 1.0
-    return values, prob
+    return values, _disease_probs(feats, disease, fit_rows, n_classes, seed)
 
 
 def decoded_scores(pred: np.ndarray, prob: np.ndarray, values: np.ndarray, partner_prob: np.ndarray,
