@@ -83,3 +83,13 @@ def test_no_traits_no_ceiling(tmp_path):
     (tmp_path / "truth.json").write_text(json.dumps({"patients": [{"sample": s} for s in ids]}))
     assert gc.retrieval_ceiling(tmp_path / "truth.json", (ids, np.zeros((40, 5))), {"expr": ids},
                                 ids[:30], ids[30:]) == {}
+
+
+def test_disease_model_copes_with_a_missing_class_and_a_singleton():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 4))
+    y = np.array([0] * 15 + [2] * 14 + [1])  # class 1 seen once; with it absent, classes 0 and 2 only
+    prob = gc._disease_probs(x, y, list(range(30)), 3, 0)
+    assert prob.shape == (30, 3) and np.allclose(prob.sum(1), 1.0)
+    prob = gc._disease_probs(x, y, list(range(29)), 3, 0)
+    assert np.all(prob[:, 1] == 0.0) and np.allclose(prob.sum(1), 1.0)

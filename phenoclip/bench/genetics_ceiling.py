@@ -79,7 +79,10 @@ def _fit_disease(x: np.ndarray, y: np.ndarray, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    folds = StratifiedKFold(n_splits=min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
+    smallest = int(np.unique(y, return_counts=True)[1].min())
+    if smallest < 2:  # a class seen once cannot be cross-validated: the middle penalty
+        return LogisticRegression(C=LOGISTIC_CS[len(LOGISTIC_CS) // 2], max_iter=2000).fit(x, y)
+    folds = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed)
     best = max(LOGISTIC_CS, key=lambda c: cross_val_score(
         LogisticRegression(C=c, max_iter=2000), x, y, cv=folds, scoring="neg_log_loss").mean())
     return LogisticRegression(C=best, max_iter=2000).fit(x, y)
