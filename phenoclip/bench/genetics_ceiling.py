@@ -33,7 +33,6 @@ held-out patients moves by one hit in 35, so the ceiling is also averaged over r
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -61,18 +60,6 @@ def partner_channels(truth: dict) -> dict[str, dict]:
     if terms:
         out["hpo"] = {"traits": set(), "terms": terms}
     return {m: {"traits": sorted(c["traits"]), "terms": c["terms"]} for m, c in out.items() if names}
-
-
-def _fit_lasso(x: np.ndarray, y: np.ndarray, seed: int):
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LassoCV
-
-    from phenoclip.bench.genetics_limits import _lasso_path
-
-    with warnings.catch_warnings():
-        # p >> n: the weakest penalties converge slowly; the held-out folds still score them fairly
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return LassoCV(cv=5, alphas=_lasso_path(x, y), tol=1e-3, max_iter=2000, random_state=seed).fit(x, y)
 
 
 def _fit_disease(x: np.ndarray, y: np.ndarray, seed: int):
@@ -106,8 +93,10 @@ def dosage_predictions(x: np.ndarray, traits: np.ndarray, disease: np.ndarray, f
     One lasso per trait (penalty by 5-fold CV on an explicit path); an L2 logistic regression for
     the disease (penalty by 5-fold log loss). A class absent from the training rows gets probability 0.
     """
+    from phenoclip.bench.genetics_limits import fit_lasso
+
     fit_rows = list(fit_rows)
-    pred = np.column_stack([_fit_lasso(x[fit_rows], traits[fit_rows, k], seed).predict(x)
+    pred = np.column_stack([fit_lasso(x[fit_rows], traits[fit_rows, k], seed).predict(x)
                             for k in range(traits.shape[1])])
     return pred, _disease_probs(x, disease, fit_rows, n_classes, seed)
 
@@ -127,10 +116,7 @@ def likelihood_scores(pred: np.ndarray, prob: np.ndarray, traits: np.ndarray, di
     s_mat = np.zeros((len(rows), len(rows)))
     used = set(channel["traits"]) | {k for k, _, _ in channel["terms"]}
     for k in sorted(used):
-        a, b = _calibration(pred[fit_rows, k], traits[fit_rows, k])
-        sd = max(float(np.std(traits[fit_rows, k] - (a * pred[fit_rows, k] + b))), 1e-6)
-        mu = a * pred[rows, k] + b  # what patient i's genotype says of trait k
-        mean0, sd0 = float(traits[fit_rows, k].mean()), max(float(traits[fit_rows, k].std()), 1e-6)
+        mu, sd, mean0, sd0 = _trait_gaussians(pred[:, k], traits[:, k], fit_rows, rows)
         if k in channel["traits"]:
             s_mat += _gauss(traits[rows, k][None, :], mu[:, None], sd) - _gauss(traits[rows, k], mean0, sd0)[None, :]
         for kk, direction, threshold in channel["terms"]:
@@ -143,6 +129,15 @@ def likelihood_scores(pred: np.ndarray, prob: np.ndarray, traits: np.ndarray, di
     s_mat += np.log(np.clip(prob[rows], 1e-9, None))[:, disease[rows]]
     s_mat -= np.log(np.clip(prior, 1e-9, None))[disease[rows]][None, :]
     return s_mat
+
+
+def _trait_gaussians(pred: np.ndarray, value: np.ndarray, fit_rows: list[int],
+                     rows: list[int]) -> tuple[np.ndarray, float, float, float]:
+    """One trait: its mean given each of ``rows``' genotype side and the residual sd (the line fitted
+    on ``fit_rows``), then its marginal mean and sd there."""
+    a, b = _calibration(pred[fit_rows], value[fit_rows])
+    sd = max(float(np.std(value[fit_rows] - (a * pred[fit_rows] + b))), 1e-6)
+    return a * pred[rows] + b, sd, float(value[fit_rows].mean()), max(float(value[fit_rows].std()), 1e-6)
 
 
 def _calibration(pred: np.ndarray, value: np.ndarray) -> tuple[float, float]:
@@ -189,10 +184,7 @@ def decoded_scores(pred: np.ndarray, prob: np.ndarray, values: np.ndarray, partn
     fit_rows, rows = list(fit_rows), list(rows)
     s_mat = np.zeros((len(rows), len(rows)))
     for k in shown:
-        a, b = _calibration(pred[fit_rows, k], values[fit_rows, k])
-        sd = max(float(np.std(values[fit_rows, k] - (a * pred[fit_rows, k] + b))), 1e-6)
-        mean0, sd0 = float(values[fit_rows, k].mean()), max(float(values[fit_rows, k].std()), 1e-6)
-        mu = a * pred[rows, k] + b
+        mu, sd, mean0, sd0 = _trait_gaussians(pred[:, k], values[:, k], fit_rows, rows)
         s_mat += _gauss(values[rows, k][None, :], mu[:, None], sd) - _gauss(values[rows, k], mean0, sd0)[None, :]
     prior = np.clip(np.bincount(disease[fit_rows], minlength=prob.shape[1]) / len(fit_rows), 1e-9, None)
     # P(same disease | both sides) / P(same disease | independent): sum_d p_i(d) q_j(d) / prior(d)

@@ -52,6 +52,18 @@ def _lasso_path(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.geomspace(top, top * 1e-3, N_LASSO_ALPHAS)
 
 
+def fit_lasso(x: np.ndarray, y: np.ndarray, seed: int = 0):
+    """A lasso of ``y`` on ``x``, its penalty chosen by 5-fold CV on :func:`_lasso_path`."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LassoCV
+
+    with warnings.catch_warnings():
+        # p >> n: the weakest penalties of the path converge slowly; a not-quite-converged fit is
+        # still scored fairly by its held-out folds
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LassoCV(cv=5, alphas=_lasso_path(x, y), tol=1e-3, max_iter=2000, random_state=seed).fit(x, y)
+
+
 def trait_prediction(truth_path, dosages: Embedded, train: Sequence[str], test: Sequence[str],
                      seed: int = 0) -> list[dict]:
     """Per planted trait: held-out r of a lasso from the observed dosages (fitted on ``train``).
@@ -61,9 +73,6 @@ def trait_prediction(truth_path, dosages: Embedded, train: Sequence[str], test: 
     ``r_ceiling`` (r of genetic value and trait on the test patients). Empty when the truth file
     has no traits or fewer than 10 training patients.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LassoCV
-
     truth = json.loads(Path(truth_path).read_text())
     names = truth.get("traits", {}).get("names", [])
     per = {p["sample"]: p for p in truth.get("patients", []) if "traits" in p and "trait_genetic_values" in p}
@@ -79,12 +88,7 @@ def trait_prediction(truth_path, dosages: Embedded, train: Sequence[str], test: 
     value_tr, value_te, genetic_te = planted("traits", tr), planted("traits", te), planted("trait_genetic_values", te)
     out = []
     for k, name in enumerate(names):
-        with warnings.catch_warnings():
-            # p >> n: the weakest penalties of the path converge slowly; a not-quite-converged fit is
-            # still scored fairly by its held-out folds
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            lasso = LassoCV(cv=5, alphas=_lasso_path(x[tr], value_tr[:, k]), tol=1e-3, max_iter=2000,
-                            random_state=seed).fit(x[tr], value_tr[:, k])
+        lasso = fit_lasso(x[tr], value_tr[:, k], seed)
         out.append({"trait": name, "n_train": len(tr), "n_test": len(te),
                     "r_lasso": _pearson(lasso.predict(x[te]), value_te[:, k]),
                     "snps_kept": int(np.count_nonzero(lasso.coef_)),
