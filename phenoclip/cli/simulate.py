@@ -25,11 +25,18 @@ def simulate(
     signal_rate: float = typer.Option(250.0, "--signal-rate", min=50.0, help="Sampling rate of the recordings in Hz."),
     missing_rate: float = typer.Option(0.1, "--missing-rate", min=0.0, max=0.5,
                                        help="Share of patients lacking each of MRI, signals, expression, variants."),
+    genotypes: str = typer.Option("blocks", "--genotypes",
+                                  help="Genotype model: blocks (founder haplotype blocks: r2 high within a block, "
+                                       "none between) | coalescent (msprime segments: LD decaying with distance, "
+                                       "neutral allele frequencies)."),
     threads: Optional[int] = Threads,
 ) -> None:
     from phenoclip.data.simulate import SimulationConfig, simulate_cohort
+    from phenoclip.data.simulate.config import GENOTYPE_MODELS
     from phenoclip.errors import UsageError
 
+    if genotypes not in GENOTYPE_MODELS:
+        raise UsageError(f"--genotypes must be {' or '.join(GENOTYPE_MODELS)}, got '{genotypes}'")
     try:
         shape = tuple(int(x) for x in volume_shape.split(","))
     except ValueError:
@@ -37,7 +44,8 @@ def simulate(
     if len(shape) != 3 or min(shape) < 16:
         raise UsageError(f"--volume-shape needs three sizes of at least 16, got '{volume_shape}'")
     cfg = SimulationConfig(patients=patients, seed=seed, variants=variants, genes=genes, volume_shape=shape,
-                           signal_seconds=signal_seconds, signal_rate=signal_rate, missing_rate=missing_rate)
+                           signal_seconds=signal_seconds, signal_rate=signal_rate, missing_rate=missing_rate,
+                           genotypes=genotypes)
     with run_step("simulate", str(out), seed=seed, threads=threads) as log:
         summary = simulate_cohort(out, cfg)
         for k, v in summary.items():

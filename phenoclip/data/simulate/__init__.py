@@ -13,6 +13,7 @@ terms of trait extremes), and written in the formats users bring::
     DIR/phenotypes/hpo.tsv, phenotypes/phenopackets/<sample>.json
 
 Modules: ``config`` (knobs and random streams), ``genome`` (blocks, causal SNPs, genes),
+``coalescent`` (msprime segments for ``--genotypes coalescent``),
 ``latent`` (disease, severity, presence), ``traits`` (trait SNPs and genes, per-patient traits
 and what they set), ``genotypes``, ``expression``, ``mri``, ``signals``,
 ``phenotypes``, ``cohort`` (draws everything), ``output`` / ``writers`` (files), ``truth`` and

@@ -8,6 +8,10 @@ import numpy as np
 
 from phenoclip.errors import UsageError
 
+#: genotype models of ``--genotypes``: founder haplotype blocks (the default, and what
+#: ``data/sample`` was made with) or the coalescent with recombination (msprime)
+GENOTYPE_MODELS = ("blocks", "coalescent")
+
 # One independent random stream per component: changing how MRI is drawn must not change the
 # genotypes of the same seed, and per-patient streams make the loops order-independent.
 STREAMS = {
@@ -27,7 +31,7 @@ STREAMS = {
 class SimulationConfig:
     """Everything that shapes a simulated cohort; the same config and seed give the same files.
 
-    The first eight fields are the ``phenoclip simulate`` options; the rest are knobs for
+    The first nine fields are the ``phenoclip simulate`` options; the rest are knobs for
     tests and experiments (how strong the planted signals are).
     """
 
@@ -39,6 +43,8 @@ class SimulationConfig:
     signal_seconds: float = 12.0
     signal_rate: float = 250.0
     missing_rate: float = 0.1
+    #: genotype model, one of :data:`GENOTYPE_MODELS`
+    genotypes: str = "blocks"
     # --- strength of the planted structure ---
     #: target shares of control / neuro / cardio
     disease_shares: tuple[float, float, float] = (0.4, 0.3, 0.3)
@@ -88,6 +94,8 @@ class SimulationConfig:
 
     def validate(self) -> None:
         """Raise :class:`~phenoclip.errors.UsageError` for settings that cannot be simulated."""
+        if self.genotypes not in GENOTYPE_MODELS:
+            raise UsageError(f"unknown genotype model '{self.genotypes}' (choose {' or '.join(GENOTYPE_MODELS)})")
         if self.patients < 8:
             raise UsageError(f"need at least 8 patients, got {self.patients}")
         if self.variants < 100:

@@ -1,8 +1,11 @@
 """The simulated genome: haplotype blocks, causal SNPs, special sites and gene positions.
 
 Everything here is drawn once per cohort from the ``layout`` stream, before any patient exists.
-Coordinates are 1-based VCF positions on GRCh38-sized contigs (the sequence itself is not
-simulated; REF/ALT are random real bases).
+Two genotype models fill the blocks (``SimulationConfig.genotypes``): ``blocks`` (founder
+haplotypes copied into everyone) and ``coalescent`` (each block an independent msprime segment
+holding every patient's haplotypes, see :mod:`coalescent`). Coordinates are 1-based VCF
+positions on GRCh38-sized contigs (the sequence itself is not simulated; REF/ALT are random
+real bases).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from itertools import combinations
 
 import numpy as np
 
+from phenoclip.data.simulate import coalescent
 from phenoclip.data.simulate.config import SimulationConfig, rng_for
+from phenoclip.errors import UsageError
 
 CHROM_LENGTHS = {"chr1": 248_956_422, "chr2": 242_193_529, "chrX": 156_040_895}
 CHROMS = tuple(CHROM_LENGTHS)
@@ -36,17 +41,31 @@ def _span(chrom: str) -> tuple[int, int]:
 
 @dataclass
 class Block:
-    """One haplotype block: a few founder haplotypes copied (with rare mutations) into everyone."""
+    """One haplotype block: a few founder haplotypes copied (with rare mutations) into everyone.
+
+    Under the coalescent model a block is one simulated genome segment instead: no founders,
+    ``haplotypes`` holds every patient's two haplotypes directly.
+    """
 
     chrom: str
     positions: np.ndarray          # (S,) int, sorted
-    founders: np.ndarray           # (F, S) uint8 ALT indicators
-    founder_freqs: np.ndarray      # (F,) sums to 1
+    founders: np.ndarray | None    # (F, S) uint8 ALT indicators (blocks model)
+    founder_freqs: np.ndarray | None  # (F,) sums to 1 (blocks model)
     first_site: int = 0            # index of its first SNP among all block SNPs
+    #: coalescent model: (2N, S) uint8 ALT indicators, patient i on rows 2i and 2i + 1
+    haplotypes: np.ndarray | None = None
+    #: coalescent model: the simulated span (first and last bp, 1-based), its sites before
+    #: thinning (hit by one mutation) and the msprime random seeds (ancestry, mutations)
+    segment: tuple[int, int] | None = None
+    simulated_sites: int = 0
+    seeds: tuple[int, int] | None = None
 
     @property
     def alt_freqs(self) -> np.ndarray:
-        """Population ALT frequency of each SNP (before mutation noise)."""
+        """ALT frequency of each SNP: in the population (blocks, before mutation noise) or in the
+        simulated sample (coalescent; over all 2N haplotypes, also on chrX where males keep one)."""
+        if self.haplotypes is not None:
+            return self.haplotypes.mean(0)
         return self.founder_freqs @ self.founders
 
 
@@ -118,29 +137,139 @@ def _best_subset(freqs: np.ndarray, target: float) -> np.ndarray:
     return out
 
 
-def _place_blocks(sizes: list[int], rng: np.random.Generator) -> list[Block]:
-    # ~12 % of blocks on chrX (at least one), the rest split between chr1 and chr2 by length
-    n = len(sizes)
+def _block_chroms(n: int) -> list[str]:
+    """The contig of each of ``n`` blocks: ~12 % on chrX (at least one), the rest split between chr1 and chr2."""
     n_x = max(1, int(round(0.12 * n)))
     n_1 = (n - n_x + 1) // 2
-    chroms = ["chr1"] * n_1 + ["chr2"] * (n - n_x - n_1) + ["chrX"] * n_x
-    blocks: list[Block] = []
+    return ["chr1"] * n_1 + ["chr2"] * (n - n_x - n_1) + ["chrX"] * n_x
+
+
+def _slots(sizes: list[int]):
+    """Per block, in VCF order: (contig, block index, start of its slot, slot length, first site).
+
+    Each contig's span is cut into equal slots, one per block on it, so blocks never overlap.
+    """
+    chroms = _block_chroms(len(sizes))
     first = 0
     for chrom in CHROMS:
         members = [i for i, c in enumerate(chroms) if c == chrom]
         lo, hi = _span(chrom)
-        seg = (hi - lo) // len(members)
+        slot = (hi - lo) // len(members)
         for j, b in enumerate(members):
-            size = sizes[b]
-            # SNPs every 0.5-3 kb: a block spans tens of kb; blocks are megabases apart
-            gaps = rng.integers(500, 3000, size)
-            start = lo + j * seg + int(rng.integers(0, seg // 2))
-            pos = start + np.cumsum(gaps)
-            n_f = int(rng.integers(3, 7))
-            freqs = rng.dirichlet(np.full(n_f, 1.5))
-            blocks.append(Block(chrom, pos.astype(np.int64), _founder_matrix(n_f, size, rng), freqs, first))
-            first += size
+            yield chrom, b, lo + j * slot, slot, first
+            first += sizes[b]
+
+
+def _place_blocks(sizes: list[int], rng: np.random.Generator) -> list[Block]:
+    blocks: list[Block] = []
+    for chrom, b, slot_start, slot, first in _slots(sizes):
+        size = sizes[b]
+        # SNPs every 0.5-3 kb: a block spans tens of kb; blocks are megabases apart
+        gaps = rng.integers(500, 3000, size)
+        start = slot_start + int(rng.integers(0, slot // 2))
+        pos = start + np.cumsum(gaps)
+        n_f = int(rng.integers(3, 7))
+        freqs = rng.dirichlet(np.full(n_f, 1.5))
+        blocks.append(Block(chrom, pos.astype(np.int64), _founder_matrix(n_f, size, rng), freqs, first))
     return blocks
+
+
+def _segment_sites(individuals: int, length: int, population_size: float, budget: int, max_length: int,
+                   rng: np.random.Generator) -> tuple[int, tuple[int, int], object]:
+    """Simulate a segment with at least ``budget`` sites: (length used, seeds, tree sequence).
+
+    A segment short of sites (a small cohort has fewer, a random genealogy can be short) is
+    simulated again at twice the length, up to ``max_length`` (its room on the contig).
+    """
+    for _ in range(coalescent.MAX_GROWTH + 1):
+        seeds = coalescent.draw_seeds(rng)
+        ts = coalescent.simulate_segment(individuals, length, population_size, seeds)
+        if ts.num_sites >= budget:
+            return length, seeds, ts
+        if length >= max_length:
+            break
+        length = min(2 * length, max_length)
+    raise UsageError(f"too many variants for the coalescent genome: a {length:,} bp segment has {ts.num_sites} "
+                     f"sites, {budget} needed (use fewer --variants or --genotypes blocks)")
+
+
+def _place_segments(sizes: list[int], individuals: int, rng: np.random.Generator) -> list[Block]:
+    """Coalescent blocks: one independent msprime segment of 100-300 kb per block, thinned to its size.
+
+    Segments sit on the contigs like the founder blocks (one per equal slot of the contig, in
+    the slot's first half at most), so they never overlap and are far apart.
+    """
+    blocks: list[Block] = []
+    for chrom, b, slot_start, slot, first in _slots(sizes):
+        ne = coalescent.POPULATION_SIZE * (coalescent.CHRX_POPULATION_FACTOR if chrom == "chrX" else 1.0)
+        length = min(int(rng.integers(coalescent.SEGMENT_BP[0], coalescent.SEGMENT_BP[1] + 1)), slot // 2)
+        start = slot_start + int(rng.integers(0, slot // 2))
+        length, seeds, ts = _segment_sites(individuals, length, ne, sizes[b], slot // 2, rng)
+        keep = coalescent.thin(ts.num_sites, sizes[b], rng)
+        # msprime positions are 0-based within the segment; VCF positions are 1-based
+        pos = start + 1 + coalescent.positions(ts)[keep]
+        blocks.append(Block(chrom, pos, None, None, first, haplotypes=coalescent.haplotypes(ts, keep),
+                            segment=(start + 1, start + length), simulated_sites=ts.num_sites, seeds=seeds))
+    return blocks
+
+
+def _causal_founder_blocks(blocks: list[Block], cfg: SimulationConfig, rng: np.random.Generator) -> list[dict]:
+    """Blocks model: six causal SNPs, three per disease, each in its own autosomal block, common by
+    construction (its founder column is rewritten so the ALT carriers sum to 0.3-0.5)."""
+    autosomal = [i for i, b in enumerate(blocks) if b.chrom != "chrX"]
+    chosen = rng.choice(autosomal, size=6, replace=False)
+    causal = []
+    for k, bi in enumerate(chosen):
+        b = blocks[int(bi)]
+        s = int(rng.integers(1, len(b.positions) - 1)) if len(b.positions) > 2 else 0
+        b.founders[:, s] = _best_subset(b.founder_freqs, float(rng.uniform(0.3, 0.5)))
+        causal.append(_causal_entry(k, int(bi), b, s, cfg))
+    return causal
+
+
+def _causal_common_sites(blocks: list[Block], cfg: SimulationConfig, rng: np.random.Generator) -> list[dict]:
+    """Coalescent model: six causal SNPs, each in its own autosomal segment, picked among the segment's
+    common sites (minor allele frequency >= :data:`coalescent.MIN_CAUSAL_MAF`).
+
+    Segments without a common site are passed over. Only a genome too small to have six such
+    segments falls back on the most common site of other autosomal segments. The ALT (derived)
+    allele may be the major one: the liabilities are centred on 2 x ALT frequency either way.
+    """
+    def maf(b: Block) -> np.ndarray:
+        f = b.alt_freqs
+        return np.minimum(f, 1.0 - f)
+
+    autosomal = [i for i, b in enumerate(blocks) if b.chrom != "chrX"]
+    with_common = [i for i in autosomal if maf(blocks[i]).max() >= coalescent.MIN_CAUSAL_MAF]
+    chosen = [int(i) for i in rng.choice(with_common, size=min(6, len(with_common)), replace=False)]
+    rest = sorted((i for i in autosomal if i not in chosen), key=lambda i: -maf(blocks[i]).max())
+    chosen += rest[:6 - len(chosen)]
+    causal = []
+    for k, bi in enumerate(chosen):
+        b = blocks[bi]
+        common = np.flatnonzero(maf(b) >= coalescent.MIN_CAUSAL_MAF)
+        s = int(rng.choice(common)) if len(common) else int(np.argmax(maf(b)))
+        causal.append(_causal_entry(k, bi, b, s, cfg))
+    return causal
+
+
+def _causal_entry(k: int, bi: int, b: Block, s: int, cfg: SimulationConfig) -> dict:
+    """Causal SNP ``k`` (three per disease) at site ``s`` of block ``bi``."""
+    return {"disease": DISEASES[1 + k // 3], "effect": cfg.causal_effects[k % 3], "block": bi,
+            "snp": b.first_site + s, "chrom": b.chrom, "pos": int(b.positions[s]), "alt_freq": float(b.alt_freqs[s])}
+
+
+def _multi_pos(blocks: list[Block], coalescent_model: bool) -> int:
+    """Where the multi-allelic site goes: 250 kb after the first chr2 block.
+
+    Coalescent segments can sit closer than that, so there the site stays at most halfway to
+    the next chr2 segment (alone in the gap, as with founder blocks).
+    """
+    chr2 = [b for b in blocks if b.chrom == "chr2"]
+    pos = int(chr2[0].positions[-1]) + 250_000
+    if coalescent_model and len(chr2) > 1:
+        pos = min(pos, (int(chr2[0].segment[1]) + int(chr2[1].segment[0])) // 2)
+    return pos
 
 
 def _place_genes(cfg: SimulationConfig, causal: list[dict], snp_pos: np.ndarray,
@@ -180,26 +309,17 @@ def build_layout(cfg: SimulationConfig) -> Layout:
     rng = rng_for(cfg, "layout")
     n_rare = N_RARE_BURDEN + N_RARE_OTHER_GENES * N_RARE_PER_OTHER
     n_block_snps = cfg.variants - n_rare - 1          # one multi-allelic site
-    blocks = _place_blocks(_block_sizes(n_block_snps, rng), rng)
+    coalescent_model = cfg.genotypes == "coalescent"
+    sizes = _block_sizes(n_block_snps, rng)
+    blocks = _place_segments(sizes, cfg.patients, rng) if coalescent_model else _place_blocks(sizes, rng)
     snp_chrom = np.concatenate([np.full(len(b.positions), b.chrom) for b in blocks])
     snp_pos = np.concatenate([b.positions for b in blocks])
 
-    # six causal SNPs, three per disease, each in its own autosomal block, common by construction
-    autosomal = [i for i, b in enumerate(blocks) if b.chrom != "chrX"]
-    chosen = rng.choice(autosomal, size=6, replace=False)
-    causal = []
-    for k, bi in enumerate(chosen):
-        b = blocks[int(bi)]
-        s = int(rng.integers(1, len(b.positions) - 1)) if len(b.positions) > 2 else 0
-        b.founders[:, s] = _best_subset(b.founder_freqs, float(rng.uniform(0.3, 0.5)))
-        disease = DISEASES[1 + k // 3]
-        causal.append({"disease": disease, "effect": cfg.causal_effects[k % 3], "block": int(bi),
-                       "snp": b.first_site + s, "chrom": b.chrom, "pos": int(b.positions[s]),
-                       "alt_freq": float(b.alt_freqs[s])})
+    # six causal SNPs, three per disease, each in its own autosomal block, common
+    causal = (_causal_common_sites if coalescent_model else _causal_founder_blocks)(blocks, cfg, rng)
 
     # the multi-allelic site sits alone in the gap after the first chr2 block
-    b2 = next(b for b in blocks if b.chrom == "chr2")
-    multi = {"chrom": "chr2", "pos": int(b2.positions[-1]) + 250_000, "ref": "G", "alt": ["A", "T"],
+    multi = {"chrom": "chr2", "pos": _multi_pos(blocks, coalescent_model), "ref": "G", "alt": ["A", "T"],
              "freqs": [0.6, 0.28, 0.12]}
 
     genes, eqtl = _place_genes(cfg, causal, snp_pos, rng)

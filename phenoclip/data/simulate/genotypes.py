@@ -15,7 +15,7 @@ from phenoclip.data.simulate.genome import BASES, CHROMS, Layout
 
 MISSING = -1
 ABSENT = -2
-MUTATION_RATE = 0.003   # per haplotype and SNP: keeps within-block r2 high but below 1
+MUTATION_RATE = 0.003   # blocks model, per haplotype and SNP: keeps within-block r2 high but below 1
 BURDEN_FREQ_CARDIO = 0.05  # per-haplotype ALT frequency of each burden-gene variant in cardio patients
 
 
@@ -40,16 +40,23 @@ class VariantTable:
 def draw_block_haplotypes(layout: Layout, male: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Haplotypes of every block SNP, ``(N, 2, S)`` int8.
 
-    Each haplotype in a block is a copy of one founder (picked by the founder frequencies) with
-    rare mutations, which gives strong LD within a block and none between blocks.
+    Blocks model: each haplotype in a block is a copy of one founder (picked by the founder
+    frequencies) with rare mutations, which gives strong LD within a block and none between
+    blocks. Coalescent model: the segment's simulated haplotypes, as they are (no random draw
+    here). On chrX males keep only their first haplotype.
     """
     n = len(male)
     parts = []
     for b in layout.blocks:
-        pick = rng.choice(len(b.founder_freqs), size=(n, 2), p=b.founder_freqs)
-        h = b.founders[pick].astype(np.int8)                     # (N, 2, S_b)
-        flip = rng.random(h.shape) < MUTATION_RATE
-        h = np.where(flip, 1 - h, h).astype(np.int8)
+        if b.haplotypes is not None:
+            if b.haplotypes.shape[0] != 2 * n:
+                raise ValueError(f"a coalescent block holds {b.haplotypes.shape[0]} haplotypes, not 2 x {n} patients")
+            h = b.haplotypes.reshape(n, 2, -1).astype(np.int8)   # rows 2i, 2i + 1 -> patient i
+        else:
+            pick = rng.choice(len(b.founder_freqs), size=(n, 2), p=b.founder_freqs)
+            h = b.founders[pick].astype(np.int8)                     # (N, 2, S_b)
+            flip = rng.random(h.shape) < MUTATION_RATE
+            h = np.where(flip, 1 - h, h).astype(np.int8)
         if b.chrom == "chrX":
             h[male, 1, :] = ABSENT
         parts.append(h)

@@ -57,9 +57,7 @@ of effect x (ALT dosage - 2 x ALT frequency) over that disease's three causal SN
 is log-odds per ALT allele. Severity is about 1 (0.2-3) in the affected and rises with their
 liability; most controls have 0.
 
-**Variants.** {v['sites']} sites on chr1, chr2 and chrX in {len(v['blocks'])} haplotype blocks: each block has 3-6
-founder haplotypes and every patient haplotype copies one founder with rare mutations, so r2 is
-high within a block and near zero between blocks. Causal SNPs (each in its own block):
+**Variants.** {_genotype_model(v)}
 
 | id | position | alleles | disease | effect | ALT freq | eQTL gene |
 | --- | --- | --- | --- | --- | --- | --- |
@@ -100,6 +98,29 @@ one nonspecific noise term; cardio patients with AF nearly always carry Atrial f
 Paroxysmal atrial fibrillation); controls get at most one nonspecific term. Trait extremes add
 their own terms on top (below).
 {_traits_section(tr)}"""
+
+
+def _genotype_model(v: dict) -> str:
+    """How the genotypes were drawn, ending with the causal-SNP table's lead-in."""
+    m = v.get("genotype_model")
+    if m is None:   # the blocks model: its text is the one data/sample was published with
+        return f"""{v['sites']} sites on chr1, chr2 and chrX in {len(v['blocks'])} haplotype blocks: each block has 3-6
+founder haplotypes and every patient haplotype copies one founder with rare mutations, so r2 is
+high within a block and near zero between blocks. Causal SNPs (each in its own block):"""
+    seg = m["segment_length_bp"]
+
+    def rate(x: float) -> str:
+        return f"{x:g}".replace("e-0", "e-")     # 1e-8, not 1e-08
+
+    return f"""{v['sites']} sites on chr1, chr2 and chrX in {len(v['blocks'])} genome segments of
+{seg[0] // 1000}-{seg[1] // 1000} kb, each simulated on its own with {m['simulator']}, the coalescent
+with recombination: diploid Ne {m['population_size_diploid']:,} ({m['population_size_chrX']:,} on chrX), recombination
+{rate(m['recombination_rate_per_bp'])} and mutation {rate(m['mutation_rate_per_bp'])} per bp and generation, binary mutations (REF
+ancestral, ALT derived). A segment's sites were thinned uniformly at random to its share of the
+sites, so allele frequencies follow the neutral spectrum (the share of sites with i copies of
+the ALT allele falls as 1/i: rare variants abound) and r2 decays with distance within a
+segment; it is near zero between segments. Causal SNPs (each in its own segment, minor allele
+frequency at least {m['causal_min_maf']:g}):"""
 
 
 def _traits_section(tr: dict) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 
 from phenoclip import __version__
 from phenoclip.data.simulate import genotypes as gt
-from phenoclip.data.simulate import latent, mri, phenotypes, traits
+from phenoclip.data.simulate import coalescent, latent, mri, phenotypes, traits
 from phenoclip.data.simulate.cohort import Cohort
 from phenoclip.data.simulate.expression import LESION_GENE_ROLES
 from phenoclip.data.simulate.genome import CHRX_NONPAR_END, CHRX_NONPAR_START, DISEASES
@@ -32,7 +32,25 @@ def regenerate_command(c: Cohort, out: str = "OUT") -> str:
     return (f"phenoclip simulate --out {out} --patients {cfg.patients} --seed {cfg.seed} --variants {cfg.variants} "
             f"--genes {cfg.genes} --volume-shape {','.join(map(str, cfg.volume_shape))} "
             f"--signal-seconds {cfg.signal_seconds:g} --signal-rate {cfg.signal_rate:g} "
-            f"--missing-rate {cfg.missing_rate:g}")
+            f"--missing-rate {cfg.missing_rate:g}" + _genotypes_option(cfg))
+
+
+def _genotypes_option(cfg) -> str:
+    """`` --genotypes MODEL``, left out for the default blocks model (its command reads as before)."""
+    return "" if cfg.genotypes == "blocks" else f" --genotypes {cfg.genotypes}"
+
+
+def _config(cfg) -> dict:
+    """The config for truth.json.
+
+    The blocks model leaves out ``genotypes``: its truth.json stays byte for byte what it was
+    before the coalescent model existed (``data/sample`` and published numbers are made from it);
+    a truth.json without the key is a blocks cohort.
+    """
+    d = cfg.to_dict()
+    if cfg.genotypes == "blocks":
+        del d["genotypes"]
+    return d
 
 
 def _patients(c: Cohort, mask_voxels: list, seconds_written: float) -> list[dict]:
@@ -142,8 +160,7 @@ def _variants(c: Cohort, pgs: dict) -> dict:
         causal.append({"id": str(t.id[m]), "chrom": cz["chrom"], "pos": cz["pos"], "ref": str(t.ref[m]),
                        "alt": str(t.alt[m]), "disease": cz["disease"], "effect_log_odds_per_alt": cz["effect"],
                        "alt_freq": _r(cz["alt_freq"]), "block": cz["block"], "eqtl_gene": eqtl_of.get(k)})
-    blocks = [{"chrom": b.chrom, "start": int(b.positions[0]), "end": int(b.positions[-1]), "snps": len(b.positions),
-               "founder_freqs": _r(b.founder_freqs, 3)} for b in lay.blocks]
+    blocks = [_block(b) for b in lay.blocks]
     m_multi = int(np.flatnonzero(t.kind == "multi")[0])
     rare_rows = np.flatnonzero(t.kind == "rare")
     pos_to_rare = {(r["chrom"], r["pos"]): r for r in lay.rare}
@@ -152,7 +169,7 @@ def _variants(c: Cohort, pgs: dict) -> dict:
         r = pos_to_rare[(str(t.chrom[m]), int(t.pos[m]))]
         rare.append({"id": str(t.id[m]), "chrom": r["chrom"], "pos": r["pos"], "gene": r["gene"],
                      "population_alt_freq": _r(r["base_freq"]), "burden": r["burden"]})
-    return {
+    out = {
         "sites": int(len(t.pos)),
         "contigs": sorted(set(t.chrom.tolist())),
         "blocks": blocks,
@@ -170,6 +187,23 @@ def _variants(c: Cohort, pgs: dict) -> dict:
         "half_call_rate": c.cfg.half_call_rate,
         "pgs": pgs,
     }
+    if c.cfg.genotypes == "coalescent":
+        # the founder model's per-haplotype mutation noise does not apply; say which model it was instead
+        del out["mutation_rate_per_haplotype"]
+        out["genotype_model"] = coalescent.parameters()
+    return out
+
+
+def _block(b) -> dict:
+    """One block for truth.json: its first and last SNP; founder frequencies (blocks model) or the
+    simulated segment, its sites before thinning (hit by one mutation) and msprime seeds (coalescent)."""
+    d = {"chrom": b.chrom, "start": int(b.positions[0]), "end": int(b.positions[-1]), "snps": len(b.positions)}
+    if b.haplotypes is None:
+        d["founder_freqs"] = _r(b.founder_freqs, 3)
+    else:
+        d.update({"segment": [int(x) for x in b.segment], "simulated_sites": int(b.simulated_sites),
+                  "msprime_seeds": {"ancestry": int(b.seeds[0]), "mutations": int(b.seeds[1])}})
+    return d
 
 
 def build_truth(c: Cohort, pgs: dict, mask_voxels: list, signal_samples: int, record_duration: float,
@@ -188,7 +222,7 @@ def build_truth(c: Cohort, pgs: dict, mask_voxels: list, signal_samples: int, re
         "version": TRUTH_VERSION,
         "phenoclip_version": __version__,
         "seed": cfg.seed,
-        "config": cfg.to_dict(),
+        "config": _config(cfg),
         "command": regenerate_command(c),
         "disease_model": {
             "logits": "[0, c_neuro + liability_neuro, c_cardio + liability_cardio]; liability = sum of "
