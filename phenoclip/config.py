@@ -52,6 +52,9 @@ class PretrainConfig:
     byol_tau: float = 0.99
     ontology_temperature: float = 0.1
     augment: bool = True
+    #: principal components of each modality's raw input in its linear path (0: no linear path;
+    #: see phenoclip.models.linear_path)
+    linear_path: int = 0
     data_shapes: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "PretrainConfig":
@@ -88,6 +91,8 @@ class PretrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.linear_path < 0:
+            raise UsageError("--linear-path must be >= 0 (0 turns the linear path off)")
         if not 0 < self.val_fraction < 1:
             raise UsageError("--val-fraction must be between 0 and 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -105,7 +110,8 @@ class PretrainConfig:
     # the fields whose change makes a checkpoint a different model or a different run
     IDENTITY_FIELDS = ("modalities", "objectives", "preset", "architectures", "embed_dim", "batch_size", "lr",
                        "weight_decay", "val_fraction", "val_samples", "seed", "weights", "mvm_mask_rate", "mhm_mask_rate",
-                       "scarf_rate", "vime_rate", "byol_tau", "ontology_temperature", "augment", "data_shapes")
+                       "scarf_rate", "vime_rate", "byol_tau", "ontology_temperature", "augment", "linear_path",
+                       "data_shapes")
 
 
 def read_toml(path: str | os.PathLike, section: str) -> dict:

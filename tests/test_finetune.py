@@ -126,7 +126,7 @@ def test_linear_head_predicts_what_sklearn_predicts(n_classes):
     ft = FinetuneModel(_tiny_model(), ["expr", "signal"], "concat", n_classes)
     x = rng.normal(size=(60, 16)) * rng.uniform(0.1, 3, size=16)
     y = rng.integers(0, n_classes, size=60)
-    fit_linear_head(ft, x[:40], y[:40], True, HeadSettings(), seed=0)
+    fit_linear_head(ft, x[:40], y[:40], True, HeadSettings(c=1.0), seed=0)
     ours = scores_from_features(ft, x[40:], True)
     ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x[:40], y[:40]).predict_proba(x[40:])
     assert np.allclose(ours, ref, atol=1e-4)

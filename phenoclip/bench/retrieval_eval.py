@@ -3,8 +3,8 @@
 * :func:`embed_modalities`: per-modality embeddings of a list of patients (only those having the modality);
 * :func:`cross_modal_metrics`: Recall@1/5/10 and MRR for every modality pair, the two directions
   (a -> b and b -> a) averaged, on the patients having both modalities, with chance levels;
-* :func:`raw_features` and :func:`cca_pair_metrics`: the supervised linear ceiling, CCA on the
-  PCA-reduced input features of the training patients, scored with the same retrieval metrics;
+* :func:`reduce_features` and :func:`cca_pair_metrics`: the linear reference, CCA on the
+  PCA-reduced input features (:func:`phenoclip.eval.raw_features.raw_features`) of the training patients, scored with the same retrieval metrics;
 * :func:`planted_genetics`: a simulated cohort's noise-free genetic values from ``truth.json``,
   for the CCA ceiling of the genetics pairs that no model of the observed dosages can pass;
 * :func:`own_term_ranking`: zero-shot ranking of the hpo vocabulary for each patient, scored
@@ -94,39 +94,6 @@ def mean_over(metrics: dict[str, dict], key: str, pairs: Sequence[str] | None = 
 
 
 # ----------------------------------------------------------------------------- supervised linear ceiling
-
-def raw_features(stores, modality: str, samples: Sequence[str], expr_scaling=None) -> Embedded:
-    """The input features of a modality as flat float64 rows (patients having it).
-
-    gene: dosage with missing calls (< 0) set to the column mean; expr: standardised as the model
-    sees it; mri / signal: flattened arrays; hpo: multi-hot of the recorded terms and all their
-    ancestors (the same information the hpo encoder's vocabulary holds).
-    """
-    from phenoclip.data.multimodal import MultimodalDataset
-
-    ms = stores.by_modality[modality]
-    ids = [s for s in samples if s in ms.row]
-    if modality == "hpo":
-        data = ms.meta["phenotypes"]
-        rows = []
-        for s in ids:
-            terms = {int(t) for t in data.terms[ms.row[s]]}
-            for t in list(terms):
-                terms |= data.ontology.ancestors(t)
-            rows.append(terms)
-        cols = {t: j for j, t in enumerate(sorted(set().union(*rows)))} if rows else {}
-        x = np.zeros((len(ids), len(cols)))
-        for i, terms in enumerate(rows):
-            x[i, [cols[t] for t in terms]] = 1.0
-        return ids, x
-    ds = MultimodalDataset(stores, [modality], ids, expr_stats=expr_scaling)
-    x = np.stack([np.concatenate([v.numpy().ravel() for k, v in ds[i][modality].items()
-                                  if v.dtype.is_floating_point]) for i in range(len(ids))]).astype(np.float64)
-    if modality == "gene":
-        x[x < 0] = np.nan
-        x = np.where(np.isnan(x), np.nan_to_num(np.nanmean(x, axis=0)), x)
-    return ids, x
-
 
 def _both(a: Embedded, b: Embedded, keep: set[str]) -> tuple[np.ndarray, np.ndarray]:
     pos = {s: i for i, s in enumerate(b[0])}

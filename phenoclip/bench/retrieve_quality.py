@@ -37,7 +37,8 @@ import numpy as np
 from phenoclip.bench import BenchContext, SuiteResult, Table
 from phenoclip.bench.retrieval_eval import (Embedded, cca_pair_metrics, cross_modal_metrics, embed_modalities,
                                             mean_over, modality_pairs, own_term_ranking, planted_genetics,
-                                            raw_features, reduce_features)
+                                            reduce_features)
+from phenoclip.eval.raw_features import raw_features
 
 N_PCA, N_CCA = 32, 8
 #: issue 3's learning criterion: held-out Recall@1 of every pair at least this many times chance

@@ -78,7 +78,7 @@ def model_from_pretrain_config(config: dict) -> MultimodalModel:
     if "ontology" in config.get("objectives", []) and "hpo" not in mods:
         mods.append("hpo")  # term embeddings exist even when hpo was not a contrastive modality
     return build_model({m: shapes[m] for m in mods}, config.get("preset", "tiny"), config.get("architectures") or {},
-                       embed_dim=config.get("embed_dim"))
+                       embed_dim=config.get("embed_dim"), linear_components=int(config.get("linear_path", 0)))
 
 
 def load_pretrained(directory: str | os.PathLike) -> Pretrained:

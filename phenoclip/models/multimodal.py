@@ -3,6 +3,10 @@
 Like open_clip's ``CLIP``: ``encode(modality, inputs, normalize=True)`` plays ``encode_image``,
 and ``logit_scale`` is a learnable log inverse temperature initialised to ``ln(1 / 0.07)``
 (the contrastive objective applies and clamps it). No loss lives here.
+
+A modality may also have a linear path (:mod:`phenoclip.models.linear_path`): its embedding is
+then ``projection(encoder(x)) + linear_path(x)``, a linear map of the raw input's whitened
+principal components beside the deep encoder.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import Tensor, nn
 
 from phenoclip.data.batch import MODALITIES
 from phenoclip.models.heads import ProjectionHead, check_positive
+from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, PCAPath, build_linear_path
 from phenoclip.models.presets import Preset, get_preset
 from phenoclip.models.registry import build_encoder, encoder_class, encoder_from_config
 
@@ -34,10 +39,13 @@ class MultimodalModel(nn.Module):
         Hidden size of the 2-layer projection heads; ``None`` for linear heads.
     init_logit_scale:
         Initial ``logit_scale`` (log of the inverse temperature).
+    linear_paths:
+        Modality -> :class:`~phenoclip.models.linear_path.PCAPath` added to that modality's embedding.
     """
 
     def __init__(self, encoders: Mapping[str, nn.Module], archs: Mapping[str, str], embed_dim: int,
-                 projection_hidden: int | None = None, init_logit_scale: float = math.log(1 / 0.07)):
+                 projection_hidden: int | None = None, init_logit_scale: float = math.log(1 / 0.07),
+                 linear_paths: Mapping[str, PCAPath] | None = None):
         super().__init__()
         check_positive(embed_dim=embed_dim)
         if not encoders:
@@ -53,6 +61,11 @@ class MultimodalModel(nn.Module):
         self.projections = nn.ModuleDict({m: ProjectionHead(enc.width, embed_dim, projection_hidden)
                                           for m, enc in encoders.items()})
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        paths = dict(linear_paths or {})
+        for m, path in paths.items():
+            if m not in encoders or path.linear.out_features != embed_dim:
+                raise ValueError(f"linear path of '{m}' needs an encoder of '{m}' and output size {embed_dim}")
+        self.linear_paths = nn.ModuleDict(paths)
 
     @property
     def modalities(self) -> list[str]:
@@ -61,6 +74,8 @@ class MultimodalModel(nn.Module):
     def encode(self, modality: str, inputs: dict, normalize: bool = True) -> Tensor:
         """``(B, E)`` embedding of one modality's sub-dict (L2-normalised unless ``normalize=False``)."""
         z = self.projections[modality](self.encoders[modality](inputs))
+        if modality in self.linear_paths:
+            z = z + self.linear_paths[modality](inputs)
         return nn.functional.normalize(z, dim=-1) if normalize else z
 
     def encode_terms(self, indices: Tensor | None = None, normalize: bool = True) -> Tensor:
@@ -80,21 +95,26 @@ class MultimodalModel(nn.Module):
         """JSON-ready description from which :meth:`from_config` rebuilds the model (weights aside)."""
         return {"embed_dim": self.embed_dim, "projection_hidden": self.projection_hidden,
                 "encoders": {m: {"arch": self.archs[m], "config": dict(enc.config)}
-                             for m, enc in self.encoders.items()}}
+                             for m, enc in self.encoders.items()},
+                "linear_paths": {m: path.config for m, path in self.linear_paths.items()}}
 
     @classmethod
     def from_config(cls, config: dict) -> "MultimodalModel":
         encs = {m: encoder_from_config(m, e["arch"], e["config"]) for m, e in config["encoders"].items()}
+        paths = {m: PCAPath(m, out_dim=config["embed_dim"], **c) for m, c in config.get("linear_paths", {}).items()}
         return cls(encs, {m: e["arch"] for m, e in config["encoders"].items()}, config["embed_dim"],
-                   config.get("projection_hidden"))
+                   config.get("projection_hidden"), linear_paths=paths)
 
 
 def build_model(data_shapes: Mapping[str, dict], preset: str | Preset = "tiny", archs: Mapping[str, str] | None = None,
-                overrides: Mapping[str, dict] | None = None, embed_dim: int | None = None) -> MultimodalModel:
+                overrides: Mapping[str, dict] | None = None, embed_dim: int | None = None,
+                linear_components: int = 0) -> MultimodalModel:
     """A :class:`MultimodalModel` over the modalities of ``data_shapes`` (modality -> data shape).
 
     ``archs`` and ``overrides`` (modality -> constructor arguments) refine the preset's defaults;
     ``embed_dim`` replaces the preset's. Encoders come in the order of ``batch.MODALITIES``.
+    ``linear_components`` > 0 gives every modality of ``LINEAR_PATH_MODALITIES`` a linear path of
+    that many principal components (their axes are set later by ``PCAPath.fit``).
     """
     p = get_preset(preset)
     unknown = sorted(set(data_shapes) - set(MODALITIES))
@@ -102,4 +122,7 @@ def build_model(data_shapes: Mapping[str, dict], preset: str | Preset = "tiny", 
         raise ValueError(f"unknown modalities {', '.join(unknown)} (known: {', '.join(MODALITIES)})")
     chosen = {m: (archs or {}).get(m, p.default_arch[m]) for m in MODALITIES if m in data_shapes}
     encoders = {m: build_encoder(m, a, p, data_shapes[m], **(overrides or {}).get(m, {})) for m, a in chosen.items()}
-    return MultimodalModel(encoders, chosen, embed_dim or p.embed_dim, p.projection_hidden)
+    dim = embed_dim or p.embed_dim
+    paths = {m: build_linear_path(m, data_shapes[m], linear_components, dim)
+             for m in chosen if m in LINEAR_PATH_MODALITIES and linear_components > 0}
+    return MultimodalModel(encoders, chosen, dim, p.projection_hidden, linear_paths=paths)

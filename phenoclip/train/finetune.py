@@ -3,8 +3,10 @@
 Steps: open the pretraining checkpoint and the stores -> read the label column and settle the
 task -> one fixed, stratified, patient-level test split (the pretraining run's held-out patients
 first) -> for every repeat, nested stratified training subsets at each label fraction -> fit
-the head on the pretrained model and, as the baseline, on the same architecture at random
-initialisation -> scikit-learn metrics on the test split -> the output folder:
+the head on the pretrained model and, as baselines, on the same architecture at random
+initialisation and (logistic regression, elastic net) on the raw standardised features of the
+same modalities and patients, every penalty chosen by inner cross-validation -> scikit-learn
+metrics on the test split -> the output folder:
 
 * ``metrics.tsv`` (one row per fraction x repeat x model) and ``metrics.json`` (rows, the mean
   and standard deviation over repeats, the split, the task);
@@ -31,7 +33,11 @@ from phenoclip.staging import staged_folder
 from phenoclip.train.finetune_heads import MODES, HeadSettings
 from phenoclip.train.labels import TaskLabels
 
-BASELINES = ("scratch", "none")
+#: what each fit is held against: the same architecture at random initialisation, and logistic
+#: regression / elastic net on the standardised raw features of the same modalities and patients
+BASELINES = ("scratch", "logistic", "elasticnet")
+#: rows of metrics.tsv written by the raw-feature baselines (the ``model`` column)
+RAW_MODELS = {"logistic": "logistic_raw", "elasticnet": "elasticnet_raw"}
 
 
 @dataclass
@@ -49,16 +55,24 @@ class FinetuneSettings:
     positive: str | None = None
     test_fraction: float = 0.2
     seed: int = 0
-    baseline: str = "scratch"
+    #: comma-separated subset of BASELINES, or "none"
+    baseline: str = "scratch,logistic"
     fusion: str = "concat"
     modalities: list[str] | None = None
     head: HeadSettings = field(default_factory=HeadSettings)
 
+    @property
+    def baselines(self) -> list[str]:
+        names = [b.strip() for b in self.baseline.split(",") if b.strip()]
+        return [] if names == ["none"] else names
+
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"unknown --mode '{self.mode}': use {' or '.join(MODES)}")
-        if self.baseline not in BASELINES:
-            raise UsageError(f"unknown --baseline '{self.baseline}': use {' or '.join(BASELINES)}")
+        for b in self.baselines:
+            if b not in BASELINES:
+                raise UsageError(f"unknown --baseline '{b}': use a comma-separated list of {', '.join(BASELINES)}, "
+                                 "or none")
         if self.repeats < 1:
             raise UsageError("--repeats must be at least 1")
         if not self.data:

@@ -2,8 +2,10 @@
 
 * ``linear``: the encoders stay frozen; the fused features of the training patients are
   standardised and a scikit-learn ``LogisticRegression`` (classification) or ``Ridge``
-  (regression) is fitted on them, then copied into the torch head, so the saved model predicts
-  exactly what was evaluated. Paper 002's linear evaluation.
+  (regression) is fitted on them, its penalty chosen by inner cross-validation on the training
+  patients (:mod:`phenoclip.eval.linear_models`, the same procedure as the raw-feature
+  baselines), then copied into the torch head, so the saved model predicts exactly what was
+  evaluated. Paper 002's linear evaluation.
 * ``full``: encoders and head are trained together with AdamW (the encoders at a tenth of the
   head's learning rate, so fine-tuning adjusts rather than overwrites the pretrained features),
   cross-entropy or mean squared error on the standardised target, for a fixed number of epochs.
@@ -26,7 +28,9 @@ MODES = ("linear", "full")
 @dataclass
 class HeadSettings:
     mode: str = "linear"
-    c: float = 1.0            # inverse L2 strength of the logistic regression (sklearn's C)
+    #: inverse L2 strength of the logistic regression (sklearn's C); None: chosen by inner CV
+    #: (regression: ridge's alpha by inner CV, else ``ridge_alpha``)
+    c: float | None = None
     ridge_alpha: float = 1.0
     epochs: int = 30          # full mode
     lr: float = 1e-3          # full mode, head; encoders get lr / 10
@@ -46,9 +50,13 @@ def fused_features(ft: FinetuneModel, dataset: MultimodalDataset, batch_size: in
 
 
 def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classification: bool,
-                    settings: HeadSettings, seed: int) -> None:
-    """Fit the head of ``ft`` on features ``x`` (N, F) and targets ``y``; encoders untouched."""
-    from sklearn.linear_model import LogisticRegression, Ridge
+                    settings: HeadSettings, seed: int) -> dict:
+    """Fit the head of ``ft`` on features ``x`` (N, F) and targets ``y``; encoders untouched.
+
+    The penalty (``C`` or ridge ``alpha``) is chosen by inner cross-validation on these
+    patients unless ``settings.c`` fixes ``C``; returns what was chosen.
+    """
+    from phenoclip.eval.linear_models import fit_logistic, fit_ridge
 
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
@@ -58,19 +66,27 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
     weight = np.zeros((n_out, x.shape[1]))
     bias = np.zeros(n_out)
     if classification:
-        clf = LogisticRegression(C=settings.c, max_iter=5000, random_state=seed)
-        clf.fit(z, y)
-        cols = clf.classes_.astype(int)  # classes seen in training; unseen ones keep a -inf-like logit
-        if n_out == 2 and clf.coef_.shape[0] == 1:
-            weight[1], bias[1] = clf.coef_[0], clf.intercept_[0]
+        fit = fit_logistic(z, y, n_out, seed, c=settings.c)
+        w, b = fit.coefficients()
+        cols = fit.model.classes_.astype(int)  # classes seen in training; unseen ones keep a -inf-like logit
+        if len(cols) == 2 and w.shape[0] == 1:
+            bias[:] = -1e4 if n_out > 2 else 0.0
+            weight[cols[1]], bias[cols[1]], bias[cols[0]] = w[0], b[0], 0.0
         else:
             bias[:] = -1e4 if len(cols) < n_out else 0.0
-            weight[cols], bias[cols] = clf.coef_, clf.intercept_
+            weight[cols], bias[cols] = w, b
         target_mean, target_scale = 0.0, 1.0
     else:
         target_mean, target_scale = float(y.mean()), float(y.std() or 1.0)
-        reg = Ridge(alpha=settings.ridge_alpha).fit(z, (y - target_mean) / target_scale)
-        weight[0], bias[0] = reg.coef_, reg.intercept_
+        fit = fit_ridge(z, (y - target_mean) / target_scale, seed) if settings.c is None else None
+        if fit is None:
+            from sklearn.linear_model import Ridge
+
+            reg = Ridge(alpha=settings.ridge_alpha).fit(z, (y - target_mean) / target_scale)
+            weight[0], bias[0], chosen = reg.coef_, reg.intercept_, {"alpha": settings.ridge_alpha}
+        else:
+            w, b = fit.coefficients()
+            weight[0], bias[0], chosen = w[0], b[0], fit.chosen
     with torch.no_grad():
         ft.feature_mean.copy_(torch.as_tensor(mean))
         ft.feature_scale.copy_(torch.as_tensor(scale))
@@ -78,6 +94,7 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
         ft.head.bias.copy_(torch.as_tensor(bias))
         ft.target_mean.fill_(target_mean)
         ft.target_scale.fill_(target_scale)
+    return fit.chosen if classification else chosen
 
 
 def train_full(ft: FinetuneModel, dataset: MultimodalDataset, y: np.ndarray, classification: bool,

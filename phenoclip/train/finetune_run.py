@@ -14,7 +14,7 @@ from phenoclip.eval.encode import expr_stats, load_pretrained, random_init_like
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info
 from phenoclip.train import checkpoint as ckpt
-from phenoclip.train.finetune import FinetuneSettings, describe_labels, write_json
+from phenoclip.train.finetune import RAW_MODELS, FinetuneSettings, describe_labels, write_json
 from phenoclip.train.finetune_heads import (fit_linear_head, fused_features, predict_scores, scores_from_features,
                                             train_full)
 from phenoclip.train.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
@@ -64,12 +64,14 @@ class Experiment:
         self.test_dataset = self._subset(self.test_index)
         n_out = len(self.labels.classes) if self.classification else 1
         self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out)}
-        if s.baseline == "scratch":
+        if "scratch" in s.baselines:
             scratch = random_init_like(self.pre, s.seed + 7919)
             self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out)
         self.features = {}
         if s.head.mode == "linear":  # frozen encoders: embed every labelled patient once per model
             self.features = {name: fused_features(ft, self.dataset) for name, ft in self.models.items()}
+        self.raw_models = [RAW_MODELS[b] for b in s.baselines if b in RAW_MODELS]
+        self.raw_blocks = self._raw_blocks() if self.raw_models else {}
         self.saved: tuple[FinetuneModel, np.ndarray, np.ndarray] | None = None
         n_pref = int(sum(self.labels.samples[i] in set(self.pre.validation_samples) for i in self.test_index))
         self.test_never_seen = n_pref
@@ -78,7 +80,39 @@ class Experiment:
 
     @property
     def model_names(self) -> list[str]:
-        return list(self.models)
+        return list(self.models) + self.raw_models
+
+    def _raw_blocks(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per modality, (raw features with NaN rows and missing calls, present) of the labelled patients."""
+        from phenoclip.eval.raw_features import on_patients, raw_features
+
+        out = {}
+        for m in self.modalities:
+            ids, x = raw_features(self.stores, m, self.labels.samples, self.stats if m == "expr" else None,
+                                  impute_dosage=False)
+            out[m] = on_patients(ids, x, self.labels.samples)
+        return out
+
+    def _fit_raw(self, name: str, idx: np.ndarray, seed: int) -> np.ndarray:
+        """A raw-feature baseline fitted on patients ``idx``: scores of the test split.
+
+        Imputation, standardisation and the modalities' equal weighting are fitted on ``idx``
+        only (:func:`phenoclip.eval.raw_features.fuse`), the penalty by inner CV on them.
+        """
+        from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, fit_ridge
+        from phenoclip.eval.raw_features import fuse
+
+        fit_rows = np.zeros(len(self.labels.samples), bool)
+        fit_rows[idx] = True
+        x = fuse(self.raw_blocks, fit_rows)
+        y = self.labels.y
+        if not self.classification:
+            target_mean, target_scale = float(y[idx].mean()), float(y[idx].std() or 1.0)
+            fit = fit_ridge(x[idx], (y[idx] - target_mean) / target_scale, seed)
+            return fit.predict(x[self.test_index]) * target_scale + target_mean
+        n_classes = len(self.labels.classes)
+        fitter = fit_logistic if name == RAW_MODELS["logistic"] else fit_elasticnet
+        return fitter(x[idx], y[idx], n_classes, seed).predict(x[self.test_index])
 
     def _subset(self, index: np.ndarray) -> MultimodalDataset:
         return MultimodalDataset(self.stores, self.modalities, [self.labels.samples[i] for i in index],
@@ -91,7 +125,9 @@ class Experiment:
         idx = fraction_subset(self.labels, self.orders[repeat], fraction)
         seed = self.s.seed + 31 * repeat
         y = self.labels.y
-        if self.s.head.mode == "linear":
+        if name in self.raw_models:
+            scores = self._fit_raw(name, idx, seed)
+        elif self.s.head.mode == "linear":
             ft = self.models[name]
             fit_linear_head(ft, self.features[name][idx], y[idx], self.classification, self.s.head, seed)
             scores = scores_from_features(ft, self.features[name][self.test_index], self.classification)

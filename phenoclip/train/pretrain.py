@@ -82,12 +82,34 @@ def _initialisation(cfg: PretrainConfig, stores: CohortStores, train_ds: Multimo
         used = np.concatenate([*data.terms, *data.excluded, np.zeros(0, np.int64)])
         init["phenotypes"] = data
         init["hpo_vocab"] = hpo_vocabulary(data.ontology, used)
+    if cfg.linear_path > 0:
+        init["linear_inputs"] = _linear_inputs(cfg, train_ds)
     if any(o in TABULAR_OBJECTIVES for o in cfg.objectives):
         m = cfg.modalities[0]
         key = TABULAR_KEY[m]
         items = [train_ds[i][m] for i in range(len(train_ds))]
         init["tabular_train"] = torch.stack([it[key] for it in items if bool(it[PRESENT])]).numpy()
     return init
+
+
+@torch.no_grad()
+def _linear_inputs(cfg: PretrainConfig, train_ds: MultimodalDataset, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Per modality with a linear path, the raw input rows of the training patients having it.
+
+    Read through the dataset and :func:`~phenoclip.models.linear_path.flat_input`, so the
+    principal axes see the data exactly as the model does (expression scaled, MRI pooled).
+    """
+    from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, flat_input, mri_pool_factor
+
+    mods = [m for m in cfg.modalities if m in LINEAR_PATH_MODALITIES]
+    rows: dict[str, list[np.ndarray]] = {m: [] for m in mods}
+    for start in range(0, len(train_ds), batch_size):
+        batch = collate([train_ds[i] for i in range(start, min(len(train_ds), start + batch_size))])
+        for m in mods:
+            pool = mri_pool_factor(cfg.data_shapes[m]["volume_shape"]) if m == "mri" else 1
+            x = flat_input(m, batch[m], pool)[batch[m][PRESENT]]
+            rows[m].append(x.double().numpy())
+    return {m: np.concatenate(r) for m, r in rows.items()}
 
 
 @torch.no_grad()

@@ -51,7 +51,8 @@ class PretrainTask(nn.Module):
         shapes = {m: cfg.data_shapes[m] for m in cfg.modalities}
         if "ontology" in cfg.objectives:
             shapes["hpo"] = cfg.data_shapes["hpo"]  # term embeddings, even when hpo is not a CLIP modality
-        self.model = build_model(shapes, cfg.preset, cfg.architectures, embed_dim=cfg.embed_dim)
+        self.model = build_model(shapes, cfg.preset, cfg.architectures, embed_dim=cfg.embed_dim,
+                                 linear_components=cfg.linear_path)
         self.generators = {"task": torch.Generator().manual_seed(cfg.seed + 1)}
         objectives = cfg.objectives
         self.weights = WeightedSum({o: cfg.weights.get(o, 1.0) for o in objectives})
@@ -114,6 +115,8 @@ class PretrainTask(nn.Module):
             if hasattr(self, "ontology_targets"):
                 dist = ancestor_distance_matrix(data.ontology, init["hpo_vocab"])
                 self.ontology_targets.copy_(hierarchy_targets(dist))
+        for m, path in self.model.linear_paths.items():
+            path.fit(init["linear_inputs"][m])
         if hasattr(self, "ld_blocks"):
             self.ld_blocks.copy_(torch.as_tensor(init["ld_blocks"]))
         if hasattr(self, "marginals"):
