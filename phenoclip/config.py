@@ -53,8 +53,11 @@ class PretrainConfig:
     ontology_temperature: float = 0.1
     augment: bool = True
     #: principal components of each modality's raw input in its linear path (0: no linear path;
-    #: see phenoclip.models.linear_path)
-    linear_path: int = 0
+    #: see phenoclip.models.linear_path). Without it, on the sample cohort (3 seeds) the MRI
+    #: embeddings probed disease at chance (AUROC 0.48-0.58 against 0.58-0.76 for a logistic
+    #: regression on the voxels) and expr-mri / mri-hpo retrieval stayed below PCA + CCA; with 128
+    #: components every modality's probe and every pair's retrieval is at or above those baselines
+    linear_path: int = 128
     data_shapes: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "PretrainConfig":

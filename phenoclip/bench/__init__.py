@@ -64,6 +64,7 @@ SUITE_MODULES: dict[str, list[str]] = {
     "ssl": ["ssl"],
     "retrieve": ["retrieve_quality", "retrieve_speed"],
     "classify": ["classify"],
+    "baselines": ["baselines"],
     "ablation": ["ablation"],
     "segment": ["segment"],
     "explain": ["explain"],
@@ -106,7 +107,9 @@ def run_suites(suite: str, out: Path, *, cohort: Path | None, patients: int | No
     from phenoclip.ops.devices import resolve_device
 
     device = resolve_device(device)  # before any suite: 'cuda' on a machine without one is one line
-    if cohort is not None:
+    from phenoclip.bench.real_data import DATASETS
+
+    if cohort is not None and str(cohort) not in DATASETS:
         from phenoclip.bench.cohort import check_cohort
 
         check_cohort(Path(cohort))

@@ -84,17 +84,26 @@ def check_cohort(cohort: Path) -> dict[str, Path]:
         raise InconsistentInputError("--cohort is not a folder", cohort,
                                      "give a folder of phenoclip stores or of phenoclip simulate output")
     stores = _stores_in(cohort)
-    if len(stores) >= 2:
+    if len(stores) >= 2 or (stores and (cohort / "labels.tsv").exists()):
         return stores
     if not (cohort / "labels.tsv").exists():
-        raise InconsistentInputError("--cohort holds neither two phenoclip stores nor a simulated cohort "
-                                     "(labels.tsv)", cohort, "run phenoclip preprocess first")
+        raise InconsistentInputError("--cohort holds neither two phenoclip stores (or one with a labels.tsv) nor "
+                                     "a simulated cohort (labels.tsv)", cohort, "run phenoclip preprocess first")
     return {}
 
 
 def bench_cohort(ctx: BenchContext) -> BenchCohort:
     """The cohort of this benchmark run (see the module docstring); preprocessed once per report folder."""
     cached = ctx.work / "cohort_stores"
+    from phenoclip.bench.real_data import DATASETS
+
+    if ctx.cohort is not None and str(ctx.cohort) in DATASETS:
+        from phenoclip.bench.real_data import write_cohort
+
+        folder = ctx.work / f"real_{ctx.cohort}"
+        if not (folder / "expr.h5").exists():
+            write_cohort(str(ctx.cohort), folder)
+        return BenchCohort(_stores_in(folder), folder / "labels.tsv", None, DATASETS[str(ctx.cohort)])
     if ctx.cohort is not None:
         cohort = Path(ctx.cohort)
         stores = check_cohort(cohort)

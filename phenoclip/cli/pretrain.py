@@ -49,7 +49,7 @@ def pretrain(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a [pretrain] table; options given here win."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Perturb each view during contrastive training (dosage/term dropout, noise, shifts) [default: on]."),
-    linear_path: Optional[int] = typer.Option(None, "--linear-path", min=0, help="Principal components of each raw input (gene, expr, mri, signal) mapped linearly into the embedding beside the deep encoder; 0 turns it off [default: 0]."),
+    linear_path: Optional[int] = typer.Option(None, "--linear-path", min=0, help="Principal components of each raw input (gene, expr, mri, signal) mapped linearly into the embedding beside the deep encoder; 0 turns it off [default: 128]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out exactly where it stopped."),
     threads: Optional[int] = Threads,
 ) -> None:

@@ -172,7 +172,9 @@ TINY = Preset(
     # genetics through ContIG's dosage MLP on CPUs: on a few hundred patients the token
     # transformer over thousands of variants learned no cross-modal signal (held-out MRR at the
     # random-init level), the MLP did (pretrain learning test)
-    name="tiny", embed_dim=32, projection_hidden=64, default_arch={**_DEFAULT_ARCH, "gene": "mlp"},
+    # a 64-wide shared space: at 32 the expression embeddings (with the linear path) fell just below a
+    # logistic regression on the raw genes at label fractions >= 0.2 (AUROC 0.986 vs 0.995, 3 seeds)
+    name="tiny", embed_dim=64, projection_hidden=64, default_arch={**_DEFAULT_ARCH, "gene": "mlp"},
     gene_transformer=VariantTransformerConfig(width=32, depth=2, heads=4, mlp_ratio=2.0, patch=16),
     gene_mlp=DosageMLPConfig(width=64, hidden=(128,), dropout=0.1),
     gene_mamba=VariantMambaConfig(width=32, depth=2, patch=16, d_state=8),

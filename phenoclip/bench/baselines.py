@@ -1,0 +1,286 @@
+"""``--suite baselines``: do the pretrained embeddings beat what a user fits in ten lines of scikit-learn?
+
+Over several pretraining seeds (3 with ``--quick``, 5 without), each seed drawing its own
+held-out patients (the pretraining run's validation split; every figure below is measured on
+them), ``phenoclip pretrain`` runs with its defaults (CLIP over every modality pair; SCARF for a
+cohort of one tabular modality) and is compared, on the same patients, with:
+
+* **classification** (the cohort's first label column): ``phenoclip finetune --mode linear``'s
+  probe (logistic regression on the frozen, standardised embeddings, C by inner CV) against
+  logistic regression (C by inner CV) and an elastic net on the raw standardised features of the
+  same modality, at label fractions 0.1-1 with repeated nested subsets, per modality and fused
+  (every modality but hpo; raw features fused with equal weight per modality), and against
+  MOFA+ factors of the same views (fused row);
+* **retrieval**: held-out Recall@1 and MRR for every modality pair against a CCA on the training
+  patients' PCA-reduced raw features and against MOFA+ (each modality placed in the factor space
+  from its own view).
+
+Tables give mean ± sd over seeds, and every row where phenoclip is below a baseline becomes a
+shortfall of the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from itertools import combinations
+
+import numpy as np
+
+from phenoclip.bench import BenchContext, SuiteResult, Table
+from phenoclip.progress import info
+
+FRACTIONS = [0.1, 0.2, 0.5, 1.0]
+SETTINGS = {"quick": {"seeds": 3, "repeats": 3, "enet_max_features": 10_000},
+            "full": {"seeds": 5, "repeats": 3, "enet_max_features": None}}
+TEST_FRACTION = 0.2
+PROBE, LOGISTIC, ENET, MOFA = "pretrained probe", "logistic regression, raw", "elastic net, raw", "MOFA+ factors"
+#: retrieval methods and the columns of the retrieval table
+OURS, CCA, MOFA_R = "phenoclip", "PCA + CCA", "MOFA+"
+MOFA_FACTORS = 10
+#: pretraining epochs: the CLI's default
+EPOCHS = 100
+
+
+def run(ctx: BenchContext) -> SuiteResult:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):  # two cores shared by the whole benchmark: BLAS threads only fight
+        return _run(ctx)
+
+
+def default_objectives(modalities: list[str]) -> list[str]:
+    """What ``phenoclip pretrain`` is told by a user who tunes nothing: CLIP, or SCARF for one tabular modality."""
+    return ["clip"] if len(modalities) >= 2 else ["scarf"]
+
+
+def _run(ctx: BenchContext) -> SuiteResult:
+    from phenoclip.bench.cohort import bench_cohort, pretrained
+
+    cfg = SETTINGS["quick" if ctx.quick else "full"]
+    cohort = bench_cohort(ctx)
+    if cohort.labels is None:
+        raise RuntimeError("the baselines suite needs a labels.tsv beside the cohort's stores")
+    modalities = list(cohort.stores)
+    objectives = default_objectives(modalities)
+    per_seed, commands = [], []
+    for s in range(ctx.seed, ctx.seed + cfg["seeds"]):
+        seed_ctx = dataclasses.replace(ctx, seed=s)
+        folder, command = pretrained(seed_ctx, cohort, modalities=modalities, objectives=objectives, epochs=EPOCHS)
+        commands.append(command)
+        info(f"baselines: seed {s}: classification and retrieval against the linear baselines")
+        per_seed.append(evaluate(folder, cohort, s, cfg))
+    result = SuiteResult(name="baselines", commands=commands + [
+        "# every baseline in-process (scikit-learn, mofapy2) on the same patients: phenoclip.bench.baselines"])
+    cls_table, cls_short = classification_table(per_seed, cohort.labels)
+    result.tables.append(cls_table)
+    result.shortfalls += cls_short
+    if any(r["retrieval"] for r in per_seed):
+        ret_table, ret_short = retrieval_table(per_seed)
+        result.tables.append(ret_table)
+        result.shortfalls += ret_short
+    result.metrics = {"seeds": list(range(ctx.seed, ctx.seed + cfg["seeds"])), "per_seed": per_seed,
+                      "objectives": objectives, "fractions": FRACTIONS, **{k: v for k, v in cfg.items()}}
+    return result
+
+
+# ----------------------------------------------------------------------------- one seed
+
+def evaluate(folder, cohort, seed: int, cfg: dict) -> dict:
+    """Classification and retrieval of one pretraining run against the baselines, on its held-out patients."""
+    from phenoclip.data.multimodal import CohortStores
+    from phenoclip.eval.encode import expr_stats, load_pretrained
+
+    pre = load_pretrained(folder)
+    stores = CohortStores(cohort.data())
+    mods = [m for m in pre.modalities if m in stores.by_modality]
+    stats = expr_stats(pre, stores)
+    out = {"seed": seed, "classification": classification(pre, stores, mods, stats, cohort.labels, seed, cfg)}
+    out["retrieval"] = retrieval(pre, stores, mods, stats, seed) if len(mods) >= 2 else {}
+    return out
+
+
+def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from phenoclip.eval.raw_features import on_patients, raw_features
+
+    out = {}
+    for m in mods:
+        ids, x = raw_features(stores, m, samples, stats if m == "expr" else None, impute_dosage=False)
+        out[m] = on_patients(ids, x, samples)
+    return out
+
+
+def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) -> dict:
+    """``{row: {fraction: {method: mean AUROC over repeats}}}`` for every modality but hpo, and fused."""
+    from phenoclip.eval.encode import embed_samples
+    from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic
+    from phenoclip.eval.metrics import classification_metrics
+    from phenoclip.eval.raw_features import fuse, standardise
+    from phenoclip.train.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
+                                        restrict_to)
+
+    rows = [m for m in mods if m != "hpo"]
+    usable = [x for x in stores.samples if any(stores.present(m, [x])[0] for m in rows)]
+    labels = restrict_to(load_task_labels(str(labels_path)), usable, "benchmark stores")
+    if not labels.is_classification:
+        raise RuntimeError(f"the first label column '{labels.column}' is not a class label")
+    samples, y, k = labels.samples, labels.y, len(labels.classes)
+    test = held_out_split(labels, TEST_FRACTION, seed, prefer=pre.validation_samples)
+    emb, present = {}, {}
+    for m in rows:
+        emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats if m == "expr" else None)
+    raw = _views(stores, rows, samples, stats)
+    targets = rows + (["fused"] if len(rows) >= 2 else [])
+    mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None
+    result: dict = {"task": labels.column, "classes": labels.classes, "n_test": int(test.sum())}
+    for target in targets:
+        have = np.ones(len(samples), bool) if target == "fused" else present[target]
+        x_emb = np.concatenate([emb[m] for m in rows], 1) if target == "fused" else emb[target]
+        blocks = raw if target == "fused" else {target: raw[target]}
+        n_raw = sum(b[0].shape[1] for b in blocks.values())
+        run_enet = cfg["enet_max_features"] is None or n_raw <= cfg["enet_max_features"]
+        te = test & have
+        by_fraction: dict = {}
+        for f in FRACTIONS:
+            scores: dict[str, list[float]] = {}
+            for r in range(cfg["repeats"]):
+                orders = fraction_orders(labels, ~test & have, seed + 1000 * (r + 1))
+                idx = fraction_subset(labels, orders, f)
+                fit = np.zeros(len(samples), bool)
+                fit[idx] = True
+                xr = fuse(blocks, fit)
+                xe = standardise(x_emb, fit)
+                fits = {PROBE: (fit_logistic(xe[idx], y[idx], k, seed + r), xe),
+                        LOGISTIC: (fit_logistic(xr[idx], y[idx], k, seed + r), xr)}
+                if run_enet:
+                    fits[ENET] = (fit_elasticnet(xr[idx], y[idx], k, seed + r), xr)
+                if target == "fused" and mofa is not None:
+                    xm = standardise(mofa, fit)
+                    fits[MOFA] = (fit_logistic(xm[idx], y[idx], k, seed + r), xm)
+                for name, (model, x) in fits.items():
+                    m = classification_metrics(y[te], model.predict(x[te]), labels.classes)
+                    scores.setdefault(name, []).append(float(m["auroc"]))
+            by_fraction[str(f)] = {name: float(np.mean(v)) for name, v in scores.items()}
+        result[target] = {"n_features_raw": int(n_raw), "elasticnet_run": bool(run_enet), "auroc": by_fraction}
+    return result
+
+
+def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray | None:
+    """MOFA+ factors of every patient, fitted on the pretraining run's training patients' views."""
+    try:
+        from phenoclip.bench.mofa import fit_mofa
+    except ImportError:  # pragma: no cover - mofapy2 is in the bench extra
+        return None
+    train = np.array([s in set(train_samples) for s in samples])
+    views = {m: x for m, (x, _) in raw.items()}
+    fit = fit_mofa(views, train, n_factors=MOFA_FACTORS, seed=seed)
+    return fit.factors(views)
+
+
+def retrieval(pre, stores, mods, stats, seed: int) -> dict:
+    """Per modality pair on the held-out patients: Recall@1 (x chance) and MRR of ours, PCA + CCA and MOFA+."""
+    from phenoclip.bench.mofa import fit_mofa
+    from phenoclip.bench.retrieval_eval import (cca_pair_metrics, cross_modal_metrics, embed_modalities,
+                                                paired_metrics, reduce_features)
+    from phenoclip.eval.raw_features import raw_features
+
+    train, val = pre.train_samples, pre.validation_samples
+    ours = cross_modal_metrics(embed_modalities(pre.model, pre, stores, mods, val))
+    reduced = {m: reduce_features(raw_features(stores, m, train + val, stats if m == "expr" else None), train)
+               for m in mods}
+    everyone = train + val
+    views = {m: _on(reduced[m], everyone) for m in mods}
+    train_mask = np.array([i < len(train) for i in range(len(everyone))])
+    mofa = fit_mofa(views, train_mask, n_factors=MOFA_FACTORS, seed=seed)
+    mofa_emb = {}
+    for m in mods:
+        ids = [s for s in val if s in set(reduced[m][0])]
+        rows = [everyone.index(s) for s in ids]
+        mofa_emb[m] = (ids, mofa.view_factors(m, views[m][rows]))
+    out = {}
+    for a, b in combinations(mods, 2):
+        pair = f"{a}-{b}"
+        if pair not in ours:
+            continue
+        cca = cca_pair_metrics(reduced[a], reduced[b], train, val)
+        mf = paired_metrics(mofa_emb[a], mofa_emb[b])
+        out[pair] = {name: {"x_chance": float(v["x chance@1"]), "MRR": float(v["MRR"]), "n": int(v.get("n", 0))}
+                     for name, v in ((OURS, ours[pair]), (CCA, cca), (MOFA_R, mf)) if v is not None}
+    return out
+
+
+def _on(reduced, samples) -> np.ndarray:
+    """PCA-reduced rows of ``reduced = (ids, x)`` placed on ``samples`` (NaN rows where absent)."""
+    from phenoclip.eval.raw_features import on_patients
+
+    return on_patients(reduced[0], reduced[1], samples)[0]
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _mean_sd(values: list[float]) -> str:
+    v = np.asarray([x for x in values if x == x], dtype=float)
+    if not len(v):
+        return "—"
+    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+
+
+def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list[str]]:
+    """Mean ± sd over seeds of the held-out AUROC per row and fraction; shortfalls where a baseline is higher."""
+    first = per_seed[0]["classification"]
+    targets = [t for t in first if isinstance(first[t], dict) and "auroc" in first[t]]
+    methods = [PROBE, LOGISTIC, ENET, MOFA]
+    rows, short = [], []
+    for target in targets:
+        for f in FRACTIONS:
+            cells = {m: [s["classification"][target]["auroc"][str(f)].get(m, np.nan) for s in per_seed] for m in methods}
+            means = {m: np.nanmean(v) if np.isfinite(v).any() else np.nan for m, v in cells.items()}
+            best_other = max((means[m], m) for m in methods[1:] if means[m] == means[m])
+            verdict = "win" if means[PROBE] >= best_other[0] else f"below {best_other[1]}"
+            rows.append([target, f, *[_mean_sd(cells[m]) for m in methods], verdict])
+            if verdict != "win":
+                short.append(f"classification, {target} at label fraction {f}: pretrained probe AUROC "
+                             f"{means[PROBE]:.3f} below {best_other[1]} {best_other[0]:.3f} (mean of {len(per_seed)} seeds)")
+    n_test = [s["classification"]["n_test"] for s in per_seed]
+    enet_skipped = [t for t in targets if not first[t]["elasticnet_run"]]
+    note = (f"Held-out macro AUROC ('{first['task']}' from {labels_path}), mean ± sd over {len(per_seed)} pretraining "
+            f"seeds; each seed's test patients ({min(n_test)}-{max(n_test)}) are its pretraining run's validation "
+            "patients, never seen in pretraining; within a seed, the mean of 3 nested training subsets per fraction. "
+            "Every model is fitted on the same training patients: the probe on the standardised frozen embeddings "
+            "(as `phenoclip finetune --mode linear`), the baselines on the raw standardised features of the same "
+            "modality (fused: every modality but hpo, each weighted equally, missing-modality indicators); C and "
+            "l1_ratio by 3-fold CV on the training patients; MOFA+ (10 factors) fitted on the pretraining run's "
+            "training patients' views and probed like the embeddings.")
+    if enet_skipped:
+        note += (f" The elastic net is not run on {', '.join(enet_skipped)} with --quick (over 10,000 raw features: "
+                 "about 2 minutes per fit on one core); the full run includes it.")
+    return Table("Pretrained probe against linear baselines on the same patients",
+                 ["row", "label fraction", PROBE, LOGISTIC, ENET, MOFA, "verdict"], rows, note), short
+
+
+def retrieval_table(per_seed: list[dict]) -> tuple[Table, list[str]]:
+    """Mean ± sd over seeds of held-out R@1 (x chance) and MRR per pair; shortfalls where CCA or MOFA+ is higher."""
+    pairs = list(per_seed[0]["retrieval"])
+    rows, short = [], []
+    for pair in pairs:
+        vals = {m: {k: [s["retrieval"][pair][m][k] for s in per_seed if m in s["retrieval"].get(pair, {})]
+                    for k in ("x_chance", "MRR")} for m in (OURS, CCA, MOFA_R)}
+        mean = {m: {k: float(np.mean(v)) if v else np.nan for k, v in d.items()} for m, d in vals.items()}
+        losses = [m for m in (CCA, MOFA_R) if mean[m]["x_chance"] > 2.0 and
+                  (mean[m]["x_chance"] > mean[OURS]["x_chance"] or mean[m]["MRR"] > mean[OURS]["MRR"])]
+        verdict = "win" if not losses else "below " + " and ".join(losses)
+        rows.append([pair, *[f"{np.mean(vals[m]['x_chance']):.2f}" for m in (OURS, CCA, MOFA_R)],
+                     *[_mean_sd(vals[m]["MRR"]) for m in (OURS, CCA, MOFA_R)], verdict])
+        for m in losses:
+            short.append(f"retrieval, {pair}: phenoclip R@1 {mean[OURS]['x_chance']:.2f}x chance / MRR "
+                         f"{mean[OURS]['MRR']:.3f} against {m} {mean[m]['x_chance']:.2f}x / {mean[m]['MRR']:.3f} "
+                         f"(mean of {len(per_seed)} seeds)")
+    note = ("Held-out patients of each seed's pretraining run (those having both modalities), both directions "
+            "averaged; R@1 in multiples of chance, MRR mean ± sd over seeds. PCA + CCA: 32 principal components "
+            "of each modality's raw features and 8 canonical pairs, fitted on the training patients; MOFA+: 10 "
+            "factors on the same PCA-reduced views of the training patients, each held-out modality placed in the "
+            "factor space from its own view. A baseline counts against phenoclip only where it is above 2x chance.")
+    return Table("Cross-modal retrieval against PCA + CCA and MOFA+ on the same patients",
+                 ["pair", "R@1 x chance, phenoclip", "PCA + CCA", "MOFA+", "MRR, phenoclip", "PCA + CCA", "MOFA+",
+                  "verdict"], rows, note), short
