@@ -157,7 +157,9 @@ def test_dense_encoder_is_the_model_on_observed_inputs(archs):
 
 def _toy_scorer():
     torch.manual_seed(3)
-    model = build_model({"gene": {"n_variants": 30}, "expr": {"n_genes": 6}}, "tiny", {"gene": "mlp"}).eval()
+    # the toy keeps the 32-wide space the tiny preset had when its tolerances were measured
+    model = build_model({"gene": {"n_variants": 30}, "expr": {"n_genes": 6}}, "tiny", {"gene": "mlp"},
+                        embed_dim=32).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     dense = DenseEncoder(model, "gene")

@@ -94,3 +94,36 @@ def test_scratch_twin_keeps_the_principal_axes_and_redraws_the_map(tmp_path):
         # the data-derived part (principal axes, means) is the pretrained model's; the learned map is not
         assert torch.equal(ours.components, theirs.components) and torch.equal(ours.mean, theirs.mean)
         assert not torch.allclose(ours.linear.weight, theirs.linear.weight)
+
+
+def test_scratch_twin_gets_the_ontology_graph_initialisation(sample_stores, tmp_path):
+    """The scratch baseline starts where pretraining starts: the HPO table from the ontology graph, not N(0, 1)."""
+    from phenoclip.data.multimodal import CohortStores
+    from phenoclip.eval.encode import Pretrained, random_init_like
+    from phenoclip.models.phenotype import HpoEncoder, ontology_init
+
+    stores = CohortStores([sample_stores["pheno"]])
+    data = stores.by_modality["hpo"].meta["phenotypes"]
+    enc = HpoEncoder.from_phenotypes(data, width=32, hidden=64)
+    shapes = {"hpo": {"n_ontology_terms": len(data.ontology), "n_vocab": enc.table.shape[0]}}
+    model = build_model(shapes, "tiny")
+    model.encoders["hpo"].load_state_dict(enc.state_dict())
+    pre = Pretrained(tmp_path, {"modalities": ["hpo"], "data_shapes": shapes, "preset": "tiny"}, {}, model, {})
+    vocab = enc.vocab_terms.numpy()
+    expected = ontology_init(data.ontology, vocab, 32, torch.Generator().manual_seed(5))
+    scratch = random_init_like(pre, 5, stores).encoders["hpo"]
+    assert torch.equal(scratch.vocab_terms, enc.vocab_terms) and torch.allclose(scratch.table, expected)
+    plain = random_init_like(pre, 5).encoders["hpo"]   # without the store: no ontology to start from
+    assert not torch.allclose(plain.table, expected)
+
+
+def test_explain_attributes_the_embedding_with_its_linear_path():
+    from phenoclip.explain.attribution import DenseEncoder
+
+    torch.manual_seed(0)
+    model = build_model(SHAPES, "tiny", {"expr": "mlp"}, linear_components=4).eval()
+    batch = _batch()
+    model.linear_paths["expr"].fit(flat_input("expr", batch["expr"]).double().numpy())
+    x = batch["expr"][VALUES]
+    with torch.no_grad():
+        assert torch.allclose(DenseEncoder(model, "expr")(x), model.encode("expr", batch["expr"]), atol=1e-6)

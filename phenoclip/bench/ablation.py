@@ -123,7 +123,7 @@ def run(ctx: BenchContext) -> SuiteResult:
         evals[name] = evaluate(pre.model, pre, stores, mods, labels, ctx.seed)
         models[name] = (pre, mods)
     full_pre = models["full"][0]
-    rand_model = random_init_like(full_pre, ctx.seed)
+    rand_model = random_init_like(full_pre, ctx.seed, stores)
     evals["random init"] = evaluate(rand_model, full_pre, stores, modalities, labels, ctx.seed)
 
     # Fig. 6 on the hpo vocabulary's term pairs

@@ -197,7 +197,7 @@ def run(ctx: BenchContext) -> SuiteResult:
     stores = CohortStores(cohort.data(modalities))
     train, test = pre.train_samples, pre.validation_samples
     ours = embed_modalities(pre.model, pre, stores, modalities, test)
-    rand_model = random_init_like(pre, ctx.seed)
+    rand_model = random_init_like(pre, ctx.seed, stores)
     rand = embed_modalities(rand_model, pre, stores, modalities, test)
     m_ours, m_rand = cross_modal_metrics(ours), cross_modal_metrics(rand)
     feats = reduced_inputs(stores, pre, modalities, train, test, ctx.seed)

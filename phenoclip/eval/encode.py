@@ -93,17 +93,24 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     return Pretrained(directory, config, ckpt.read_state(directory), model, ckpt.read_data_stats(directory))
 
 
-def random_init_like(pre: Pretrained, seed: int) -> MultimodalModel:
+def random_init_like(pre: Pretrained, seed: int, stores: CohortStores | None = None) -> MultimodalModel:
     """The same architecture with fresh random parameters: the 'scratch' baseline.
 
-    Buffers (variant positions, imputation means, HPO vocabulary) are copied from the
-    checkpoint: they describe the data, not anything learned.
+    It starts where pretraining started, not from less: buffers (variant positions, imputation
+    means, the linear paths' principal axes, the HPO vocabulary) are copied from the checkpoint,
+    as they describe the data, and with a phenotype store among ``stores`` the HPO term table
+    gets pretraining's ontology-graph initialisation (a fresh draw of it), not a plain random one.
     """
     torch.manual_seed(seed)
     model = model_from_pretrain_config(pre.config)
     params = {n for n, _ in model.named_parameters()}
     buffers = {k: v for k, v in pre.model.state_dict().items() if k not in params}
     model.load_state_dict(buffers, strict=False)
+    if stores is not None and "hpo" in model.encoders and "hpo" in stores.by_modality:
+        hpo = model.encoders["hpo"]
+        ontology = stores.by_modality["hpo"].meta["phenotypes"].ontology
+        if len(ontology) == hpo.lookup.shape[0]:  # the checkpoint's ontology (same release)
+            hpo.init_from_ontology(ontology, hpo.vocab_terms.numpy(), generator=torch.Generator().manual_seed(seed))
     model.eval()
     return model
 

@@ -120,6 +120,8 @@ class DenseEncoder(nn.Module):
         # that never runs (another modality's) breaks its backward pass
         self.encoder = model.encoders[modality]
         self.projection = model.projections[modality]
+        # the linear path of the embedding (if the model has one) is part of the function explained
+        self.linear_path = model.linear_paths[modality] if modality in getattr(model, "linear_paths", {}) else None
 
     @property
     def variant_tokens(self) -> bool:
@@ -148,8 +150,9 @@ class DenseEncoder(nn.Module):
         return enc({self.key: x})
 
     def raw(self, x: Tensor) -> Tensor:
-        """``(n, E)`` projected embedding before the L2 normalisation."""
-        return self.projection(self.features(x))
+        """``(n, E)`` projected embedding (plus its linear path) before the L2 normalisation."""
+        z = self.projection(self.features(x))
+        return z if self.linear_path is None else z + self.linear_path({self.key: x})
 
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.normalize(self.raw(x), dim=-1)

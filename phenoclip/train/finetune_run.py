@@ -65,7 +65,7 @@ class Experiment:
         n_out = len(self.labels.classes) if self.classification else 1
         self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out)}
         if "scratch" in s.baselines:
-            scratch = random_init_like(self.pre, s.seed + 7919)
+            scratch = random_init_like(self.pre, s.seed + 7919, self.stores)
             self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out)
         self.features = {}
         if s.head.mode == "linear":  # frozen encoders: embed every labelled patient once per model
