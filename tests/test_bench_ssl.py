@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from phenoclip.bench import BenchContext
-from phenoclip.bench.ssl import (feasible_fractions, finetune_all, labels_in, raw_feature_reference,
+from phenoclip.bench.ssl import (feasible_fractions, finetune_all, labels_in,
                                  raw_features)
 from phenoclip.bench.ssl_plots import RANDOM, RAW, compare_to_random, plot_ssl_curves, table_note, tables_for
 
@@ -85,33 +85,12 @@ def planted(tmp_path_factory) -> dict:
     return {"root": root, "store": root / "expr.h5", "labels": labels, "samples": samples, "y": y}
 
 
-def test_raw_reference_learns_planted_signal_and_matches_sklearn(planted):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, roc_auc_score
-    from sklearn.preprocessing import StandardScaler
-
-    from phenoclip.train.labels import fraction_orders, fraction_subset, held_out_split
-
+def test_labels_and_fractions_of_the_planted_store(planted):
     samples, x = raw_features(planted["store"])
     assert samples == planted["samples"] and x.shape == (120, 30)
     task = labels_in(planted["labels"], samples)
     assert len(task.samples) == 120  # the X* patients (no expression) are gone
     assert feasible_fractions(planted["store"], planted["labels"]) == [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-    test = held_out_split(task, 0.2, 0)
-    test_samples = [s for s, t in zip(task.samples, test) if t]
-    rows = raw_feature_reference(planted["store"], planted["labels"], test_samples, [0.1, 1.0], 2, 0)
-    assert [r["fraction"] for r in rows] == [0.1, 1.0] and all(r["n_repeats"] == 2 for r in rows)
-    assert rows[1]["auroc_mean"] > 0.95 and rows[1]["accuracy_mean"] > 0.85  # chance: 0.5 and 0.33
-    # fraction 1 of repeat 0 by hand: the same subset, scikit-learn's macro one-vs-rest AUROC
-    idx = fraction_subset(task, fraction_orders(task, ~test, 1000), 1.0)
-    scaler = StandardScaler().fit(x[idx])
-    clf = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(x[idx]), task.y[idx])
-    proba = clf.predict_proba(scaler.transform(x[test]))
-    one = raw_feature_reference(planted["store"], planted["labels"], test_samples, [1.0], 1, 0)[0]
-    assert one["auroc_mean"] == pytest.approx(roc_auc_score(task.y[test], proba, multi_class="ovr"), abs=1e-9)
-    assert one["accuracy_mean"] == pytest.approx(accuracy_score(task.y[test], proba.argmax(1)), abs=1e-9)
-    with pytest.raises(RuntimeError, match="test split"):
-        raw_feature_reference(planted["store"], planted["labels"], test_samples + ["nobody"], [1.0], 1, 0)
 
 
 def test_finetune_runs_share_split_and_one_random_init(planted, tmp_path):
@@ -131,7 +110,7 @@ def test_finetune_runs_share_split_and_one_random_init(planted, tmp_path):
     ctx.work.mkdir()
     methods, commands, facts = finetune_all(ctx, "expr", planted["store"], planted["labels"], checkpoints,
                                             "linear", [0.1, 1.0], 2, 5)
-    assert list(methods) == ["scarf", RANDOM, "vime"]
+    assert list(methods) == ["scarf", RANDOM, RAW, "vime"]
     assert sorted(facts["classes"]) == sorted(CLASSES)
     assert all([r["fraction"] for r in rows] == [0.1, 1.0] for rows in methods.values())
     assert facts["n_test"] == len(facts["test_samples"]) == 24 and facts["n_labelled"] == 120
@@ -140,10 +119,30 @@ def test_finetune_runs_share_split_and_one_random_init(planted, tmp_path):
     validation = [json.loads((c / "state.json").read_text())["split"]["validation"] for c in checkpoints.values()]
     assert validation[0] == validation[1]
     assert facts["n_test_held_out_of_pretraining"] == len(set(facts["test_samples"]) & set(validation[0])) > 12
-    assert "--baseline scratch" in commands[0] and "--baseline none" in commands[1]
+    assert "--baseline scratch,logistic" in commands[0] and "--baseline none" in commands[1]
     assert all("--mode linear --label-fractions 0.1,1 --repeats 2" in c for c in commands)
-    # the planted signal survives a 2-epoch encoder's frozen features (chance AUROC: 0.5)
-    assert methods["scarf"][-1]["auroc_mean"] > 0.8
+    # the planted signal survives a 2-epoch encoder's frozen features (chance AUROC: 0.5); the raw-feature
+    # regression (C by inner CV) finds it too
+    assert methods["scarf"][-1]["auroc_mean"] > 0.8 and methods[RAW][-1]["auroc_mean"] > 0.95
+    # the raw-feature rows by hand: the same test split and nested subsets, the shared fitting functions
+    from phenoclip.eval.linear_models import fit_logistic
+    from phenoclip.eval.metrics import classification_metrics
+    from phenoclip.eval.raw_features import fuse
+    from phenoclip.train.labels import fraction_orders, fraction_subset
+
+    samples, x = raw_features(planted["store"])
+    task = labels_in(planted["labels"], samples)
+    test = np.array([s in set(facts["test_samples"]) for s in task.samples])
+    x = x[[samples.index(s) for s in task.samples]]
+    by_hand = []
+    for r in range(2):
+        idx = fraction_subset(task, fraction_orders(task, ~test, 1000 * (r + 1)), 0.1)
+        fit = np.zeros(len(task.samples), bool)
+        fit[idx] = True
+        z = fuse({"expr": (x, np.ones(len(x), bool))}, fit)
+        proba = fit_logistic(z[idx], task.y[idx], 3, 31 * r).predict(z[test])
+        by_hand.append(classification_metrics(task.y[test], proba, task.classes)["auroc"])
+    assert methods[RAW][0]["auroc_mean"] == pytest.approx(np.mean(by_hand), abs=1e-9)
 
 
 def test_raw_dosages_keep_missing_calls_for_the_training_imputer(known_vcf, tmp_path):

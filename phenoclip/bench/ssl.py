@@ -10,7 +10,8 @@ same subsets. Every fine-tuning run uses the same held-out test split (checked);
 the pretraining run's validation patients first, so the test patients were not even seen unlabelled.
 
 Beside them, a reference that no encoder can take away: a logistic regression on the raw,
-standardised features of the same training subsets (paper 002's "traditional supervised model").
+standardised features of the same training subsets, C by inner CV (paper 002's "traditional
+supervised model"; ``run_finetune``'s ``logistic`` baseline).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _test_split(folder: Path) -> list[str]:
 def finetune_all(ctx: BenchContext, modality: str, store: Path, labels: Path, checkpoints: dict[str, Path],
                  mode: str, fractions: list[float], repeats: int, epochs: int
                  ) -> tuple[dict[str, list[dict]], list[str], dict]:
-    """One ``run_finetune`` per objective in ``mode``; the first also fits the random-init baseline.
+    """One ``run_finetune`` per objective in ``mode``; the first also fits the random-init baseline and
+    the logistic regression on the raw features (C by inner CV, on the same subsets).
 
     Returns ({method: summary rows}, commands, split facts). Raises if the runs' test splits differ
     (the shared baseline would not be comparable then).
@@ -99,7 +101,8 @@ def finetune_all(ctx: BenchContext, modality: str, store: Path, labels: Path, ch
     results: dict[str, list[dict]] = {}
     commands, splits, facts = [], {}, {}
     for i, objective in enumerate(checkpoints):
-        baseline = "scratch" if i == 0 else "none"  # same architecture and seed: one random init serves all
+        # same architecture, seed and subsets: one random init and one raw-feature regression serve all
+        baseline = "scratch,logistic" if i == 0 else "none"
         out = ctx.work / "ssl_finetune" / f"{modality}_{mode}_{objective}"
         shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,8 +114,9 @@ def finetune_all(ctx: BenchContext, modality: str, store: Path, labels: Path, ch
         commands.append(_ft_command(checkpoints[objective], store, labels, out, mode, fractions, repeats, ctx.seed,
                                     baseline, epochs))
         results[objective] = _summary(metrics, "pretrained")
-        if baseline == "scratch":
+        if i == 0:
             results[RANDOM] = _summary(metrics, "scratch")
+            results[RAW] = _summary(metrics, "logistic_raw")
         splits[objective] = _test_split(out)
         facts = {"n_labelled": metrics["n_labelled"], "n_test": metrics["n_test"],
                  "classes": metrics["task"]["classes"],
@@ -125,54 +129,11 @@ def finetune_all(ctx: BenchContext, modality: str, store: Path, labels: Path, ch
     return results, commands, facts
 
 
-def raw_feature_reference(store: Path, labels: Path, test_samples: list[str], fractions: list[float],
-                          repeats: int, seed: int) -> list[dict]:
-    """Logistic regression on the raw standardised features, on ``run_finetune``'s own subsets.
-
-    The split and the nested subsets are rebuilt with the functions ``run_finetune`` uses and the
-    same seeds; the rebuilt test split is checked against the one its runs saved.
-    """
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from phenoclip.eval.metrics import classification_metrics, mean_sd
-    from phenoclip.train.labels import fraction_orders, fraction_subset
-
-    samples, x = raw_features(store)
-    row = {s: i for i, s in enumerate(samples)}
-    task = labels_in(labels, samples)
-    test = np.array([s in set(test_samples) for s in task.samples])
-    if int(test.sum()) != len(test_samples):
-        raise RuntimeError("the raw-feature reference could not rebuild the fine-tuning test split")
-    x = x[[row[s] for s in task.samples]]
-    test_idx = np.flatnonzero(test)
-    rows = []
-    for r in range(repeats):
-        orders = fraction_orders(task, ~test, seed + 1000 * (r + 1))  # as phenoclip.train.finetune_run
-        for f in fractions:
-            idx = fraction_subset(task, orders, f)
-            clf = make_pipeline(SimpleImputer(strategy="mean"), StandardScaler(),
-                                LogisticRegression(C=1.0, max_iter=5000, random_state=seed + 31 * r))
-            clf.fit(x[idx], task.y[idx])
-            proba = np.zeros((len(test_idx), len(task.classes)))
-            proba[:, clf.classes_.astype(int)] = clf.predict_proba(x[test_idx])  # unseen classes: probability 0
-            m = classification_metrics(task.y[test_idx], proba, task.classes)
-            rows.append({"fraction": f, "repeat": r, "n_train": len(idx), "auroc": m["auroc"],
-                         "accuracy": m["accuracy"]})
-    summary = mean_sd(rows, ["fraction"], ["n_train", "auroc", "accuracy"])
-    return [{"fraction": s["fraction"], "n_train_mean": s["n_train_mean"], "auroc_mean": s["auroc_mean"],
-             "auroc_sd": s["auroc_sd"], "accuracy_mean": s["accuracy_mean"], "accuracy_sd": s["accuracy_sd"],
-             "n_repeats": s["n_repeats"]} for s in summary]
-
-
 def raw_features(store: Path) -> tuple[list[str], np.ndarray]:
     """(samples, (N, F) float64) of a tabular store: expression values or variant dosages.
 
-    Missing dosage calls (negative) are NaN here: :func:`raw_feature_reference` imputes them with
-    the training subset's mean, so no test patient shapes the imputation. Constant columns are
-    harmless (the scaler leaves them at zero).
+    Missing dosage calls (negative) are NaN here (only the training subset may set their imputed
+    value). Constant columns are harmless (the scaler leaves them at zero).
     """
     from phenoclip.store import SCHEMA_MODALITY, open_store
 
@@ -223,10 +184,6 @@ def run(ctx: BenchContext) -> SuiteResult:
         facts = facts_by_mode[MODES[0]]
         if any(f["test_samples"] != facts["test_samples"] for f in facts_by_mode.values()):
             raise RuntimeError(f"{modality}: linear and full fine-tuning drew different test splits")
-        reference = raw_feature_reference(store, cohort.labels, facts["test_samples"], fractions,
-                                          cfg["repeats"], ctx.seed)
-        for mode in MODES:
-            by_mode[mode][RAW] = reference
         figure = "ssl_curves.png" if modality == "expr" else f"ssl_curves_{modality}.png"
         plot_ssl_curves(by_mode, ctx.out / figure, modality, facts["n_test"])
         result.figures.append(figure)
@@ -240,6 +197,4 @@ def run(ctx: BenchContext) -> SuiteResult:
             "not_beating_random_init": {mode: compare_to_random(by_mode[mode]) for mode in MODES}}
         result.shortfalls += [f"{modality}, {mode} fine-tuning: {line}" for mode in MODES
                               for line in shortfall_lines(by_mode[mode])]
-    result.commands.append("# raw features + LR: sklearn StandardScaler + LogisticRegression(C=1) on the same "
-                           "training subsets (phenoclip.bench.ssl.raw_feature_reference)")
     return result

@@ -91,7 +91,7 @@ def table_note(modality: str, mode: str, methods: dict[str, list[dict]], facts: 
                   "tenth of the head's learning rate, from the linear solution), for random init as for SSL — "
                   "a schedule made for adjusting pretrained weights, not for training from scratch.")
     setup += (f" {RAW}: logistic regression on the raw standardised {MODALITY_NAMES.get(modality, modality)} of "
-              "the same subsets, no encoder (identical in both modes).")
+              "the same subsets, C by 3-fold CV on them, no encoder (identical in both modes).")
     lines = [setup, *_shortfalls(methods, RANDOM), *_shortfalls(methods, RAW)]
     random_rows, raw_rows = _by_fraction(methods[RANDOM]), _by_fraction(methods[RAW])
     below = [f for f in sorted(random_rows) if random_rows[f]["auroc_mean"] < raw_rows[f]["auroc_mean"]]
