@@ -85,7 +85,7 @@ def table_note(modality: str, mode: str, methods: dict[str, list[dict]], facts: 
              f"{cfg['pretrain_epochs']} pretraining epochs; random init is the same architecture with fresh "
              f"weights and the same head.")
     if mode == "linear":
-        setup += " Linear mode: frozen encoder, logistic-regression head (C=1) on standardised embeddings."
+        setup += " Linear mode: frozen encoder, logistic-regression head on standardised embeddings, C by 3-fold CV on the training subset (as the raw-feature reference)."
     else:
         setup += (f" Full mode: encoder and head trained together for {cfg['full_epochs']} epochs (encoder at a "
                   "tenth of the head's learning rate, from the linear solution), for random init as for SSL — "

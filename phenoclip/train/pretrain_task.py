@@ -83,7 +83,9 @@ class PretrainTask(nn.Module):
         if "scarf" in objectives:
             self.scarf_loss = ScarfLoss(temperature=1.0)
         if "vime" in objectives:
-            width = self.model.encoders[self.tab_modality].width
+            # the heads read the embedding (projection and linear path included), not the encoder's
+            # pooled features: the embedding is what a probe and fine-tuning read, so it must be trained
+            width = cfg.embed_dim or self.model.embed_dim
             self.vime_mask_head = nn.Linear(width, n_features)
             self.vime_recon_head = nn.Linear(width, n_features)
             self.vime_loss = VimeLoss()
@@ -91,8 +93,7 @@ class PretrainTask(nn.Module):
             e = cfg.embed_dim or self.model.embed_dim
             self.byol_predictor = nn.Sequential(nn.Linear(e, 4 * e), nn.BatchNorm1d(4 * e), nn.ReLU(),
                                                 nn.Linear(4 * e, e))
-            self.byol_target = nn.ModuleDict({"encoder": copy.deepcopy(self.model.encoders[self.tab_modality]),
-                                              "projection": copy.deepcopy(self.model.projections[self.tab_modality])})
+            self.byol_target = copy.deepcopy(self._byol_online())
             for p in self.byol_target.parameters():
                 p.requires_grad_(False)
             self.byol_loss = ByolLoss()
@@ -122,8 +123,7 @@ class PretrainTask(nn.Module):
         if hasattr(self, "marginals"):
             self.marginals.copy_(torch.as_tensor(init["tabular_train"]))
         if hasattr(self, "byol_target"):
-            self.byol_target["encoder"].load_state_dict(encs[self.tab_modality].state_dict())
-            self.byol_target["projection"].load_state_dict(self.model.projections[self.tab_modality].state_dict())
+            self.byol_target.load_state_dict(self._byol_online().state_dict())
 
     # ------------------------------------------------------------------ training step
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -198,7 +198,7 @@ class PretrainTask(nn.Module):
             out.update(self.scarf_loss(z1, z2))
         if "vime" in self.cfg.objectives:
             x_tilde, mask = VimeMasking(self.cfg.vime_rate, self.marginals)(x, generator=g)
-            h = self.model.encoders[m]({key: x_tilde})
+            h = self.model.encode(m, {key: x_tilde}, normalize=False)
             out.update(self.vime_loss(self.vime_mask_head(h), self.vime_recon_head(h), mask, x))
         if "byol" in self.cfg.objectives:
             corrupt = ScarfCorruption(self.marginals, self.cfg.scarf_rate)
@@ -207,11 +207,25 @@ class PretrainTask(nn.Module):
             p1 = self.byol_predictor(self.model.encode(m, {key: v1}, normalize=False))
             p2 = self.byol_predictor(self.model.encode(m, {key: v2}, normalize=False))
             with torch.no_grad():
-                t = self.byol_target
-                z1 = t["projection"](t["encoder"]({key: v1}))
-                z2 = t["projection"](t["encoder"]({key: v2}))
+                z1, z2 = self._byol_embed(self.byol_target, {key: v1}), self._byol_embed(self.byol_target, {key: v2})
             out.update(self.byol_loss(p1, p2, z1, z2))
         return out
+
+    # ------------------------------------------------------------------ BYOL's two networks
+    def _byol_online(self) -> nn.ModuleDict:
+        """The online network's parts that the target mirrors: everything that makes the embedding
+        (encoder, projection and the linear path when there is one), so both sides embed alike."""
+        m = self.tab_modality
+        parts = {"encoder": self.model.encoders[m], "projection": self.model.projections[m]}
+        if m in self.model.linear_paths:
+            parts["linear_path"] = self.model.linear_paths[m]
+        return nn.ModuleDict(parts)
+
+    @staticmethod
+    def _byol_embed(net: nn.ModuleDict, inputs: dict) -> torch.Tensor:
+        """``MultimodalModel.encode`` (unnormalised) with ``net``'s parts."""
+        z = net["projection"](net["encoder"](inputs))
+        return z + net["linear_path"](inputs) if "linear_path" in net else z
 
     # ------------------------------------------------------------------ after each optimizer step
     @torch.no_grad()
@@ -221,8 +235,7 @@ class PretrainTask(nn.Module):
         if hasattr(self, "byol_target"):
             # cosine schedule from byol_tau to 1 over training (BYOL)
             tau = 1 - (1 - self.cfg.byol_tau) * (math.cos(math.pi * min(1.0, progress)) + 1) / 2
-            online = nn.ModuleDict({"encoder": self.model.encoders[self.tab_modality],
-                                    "projection": self.model.projections[self.tab_modality]})
+            online = self._byol_online()
             for t, o in zip(self.byol_target.parameters(), online.parameters()):
                 t.mul_(tau).add_(o.detach(), alpha=1 - tau)
             for t, o in zip(self.byol_target.buffers(), online.buffers()):
