@@ -132,6 +132,70 @@ def test_linear_head_predicts_what_sklearn_predicts(n_classes):
     assert np.allclose(ours, ref, atol=1e-4)
 
 
+def _planted_blocks(n: int, rng):
+    """Two 8-wide blocks: the first carries a 3-class label (plus noise), the second is noise; the first
+    is absent (zeros) for a few patients."""
+    y = rng.integers(0, 3, size=n)
+    a = rng.normal(size=(n, 8))
+    a[:, 0] += 1.5 * y
+    a[:, 1] -= 1.0 * (y == 2)
+    b = rng.normal(size=(n, 8))
+    a[:6] = 0.0
+    return np.concatenate([a, b], axis=1), y
+
+
+def test_stacked_head_predicts_what_the_stacked_fit_predicts():
+    from phenoclip.eval.stacking import fit_stacked
+    from phenoclip.models.finetune import FinetuneModel
+    from phenoclip.train.finetune_heads import HeadSettings, fit_linear_head, scores_from_features
+
+    rng = np.random.default_rng(1)
+    x, y = _planted_blocks(120, rng)
+    ft = FinetuneModel(_tiny_model(), ["expr", "signal"], "stack", 3)
+    chosen = fit_linear_head(ft, x[:80], y[:80], True, HeadSettings(), seed=0)
+    ours = scores_from_features(ft, x[80:], True)
+    ref = fit_stacked(x[:80], [8, 8], y[:80], 3, 0).predict(x[80:])
+    assert chosen["out_of_fold"] and np.allclose(ours, ref, atol=1e-5)
+    # a patient without the informative block is scored from the noise block alone (uniform there)
+    absent = x[80:81].copy()
+    absent[:, :8] = 0.0
+    fit = fit_stacked(x[:80], [8, 8], y[:80], 3, 0)
+    logp = fit.block_log_proba(absent)
+    assert np.allclose(logp[0, :3], np.log(1 / 3))
+    with pytest.raises(ValueError, match="class label"):
+        FinetuneModel(_tiny_model(), ["expr", "signal"], "stack", 1)
+
+
+def test_stacking_finds_the_informative_modality_that_concatenation_dilutes():
+    """20 labelled patients, one strongly informative 32-wide block beside three weakly informative
+    ones (as the sample cohort's expression beside gene, MRI and signal embeddings): the stacked
+    probe is above the probe on the concatenation in held-out AUROC at each of 5 planted cohorts
+    (measured gains 0.04-0.16, mean 0.10). With 64-wide blocks and 30 patients one cohort in five
+    goes the other way (a noise block that looks predictive out of fold); the sample cohort's
+    numbers are in the README."""
+    from sklearn.metrics import roc_auc_score
+
+    from phenoclip.eval.linear_models import fit_logistic
+    from phenoclip.eval.stacking import fit_stacked
+
+    gains = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 3, size=400)
+        blocks = [rng.normal(size=(400, 32)) for _ in range(4)]
+        blocks[0][:, :3] += 2.0 * np.eye(3)[y]
+        for weak in blocks[1:]:
+            weak[:, :3] += 0.3 * np.eye(3)[y]
+        x = np.concatenate(blocks, axis=1)
+        x = (x - x[:20].mean(0)) / x[:20].std(0)
+        train, test = slice(0, 20), slice(20, None)
+        stacked = fit_stacked(x[train], [32] * 4, y[train], 3, seed).predict(x[test])
+        concat = fit_logistic(x[train], y[train], 3, seed).predict(x[test])
+        auc = [roc_auc_score(y[test], p, multi_class="ovr") for p in (stacked, concat)]
+        gains.append(auc[0] - auc[1])
+    assert np.mean(gains) > 0.05 and min(gains) > 0.0, gains
+
+
 # ------------------------------------------------------------------ end to end on the sample cohort
 def _data_args(stores, modalities=("gene", "expr", "mri", "signal", "pheno")):
     return [a for m in modalities for a in ("--data", str(stores[m]))]

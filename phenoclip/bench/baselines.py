@@ -117,6 +117,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic
     from phenoclip.eval.metrics import classification_metrics
     from phenoclip.eval.raw_features import fuse, standardise
+    from phenoclip.eval.stacking import fit_stacked
     from phenoclip.train.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                         restrict_to)
 
@@ -137,6 +138,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     for target in targets:
         have = np.ones(len(samples), bool) if target == "fused" else present[target]
         x_emb = np.concatenate([emb[m] for m in rows], 1) if target == "fused" else emb[target]
+        widths = [emb[m].shape[1] for m in rows]
         blocks = raw if target == "fused" else {target: raw[target]}
         n_raw = sum(b[0].shape[1] for b in blocks.values())
         run_enet = cfg["enet_max_features"] is None or n_raw <= cfg["enet_max_features"]
@@ -151,8 +153,10 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 fit[idx] = True
                 xr = fuse(blocks, fit)
                 xe = standardise(x_emb, fit)
-                fits = {PROBE: (fit_logistic(xe[idx], y[idx], k, seed + r), xe),
-                        LOGISTIC: (fit_logistic(xr[idx], y[idx], k, seed + r), xr)}
+                # fused: as `finetune --fusion auto` does for a class label, per-modality probes stacked
+                probe = ((fit_stacked(x_emb[idx], widths, y[idx], k, seed + r), x_emb) if target == "fused"
+                         else (fit_logistic(xe[idx], y[idx], k, seed + r), xe))
+                fits = {PROBE: probe, LOGISTIC: (fit_logistic(xr[idx], y[idx], k, seed + r), xr)}
                 if run_enet:
                     fits[ENET] = (fit_elasticnet(xr[idx], y[idx], k, seed + r), xr)
                 if target == "fused" and mofa is not None:
@@ -248,7 +252,8 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
             f"seeds; each seed's test patients ({min(n_test)}-{max(n_test)}) are its pretraining run's validation "
             "patients, never seen in pretraining; within a seed, the mean of 3 nested training subsets per fraction. "
             "Every model is fitted on the same training patients: the probe on the standardised frozen embeddings "
-            "(as `phenoclip finetune --mode linear`), the baselines on the raw standardised features of the same "
+            "(as `phenoclip finetune --mode linear`; fused: one probe per modality, stacked by a weighted product of "
+            "their out-of-fold class probabilities, finetune's default for a class label), the baselines on the raw standardised features of the same "
             "modality (fused: every modality but hpo, each weighted equally, missing-modality indicators); C and "
             "l1_ratio by 3-fold CV on the training patients; MOFA+ (10 factors) fitted on the pretraining run's "
             "training patients' views and probed like the embeddings.")

@@ -139,6 +139,22 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
     return LinearFit(_Relabelled(model, present), {"C": float(chosen["C"])}, n_classes, basis)
 
 
+def as_logits(fit: LinearFit, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(weight (K, F), bias (K,))`` giving ``n_classes`` logits whose softmax equals ``fit``'s
+    probabilities: binary fits keep the first class's logit at 0; classes absent from the training
+    patients get a bias of -1e4 (probability 0, as :meth:`LinearFit.predict`)."""
+    w, b = fit.coefficients()
+    cols = fit.model.classes_.astype(int)
+    weight, bias = np.zeros((n_classes, w.shape[1])), np.zeros(n_classes)
+    if len(cols) == 2 and w.shape[0] == 1:
+        bias[:] = -1e4 if n_classes > 2 else 0.0
+        weight[cols[1]], bias[cols[1]], bias[cols[0]] = w[0], b[0], 0.0
+    else:
+        bias[:] = -1e4 if len(cols) < n_classes else 0.0
+        weight[cols], bias[cols] = w, b
+    return weight, bias
+
+
 def fit_elasticnet(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0, max_iter: int = 200) -> LinearFit:
     """Elastic-net logistic regression (saga) on standardised ``x``; ``C`` and ``l1_ratio`` by inner CV.
 

@@ -129,7 +129,7 @@ class ModelTarget(nn.Module):
         slot = torch.zeros_like(present)
         slot[:, self.position] = 1.0
         embs = others * (present * (1 - slot))[..., None] + z[:, None, :] * slot[..., None]  # (n, M, E)
-        if self.finetune.fusion == "concat":
+        if self.finetune.fusion in ("concat", "stack"):
             feats = embs.flatten(1)
         else:
             feats = embs.sum(1) / (present * (1 - slot) + slot).sum(1, keepdim=True).clamp(min=1.0)

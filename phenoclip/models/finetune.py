@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from phenoclip.data.batch import PRESENT
 from phenoclip.models.multimodal import MultimodalModel
 
-FUSIONS = ("concat", "mean")
+FUSIONS = ("concat", "mean", "stack")
+#: floor of a modality's class log-probabilities under ``stack`` (as :data:`phenoclip.eval.stacking.LOG_FLOOR`)
+LOG_FLOOR = math.log(1e-6)
 
 
 class FinetuneModel(nn.Module):
@@ -31,7 +35,7 @@ class FinetuneModel(nn.Module):
     modalities:
         Modalities fused, in this order (each must be a modality of ``model``).
     fusion:
-        ``concat`` or ``mean`` (see the module docstring).
+        ``concat``, ``mean`` or ``stack`` (see the module docstring).
     n_outputs:
         Classes (2 for binary) or 1 for regression.
     """
@@ -48,12 +52,18 @@ class FinetuneModel(nn.Module):
         self.model = model
         self.modalities = list(modalities)
         self.fusion = fusion
-        self.in_features = model.embed_dim * (len(self.modalities) if fusion == "concat" else 1)
+        self.in_features = model.embed_dim * (1 if fusion == "mean" else len(self.modalities))
         self.register_buffer("feature_mean", torch.zeros(self.in_features))
         self.register_buffer("feature_scale", torch.ones(self.in_features))
         self.register_buffer("target_mean", torch.zeros(()))
         self.register_buffer("target_scale", torch.ones(()))
-        self.head = nn.Linear(self.in_features, n_outputs)
+        if fusion == "stack":
+            if n_outputs < 2:
+                raise ValueError("stacked fusion needs a class label (two or more outputs)")
+            self.block_heads = nn.ModuleList(nn.Linear(model.embed_dim, n_outputs) for _ in self.modalities)
+            self.head = nn.Linear(len(self.modalities) * n_outputs, n_outputs)
+        else:
+            self.head = nn.Linear(self.in_features, n_outputs)
 
     def features(self, batch: dict) -> Tensor:
         """``(B, F)`` fused, unstandardised features of the modalities present in ``batch``."""
@@ -67,16 +77,29 @@ class FinetuneModel(nn.Module):
                 z, ok = torch.zeros(n, self.model.embed_dim), torch.zeros(n, 1)
             embs.append(z * ok)
             present.append(ok)
-        if self.fusion == "concat":
+        if self.fusion in ("concat", "stack"):
             return torch.cat(embs, dim=1)
         return torch.stack(embs).sum(0) / torch.stack(present).sum(0).clamp(min=1.0)
 
     def head_output(self, features: Tensor) -> Tensor:
         """Logits (classification) or values (regression) of already fused features."""
+        if self.fusion == "stack":
+            return self._stacked(features)
         out = self.head((features - self.feature_mean) / self.feature_scale)
         if self.head.out_features == 1:
             out = out * self.target_scale + self.target_mean
         return out
+
+    def _stacked(self, features: Tensor) -> Tensor:
+        e, k = self.model.embed_dim, self.head.out_features
+        z = (features - self.feature_mean) / self.feature_scale
+        parts = []
+        for i, head in enumerate(self.block_heads):
+            block = slice(i * e, (i + 1) * e)
+            here = features[:, block].abs().sum(dim=1, keepdim=True) > 0  # absent embeddings are zeros
+            logp = torch.log_softmax(head(z[:, block]), dim=1).clamp(min=LOG_FLOOR)
+            parts.append(torch.where(here, logp, torch.full_like(logp, -math.log(k))))
+        return self.head(torch.cat(parts, dim=1))
 
     def forward(self, batch: dict) -> Tensor:
         return self.head_output(self.features(batch))

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from phenoclip.errors import UsageError
+from phenoclip.models.finetune import FUSIONS
 from phenoclip.progress import info, track
 from phenoclip.staging import staged_folder
 from phenoclip.train.finetune_heads import MODES, HeadSettings
@@ -57,7 +58,8 @@ class FinetuneSettings:
     seed: int = 0
     #: comma-separated subset of BASELINES, or "none"
     baseline: str = "scratch,logistic"
-    fusion: str = "concat"
+    #: concat | mean | stack, or auto: stack for a class label over two or more modalities, else concat
+    fusion: str = "auto"
     modalities: list[str] | None = None
     head: HeadSettings = field(default_factory=HeadSettings)
 
@@ -73,6 +75,8 @@ class FinetuneSettings:
             if b not in BASELINES:
                 raise UsageError(f"unknown --baseline '{b}': use a comma-separated list of {', '.join(BASELINES)}, "
                                  "or none")
+        if self.fusion not in ("auto", *FUSIONS):
+            raise UsageError(f"unknown --fusion '{self.fusion}': use auto, {', '.join(FUSIONS)}")
         if self.repeats < 1:
             raise UsageError("--repeats must be at least 1")
         if not self.data:

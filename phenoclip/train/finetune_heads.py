@@ -56,8 +56,10 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
     The penalty (``C`` or ridge ``alpha``) is chosen by inner cross-validation on these
     patients unless ``settings.c`` fixes ``C``; returns what was chosen.
     """
-    from phenoclip.eval.linear_models import fit_logistic, fit_ridge
+    from phenoclip.eval.linear_models import as_logits, fit_logistic, fit_ridge
 
+    if ft.fusion == "stack":
+        return _fit_stacked_head(ft, x, y, classification, settings, seed)
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale = np.where(scale > 1e-8, scale, 1.0)  # constant features (an absent modality) stay at 0
@@ -67,14 +69,7 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
     bias = np.zeros(n_out)
     if classification:
         fit = fit_logistic(z, y, n_out, seed, c=settings.c)
-        w, b = fit.coefficients()
-        cols = fit.model.classes_.astype(int)  # classes seen in training; unseen ones keep a -inf-like logit
-        if len(cols) == 2 and w.shape[0] == 1:
-            bias[:] = -1e4 if n_out > 2 else 0.0
-            weight[cols[1]], bias[cols[1]], bias[cols[0]] = w[0], b[0], 0.0
-        else:
-            bias[:] = -1e4 if len(cols) < n_out else 0.0
-            weight[cols], bias[cols] = w, b
+        weight, bias = as_logits(fit, n_out)
         target_mean, target_scale = 0.0, 1.0
     else:
         target_mean, target_scale = float(y.mean()), float(y.std() or 1.0)
@@ -97,6 +92,30 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
     return fit.chosen if classification else chosen
 
 
+def _fit_stacked_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classification: bool,
+                      settings: HeadSettings, seed: int) -> dict:
+    """``fusion="stack"``: per-modality probes and the meta regression
+    (:func:`phenoclip.eval.stacking.fit_stacked`), copied into ``ft``'s block heads and head."""
+    from phenoclip.eval.stacking import fit_stacked
+
+    if not classification:
+        raise ValueError("stacked fusion needs a class label (use --fusion concat for a regression)")
+    k = ft.head.out_features
+    fit = fit_stacked(x, [ft.model.embed_dim] * len(ft.modalities), y, k, seed, c=settings.c)
+    with torch.no_grad():
+        ft.feature_mean.copy_(torch.as_tensor(np.concatenate(
+            [b.mean if b else np.zeros(w) for b, w in zip(fit.blocks, fit.widths)])))
+        ft.feature_scale.copy_(torch.as_tensor(np.concatenate(
+            [b.scale if b else np.ones(w) for b, w in zip(fit.blocks, fit.widths)])))
+        for head, b in zip(ft.block_heads, fit.blocks):
+            # a block whose probe could not be fitted (one class among its patients) stays uniform
+            head.weight.copy_(torch.as_tensor(b.weight if b else np.zeros(tuple(head.weight.shape))))
+            head.bias.copy_(torch.as_tensor(b.bias if b else np.zeros(k)))
+        ft.head.weight.copy_(torch.as_tensor(fit.meta_weight))
+        ft.head.bias.copy_(torch.as_tensor(fit.meta_bias))
+    return fit.chosen
+
+
 def train_full(ft: FinetuneModel, dataset: MultimodalDataset, y: np.ndarray, classification: bool,
                settings: HeadSettings, seed: int) -> None:
     """Train encoders and head of ``ft`` end to end on ``dataset`` (targets ``y`` in its order)."""
@@ -105,7 +124,7 @@ def train_full(ft: FinetuneModel, dataset: MultimodalDataset, y: np.ndarray, cla
     x0 = fused_features(ft, dataset)
     fit_linear_head(ft, x0, y, classification, settings, seed)  # a warm start: the linear solution
     targets = torch.as_tensor(y if classification else (y - float(ft.target_mean)) / float(ft.target_scale))
-    head_params = list(ft.head.parameters())
+    head_params = [p for name, p in ft.named_parameters() if not name.startswith("model.")]
     encoder_params = [p for p in ft.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": head_params, "lr": settings.lr},
                                    {"params": encoder_params, "lr": settings.lr / 10}],
@@ -117,7 +136,9 @@ def train_full(ft: FinetuneModel, dataset: MultimodalDataset, y: np.ndarray, cla
     for _ in range(settings.epochs):
         ft.train()
         for idx, batch in loader:
-            out = ft.head((ft.features(batch) - ft.feature_mean) / ft.feature_scale)
+            # head_output de-standardises a regression's value; the loss is on standardised targets
+            out = (ft.head_output(ft.features(batch)) if ft.fusion == "stack"
+                   else ft.head((ft.features(batch) - ft.feature_mean) / ft.feature_scale))
             if classification:
                 loss = torch.nn.functional.cross_entropy(out, targets[idx].long())
             else:

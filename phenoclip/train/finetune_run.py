@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset
-from phenoclip.errors import InconsistentInputError
+from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval.encode import expr_stats, load_pretrained, random_init_like
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info
@@ -63,6 +63,11 @@ class Experiment:
         self.test_index = np.flatnonzero(self.test)
         self.test_dataset = self._subset(self.test_index)
         n_out = len(self.labels.classes) if self.classification else 1
+        if s.fusion == "auto":  # measured: stacking beats concatenation at every label fraction (README)
+            s.fusion = "stack" if self.classification and len(self.modalities) >= 2 else "concat"
+        elif s.fusion == "stack" and not self.classification:
+            raise UsageError(f"--fusion stack needs a class label; '{self.labels.column}' is a {self.labels.task} "
+                             "target: use --fusion concat or mean")
         self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out)}
         if "scratch" in s.baselines:
             scratch = random_init_like(self.pre, s.seed + 7919, self.stores)
