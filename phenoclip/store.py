@@ -106,8 +106,13 @@ class StoreWriter:
         if shape[0] != self.n_samples:
             raise ValueError(f"{name}: first axis {shape[0]} != {self.n_samples} samples")
         dt = np.dtype(dtype)
-        ds = self.h5.create_dataset(name, shape=tuple(shape), dtype=dt, chunks=_chunks_for(shape, dt.itemsize),
-                                    fillvalue=fillvalue, **_compression_for(dt.itemsize))
+        if 0 in tuple(shape):
+            # an empty axis (a VCF with no ALT allele gives 0 variants) cannot be chunked: store it
+            # contiguous, which readers see as the same empty array
+            ds = self.h5.create_dataset(name, shape=tuple(shape), dtype=dt, fillvalue=fillvalue)
+        else:
+            ds = self.h5.create_dataset(name, shape=tuple(shape), dtype=dt, chunks=_chunks_for(shape, dt.itemsize),
+                                        fillvalue=fillvalue, **_compression_for(dt.itemsize))
         if data is not None:
             ds[...] = data
         for k, v in (attrs or {}).items():

@@ -352,3 +352,36 @@ def test_cli_unknown_id_exit_4(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("phenoclip: error:") and "HP:9999999" in lines[0]
     assert str(tsv) in lines[0]
     assert sorted(os.listdir(tmp_path)) == ["hpo.tsv"]
+
+
+def test_repeated_subject_ids_are_keyed_by_packet_id(tmp_path):
+    """Public collections reuse family-relative subject IDs ("father") across packets: the error says
+    what to do, and --id-from packet reads the folder keyed by each packet's own id."""
+    d = tmp_path / "packets"
+    _packet(d, "fam1.json", "father", [{"type": {"id": "HP:0001250"}}])
+    _packet(d, "fam2.json", "father", [{"type": {"id": "HP:0001626"}}])
+    _packet(d, "fam3.json", "Individual III-3", [])
+    out = tmp_path / "pp.h5"
+    proc = run_cli("preprocess", "phenotypes", "--phenopackets", d, "--out", out)
+    assert proc.returncode == EXIT_INCONSISTENT
+    [line] = error_lines(proc)
+    assert "'father' also appears in" in line and "fam1.json" in line and "--id-from packet" in line
+    assert not out.exists()
+    proc = run_cli("preprocess", "phenotypes", "--phenopackets", d, "--out", out, "--id-from", "packet")
+    assert proc.returncode == 0, proc.stderr
+    data = read_phenotype_store(out)
+    assert data.samples == ["pp-fam1.json", "pp-fam2.json", "pp-fam3.json"]
+    assert data.term_ids(0) == ["HP:0001250"] and data.term_ids(1) == ["HP:0001626"]
+    proc = run_cli("preprocess", "phenotypes", "--phenopackets", d, "--out", out, "--id-from", "family")
+    assert proc.returncode == 2 and "--id-from must be" in proc.stderr
+
+
+def test_utf8_bom_is_accepted(tmp_path, cached_hpo):
+    """Spreadsheet exports start with a byte-order mark; it is not part of the first column's name."""
+    tsv = tmp_path / "hpo.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbfsample\thpo_id\nP1\tHP:0001250\nP2\tHP:0001626\n")
+    labels = tmp_path / "labels.tsv"
+    labels.write_bytes(b"\xef\xbb\xbfsample\ty\nP1\tcase\nP2\tcontrol\n")
+    summary = convert_phenotypes(tmp_path / "o.h5", hpo_tsv=tsv, labels=labels)
+    assert summary["samples"] == 2 and summary["label_columns"] == 1
+    assert read_phenotype_store(tmp_path / "o.h5").labels["y"].tolist() == ["case", "control"]

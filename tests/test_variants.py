@@ -163,6 +163,32 @@ def test_pgs_and_burden_known_values(known_vcf, tmp_path):
         np.testing.assert_array_equal(s["burden"][:], [[0, 2, 0], [0, 2, 0], [0, 2, 0], [0, 1, 0]])
 
 
+@needs("plink2")
+def test_pgs_scores_a_multiallelic_site_once_as_plink2_does(tmp_path):
+    """A -> C,T with effect allele A and no other_allele: both split rows have REF A, and the
+    site counts once (A/A, A/C, C/T -> 2, 1, 0), as ``plink2 --score`` counts it."""
+    vcf = tmp_path / "m.vcf"
+    vcf.write_text(HEADER + "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1\tS2\tS3\n"
+                   "chr1\t100\trs1\tA\tC,T\t.\tPASS\t.\tGT\t0/0\t0/1\t1/2\n"
+                   "chr1\t200\trs2\tG\tA\t.\tPASS\t.\tGT\t0/1\t1/1\t0/0\n"
+                   "chr1\t300\trs3\tC\tG,T\t.\tPASS\t.\tGT\t1/2\t2/2\t0/1\n")
+    pgs = tmp_path / "PGS_M.txt"
+    pgs.write_text("#pgs_id=PGS_M\nrsID\tchr_name\tchr_position\teffect_allele\teffect_weight\n"
+                   "rs1\t1\t100\tA\t1\n"     # REF of a multi-allelic site: once, not once per ALT
+                   "rs2\t1\t200\tG\t0.5\n"
+                   "rs3\t1\t300\tT\t0.25\n")  # one ALT of a multi-allelic site: its own split row
+    with convert(vcf, tmp_path / "g.h5", pgs_files=[pgs]) as s:
+        ours = s["pgs"][:, 0]
+        assert list(s["pgs"].attrs["variants_matched"]) == [3]
+    np.testing.assert_allclose(ours, [2 + 0.5 + 0.25, 1 + 0 + 0.5, 0 + 1 + 0], rtol=1e-6)
+    score = tmp_path / "score.txt"
+    score.write_text("rs1\tA\t1\nrs2\tG\t0.5\nrs3\tT\t0.25\n")
+    subprocess.run(["plink2", "--vcf", str(vcf), "--score", str(score), "1", "2", "3", "cols=+scoresums",
+                    "no-mean-imputation", "--out", str(tmp_path / "ref")], capture_output=True, check=True)
+    rows = [line.split("\t") for line in (tmp_path / "ref.sscore").read_text().splitlines()[1:]]
+    np.testing.assert_allclose(ours, [float(r[-1]) for r in rows], rtol=1e-6)
+
+
 def test_memory_stays_near_the_output_matrix(tmp_path):
     import tracemalloc
 
@@ -176,6 +202,68 @@ def test_memory_stays_near_the_output_matrix(tmp_path):
     # the output matrix (dosage + haplotypes) plus one decode block and one write batch
     block_bytes = 512 * 200 * 3 * 2 * 4
     assert peak < output_bytes + block_bytes + 8e6, (peak, output_bytes)
+
+
+# --- valid edge files: read as bcftools reads them ------------------------------------------------
+
+COLUMNS = "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ta\tb\tc\n"
+PL = '##FORMAT=<ID=PL,Number=G,Type=Integer,Description="Phred-scaled likelihoods">\n'
+
+
+@pytest.mark.parametrize("kind", ["vcf", "bcf"])
+def test_files_without_alt_alleles_give_an_empty_store(tmp_path, kind):
+    """Header-only files and reference-only sites (ALT '.') are valid: an empty store and a warning
+    that says why, not a crash."""
+    cases = {"header_only": HEADER + COLUMNS,
+             "monomorphic": HEADER + COLUMNS + "chr1\t5\t.\tA\t.\t.\tPASS\t.\tGT\t0/0\t0/0\t0|0\n"
+                                               "chr1\t9\t.\tC\t.\t.\tPASS\t.\tGT\t0/0\t./.\t0/0\n"}
+    for name, text in cases.items():
+        vcf = tmp_path / f"{name}.vcf"
+        vcf.write_text(text)
+        if kind == "bcf":
+            subprocess.run(["bcftools", "view", "-Ob", "-o", str(vcf.with_suffix(".bcf")), str(vcf)], check=True)
+            vcf = vcf.with_suffix(".bcf")
+        out = tmp_path / f"{name}.h5"
+        proc = run_cli("preprocess", "variants", "--vcf", vcf, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        assert "no variants left" in proc.stderr
+        if name == "monomorphic":
+            assert "2 record(s) read, none with an ALT allele" in proc.stderr
+        with open_store(out, expect="genotypes") as s:
+            assert s["dosage"].shape == (3, 0) and s.samples == ["a", "b", "c"]
+            assert int(s.attrs["records_without_alt"]) == (2 if name == "monomorphic" else 0)
+
+
+def test_a_record_without_gt_is_read_as_missing(tmp_path):
+    """FORMAT PL only on one record: bcftools prints '.' for every sample, so the dosage is -1 there;
+    the other records are read as usual and the log counts and names the record."""
+    vcf = tmp_path / "pl.vcf"
+    vcf.write_text(HEADER + PL + COLUMNS +
+                   "chr1\t5\trs1\tA\tG\t.\tPASS\t.\tGT\t0/0\t0/1\t1/1\n"
+                   "chr1\t7\trs2\tA\tC,T\t.\tPASS\t.\tPL\t0,1,2,3,4,5\t.\t9,0,9,9,9,9\n"
+                   "chr1\t9\trs3\tC\tT\t.\tPASS\t.\tGT:PL\t0/1:1,0,1\t./.:.\t1/1:9,9,0\n")
+    keys, expected = bcftools_dosage(vcf)
+    out = tmp_path / "g.h5"
+    proc = run_cli("preprocess", "variants", "--vcf", vcf, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 record(s)" in proc.stderr and "chr1:7" in proc.stderr
+    with open_store(out) as s:
+        ours = list(zip(s.strings("variants/chrom"), s["variants/pos"][:].tolist(), s.strings("variants/alt")))
+        assert ours == keys
+        np.testing.assert_array_equal(s["dosage"][:], expected)
+        assert (s["dosage"][:, 1:3] == -1).all() and int(s.attrs["records_without_gt"]) == 1
+
+
+def test_polyploid_call_is_refused_with_the_site_and_what_to_do(tmp_path):
+    vcf = tmp_path / "tri.vcf"
+    vcf.write_text(HEADER + COLUMNS + "chr1\t5\t.\tA\tG\t.\tPASS\t.\tGT\t0/0\t0/1\t1/1\n"
+                   "chr2\t77\t.\tA\tG\t.\tPASS\t.\tGT\t0/0\t0/1/1\t1/1\n")
+    out = tmp_path / "g.h5"
+    proc = run_cli("preprocess", "variants", "--vcf", vcf, "--out", out)
+    assert proc.returncode == 4
+    [line] = error_lines(proc)
+    assert "chr2:77" in line and "ploidy 3" in line and "bcftools view -t ^chr2:77" in line and str(vcf) in line
+    assert not out.exists()
 
 
 # --- bad input: one line naming the file, the DESIGN.md exit code, nothing left behind -------------

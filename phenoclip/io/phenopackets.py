@@ -110,18 +110,39 @@ def _read_json(path: str):
         raise MalformedInputError(f"not a readable JSON text file ({type(e).__name__})", path) from None
 
 
-def _read_packet(path: str, rec: PhenotypeRecords) -> None:
-    packet = _read_json(path)
-    if not isinstance(packet, dict):
-        raise MalformedInputError("not a phenopacket: the top level is not a JSON object", path)
+#: where a phenopacket's patient ID comes from: ``subject.id`` or the packet's own top-level ``id``
+ID_SOURCES = ("subject", "packet")
+
+
+def _packet_id(packet: dict, path: str, id_from: str) -> str:
+    if id_from == "packet":
+        sample = packet.get("id")
+        if not isinstance(sample, str) or not sample.strip():
+            raise MalformedInputError("phenopacket has no top-level id", path,
+                                      "use --id-from subject, or give every packet an id")
+        return sample.strip()
     subject = packet.get("subject")
     sample = subject.get("id") if isinstance(subject, dict) else None
     if not isinstance(sample, str) or not sample.strip():
-        raise MalformedInputError("phenopacket has no subject.id", path, "each file must describe one patient")
-    sample = sample.strip()
+        raise MalformedInputError("phenopacket has no subject.id", path,
+                                  "each file must describe one patient (or use --id-from packet)")
+    return sample.strip()
+
+
+def _read_packet(path: str, rec: PhenotypeRecords, id_from: str = "subject") -> None:
+    packet = _read_json(path)
+    if not isinstance(packet, dict):
+        raise MalformedInputError("not a phenopacket: the top level is not a JSON object", path)
+    sample = _packet_id(packet, path, id_from)
     if sample in rec.origin:
-        raise InconsistentInputError(f"subject '{sample}' also appears in {rec.origin[sample]}", path,
-                                     "merge the two phenopackets or rename one subject")
+        if id_from == "subject":
+            # public collections reuse family-relative subject IDs ("father", "II-1") across packets
+            raise InconsistentInputError(
+                f"subject '{sample}' also appears in {rec.origin[sample]}", path,
+                "if these are different patients, key them by each packet's own id with --id-from packet; "
+                "if the same patient, merge the two phenopackets")
+        raise InconsistentInputError(f"packet id '{sample}' also appears in {rec.origin[sample]}", path,
+                                     "packet ids must be unique in the folder: rename one")
     features = _first(packet, "phenotypicFeatures", "phenotypic_features", default=[])
     if not isinstance(features, list):
         raise MalformedInputError("phenotypicFeatures is not a list", path)
@@ -139,11 +160,13 @@ def _read_packet(path: str, rec: PhenotypeRecords) -> None:
         (rec.excluded if flag else rec.observed)[sample].append(term)
 
 
-def read_phenopackets(folder: str | os.PathLike) -> PhenotypeRecords:
+def read_phenopackets(folder: str | os.PathLike, id_from: str = "subject") -> PhenotypeRecords:
     """Read every ``*.json`` (or ``*.json.gz``) phenopacket in ``folder`` (not recursive).
 
     Each file is one GA4GH Phenopacket (schema v2; v1's ``negated`` and snake_case keys are also
-    read): the sample ID is ``subject.id``, terms are ``phenotypicFeatures[].type.id`` and
+    read): the sample ID is ``subject.id`` (``id_from="subject"``) or the packet's own top-level
+    ``id`` (``id_from="packet"``, for collections whose subject IDs are family-relative and
+    repeat, such as "father"), terms are ``phenotypicFeatures[].type.id`` and
     ``excluded: true`` marks a term that was looked for and is absent. Files are read in name
     order, which fixes the sample order. A packet without features gives a sample with no terms.
 
@@ -154,8 +177,10 @@ def read_phenopackets(folder: str | os.PathLike) -> PhenotypeRecords:
     MalformedInputError
         A file is not JSON, has no ``subject.id``, a feature has no ``type.id`` or a bad ID.
     InconsistentInputError
-        Two files describe the same subject.
+        Two files describe the same subject (or carry the same packet id).
     """
+    if id_from not in ID_SOURCES:
+        raise ValueError(f"id_from must be one of {ID_SOURCES}, got {id_from!r}")
     d = require_readable(folder, "folder")
     files = sorted(f for pattern in ("*.json", "*.json.gz") for f in glob.glob(os.path.join(d, pattern)))
     if not files:
@@ -163,7 +188,7 @@ def read_phenopackets(folder: str | os.PathLike) -> PhenotypeRecords:
     rec = PhenotypeRecords(d)
     # a bar only where reading takes seconds; a few files would only add lines to batch logs
     for f in track(files, "reading phenopackets", unit="files") if len(files) > _BAR_FROM else files:
-        _read_packet(f, rec)
+        _read_packet(f, rec, id_from)
     return rec
 
 

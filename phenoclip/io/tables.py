@@ -19,8 +19,8 @@ def open_text(path: str | os.PathLike) -> io.TextIOBase:
     with open(p, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8", newline="")
-    return open(p, "r", encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8-sig", newline="")
+    return open(p, "r", encoding="utf-8-sig", newline="")
 
 
 def _delimiter_for(path: str, first_line: str) -> str:

@@ -166,6 +166,19 @@ def has_index(path: str) -> bool:
 
 
 @dataclass
+class SkipCounts:
+    """Records :func:`iter_blocks` did not decode as written, for the log."""
+
+    no_alt: int = 0                 # ALT '.' (gVCF reference blocks, monomorphic sites): skipped
+    no_gt: int = 0                  # FORMAT without GT (e.g. PL only): every call read as missing
+    first_no_gt: str = ""           # CHROM:POS of the first such record
+
+    def add_no_gt(self, where: str) -> None:
+        self.no_gt += 1
+        self.first_no_gt = self.first_no_gt or where
+
+
+@dataclass
 class VariantBlock:
     """Up to ``block_size`` decoded variants (after multi-allelic splitting); see module docstring."""
 
@@ -218,13 +231,16 @@ def _decode(raw: np.ndarray, allele_index: np.ndarray, want_haplotypes: bool, wa
 
 
 def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int = 2048,
-                want_ref_count: bool = False) -> Iterator[VariantBlock]:
+                want_ref_count: bool = False, skipped: SkipCounts | None = None) -> Iterator[VariantBlock]:
     """Stream decoded :class:`VariantBlock`s from an open VCF, in file order (region order with regions).
 
     With regions and an index, only those regions are read; without an index the whole file is
     streamed and filtered by position (correct, just slower). Haplotypes are decoded until the
-    first unphased heterozygous call; after it blocks carry ``haplotypes=None``.
+    first unphased heterozygous call; after it blocks carry ``haplotypes=None``. Records without
+    an ALT allele are skipped and records without GT read as all-missing (as bcftools does), each
+    counted in ``skipped``.
     """
+    skipped = skipped if skipped is not None else SkipCounts()
     n_samples = len(vcf.samples)
     if regions and has_index(path):
         sources = [vcf(str(r)) for r in merge_regions(regions)]
@@ -246,6 +262,8 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
     phased_so_far = True
     pending = None
     pool = ThreadPoolExecutor(max_workers=1)
+    no_call = np.zeros((n_samples, 3), dtype=np.int16)
+    no_call[:, :2] = -1   # two missing alleles, unphased
 
     def finish(blk: VariantBlock, future) -> VariantBlock:
         nonlocal phased_so_far
@@ -275,19 +293,31 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
                     continue
                 alts = rec.ALT
                 if not alts:
-                    continue  # monomorphic site (ALT '.'): nothing to count
+                    skipped.no_alt += 1
+                    continue  # monomorphic site or gVCF reference block (ALT '.'): nothing to count
                 if len(alts) > 1:
                     block.n_multiallelic += 1
                     if n + len(alts) > block_size:
                         done = flush()
                         if done is not None:
                             yield done
-                gt = rec.genotype.array()
+                try:
+                    gt = rec.genotype.array()
+                except Exception as e:  # cyvcf2 raises a bare Exception; rec.FORMAT crashes on lazy records
+                    if "genotypes" not in str(e):
+                        raise
+                    # a record whose FORMAT lacks GT (e.g. PL only): bcftools reads every call as
+                    # missing, and so do we (counted and reported by the caller)
+                    gt = no_call
+                    skipped.add_no_gt(f"{rec.CHROM}:{rec.POS}")
                 block.n_sites += 1
                 ploidy = gt.shape[1] - 1  # last column is the phase flag
                 if ploidy > 2:
-                    raise MalformedInputError(f"{rec.CHROM}:{rec.POS} has ploidy {ploidy}; only haploid and "
-                                              "diploid calls are supported", path)
+                    raise MalformedInputError(
+                        f"{rec.CHROM}:{rec.POS} has a call of ploidy {ploidy}; only haploid and diploid calls are "
+                        "supported", path,
+                        f"exclude such sites (e.g. bcftools view -t ^{rec.CHROM}:{rec.POS}) or use --region to skip "
+                        "them")
                 chrom, pos, ref, vid = rec.CHROM, rec.POS, rec.REF, rec.ID
                 for i, alt in enumerate(alts, start=1):
                     # copy into our buffer: cyvcf2 arrays may be views into htslib memory

@@ -104,7 +104,7 @@ def _align_labels(lab: Labels, samples: list[str]) -> dict[str, np.ndarray]:
 
 
 def convert_phenotypes(out, *, hpo_tsv=None, phenopackets=None, labels=None, ontology=None,
-                       allow_unknown: bool = False) -> dict:
+                       allow_unknown: bool = False, id_from: str = "subject") -> dict:
     """Write the ``phenotypes`` store (layout in the module docstring) from HPO terms.
 
     Parameters
@@ -113,6 +113,9 @@ def convert_phenotypes(out, *, hpo_tsv=None, phenopackets=None, labels=None, ont
         The store to write (atomically: nothing appears on error).
     hpo_tsv, phenopackets:
         Exactly one: a TSV of ``sample, hpo_id[, excluded]`` or a folder of phenopacket JSON.
+    id_from:
+        Phenopackets only: the patient ID is ``subject.id`` (``"subject"``) or the packet's
+        top-level ``id`` (``"packet"``).
     labels:
         Optional TSV of ``sample`` + label columns. Samples there without phenotypes are
         ignored with a warning (a cohort-wide label table is normal); if *no* labelled sample
@@ -136,7 +139,7 @@ def convert_phenotypes(out, *, hpo_tsv=None, phenopackets=None, labels=None, ont
     if (hpo_tsv is None) == (phenopackets is None):
         raise UsageError("give exactly one of an HPO TSV or a phenopacket folder")
     require_writable_parent(out)
-    rec = read_hpo_tsv(hpo_tsv) if hpo_tsv is not None else read_phenopackets(phenopackets)
+    rec = read_hpo_tsv(hpo_tsv) if hpo_tsv is not None else read_phenopackets(phenopackets, id_from)
     lab = read_labels(labels) if labels is not None else None
     onto = load_ontology(ontology)
     mapping, counts = _resolve_all(rec, onto, allow_unknown)

@@ -23,7 +23,7 @@ from phenoclip.errors import UsageError
 from phenoclip.io.annotations import (GeneIntervals, ScoringFile, normalise_chrom, read_gene_annotation,
                                      read_pgs_scoring_file)
 from phenoclip.io.tables import read_id_list
-from phenoclip.io.vcf import VariantBlock, check_samples_subset, has_index, iter_blocks, open_vcf, parse_region
+from phenoclip.io.vcf import SkipCounts, VariantBlock, check_samples_subset, has_index, iter_blocks, open_vcf, parse_region
 from phenoclip.progress import Progress, warn
 from phenoclip.store import create_store
 
@@ -48,12 +48,21 @@ class VariantOptions:
 
 
 class _PgsAccumulator:
-    """Sums effect-allele dosages x weights per sample; missing calls are mean-imputed (plink2's default)."""
+    """Sums effect-allele dosages x weights per sample; missing calls are mean-imputed (plink2's default).
+
+    Each scoring-file row is scored at most once per site. A multi-allelic site arrives split into
+    one variant per ALT with the same REF, so an effect allele equal to REF (and no
+    ``other_allele`` to pick one split row) matches every split row; counting it each time would
+    multiply its weight by the number of ALTs. Split rows are adjacent, so remembering the rows
+    already scored at the current site is enough.
+    """
 
     def __init__(self, scores: Sequence[ScoringFile], n_samples: int):
         self.scores = list(scores)
         self.values = np.zeros((n_samples, len(scores)), dtype=np.float64)
         self.matched = np.zeros(len(scores), dtype=np.int64)
+        self._site: list[tuple] = [()] * len(scores)          # (chrom, pos, ref) of the last site seen
+        self._done: list[set[int]] = [set() for _ in scores]  # entries already scored there
 
     def add(self, block: VariantBlock) -> None:
         for j, score in enumerate(self.scores):
@@ -63,7 +72,12 @@ class _PgsAccumulator:
                     entries = score.by_id.get(block.id[v])
                 if not entries:
                     continue
-                for effect, other, weight in entries:
+                site = (block.chrom[v], block.pos[v], block.ref[v])
+                if site != self._site[j]:
+                    self._site[j], self._done[j] = site, set()
+                for e, (effect, other, weight) in enumerate(entries):
+                    if e in self._done[j]:
+                        continue
                     if effect == block.alt[v].upper() and other in ("", block.ref[v].upper()):
                         counts = block.dosage[v]
                     elif effect == block.ref[v].upper() and other in ("", block.alt[v].upper()):
@@ -74,6 +88,7 @@ class _PgsAccumulator:
                     mean = counts[called].mean() if called.any() else 0.0
                     self.values[:, j] += weight * np.where(called, counts, mean)
                     self.matched[j] += 1
+                    self._done[j].add(e)
 
 
 class _BurdenAccumulator:
@@ -165,8 +180,10 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     kept_freq, kept_miss = [], []
     n_sites = n_split = n_read = n_unphased = 0
     survivors = 0
+    skipped = SkipCounts()
     with Progress(f"reading {os.path.basename(vcf_path)}", None, "variants") as bar:
-        for block in iter_blocks(vcf, vcf_path, regions, block_size=opts.block_size, want_ref_count=pgs is not None):
+        for block in iter_blocks(vcf, vcf_path, regions, block_size=opts.block_size, want_ref_count=pgs is not None,
+                                 skipped=skipped):
             n_sites += block.n_sites
             n_split += block.n_multiallelic
             n_read += len(block)
@@ -203,11 +220,17 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
 
     n_out = sum(len(b) for b in kept_blocks)
     phased = n_unphased == 0 and n_out > 0
+    if skipped.no_gt:
+        warn(f"{skipped.no_gt} record(s) in {vcf_path} have no GT (first at {skipped.first_no_gt}); their calls "
+             "are stored as missing, as bcftools reads them")
     if n_out == 0:
-        warn(f"no variants left in {vcf_path} after region selection and filters; writing an empty store")
+        why = (f" ({skipped.no_alt} record(s) read, none with an ALT allele: a reference-only or gVCF file has "
+               "nothing to count)" if skipped.no_alt and not n_read else "")
+        warn(f"no variants left in {vcf_path} after region selection and filters{why}; writing an empty store")
     attrs = {
         "source": os.path.abspath(vcf_path),
         "sites_read": n_sites, "variants_read": n_read, "multiallelic_split": n_split,
+        "records_without_alt": skipped.no_alt, "records_without_gt": skipped.no_gt,
         "phased": phased,
         "filters": f"regions={','.join(opts.regions) or 'all'} maf={opts.maf} max_missing={opts.max_missing} "
                    f"every_kth={opts.every_kth}",
@@ -218,6 +241,10 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
                  threads=opts.threads or os.cpu_count() or 1)
     summary = {"samples": len(samples), "sites_read": n_sites, "variants": n_out,
                "multiallelic_split": n_split, "phased": phased}
+    if skipped.no_alt:
+        summary["records_without_alt"] = skipped.no_alt
+    if skipped.no_gt:
+        summary["records_without_gt"] = skipped.no_gt
     if pgs is not None:
         summary["pgs_matched"] = "/".join(str(int(m)) for m in pgs.matched)
     if burden is not None:
