@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import error_lines, run_cli
+from conftest import error_lines, needs, run_cli
 from phenoclip.config import PretrainConfig
 from phenoclip.train.loop import Preempted
 from phenoclip.train.pretrain import run_pretrain
@@ -88,6 +88,72 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(small_cohort, t
     ha = json.loads((straight / "state.json").read_text())["history"]
     hb = json.loads((broken / "state.json").read_text())["history"]
     assert [h["loss"] for h in ha] == pytest.approx([h["loss"] for h in hb], rel=1e-6)
+
+
+def _pretrain_argv(cohort, out, *extra):
+    return [sys.executable, "-m", "phenoclip", "pretrain", "--modalities", "gene,expr", "--data", str(cohort["gene"]),
+            "--data", str(cohort["expr"]), "--arch", "gene=mlp", "--arch", "expr=mlp", "--epochs", "3",
+            "--batch-size", "16", "--seed", "5", "--out", str(out), *extra]
+
+
+def _traced_renames(argv, trace, inject_at=None):
+    """Run ``argv`` under strace, tracing rename(2); with ``inject_at``, SIGKILL the process at that
+    (1-based) rename instead of performing it. Returns (exit status, renamed-to paths)."""
+    cmd = ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=rename"]
+    if inject_at is not None:
+        cmd += ["-e", f"inject=rename:signal=SIGKILL:when={inject_at}"]
+    proc = subprocess.run(cmd + argv, capture_output=True, text=True, timeout=600)
+    targets = [line.split('", "')[1].split('"')[0] for line in trace.read_text().splitlines() if 'rename("' in line]
+    return proc.returncode, targets
+
+
+@needs("strace")
+@pytest.mark.parametrize("cut", ["before_commit", "between_moves"])
+def test_kill_while_saving_leaves_the_old_or_the_new_checkpoint(small_cohort, tmp_path, cut):
+    """Fault injection with strace: SIGKILL at one rename of the second epoch's checkpoint save.
+    Before the journal commits, the epoch-1 checkpoint stands; between the moves of the files (the
+    case where state.json of one epoch sat beside the weights of another), the next reader
+    finishes the moves. Either way --resume ends with the weights of an uninterrupted run."""
+    ref = tmp_path / "ref"
+    code, targets = _traced_renames(_pretrain_argv(small_cohort, ref), tmp_path / "ref.trace")
+    assert code == 0
+    commits = [i for i, t in enumerate(targets) if t.endswith("/.commit")]
+    assert len(commits) == 3, targets  # one save per epoch
+    moves = [i for i, t in enumerate(targets) if i > commits[1] and t.endswith("/state.json")]
+    at = commits[1] if cut == "before_commit" else moves[0]   # state.json is moved last (names in order)
+    out = tmp_path / "cut"
+    code, _ = _traced_renames(_pretrain_argv(small_cohort, out), tmp_path / "cut.trace", inject_at=at + 1)
+    assert code != 0
+    assert list(out.glob(".tmp-*")) and (out / ".commit").exists() == (cut == "between_moves")
+    from phenoclip.train.checkpoint import read_state
+    assert read_state(out)["epoch"] == (1 if cut == "before_commit" else 2)
+    assert not list(out.glob(".tmp-*")) and not (out / ".commit").exists()
+    proc = run_cli(*_pretrain_argv(small_cohort, out, "--resume")[3:])
+    assert proc.returncode == 0, proc.stderr
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_exits_130_with_one_line(small_cohort, tmp_path):
+    """SIGINT mid-training: exit 130 and one line, not exit 0 (the next step of a pipeline must not run);
+    what is on disk is a whole checkpoint of the last saved epoch."""
+    out = tmp_path / "pre"
+    argv = _pretrain_argv(small_cohort, out)
+    argv[argv.index("--epochs") + 1] = "400"
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stderr:
+        if line.startswith("epoch 2/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    last = [line for line in rest.splitlines() if line.strip()][-1]
+    assert last.startswith("phenoclip: interrupted") and "Traceback" not in rest
+    from phenoclip.train.checkpoint import read_state
+    state = read_state(out)   # Ctrl-C may land inside a save: the reader sees one whole epoch
+    assert state["finished"] is False and state["epoch"] >= 1
+    assert not list(out.glob(".tmp-*")) and not (out / ".commit").exists()
 
 
 def test_sigusr1_saves_checkpoint_and_exits_75_then_resumes(small_cohort, tmp_path):

@@ -79,14 +79,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = os.environ.get("PHENOCLIP_DEBUG") not in (None, "", "0")
     try:
-        command.main(args=args, prog_name="phenoclip", standalone_mode=False)
+        # typer turns Ctrl-C inside a command into a *returned* 130 when not standalone
+        code = command.main(args=args, prog_name="phenoclip", standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except PhenoclipError as e:
         if debug:
             raise
         print(f"phenoclip: error: {e.line()}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("phenoclip: interrupted", file=sys.stderr)
+        print("phenoclip: interrupted (Ctrl-C); no partial output kept (pretrain keeps its last whole "
+              "checkpoint: continue it with --resume)", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)

@@ -7,8 +7,18 @@
   so a tampered file cannot execute code.
 * ``rng.safetensors``: torch RNG states, so a resumed run draws the same masks and dropout.
 
-A checkpoint is written into ``DIR/.tmp-PID`` and moved into place file by file at the end:
-a run killed while saving leaves the previous checkpoint intact.
+A checkpoint appears whole or not at all (a write-ahead journal; the files keep their names so
+scripts can read ``DIR/model.safetensors``):
+
+1. every file is written and flushed to disk in ``DIR/.tmp-PID``;
+2. ``DIR/.commit`` (naming that folder and its files) is written atomically: from here on the
+   new checkpoint is the committed one;
+3. the files are moved into place one by one, then the journal and the folder are removed.
+
+A kill before step 2 leaves the previous checkpoint intact (the stale folder is removed by the
+next reader); a kill during step 3 leaves a journal, and the next reader of the checkpoint
+(:func:`recover`, called by every loader here) finishes the moves first. Either way a reader
+sees the old checkpoint or the new one, never files of two epochs.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ RNG_FILE = "rng.safetensors"
 #: statistics the inputs were scaled with in training (per-gene expression mean/std), so a later
 #: step on another cohort scales its data the same way
 DATA_STATS_FILE = "data_stats.safetensors"
+#: the write-ahead journal of a checkpoint being moved into place
+JOURNAL_FILE = ".commit"
 
 
 def rng_state(generators: dict[str, torch.Generator] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -86,6 +98,7 @@ def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, con
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create the checkpoint folder ({e.strerror})", directory) from None
+    recover(directory)
     tmp = directory / f".tmp-{os.getpid()}"
     tmp.mkdir(exist_ok=True)
     try:
@@ -102,11 +115,77 @@ def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, con
             torch.save({"optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler is not None else None},
                        tmp / OPTIMIZER_FILE)
-        for f in tmp.iterdir():
-            os.replace(f, directory / f.name)
+        names = sorted(f.name for f in tmp.iterdir())
+        for name in names:
+            _fsync(tmp / name)
+        _fsync(tmp)
+        journal_tmp = directory / f"{JOURNAL_FILE}.tmp-{os.getpid()}"
+        journal_tmp.write_text(json.dumps({"folder": tmp.name, "files": names}))
+        _fsync(journal_tmp)
+        os.replace(journal_tmp, directory / JOURNAL_FILE)   # the commit point
+        _fsync(directory)
+        _roll_forward(directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk, so the commit point means what it says."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders; the rename order still holds
+        pass
+    finally:
+        os.close(fd)
+
+
+def _roll_forward(directory: Path) -> None:
+    """Finish moving a committed checkpoint into place (idempotent), then drop its journal."""
+    journal = directory / JOURNAL_FILE
+    try:
+        entry = json.loads(journal.read_text())
+        folder, names = directory / entry["folder"], list(entry["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MalformedInputError("checkpoint journal .commit is unreadable", journal,
+                                  "the checkpoint may be half-written: re-create it") from None
+    for name in names:
+        if (folder / name).exists():
+            os.replace(folder / name, directory / name)
+    journal.unlink()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(directory: str | os.PathLike) -> None:
+    """Make a checkpoint folder whole after a kill while saving: finish a committed save (its
+    journal is present) and remove staging folders of writers that are gone (their save never
+    committed, so the previous checkpoint stands)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    try:
+        if (directory / JOURNAL_FILE).exists():
+            _roll_forward(directory)
+        for stale in directory.glob(".tmp-*"):
+            pid = stale.name[len(".tmp-"):]
+            if stale.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        for stale in directory.glob(f"{JOURNAL_FILE}.tmp-*"):
+            stale.unlink(missing_ok=True)
+    except PermissionError as e:
+        raise OutputError(f"the checkpoint was interrupted while being saved and cannot be completed here "
+                          f"({e.strerror})", directory, "make the folder writable once, then rerun") from None
 
 
 def _read_json(directory: Path, name: str) -> dict:
@@ -125,11 +204,13 @@ def read_config(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     if not directory.is_dir():
         raise InputMissingError("checkpoint folder does not exist", directory)
+    recover(directory)
     return _read_json(directory, CONFIG_FILE)
 
 
 def read_state(directory: str | os.PathLike) -> dict:
     """``state.json`` of a checkpoint directory (progress, split, history)."""
+    recover(directory)
     return _read_json(Path(directory), STATE_FILE)
 
 
@@ -143,6 +224,7 @@ def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: b
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    recover(directory)
     path = Path(directory) / MODEL_FILE
     if not path.exists():
         raise InputMissingError(f"checkpoint has no {MODEL_FILE}", directory)
