@@ -16,6 +16,7 @@ This module imports h5py and numpy only (no torch), so it is safe anywhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import datetime as _dt
 import os
 import sys
@@ -65,6 +66,11 @@ def _compression_for(itemsize: int) -> dict:
     return {**_COMPRESSION, "shuffle": itemsize > 1}
 _MAX_CHUNK_BYTES = 4 << 20
 
+#: errno values of a disk that cannot take more data
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: HDF5 handles left open after a failed write (see create_store); never closed
+_ABANDONED: list = []
+
 #: the command line recorded in every store; the CLI sets it to the full invocation.
 current_command: str = " ".join(sys.argv)
 
@@ -84,17 +90,37 @@ def _chunks_for(shape: Sequence[int], itemsize: int) -> tuple[int, ...] | None:
     return tuple(chunk)
 
 
+def _frees_disk_on_error(method):
+    """On a full disk, empty the temporary store at once, while the failing method's HDF5
+    handles are still alive: released later, each would retry its flush into a full disk and
+    print a traceback (the store is discarded anyway)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS and self.tmp:
+                with contextlib.suppress(OSError):
+                    os.truncate(self.tmp, 0)
+            raise
+    return wrapper
+
+
 class StoreWriter:
     """Handle given by :func:`create_store`; wraps the open temporary ``h5py.File``."""
 
-    def __init__(self, h5: h5py.File, samples: Sequence[str]):
+    def __init__(self, h5: h5py.File, samples: Sequence[str], tmp: str | None = None):
         self.h5 = h5
         self.n_samples = len(samples)
+        self.tmp = tmp
 
     @property
     def attrs(self) -> h5py.AttributeManager:
         return self.h5.attrs
 
+    @_frees_disk_on_error
     def per_sample(self, name: str, data: np.ndarray | None = None, *, shape: Sequence[int] | None = None,
                    dtype=None, fillvalue=None, attrs: dict | None = None) -> h5py.Dataset:
         """Create a dataset whose first axis follows ``samples`` (chunked by sample, compressed)."""
@@ -119,6 +145,7 @@ class StoreWriter:
             ds.attrs[k] = v
         return ds
 
+    @_frees_disk_on_error
     def write_rows(self, name: str, start: int, block: np.ndarray, threads: int = 2) -> None:
         """Write ``block`` into rows ``start:start+len(block)`` of a per-sample dataset.
 
@@ -143,6 +170,7 @@ class StoreWriter:
             for i, packed in enumerate(pool.map(lambda row: zlib.compress(row.tobytes(), level), block)):
                 ds.id.write_direct_chunk((start + i, *ndim_rest), packed)
 
+    @_frees_disk_on_error
     def array(self, name: str, data, attrs: dict | None = None) -> h5py.Dataset:
         """Write a dataset that is not per sample (a variant table column, an affine, ...).
 
@@ -207,7 +235,10 @@ def create_store(path: str | os.PathLike, schema: str, samples: Sequence[str], *
         h5 = h5py.File(tmp, "w")
     except OSError as e:
         raise OutputError(f"cannot create the store: {e}", path) from None
-    ok = False
+    ok = closing = False
+    # the datasets released while a full-disk error travels up each retry their flush and fail
+    # again, printing a traceback each; the CLI reports the error in one line
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_broken_hdf5
     try:
         h5.attrs["phenoclip_schema"] = schema
         h5.attrs["schema_version"] = SCHEMAS[schema]
@@ -217,16 +248,36 @@ def create_store(path: str | os.PathLike, schema: str, samples: Sequence[str], *
         for k, v in (attrs or {}).items():
             h5.attrs[k] = v
         h5.create_dataset("samples", data=np.asarray(samples, dtype=object), dtype=STR_DTYPE)
-        yield StoreWriter(h5, samples)
+        yield StoreWriter(h5, samples, tmp)
+        closing = True
         h5.close()
         os.replace(tmp, path)
         ok = True
-    finally:
-        if not ok:
+    except BaseException as e:
+        # after a failed write to a full disk HDF5's state is broken and closing the file again
+        # crashes the process (seen: segfault in H5Fclose): leave the handle open, never to be
+        # touched again, and let the CLI exit without finalisers (cli.main)
+        broken = closing or (isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS)
+        if broken:
+            _ABANDONED.append(h5)
+            hook = _quiet_broken_hdf5   # keep it: more handles are released on the way out
+        else:
             with contextlib.suppress(Exception):
                 h5.close()
+        raise
+    finally:
+        sys.unraisablehook = hook
+        if not ok:
+            with contextlib.suppress(OSError):
+                os.truncate(tmp, 0)   # frees the space now, even while a handle stays open
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
+
+
+def _quiet_broken_hdf5(unraisable) -> None:
+    if isinstance(unraisable.exc_value, RuntimeError) and "file write failed" in str(unraisable.exc_value):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 class Store:

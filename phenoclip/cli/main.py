@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 from typing import Optional
 
@@ -73,7 +75,7 @@ def _click_kind(exc: BaseException) -> str | None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; user errors print one line and exit with their code, bugs exit 70."""
-    from phenoclip.errors import EXIT_INTERNAL, PhenoclipError
+    from phenoclip.errors import EXIT_WRITE, PhenoclipError
 
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
@@ -96,6 +98,24 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS or debug:
+            _internal(e, debug)
+        # h5py names the file only inside its message
+        from phenoclip import staging
+
+        where = e.filename or (re.search(r"filename = '([^']+)'", str(e)) or [None, None])[1] \
+            or staging.current_output or "the output"
+        staged = re.fullmatch(r"\.(.+)\.tmp-\d+.*", os.path.basename(str(where)))
+        if staged:  # name the output, not its temporary file
+            where = os.path.join(os.path.dirname(str(where)), staged.group(1))
+        print(f"phenoclip: error: {where}: {os.strerror(e.errno)} while writing; nothing was kept "
+              "(free space or choose another --out)", file=sys.stderr)
+        # no finalisers: an HDF5 file whose write failed on a full disk crashes when closed at exit
+        # (its temporary file is already removed, and the run log is only written on success)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_WRITE)
     except Exception as e:
         kind = _click_kind(e)
         if kind == "exit":
@@ -106,10 +126,20 @@ def main(argv: Optional[list[str]] = None) -> None:
         if kind == "abort":
             print("phenoclip: aborted", file=sys.stderr)
             sys.exit(130)
-        if debug:
-            raise
-        # a bug: say so in one line and point at the traceback switch
-        print(f"phenoclip: internal error: {type(e).__name__}: {e} "
-              f"(rerun with PHENOCLIP_DEBUG=1 for the traceback and report it)", file=sys.stderr)
-        sys.exit(EXIT_INTERNAL)
+        _internal(e, debug)
     sys.exit(0)
+
+
+#: errors of the disk, not of phenoclip: exit 6 like any other output that cannot be written
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _internal(e: BaseException, debug: bool) -> None:
+    """A bug: say so in one line and point at the traceback switch."""
+    from phenoclip.errors import EXIT_INTERNAL
+
+    if debug:
+        raise e
+    print(f"phenoclip: internal error: {type(e).__name__}: {e} "
+          f"(rerun with PHENOCLIP_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+    sys.exit(EXIT_INTERNAL)

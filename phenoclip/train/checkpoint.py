@@ -23,6 +23,7 @@ sees the old checkpoint or the new one, never files of two epochs.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -90,31 +91,28 @@ def _jsonable(x):
 def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, config: dict, state: dict,
                     optimizer: torch.optim.Optimizer | None = None, scheduler=None,
                     generators: dict[str, torch.Generator] | None = None) -> Path:
-    """Write a complete checkpoint directory atomically (per file) and return its path."""
-    from safetensors.torch import save_file
-
+    """Write a complete checkpoint directory (whole or not at all, see the module docstring)."""
     directory = Path(directory)
+    created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create the checkpoint folder ({e.strerror})", directory) from None
     recover(directory)
     tmp = directory / f".tmp-{os.getpid()}"
-    tmp.mkdir(exist_ok=True)
     try:
-        # safetensors refuses shared storage; contiguous clones keep tied weights loadable
-        # (copied to the CPU: a checkpoint written on a GPU loads on a laptop as it is)
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"phenoclip_version": __version__})
-        rng_tensors, rng_json = rng_state(generators)
-        save_file(rng_tensors, str(tmp / RNG_FILE))
-        full_state = {**state, "rng": rng_json, "phenoclip_version": __version__}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2, default=str))
-        if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None},
-                       tmp / OPTIMIZER_FILE)
+        tmp.mkdir(exist_ok=True)
+        _write_files(tmp, model, config, state, optimizer, scheduler, generators)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(directory.iterdir()):
+            directory.rmdir()   # the first save failed: leave no empty checkpoint folder behind
+        # safetensors reports a full disk as its own error type: make it the OSError it is
+        if not isinstance(e, OSError) and "os error 28" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory)) from None
+        raise
+    committed = False
+    try:
         names = sorted(f.name for f in tmp.iterdir())
         for name in names:
             _fsync(tmp / name)
@@ -123,11 +121,31 @@ def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, con
         journal_tmp.write_text(json.dumps({"folder": tmp.name, "files": names}))
         _fsync(journal_tmp)
         os.replace(journal_tmp, directory / JOURNAL_FILE)   # the commit point
+        committed = True
         _fsync(directory)
         _roll_forward(directory)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not committed:  # after the commit the staged files belong to the journal's roll-forward
+            shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _write_files(tmp: Path, model, config, state, optimizer, scheduler, generators) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors refuses shared storage; contiguous clones keep tied weights loadable
+    # (copied to the CPU: a checkpoint written on a GPU loads on a laptop as it is)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(tmp / MODEL_FILE), metadata={"phenoclip_version": __version__})
+    rng_tensors, rng_json = rng_state(generators)
+    save_file(rng_tensors, str(tmp / RNG_FILE))
+    full_state = {**state, "rng": rng_json, "phenoclip_version": __version__}
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2, default=str))
+    if optimizer is not None:
+        torch.save({"optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                   tmp / OPTIMIZER_FILE)
 
 
 def _fsync(path: Path) -> None:
