@@ -35,6 +35,7 @@ import torch
 
 from phenoclip import __version__
 from phenoclip.errors import InputMissingError, MalformedInputError, OutputError
+from phenoclip.staging import pid_alive
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -175,16 +176,6 @@ def _roll_forward(directory: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover(directory: str | os.PathLike) -> None:
     """Make a checkpoint folder whole after a kill while saving: finish a committed save (its
     journal is present) and remove staging folders of writers that are gone (their save never
@@ -197,7 +188,7 @@ def recover(directory: str | os.PathLike) -> None:
             _roll_forward(directory)
         for stale in directory.glob(".tmp-*"):
             pid = stale.name[len(".tmp-"):]
-            if stale.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if stale.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
         for stale in directory.glob(f"{JOURNAL_FILE}.tmp-*"):
             stale.unlink(missing_ok=True)
