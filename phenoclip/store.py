@@ -386,4 +386,33 @@ def open_store(path: str | os.PathLike, expect: str | Sequence[str] | None = Non
     if "samples" not in h5:
         h5.close()
         raise MalformedInputError("store has no 'samples' dataset", p)
+    problem = _indirection(h5)
+    if problem:
+        h5.close()
+        raise MalformedInputError(f"{problem}; a store's data must live inside the file", p,
+                                  "re-create the store with phenoclip preprocess")
     return Store(p, h5)
+
+
+def _indirection(group: h5py.Group, prefix: str = "") -> str | None:
+    """The first link or dataset that would make HDF5 read outside the file (soft and external
+    links, external raw storage, virtual datasets), or None. A store written by phenoclip has
+    none; following them would read, say, ``/etc/passwd`` as expression values."""
+    for name in group:
+        link = group.get(name, getlink=True)
+        path = f"{prefix}/{name}"
+        if isinstance(link, h5py.ExternalLink):
+            return f"{path} is an external link to {link.filename}"
+        if isinstance(link, h5py.SoftLink):
+            return f"{path} is a soft link to {link.path}"
+        obj = group[name]
+        if isinstance(obj, h5py.Group):
+            problem = _indirection(obj, path)
+            if problem:
+                return problem
+        elif isinstance(obj, h5py.Dataset):
+            if obj.external:
+                return f"dataset {path} keeps its values in external file(s) {obj.external[0][0]!r}"
+            if obj.is_virtual:
+                return f"dataset {path} is virtual (its values come from other files)"
+    return None

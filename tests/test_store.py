@@ -97,3 +97,47 @@ def test_parallel_direct_chunk_writes_read_back_exactly(tmp_path):
         np.testing.assert_array_equal(f["haplotypes"][:], haps)
         np.testing.assert_array_equal(f["values"][:], floats)
         assert f["dosage"].compression == "gzip"
+
+
+def _store_with(path, build):
+    """A valid expression store of 4 samples x 3 genes whose 'values' come from ``build(f)``."""
+    with store.create_store(path, "expression", [f"s{i}" for i in range(4)], attrs={"transform": "none"}) as w:
+        w.array("genes", ["g0", "g1", "g2"])
+        build(w.h5)
+
+
+@pytest.mark.parametrize("kind", ["external_storage", "virtual", "external_link", "soft_link"])
+def test_stores_that_read_outside_the_file_are_refused(tmp_path, kind):
+    """An HDF5 dataset can keep its values in another file (external raw storage, virtual
+    datasets, external links): read as a store, /etc/passwd would become expression values."""
+    from conftest import error_lines, run_cli
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["values"] = np.ones((4, 3), np.float32)
+
+    def build(h5):
+        if kind == "external_storage":
+            h5.create_dataset("values", shape=(4, 3), dtype=np.float32, external=[(str(secret), 0, 48)])
+        elif kind == "virtual":
+            layout = h5py.VirtualLayout(shape=(4, 3), dtype=np.float32)
+            layout[:] = h5py.VirtualSource(str(other), "values", shape=(4, 3))
+            h5.create_virtual_dataset("values", layout)
+        elif kind == "external_link":
+            h5["values"] = h5py.ExternalLink(str(other), "/values")
+        else:
+            h5["data"] = np.zeros((4, 3), np.float32)
+            h5["values"] = h5py.SoftLink("/data")
+
+    path = tmp_path / "expr.h5"
+    _store_with(path, build)
+    with pytest.raises(MalformedInputError, match="must live inside the file"):
+        store.open_store(path)
+    proc = run_cli("pretrain", "--modalities", "expr", "--objective", "scarf", "--data", path, "--out",
+                   tmp_path / "pre")
+    assert proc.returncode == 4, proc.stderr
+    [line] = error_lines(proc)
+    assert str(path) in line and "/values" in line
+    assert not (tmp_path / "pre").exists()
