@@ -78,3 +78,34 @@ def test_cli_bad_inputs(tmp_path):
     assert proc.returncode == 5 and "--top-genes 9" in proc.stderr
     proc = run_cli("preprocess", "expression", "--table", ok, "--out", out / "e.h5")
     assert proc.returncode == 0 and (out / "e.log").exists()
+
+
+def test_values_beyond_float32_are_refused(tmp_path):
+    """1e39 is a valid float64 and infinity in the float32 store: refused, naming sample and gene."""
+    table = write_table(tmp_path / "big.tsv", values=np.array([[1, 2, 3], [4, 1e39, 6], [7, 8, 9]], dtype=float))
+    proc = run_cli("preprocess", "expression", "--table", table, "--out", tmp_path / "e.h5", "--transform", "none")
+    assert proc.returncode == 4
+    [line] = error_lines(proc)
+    assert "sample 'b', gene 'G2'" in line and "float32" in line
+    assert not (tmp_path / "e.h5").exists()
+    # log1p brings it into range: accepted
+    proc = run_cli("preprocess", "expression", "--table", table, "--out", tmp_path / "e.h5")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_nan_in_a_store_is_refused_before_training(tmp_path):
+    """A store edited or written outside phenoclip with a NaN: named, instead of NaN losses and scores."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    table = write_table(tmp_path / "e.tsv", values=rng.random((30, 3)) * 10,
+                        samples=[f"p{i}" for i in range(30)])
+    store = tmp_path / "e.h5"
+    assert run_cli("preprocess", "expression", "--table", table, "--out", store).returncode == 0
+    with h5py.File(store, "r+") as f:
+        f["values"][7, 1] = np.nan
+    proc = run_cli("pretrain", "--modalities", "expr", "--objective", "scarf", "--data", store, "--out",
+                   tmp_path / "pre", "--epochs", "1")
+    assert proc.returncode == 4, proc.stderr
+    [line] = error_lines(proc)
+    assert "sample 'p7'" in line and "NaN or infinite" in line and str(store) in line

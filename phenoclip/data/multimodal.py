@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from phenoclip.data.batch import (DOSAGE, IMAGES, MASKS, PRESENT, SAMPLE_IDS, SIGNALS, TERMS,
                                   VALUES)
-from phenoclip.errors import InconsistentInputError, UsageError
+from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
 from phenoclip.store import SCHEMA_MODALITY, open_store
 
 #: per modality: store dataset name -> batch key
@@ -45,6 +45,19 @@ class ModalityStore:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     cache: dict[str, np.ndarray] | None = None
+
+
+def _check_finite(ms: ModalityStore, name: str, values: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse NaN and infinity in a float dataset (a model would turn them into NaN scores),
+    naming the first sample that has one."""
+    if values.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        sample = ms.samples[int(rows[np.argmax(bad)])]
+        raise MalformedInputError(f"{name} of sample '{sample}' holds NaN or infinite values "
+                                  f"({int(bad.sum())} sample(s) affected)", ms.path,
+                                  "re-create the store with phenoclip preprocess, which refuses them")
 
 
 class CohortStores:
@@ -105,6 +118,8 @@ class CohortStores:
         if ms.modality == "hpo":
             return {}
         out = {key: s[name][...] for name, key in _FIELDS[ms.modality].items()}
+        for name, key in _FIELDS[ms.modality].items():
+            _check_finite(ms, name, out[key], np.arange(len(out[key])))
         if ms.modality == "mri" and "masks" in s:
             out[MASKS] = s["masks"][...]
         return out
@@ -170,7 +185,9 @@ class MultimodalDataset(Dataset):
         h = self._handles.get(ms.path)
         if h is None:  # opened lazily per process: h5py handles must not be shared across a fork
             h = self._handles[ms.path] = open_store(ms.path)
-        return h[name][row]
+        out = h[name][row]
+        _check_finite(ms, name, out[None], np.array([row]))
+        return out
 
     def __len__(self) -> int:
         return len(self.samples)

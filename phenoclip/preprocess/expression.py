@@ -58,12 +58,19 @@ def convert_expression(table: str | os.PathLike, out: str | os.PathLike, *, tran
             raise InconsistentInputError(f"--top-genes {top_genes} but the table has {len(genes)} genes", table)
         keep = top_variable_genes(values, top_genes)
         values, genes = values[:, keep], [genes[i] for i in keep]
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming the cell
+        values32 = values.astype(np.float32)
+    if not np.isfinite(values32).all():
+        r, c = np.argwhere(~np.isfinite(values32))[0]
+        raise MalformedInputError(f"value {values[r, c]:.3g} at sample '{data.samples[r]}', gene '{genes[c]}' does "
+                                  f"not fit a float32 store (|x| > 3.4e38) after --transform {transform}", table,
+                                  "rescale the table, or use --transform log1p")
     mean, std = values.mean(axis=0), values.std(axis=0)
     with create_store(out, "expression", data.samples, source=table,
                       attrs={"source": os.path.abspath(table), "transform": transform,
                              "top_genes": top_genes or 0, "genes_as_rows": genes_as_rows}) as w:
         w.array("genes", genes)
-        w.per_sample("values", values.astype(np.float32))
+        w.per_sample("values", values32)
         # per-gene statistics: models standardise with these without re-reading every sample
         w.array("gene_mean", mean.astype(np.float32))
         w.array("gene_std", std.astype(np.float32))
