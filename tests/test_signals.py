@@ -218,3 +218,23 @@ def test_cli_signals_store_log_and_one_line_error(tmp_path):
     lines = error_lines(proc)
     assert len(lines) == 1 and lines[0].startswith("phenoclip: error:") and "sample 'c'" in lines[0]
     assert leftovers(tmp_path) == [] and not (tmp_path / "sig.log").exists()
+
+
+def test_impossible_rates_and_windows_get_one_line(tmp_path):
+    """Each was a crash or a click usage block: a rate of 0.0001 Hz in the manifest
+    (ZeroDivisionError), a window that cannot fit in memory (MemoryError), --rate 0."""
+    rate = 250
+    (tmp_path / "a.tsv").write_text("lead\n" + "".join(f"{x:.5f}\n" for x in tone(5, rate, 12)))
+    slow, ok = tmp_path / "slow.tsv", tmp_path / "ok.tsv"
+    slow.write_text("sample\tpath\trate\na\ta.tsv\t0.0001\n")
+    ok.write_text(f"sample\tpath\trate\na\ta.tsv\t{rate}\n")
+    cases = [((slow,), 4, "is a factor of 1e+06"),
+             ((ok, "--window", "1e8", "--rate", "1e9"), 2, "of memory, more than the"),
+             ((ok, "--rate", "0"), 2, "'--rate'"),
+             ((ok, "--rate", "1e6", "--window", "0.1", "--bandpass", "none"), 4, "is a factor of 4e+03")]
+    for (m, *options), code, text in cases:
+        proc = run_cli("preprocess", "signals", "--manifest", m, "--out", tmp_path / "sig.h5", *options)
+        assert proc.returncode == code, (options, proc.stderr)
+        [line] = error_lines(proc)
+        assert line.startswith("phenoclip: error:") and text in line, line
+        assert leftovers(tmp_path) == []

@@ -121,7 +121,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         if kind == "exit":
             sys.exit(e.exit_code)  # type: ignore[attr-defined]
         if kind == "usage":
-            e.show()  # type: ignore[attr-defined]
+            # one line, like every other error; click's block repeats the usage and a help hint
+            ctx = getattr(e, "ctx", None)
+            where = ctx.command_path if ctx is not None else "phenoclip"
+            print(f"phenoclip: error: {e.format_message()} (see '{where} --help')",  # type: ignore[attr-defined]
+                  file=sys.stderr)
             sys.exit(e.exit_code)  # type: ignore[attr-defined]
         if kind == "abort":
             print("phenoclip: aborted", file=sys.stderr)

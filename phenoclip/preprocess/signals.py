@@ -37,6 +37,7 @@ import numpy as np
 from scipy import signal as sps
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
+from phenoclip.memory import require_memory
 from phenoclip.io.biosignals import Recording, read_recording
 from phenoclip.io.tables import read_manifest
 from phenoclip.progress import track, warn
@@ -59,13 +60,26 @@ def design_bandpass(lo: float, hi: float, rate: float, order: int = FILTER_ORDER
     return sps.butter(order, [lo, hi], btype="bandpass", fs=rate, output="sos")
 
 
+#: resampling factors beyond this (either way) are refused: a rate that far from the target is
+#: a unit mistake (kHz for Hz, a period for a rate), and polyphase filters grow with the factor
+MAX_RESAMPLE_FACTOR = 1000
+
+
+def check_resample(rate_in: float, rate_out: float, path: str) -> None:
+    """Refuse a recording whose rate is more than :data:`MAX_RESAMPLE_FACTOR` from the target."""
+    factor = rate_out / rate_in
+    if not (1 / MAX_RESAMPLE_FACTOR <= factor <= MAX_RESAMPLE_FACTOR):
+        raise MalformedInputError(f"resampling from {rate_in:g} Hz to {rate_out:g} Hz is a factor of {factor:.3g}, "
+                                  f"beyond 1/{MAX_RESAMPLE_FACTOR}..{MAX_RESAMPLE_FACTOR}", path,
+                                  "check the recording's rate (Hz, not kHz or seconds) or choose --rate")
+
+
 def resample(x: np.ndarray, rate_in: float, rate_out: float) -> np.ndarray:
-    """Polyphase resampling by the rational ratio nearest ``rate_out / rate_in``."""
+    """Polyphase resampling by the rational ratio nearest ``rate_out / rate_in`` (within
+    :data:`MAX_RESAMPLE_FACTOR`, see :func:`check_resample`)."""
     if rate_in == rate_out:
         return x
-    ratio = (Fraction(rate_out).limit_denominator(1000) / Fraction(rate_in).limit_denominator(1000))
-    if max(ratio.numerator, ratio.denominator) > 1000:  # odd rates (from a time column): stay cheap
-        ratio = ratio.limit_denominator(1000)
+    ratio = Fraction(rate_out / rate_in).limit_denominator(MAX_RESAMPLE_FACTOR)
     return sps.resample_poly(x, ratio.numerator, ratio.denominator)
 
 
@@ -142,9 +156,14 @@ def convert_signals(manifest: str | os.PathLike, out: str | os.PathLike, *, rate
     """
     if not (np.isfinite(rate) and rate > 0):
         raise UsageError(f"rate must be a positive number of Hz, got {rate}")
+    if not (np.isfinite(window) and window > 0):
+        raise UsageError(f"window must be a positive number of seconds, got {window}")
     samples = int(round(window * rate))
-    if not np.isfinite(window) or samples < 1:
+    if samples < 1:
         raise UsageError(f"window of {window} s holds no sample at {rate:g} Hz")
+    # one channel of one recording, with the float64 working copies of resampling and filtering
+    require_memory(samples * 8 * 4, f"--window {window:g} s at --rate {rate:g} Hz ({samples:,} samples per "
+                   "channel)", from_option=True, hint="choose a shorter --window or a lower --rate")
     sos = design_bandpass(bandpass[0], bandpass[1], rate) if bandpass is not None else None
     manifest = os.fspath(manifest)
     entries = read_manifest(manifest, ["path"])
@@ -165,7 +184,12 @@ def convert_signals(manifest: str | os.PathLike, out: str | os.PathLike, *, rate
         data = source_rate = None
         for i, entry in enumerate(track(entries, "preprocess signals", unit="recordings")):
             rec = read_recording(entry.paths["path"], rates[i])
+            for r in set(rec.rates):
+                check_resample(float(r), rate, rec.path)
             if channels is None:
+                require_memory(samples * 8 * 4 * len(rec.channels), f"{len(rec.channels)} channel(s) of "
+                               f"{samples:,} samples", rec.path, from_option=True,
+                               hint="choose a shorter --window or a lower --rate")
                 channels, first = rec.channels, entry.sample
                 data = w.per_sample("signals", shape=(n, len(channels), samples), dtype=np.float32)
                 source_rate = np.zeros((n, len(channels)))
