@@ -263,3 +263,21 @@ def test_cli_mri_bad_input_is_one_line(tmp_path):
     lines = error_lines(proc)
     assert len(lines) == 1 and lines[0].startswith("phenoclip: error:") and "a.nii.gz" in lines[0]
     assert leftovers(tmp_path) == [] and not (tmp_path / "mri.log").exists()
+
+
+def test_a_header_claiming_more_voxels_than_memory_is_refused(tmp_path):
+    """68 bytes of .nii.gz whose header says 2000^3 float32 voxels: refused before allocating 30+ GB."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000))
+    header.set_data_dtype(np.float32)
+    header.set_sform(np.eye(4), 1)
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(header.binaryblock + b"\0" * 1004))
+    assert (tmp_path / "huge.nii.gz").stat().st_size < 1024
+    m = manifest(tmp_path, [("a", "huge.nii.gz")], ("sample", "image"))
+    proc = run_cli("preprocess", "mri", "--manifest", m, "--out", tmp_path / "mri.h5")
+    assert proc.returncode == EXIT_MALFORMED
+    [line] = error_lines(proc)
+    assert "huge.nii.gz" in line and "2000x2000x2000" in line and "of memory" in line
+    assert leftovers(tmp_path) == []

@@ -36,6 +36,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from phenoclip.errors import MalformedInputError, OutputError, require_readable, require_writable_parent
+from phenoclip.memory import require_memory
 
 # errors nibabel lets through for damaged files (gzip: EOFError/zlib.error/BadGzipFile (an OSError))
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
@@ -134,6 +135,10 @@ def read_volume(path: str | os.PathLike, *, what: str = "image", allow_constant:
         raise MalformedInputError(f"not a NIfTI file (nibabel reads it as {type(img).__name__})", p,
                                   "convert it to .nii.gz, e.g. with dcm2niix or mri_convert")
     shape, squeezed = _squeeze_to_3d(tuple(img.shape), p, what)
+    # the header's shape is only a claim: a 1 KB file can say 2000^3 voxels (a float32 copy and
+    # the file's own dtype are held at once while reading)
+    require_memory(float(np.prod(shape, dtype=np.float64)) * (4 + img.get_data_dtype().itemsize),
+                   f"reading the {what}'s {'x'.join(map(str, shape))} voxels its header claims", p)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
     except _READ_ERRORS as e:
