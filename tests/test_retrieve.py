@@ -388,3 +388,31 @@ def test_map_points_keep_labelled_patients_of_the_kept_set():
     assert points.embeddings.dtype == np.float32
     assert points.embeddings.tolist() == [[0, 1], [2, 3], [10, 11]]
     assert points_from(groups, {"a": "x"}).samples == ["a"]  # no keep set: every labelled point
+
+
+@pytest.mark.parametrize("edit, code, text", [
+    (lambda c: c.update(embed_dim=10**9), 5, "do not belong together"),
+    (lambda c: c["data_shapes"]["gene"].update(n_variants=10**10), 5, "do not belong together"),
+    (lambda c: c.update(embed_dim=-5), 4, "does not describe a pretrained model"),
+    (lambda c: c.update(embed_dim="big"), 4, "does not describe a pretrained model"),
+    (lambda c: c.update(architectures={"gene": "nosuch"}), 4, "no encoder 'nosuch'"),
+    (lambda c: c.update(preset="huge"), 4, "unknown preset 'huge'"),
+    (lambda c: c.update(data_shapes="x"), 4, "does not describe a pretrained model"),
+])
+def test_tampered_checkpoint_config_is_refused_before_allocating(ckpt, sample_stores, tmp_path, capsys,
+                                                                 edit, code, text):
+    """config.json sizes drive allocations: embed_dim 1e9 asked for 1.5 TB (exit 70 from the
+    allocator); unknown architectures and bad sizes were exit 70 too."""
+    import json
+    import shutil
+
+    bad = tmp_path / "ckpt"
+    shutil.copytree(ckpt, bad)
+    config = json.loads((bad / "config.json").read_text())
+    edit(config)
+    (bad / "config.json").write_text(json.dumps(config))
+    rc, lines = cli_in_process(capsys, "retrieve", "--checkpoint", str(bad), "--query", str(sample_stores["gene"]),
+                               "--gallery", str(sample_stores["expr"]), "--out", str(tmp_path / "hits.tsv"))
+    assert rc == code, lines
+    assert len(lines) == 1 and text in lines[0] and "config.json" in lines[0]
+    assert not (tmp_path / "hits.tsv").exists()

@@ -87,7 +87,7 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     config = read_config_of_kind(directory, "pretrain")
     if "data_shapes" not in config or "modalities" not in config:
         raise InconsistentInputError("config.json does not describe a phenoclip model", directory)
-    model = model_from_pretrain_config(config)
+    model = ckpt.build_checked(directory, lambda: model_from_pretrain_config(config), "a pretrained model")
     ckpt.load_weights(directory, model, prefix="model.")
     model.eval()
     return Pretrained(directory, config, ckpt.read_state(directory), model, ckpt.read_data_stats(directory))

@@ -29,12 +29,13 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from phenoclip import __version__
-from phenoclip.errors import InputMissingError, MalformedInputError, OutputError
+from phenoclip.errors import InconsistentInputError, InputMissingError, MalformedInputError, OutputError
 from phenoclip.staging import pid_alive
 
 MODEL_FILE = "model.safetensors"
@@ -195,6 +196,50 @@ def recover(directory: str | os.PathLike) -> None:
     except PermissionError as e:
         raise OutputError(f"the checkpoint was interrupted while being saved and cannot be completed here "
                           f"({e.strerror})", directory, "make the folder writable once, then rerun") from None
+
+
+#: a config.json may describe a model this much larger than its weights file before the two are
+#: called inconsistent (the file also holds objective heads; a model never outgrows its weights)
+_SLACK_BYTES = 64 << 20
+
+
+def build_checked(directory: str | os.PathLike, build: Callable[[], torch.nn.Module],
+                  what: str = "a phenoclip model") -> torch.nn.Module:
+    """Build the model ``config.json`` describes without trusting its sizes.
+
+    ``build`` runs first on PyTorch's meta device (shapes only, no memory): a config it cannot
+    build from (an unknown architecture, a negative or textual size) is malformed (exit 4); one
+    that asks for far more parameters than ``model.safetensors`` holds (``embed_dim`` 1e9) does
+    not belong to its weights (exit 5); then the size is checked against available memory, and
+    only then is the model built for real.
+    """
+    from phenoclip.memory import require_memory
+
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        raise MalformedInputError(f"does not describe {what} ({type(e).__name__}: {e})", config_path,
+                                  "re-create the checkpoint") from None
+    except (RuntimeError, NotImplementedError):
+        probe = None  # a constructor that needs real data: sized by the build itself below
+    if probe is not None:
+        need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+        weights = directory / MODEL_FILE
+        have = weights.stat().st_size if weights.exists() else None
+        if have is not None and need > 2 * have + _SLACK_BYTES:
+            raise InconsistentInputError(
+                f"describes a model of {need / 2**20:,.0f} MiB but {MODEL_FILE} holds "
+                f"{have / 2**20:,.1f} MiB: they do not belong together", config_path,
+                "re-create the checkpoint; do not edit config.json")
+        require_memory(need, f"the model of config.json ({need / 2**20:,.0f} MiB of parameters)", config_path)
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        raise MalformedInputError(f"does not describe {what} ({type(e).__name__}: {e})", config_path,
+                                  "re-create the checkpoint") from None
 
 
 def _read_json(directory: Path, name: str) -> dict:

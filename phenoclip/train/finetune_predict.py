@@ -27,11 +27,11 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
     """(model in eval mode, config.json) of a ``phenoclip finetune`` output folder."""
     directory = Path(directory)
     config = read_config_of_kind(directory, "finetune")
-    try:
+    def build() -> FinetuneModel:
         model = model_from_pretrain_config(config["pretrain_config"])
-        ft = FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise MalformedInputError(f"config.json does not describe a fine-tuned model ({e})", directory) from None
+        return FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]))
+
+    ft = ckpt.build_checked(directory, build, "a fine-tuned model")
     ckpt.load_weights(directory, ft)
     ft.eval()
     return ft, config

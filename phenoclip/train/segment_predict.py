@@ -41,7 +41,7 @@ def load_segmenter(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict,
     from phenoclip.train import checkpoint as ckpt
 
     config = read_config_of_kind(directory, KIND)
-    try:
+    def build() -> torch.nn.Module:
         encoders = {}
         if config["decoder"] == "fusion":
             pc = config["pretrain_config"]
@@ -49,9 +49,9 @@ def load_segmenter(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict,
             mm = build_model({m: shapes[m] for m in config["encoders"]}, pc.get("preset", "tiny"),
                              pc.get("architectures") or {}, embed_dim=pc.get("embed_dim"))
             encoders = dict(mm.encoders)
-        model = build_segmenter(config["decoder"], config["decoder_config"], encoders, use_genes=config["genes"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise MalformedInputError(f"config.json does not describe a segmentation model ({e})", directory) from None
+        return build_segmenter(config["decoder"], config["decoder_config"], encoders, use_genes=config["genes"])
+
+    model = ckpt.build_checked(directory, build, "a segmentation model")
     ckpt.load_weights(directory, model)
     model.eval()
     stats = ckpt.read_data_stats(directory)
