@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import h5py
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -218,3 +219,32 @@ def test_torchrun_two_cpu_processes(small_cohort, tmp_path):
     assert state["finished"] and state["world_size"] == 2
     # each rank saw its own half of every epoch: samples/s counts both ranks
     assert state["history"][-1]["samples_per_s"] > 0
+
+
+def test_a_cohort_too_small_to_train_is_refused(small_cohort, tmp_path):
+    """A 1-sample store reached the first batch and died (exit 70, "Expected more than 1 value per
+    channel"): refused up front with the minimum."""
+    from phenoclip.store import create_store, open_store
+
+    for n in (1, 5):
+        tiny = {}
+        for m in ("gene", "expr"):
+            with open_store(small_cohort[m]) as src:
+                tiny[m] = tmp_path / f"{m}{n}.h5"
+                with create_store(tiny[m], src.schema, src.samples[:n], attrs=dict(src.attrs)) as w:
+                    for name in src.h5:
+                        if name == "samples":
+                            continue
+                        if isinstance(src.h5[name], h5py.Group):
+                            for sub in src.h5[name]:
+                                w.array(f"{name}/{sub}", src.h5[name][sub][...])
+                        elif src.h5[name].shape and src.h5[name].shape[0] == len(src.samples):
+                            w.per_sample(name, src.h5[name][:n])
+                        else:
+                            w.array(name, src.h5[name][...])
+        proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", tiny["gene"], "--data", tiny["expr"],
+                       "--arch", "gene=mlp", "--arch", "expr=mlp", "--out", tmp_path / f"pre{n}")
+        assert proc.returncode == 5, proc.stderr
+        [line] = error_lines(proc)
+        assert f"{n} patient(s) have the named modalities" in line and "at least 8 training patients" in line
+        assert not (tmp_path / f"pre{n}").exists()

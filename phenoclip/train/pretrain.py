@@ -154,6 +154,11 @@ def _check_resume(out: Path, cfg: PretrainConfig) -> None:
                                          f"now {b!r}", out, "resume with the same options or choose a new --out")
 
 
+#: fewer training patients cannot train: contrastive losses need negatives within a batch and
+#: normalisation layers need more than one value per channel
+MIN_TRAIN_PATIENTS = 8
+
+
 def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, log=info,
                  stop_after_steps: int | None = None) -> dict:
     """Pretrain and write the checkpoint directory ``out``; return the final state summary."""
@@ -185,6 +190,11 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
         train_ids, val_ids = fixed_split(usable, cfg.val_samples, cfg.data)
     else:
         train_ids, val_ids = split_patients(usable, cfg.val_fraction, cfg.seed)
+    if len(train_ids) < MIN_TRAIN_PATIENTS:
+        raise InconsistentInputError(
+            f"{len(usable)} patient(s) have the named modalities, {len(train_ids)} of them for training after "
+            f"the validation split; pretraining needs at least {MIN_TRAIN_PATIENTS} training patients",
+            ", ".join(cfg.data), "add patients, or lower --val-fraction")
     train_ds = MultimodalDataset(stores, needed, train_ids)
     val_ds = MultimodalDataset(stores, needed, val_ids, stats_samples=train_ids)
     cfg.data_shapes["n_train"] = len(train_ds)
