@@ -13,8 +13,8 @@ from phenoclip.store import open_store
 COUNTS = np.array([[10, 0, 90], [1, 1, 8], [0, 50, 50]], dtype=float)
 
 
-def write_table(path, values=COUNTS, samples=("a", "b", "c"), genes=("G1", "G2", "G3"), sep="\t"):
-    lines = [sep.join(["sample", *genes])]
+def write_table(path, values=COUNTS, samples=("a", "b", "c"), genes=("G1", "G2", "G3"), sep="\t", corner="sample"):
+    lines = [sep.join([corner, *genes])]
     lines += [sep.join([s, *[f"{v:g}" for v in row]]) for s, row in zip(samples, values)]
     text = "\n".join(lines) + "\n"
     if str(path).endswith(".gz"):
@@ -41,7 +41,7 @@ def test_transforms(tmp_path, transform, expected):
 
 def test_genes_as_rows_csv_and_top_genes(tmp_path):
     table = write_table(tmp_path / "e.csv", values=COUNTS.T, samples=("G1", "G2", "G3"), genes=("a", "b", "c"),
-                        sep=",")
+                        sep=",", corner="gene")
     convert_expression(table, tmp_path / "e.h5", transform="none", genes_as_rows=True, top_genes=2)
     with open_store(tmp_path / "e.h5") as s:
         assert s.samples == ["a", "b", "c"]
@@ -109,3 +109,18 @@ def test_nan_in_a_store_is_refused_before_training(tmp_path):
     assert proc.returncode == 4, proc.stderr
     [line] = error_lines(proc)
     assert "sample 'p7'" in line and "NaN or infinite" in line and str(store) in line
+
+
+@pytest.mark.parametrize("corner, rows, flag, text", [
+    ("gene_id", ("G1", "G2", "G3"), [], "add --genes-as-rows"),            # featureCounts-style header
+    ("id", ("ENSG00000141510", "ENSG00000012048.21", "ENSG00000139618"), [], "add --genes-as-rows"),
+    ("sample", ("a", "b", "c"), ["--genes-as-rows"], "drop --genes-as-rows"),
+])
+def test_a_table_read_the_wrong_way_round_is_refused(tmp_path, corner, rows, flag, text):
+    """Silently transposed, every gene became a patient: the header or Ensembl IDs give it away."""
+    table = write_table(tmp_path / "e.tsv", samples=rows, corner=corner)
+    proc = run_cli("preprocess", "expression", "--table", table, "--out", tmp_path / "e.h5", *flag)
+    assert proc.returncode == 4
+    [line] = error_lines(proc)
+    assert text in line and str(table) in line
+    assert not (tmp_path / "e.h5").exists()
