@@ -281,3 +281,35 @@ def test_a_header_claiming_more_voxels_than_memory_is_refused(tmp_path):
     [line] = error_lines(proc)
     assert "huge.nii.gz" in line and "2000x2000x2000" in line and "of memory" in line
     assert leftovers(tmp_path) == []
+
+
+def test_the_same_image_stored_in_any_voxel_order_gives_the_same_store(tmp_path):
+    """The same physical scan stored LPS, RAS and PIR must preprocess to the same store: the
+    nearest-neighbour steps (foreground, masks) used to round exact half-voxel ties by the
+    storage order (up to 6,000 of 110,000 voxels differed)."""
+    rng = np.random.default_rng(1)
+    shape = (40, 44, 36)   # even sizes on a 1 mm grid resampled to 2 mm: grid centres fall on half voxels
+    data = np.zeros(shape, np.float32)
+    data[5:35, 6:40, 4:32] = 50 + rng.normal(0, 5, (30, 34, 28))
+    data[12:20, 14:22, 10:16] = 200
+    mask = np.zeros(shape, np.uint8)
+    mask[11:21, 13:23, 9:17] = 1
+    ras = nib.Nifti1Image(data, np.array([[1.0, 0, 0, -20], [0, 1, 0, -22], [0, 0, 1, -18], [0, 0, 0, 1]]))
+    ras_mask = nib.Nifti1Image(mask, ras.affine)
+    stores = {}
+    for code in ("RAS", "LPS", "PIR"):
+        ornt = nib.orientations.axcodes2ornt(code)
+        nib.save(ras.as_reoriented(ornt), str(tmp_path / f"{code}.nii.gz"))
+        nib.save(ras_mask.as_reoriented(ornt), str(tmp_path / f"{code}_mask.nii.gz"))
+        (tmp_path / f"{code}.tsv").write_text(f"sample\timage\tmask\na\t{code}.nii.gz\t{code}_mask.nii.gz\n")
+        stores[code] = tmp_path / f"{code}.h5"
+        convert_mri(tmp_path / f"{code}.tsv", stores[code], spacing=(2.0, 2.0, 2.0), shape=(24, 24, 20))
+    with open_store(stores["RAS"]) as ref:
+        image, masks, grid = ref.read("images", 0), ref.read("masks", 0), ref.read("affine", 0)
+    assert masks.sum() > 0 and (image == 0).sum() > 0
+    for code in ("LPS", "PIR"):
+        with open_store(stores[code]) as st:
+            np.testing.assert_array_equal(st.read("masks", 0), masks)
+            np.testing.assert_array_equal(st.read("images", 0) == 0, image == 0)   # the foreground
+            np.testing.assert_allclose(st.read("images", 0), image, atol=1e-5)
+            np.testing.assert_allclose(st.read("affine", 0), grid, atol=1e-6)

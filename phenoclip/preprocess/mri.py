@@ -4,10 +4,11 @@ Every patient is resampled once, straight onto a *world-aligned RAS grid*: voxel
 of the output sits at world millimetres ``affine @ [d, h, w, 1]`` with
 ``affine = [[sx, 0, 0, tx], [0, sy, 0, ty], [0, 0, sz, tz], [0, 0, 0, 1]]``. So axis 0 (D) runs
 Left -> Right, axis 1 (H) Posterior -> Anterior, axis 2 (W) Inferior -> Superior, with the
-requested spacing. The grid is centred on the centre of the patient's field of view; that is
-what reorient + resample + centre crop/pad does, but done as one interpolation (less blur, no
-half-voxel drift) and exact for oblique scans, which are rotated into world alignment rather
-than only flipped to the nearest axes.
+requested spacing. The grid is centred on the centre of the patient's field of view. The voxels
+are first flipped and permuted to the closest RAS order (lossless), then interpolated once onto
+the grid (less blur than reorient + resample + crop, no half-voxel drift, exact for oblique
+scans, which are rotated into world alignment rather than only flipped to the nearest axes);
+the same scan stored in any voxel order gives the same store.
 
 Store layout (schema ``volumes`` v1), N samples, grid (D, H, W)::
 
@@ -85,10 +86,33 @@ def _antialias_sigma(source_affine: np.ndarray, spacing: Sequence[float]) -> np.
     return np.maximum(0.0, (tgt / src - 1.0) / 2.0)
 
 
+def to_closest_ras(data: np.ndarray, affine: np.ndarray, *others: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Flip and permute the voxel axes (lossless, no interpolation) to the closest RAS order.
+
+    The same scan stored LPS, PIR or RAS then becomes the same array on the same affine, so the
+    one interpolation that follows cannot depend on storage order: nearest-neighbour steps round
+    exact half-voxel ties one way, and which way was the file's axis direction. The affine is
+    rounded to 1e-6 mm, below any scanner's precision, so the float rounding of the flips cannot
+    tip a tie either. ``others`` (masks on the same voxels) get the same flips.
+    """
+    import nibabel as nib
+
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.axcodes2ornt("RAS"))
+    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+    moved = [np.ascontiguousarray(nib.orientations.apply_orientation(x, ornt)) for x in (data, *others)]
+    return moved[0], np.round(new_affine, 6), moved[1:]
+
+
 def preprocess_volume(data: np.ndarray, affine: np.ndarray, *, spacing: Sequence[float], shape: Sequence[int],
                       mask: np.ndarray | None = None) -> dict:
     """One patient: returns ``image`` (D, H, W float32), ``mask`` (uint8 or None), ``affine``,
-    ``mean``, ``std`` (see the module docstring for the conventions)."""
+    ``mean``, ``std`` (see the module docstring for the conventions). The volume is first put in
+    the closest RAS voxel order (:func:`to_closest_ras`), so the result does not depend on how
+    the file stores its voxels."""
+    data, affine, moved = to_closest_ras(data, affine, *([] if mask is None else [mask]))
+    mask = moved[0] if moved else None
     target = grid_affine(affine, data.shape, spacing, shape)
     foreground = data[data != 0]
     mean = float(foreground.mean(dtype=np.float64))
