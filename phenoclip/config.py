@@ -60,6 +60,21 @@ class PretrainConfig:
     linear_path: int = 128
     data_shapes: dict[str, Any] = field(default_factory=dict)
 
+    def _token_gene_encoder(self) -> None:
+        """mhm masks variant tokens: a preset whose default gene encoder is the dosage MLP (tiny)
+        switches to the variant transformer (said in the log); an explicit MLP is refused."""
+        from phenoclip.models.presets import PRESETS
+        from phenoclip.progress import warn
+
+        chosen = self.architectures.get("gene")
+        if chosen is None and PRESETS[self.preset].default_arch["gene"] == "mlp":
+            self.architectures = {**self.architectures, "gene": "transformer"}
+            warn(f"mhm masks variant tokens: the gene encoder is the variant transformer, not the {self.preset} "
+                 "preset's dosage MLP (--arch gene=mamba for the Mamba encoder)")
+        elif chosen == "mlp":
+            raise UsageError("the mhm objective masks variant tokens and the gene=mlp encoder has none",
+                             hint="use --arch gene=transformer or gene=mamba, or drop mhm")
+
     def validate(self) -> "PretrainConfig":
         """Reject impossible combinations with one clear line each (exit 2)."""
         if not self.modalities:
@@ -86,6 +101,8 @@ class PretrainConfig:
             raise UsageError("the mvm (masked volume modelling) objective needs mri in --modalities")
         if "mhm" in self.objectives and "gene" not in self.modalities:
             raise UsageError("the mhm (masked haplotype modelling) objective needs gene in --modalities")
+        if "mhm" in self.objectives:
+            self._token_gene_encoder()
         for name, w in self.weights.items():
             if name not in self.objectives:
                 raise UsageError(f"a weight is given for '{name}', which is not among --objective")

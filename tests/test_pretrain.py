@@ -248,3 +248,27 @@ def test_a_cohort_too_small_to_train_is_refused(small_cohort, tmp_path):
         [line] = error_lines(proc)
         assert f"{n} patient(s) have the named modalities" in line and "at least 8 training patients" in line
         assert not (tmp_path / f"pre{n}").exists()
+
+
+def test_readme_paper000_command_masks_haplotype_blocks_from_the_phased_haplotypes(sample_stores, tmp_path):
+    """The README's paper-000 command with the default preset exited 70 ("mhm needs a token-based
+    gene encoder"), and mhm estimated its blocks from dosages though every store carries phased
+    haplotypes. Now: the variant transformer is chosen (and said), the blocks come from the
+    haplotypes (and the log says so)."""
+    out = tmp_path / "gm"
+    proc = run_cli("pretrain", "--modalities", "gene,mri", "--data", sample_stores["gene"], "--data",
+                   sample_stores["mri"], "--data", sample_stores["pheno"], "--objective", "clip,ontology,mvm,mhm",
+                   "--weight", "ontology=0.5", "--out", out, "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "the gene encoder is the variant transformer" in proc.stderr
+    log = (out / "pretrain.log").read_text()
+    assert "haplotype blocks estimated from the phased haplotypes of" in log, log
+    state = json.loads((out / "state.json").read_text())
+    assert state["mhm_blocks_from"].startswith("the phased haplotypes")
+    assert "mhm" in state["history"][0] and json.loads((out / "config.json").read_text())["architectures"]["gene"] \
+        == "transformer"
+    # an explicit MLP cannot be masked token by token: one line, exit 2
+    proc = run_cli("pretrain", "--modalities", "gene,mri", "--data", sample_stores["gene"], "--data",
+                   sample_stores["mri"], "--objective", "clip,mhm", "--arch", "gene=mlp", "--out", tmp_path / "x")
+    assert proc.returncode == 2 and "gene=mlp encoder has none" in proc.stderr and len(error_lines(proc)) == 1
+

@@ -21,6 +21,7 @@ from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval.retrieval import paired_retrieval
 from phenoclip.ops.devices import module_device, resolve_device, to_device
 from phenoclip.progress import info, warn
+from phenoclip.store import open_store
 from phenoclip.train import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, train
@@ -76,7 +77,16 @@ def _initialisation(cfg: PretrainConfig, stores: CohortStores, train_ds: Multimo
         called = dos >= 0
         init["dosage_means"] = np.where(called, dos, 0).sum(0) / np.maximum(called.sum(0), 1)
         if "mhm" in cfg.objectives:
-            init["ld_blocks"] = estimate_ld_blocks(dos)
+            # paper 000 masks haplotype blocks: LD from the phased haplotypes when the store has
+            # them (r2 between alleles on one chromosome), else from dosages (composite LD)
+            if ms.meta.get("phased"):
+                with open_store(ms.path) as s:
+                    haps = s.read("haplotypes", sorted(rows))   # (S, 2, V), -1 missing
+                init["ld_blocks"] = estimate_ld_blocks(haps.reshape(-1, haps.shape[-1]).astype(np.float32))
+                init["ld_source"] = f"the phased haplotypes of {len(rows)} training patients"
+            else:
+                init["ld_blocks"] = estimate_ld_blocks(dos)
+                init["ld_source"] = f"the dosages of {len(rows)} training patients (the store is not phased)"
     if "hpo" in needs:
         data = stores.by_modality["hpo"].meta["phenotypes"]
         used = np.concatenate([*data.terms, *data.excluded, np.zeros(0, np.int64)])
@@ -200,7 +210,11 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
     cfg.data_shapes["n_train"] = len(train_ds)
     if resume:
         _check_resume(out, cfg)
-    task = PretrainTask(cfg, init=None if resume else _initialisation(cfg, stores, train_ds))
+    init = None if resume else _initialisation(cfg, stores, train_ds)
+    if init and "ld_blocks" in init:
+        log(f"mhm: {int(init['ld_blocks'].max()) + 1 if len(init['ld_blocks']) else 0} haplotype blocks estimated "
+            f"from {init['ld_source']}")
+    task = PretrainTask(cfg, init=init)
     settings = LoopSettings(epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_ds)), lr=cfg.lr,
                             weight_decay=cfg.weight_decay, seed=cfg.seed, stop_after_steps=stop_after_steps,
                             device=device)
@@ -213,6 +227,8 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
 
     state = {"split": {"train": train_ids, "validation": val_ids}, "modalities": cfg.modalities,
              "world_size": dist_utils.world_size(), "device": device}
+    if init and "ld_source" in init:
+        state["mhm_blocks_from"] = init["ld_source"]
     if resume:
         state["init_validation"] = ckpt.read_state(out).get("init_validation", {})
     elif len(clip_modalities) >= 2:
