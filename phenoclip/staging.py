@@ -24,13 +24,15 @@ from phenoclip.errors import OutputError, UsageError
 def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder; on success it becomes ``out``, on any exception it is removed.
 
-    ``out`` must not exist yet (an empty folder is accepted) and its parent must exist.
+    ``out`` must not exist yet (an empty folder is accepted); missing parent folders are created.
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists", hint="choose a new --out or remove it")
-    if not out.parent.exists():
-        raise OutputError("output folder's parent does not exist", out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)   # like mkdir -p: runs/ft needs no runs/ first
+    except OSError as e:
+        raise OutputError(f"cannot create the output's parent folder ({e.strerror})", out.parent) from None
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

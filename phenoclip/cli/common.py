@@ -56,3 +56,25 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
         yield log
         if rank0 and out != "-":  # results on stdout: the log would have no place of its own
             log.write(log_path_for(out, command))
+
+
+#: a cap on every step's epochs, for smoke runs of documented commands (the README test runs the
+#: README's commands as written, with their --epochs, on the sample cohort); unset in normal use
+MAX_EPOCHS_VAR = "PHENOCLIP_MAX_EPOCHS"
+
+
+def capped_epochs(epochs: int) -> int:
+    """``epochs``, or the cap in ``$PHENOCLIP_MAX_EPOCHS`` when that is lower (said on stderr)."""
+    text = os.environ.get(MAX_EPOCHS_VAR, "")
+    if not text:
+        return epochs
+    try:
+        cap = int(text)
+    except ValueError:
+        from phenoclip.errors import UsageError
+        raise UsageError(f"{MAX_EPOCHS_VAR} must be a whole number, got '{text}'") from None
+    if cap < epochs:
+        from phenoclip.progress import warn
+        warn(f"epochs capped at {cap} by {MAX_EPOCHS_VAR} (asked: {epochs})")
+        return cap
+    return epochs

@@ -37,7 +37,7 @@ def explain(
     out: Optional[str] = typer.Option(None, "--out", help="Output prefix: OUT.h5, OUT.tsv, OUT.manhattan.png, OUT.log, ..."),
     target: Optional[str] = typer.Option(None, "--target", help="contrastive | model [default: contrastive for a pretrain checkpoint, model for a finetune one]."),
     samples: Optional[str] = typer.Option(None, "--samples", help="Individuals to explain: a file of IDs (one a line, or plink FID IID) or a comma-separated list [default: all of --data]."),
-    reference_size: int = typer.Option(256, "--reference-size", help="Individuals in the fixed reference batch (drawn by --seed among those with both modalities, never the individual explained)."),
+    reference_size: Optional[int] = typer.Option(None, "--reference-size", help="Individuals in the fixed reference batch (drawn by --seed among those with both modalities, never the individual explained) [default: 256, or all others when fewer]."),
     baseline: str = typer.Option("mean", "--baseline", help="zeros | mean (training-split mean input) | REF.h5 (a store of the same features: mean of its individuals; GradientShap samples its rows)."),
     steps: int = typer.Option(50, "--steps", help="Integration points of IG and noise-tunnel (and of the head multipliers of DeepLift)."),
     internal_batch_size: Optional[int] = typer.Option(None, "--internal-batch-size", help="Rows (individuals x steps) per forward/backward pass; bounds memory [default: sized to ~256 MB]."),

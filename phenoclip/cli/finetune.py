@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from phenoclip.cli.common import Threads, run_step
+from phenoclip.cli.common import Threads, capped_epochs, run_step
 
 HELP = ("Fine-tune a prediction head on a pretrained checkpoint at several label fractions, each repeated "
         "with different seeds, beside the same head on a randomly initialised model (paper 002's "
@@ -61,7 +61,7 @@ def finetune(
         fractions=parse_fractions(label_fractions), repeats=repeats, task=task, positive=positive,
         test_fraction=test_fraction, seed=seed, baseline=baseline, fusion=fusion,
         modalities=[m.strip() for m in modalities.split(",") if m.strip()] if modalities else None,
-        head=HeadSettings(mode=mode, c=c, epochs=epochs, lr=lr))
+        head=HeadSettings(mode=mode, c=c, epochs=capped_epochs(epochs), lr=lr))
     with run_step("finetune", str(out) + "/", seed=seed, threads=threads) as log:
         result = run_finetune(settings)
         log.outputs.append(str(out))

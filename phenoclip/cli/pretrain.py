@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from phenoclip.cli.common import Threads, run_step
+from phenoclip.cli.common import Threads, capped_epochs, run_step
 
 HELP = ("Pretrain encoders whose embeddings line up across modalities (CLIP-style contrastive loss over "
         "every modality pair, HPO ontology alignment, masked volume / haplotype modelling) or one tabular "
@@ -74,6 +74,7 @@ def pretrain(
         cfg = PretrainConfig.from_dict(values)
     except TypeError as e:
         raise UsageError(f"bad configuration: {e}") from None
+    cfg.epochs = capped_epochs(cfg.epochs)
     with run_step("pretrain", str(out) + "/", seed=cfg.seed, threads=threads, device=cfg.device) as log:
         result = run_pretrain(cfg, out, resume=resume, log=lambda line: (info(line), log.note(line)))
         log.outputs.append(str(out))

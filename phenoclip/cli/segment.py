@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from phenoclip.cli.common import Seed, Threads, run_step
+from phenoclip.cli.common import Seed, Threads, capped_epochs, run_step
 
 HELP = ("Segment lesions in 3D MRI with MGI's fusion decoder: the pretrained ViT's patch tokens and the Mamba's "
         "gene tokens meet in two attention-interaction modules and a mask output module (paper 003). "
@@ -56,7 +56,7 @@ def train(
         genes=str(genes) if genes else None, decoder=decoder, preset=preset, init=init,
         image_skips=not no_image_skips, keep=str(keep) if keep else None, test_fraction=test_fraction,
         val_fraction=val_fraction, overlays=overlays,
-        fit=FitSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        fit=FitSettings(epochs=capped_epochs(epochs), batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         freeze_encoders=freeze_encoders, loss=loss, seed=seed, gene_dropout=gene_dropout))
     with run_step("segment train", str(out) + "/", seed=seed, threads=threads) as log:
         result = run_segment_train(settings)

@@ -71,7 +71,7 @@ class ExplainSettings:
     reference: str | None = None
     with_stores: list[str] = field(default_factory=list)
     samples: str | None = None
-    reference_size: int = 256
+    reference_size: int | None = None   # None: DEFAULT_REFERENCE_SIZE, capped at what the cohort allows
     baseline: str = "mean"
     steps: int = 50
     internal_batch_size: int | None = None
@@ -94,7 +94,8 @@ class ExplainSettings:
             raise UsageError(f"unknown --target '{self.target}': use {' or '.join(TARGETS)}")
         shards.check_part(self.part, self.num_parts)
         for name in ("steps", "reference_size", "batch_size", "nt_samples"):
-            if getattr(self, name) < (2 if name == "steps" else 1):
+            value = getattr(self, name)
+            if value is not None and value < (2 if name == "steps" else 1):
                 raise UsageError(f"--{name.replace('_', '-')} must be at least {2 if name == 'steps' else 1}")
         if self.internal_batch_size is not None and self.internal_batch_size < 1:
             raise UsageError("--internal-batch-size must be at least 1")

@@ -28,7 +28,7 @@ from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval.encode import embed_samples
 from phenoclip.explain.attribution import DenseEncoder
-from phenoclip.progress import warn
+from phenoclip.progress import info, warn
 
 
 class ContrastiveTarget(nn.Module):
@@ -144,6 +144,11 @@ class ModelTarget(nn.Module):
 
 # ----------------------------------------------------------------------------- building them for a run
 
+#: the reference batch of --target contrastive when --reference-size is not given (capped at the
+#: individuals that have both modalities, less one)
+DEFAULT_REFERENCE_SIZE = 256
+
+
 def reference_candidates(pool: list[str], individuals: list[str], size: int, seed: int, path: str,
                          modality: str, ref_modality: str) -> list[str]:
     """The reference candidates: ``size`` (+1 when an explained individual is among them) from ``pool`` by seed."""
@@ -163,6 +168,12 @@ def contrastive_target(s, stores: CohortStores, model: nn.Module, dense: DenseEn
                        ref_modality: str, individuals: list[str], stats):
     """``(scorer, reference candidates, extras(ids, x))`` of the contrastive target for settings ``s``."""
     pool = [x for x in stores.samples if stores.present(modality, [x])[0] and stores.present(ref_modality, [x])[0]]
+    if s.reference_size is None:
+        # the default fits the cohort it meets: a batch of all other individuals when fewer exist
+        s.reference_size = min(DEFAULT_REFERENCE_SIZE, max(1, len(pool) - 1))
+        if s.reference_size < DEFAULT_REFERENCE_SIZE:
+            info(f"reference batch: {s.reference_size} individuals (the default {DEFAULT_REFERENCE_SIZE} capped: "
+                 f"{len(pool)} have both {modality} and {ref_modality})")
     candidates = reference_candidates(pool, individuals, s.reference_size, s.seed, s.reference, modality,
                                       ref_modality)
     ref_self, _ = embed_samples(model, stores, modality, candidates, stats, label=f"reference {modality}")

@@ -185,9 +185,6 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
         raise InconsistentInputError("--resume but no checkpoint here yet", out, "run once without --resume")
     if not resume and (out / ckpt.MODEL_FILE).exists():
         raise UsageError(f"{out} already holds a checkpoint", hint="add --resume to continue it, or pick a new --out")
-    if not out.parent.exists():
-        from phenoclip.errors import OutputError
-        raise OutputError("output folder's parent does not exist", out.parent)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
