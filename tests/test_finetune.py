@@ -241,6 +241,20 @@ def test_finetune_pretrained_beats_scratch_and_raw_features(sample_checkpoint, s
         classes = [c.decode() for c in f["classes"][:]]
     again = np.array([[float(v) for v in table[s][2:2 + len(classes)]] for s in samples])
     assert np.allclose(proba, again, atol=1e-5)
+    # every row says which split the patient was in, and the held-out accuracy of its modalities
+    header = preds.read_text().splitlines()[0].split("\t")
+    assert header[-3:] == ["modalities", "split", "held_out_accuracy"]
+    assert {table[s][-2] for s in samples} == {"test"}
+    assert {table[s][-2] for s in state["split"]["train"]} == {"train"}
+    by_subset = {r["modalities"]: r for r in result["held_out_by_modalities"]}
+    assert len(by_subset) == 15 and by_subset["gene,expr,mri,signal"]["n_test"] == len(samples)
+    # with the stores of two modalities only: each row carries the (lower) accuracy of that subset
+    proc = run_cli("finetune", "predict", "--model", out, *_data_args(sample_stores, ("gene", "mri")), "--out", preds)
+    assert proc.returncode == 0, proc.stderr
+    expected = by_subset["gene,mri"]["accuracy"]
+    assert f"held-out accuracy with these modalities {expected:.2f}" in proc.stderr
+    rows = [line.split("\t") for line in preds.read_text().splitlines()[1:]]
+    assert {r[-1] for r in rows if r[-3] == "gene,mri"} == {f"{expected:.3f}"}
 
 
 @pytest.mark.slow

@@ -45,9 +45,14 @@ def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
     if not mods:
         raise InconsistentInputError(f"no --data store holds a modality of the model ({', '.join(ft.modalities)}); "
                                      f"stores give {', '.join(stores.modalities)}", model_dir)
+    held_out = _held_out_by_modalities(model_dir)
+    metric = "accuracy" if config["task"] != "regression" else "r2"
     absent = [m for m in ft.modalities if m not in mods]
     if absent:
-        warn(f"no store for {', '.join(absent)}: predicting from {', '.join(mods)} only")
+        here, full = held_out.get(",".join(mods), {}), held_out.get(",".join(ft.modalities), {})
+        expected = (f"; held-out {metric} with these modalities {here[metric]:.2f} ({full[metric]:.2f} with all "
+                    f"{len(ft.modalities)}), see the {metric} column") if metric in here and metric in full else ""
+        warn(f"no store for {', '.join(absent)}: predicting from {', '.join(mods)} only{expected}")
     samples = [s for s in stores.samples if any(stores.present(m, [s])[0] for m in mods)]
     skipped = len(stores.samples) - len(samples)
     if skipped:
@@ -59,14 +64,18 @@ def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
     scores = predict_scores(ft, ds, classification)
     present = {m: stores.present(m, samples) for m in mods}
     classes = config.get("classes") or []
-    header = ["sample", "predicted"] + [f"prob_{c}" for c in classes] + ["modalities"]
+    split = _split_of(model_dir)
+    header = (["sample", "predicted"] + [f"prob_{c}" for c in classes]
+              + ["modalities", "split", f"held_out_{metric}"])
     lines = ["\t".join(header)]
     for i, s in enumerate(samples):
         have = ",".join(m for m in mods if present[m][i])
+        expected = held_out.get(have, {}).get(metric)
+        tail = [have, split.get(s, "new"), "NA" if expected is None else f"{expected:.3f}"]
         if classification:
-            row = [s, classes[int(np.argmax(scores[i]))]] + [f"{p:.6g}" for p in scores[i]] + [have]
+            row = [s, classes[int(np.argmax(scores[i]))]] + [f"{p:.6g}" for p in scores[i]] + tail
         else:
-            row = [s, f"{scores[i]:.6g}", have]
+            row = [s, f"{scores[i]:.6g}"] + tail
         lines.append("\t".join(row))
     text = "\n".join(lines) + "\n"
     if out == "-":
@@ -75,3 +84,25 @@ def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
         write_text_atomic(out, text)
     info(f"predicted {len(samples)} patient(s) with {config['column']!r} model ({config['task']})")
     return len(samples)
+
+
+def _held_out_by_modalities(model_dir: str | os.PathLike) -> dict[str, dict]:
+    """``metrics.json``'s held-out metrics per modality subset ({} for models fitted before them)."""
+    import json
+
+    path = Path(model_dir) / "metrics.json"
+    try:
+        rows = json.loads(path.read_text()).get("held_out_by_modalities", [])
+    except (OSError, ValueError):
+        return {}
+    return {r["modalities"]: r for r in rows if isinstance(r, dict) and "modalities" in r}
+
+
+def _split_of(model_dir: str | os.PathLike) -> dict[str, str]:
+    """Each patient the model has met: ``train`` (fitted on), ``test`` (held out, scored in
+    metrics.json) or ``unused`` (labelled but outside the saved fit); others are ``new``."""
+    state = ckpt.read_state(model_dir).get("split", {})
+    out = {s: "unused" for s in state.get("pool", [])}
+    out.update({s: "train" for s in state.get("train", [])})
+    out.update({s: "test" for s in state.get("test", [])})
+    return out

@@ -156,6 +156,7 @@ class Experiment:
         summary = mean_sd(rows, ["fraction", "model"], ["n_train", *metric_names])
         headline = "auroc" if self.classification else "r2"
         ft, scores, train_idx = self.saved
+        by_modalities = self._held_out_by_modalities(ft)
         self._write_checkpoint(folder, ft, train_idx)
         self._write_predictions(folder / "predictions.h5", scores)
         figures = self._plots(folder, scores, summary, headline)
@@ -164,10 +165,37 @@ class Experiment:
                   "headline_metric": headline, "n_labelled": len(self.labels.samples),
                   "n_test": int(len(self.test_index)), "n_test_held_out_of_pretraining": self.test_never_seen,
                   "fractions": self.s.fractions, "repeats": self.s.repeats, "seed": self.s.seed,
-                  "summary": summary, "rows": rows, "figures": figures,
+                  "summary": summary, "rows": rows, "figures": figures, "held_out_by_modalities": by_modalities,
                   "saved_model": {"model": "pretrained", "fraction": max(self.s.fractions), "repeat": 0}}
         write_json(folder / "metrics.json", result)
         return result
+
+    def _held_out_by_modalities(self, ft: FinetuneModel) -> list[dict]:
+        """The saved model's test metrics when a patient has only some modalities: for every
+        non-empty subset, scored on the test patients that have all of it with the others left
+        out, exactly as ``finetune predict`` scores such patients. ``predict`` reports these
+        beside its predictions, so a prediction from fewer modalities carries its expected
+        accuracy instead of looking as good as one from all of them."""
+        from itertools import combinations
+
+        from phenoclip.eval.metrics import classification_metrics, regression_metrics
+
+        out = []
+        test = [self.labels.samples[i] for i in self.test_index]
+        y = self.labels.y[self.test_index]
+        for k in range(len(self.modalities), 0, -1):
+            for subset in combinations(self.modalities, k):
+                have = np.all([self.stores.present(m, test) for m in subset], axis=0)
+                if have.sum() < 2 or (self.classification and len(np.unique(y[have])) < 2):
+                    continue
+                ds = MultimodalDataset(self.stores, list(subset), [t for t, h in zip(test, have) if h],
+                                       expr_stats=self.stats)
+                scores = predict_scores(ft, ds, self.classification)
+                metrics = (classification_metrics(y[have], scores, self.labels.classes) if self.classification
+                           else regression_metrics(y[have], scores))
+                out.append({"modalities": ",".join(subset), "n_test": int(have.sum()),
+                            **{key: float(v) for key, v in metrics.items() if isinstance(v, (int, float))}})
+        return out
 
     def _write_checkpoint(self, folder: Path, ft: FinetuneModel, train_idx: np.ndarray) -> None:
         config = {"kind": KIND, "pretrain_checkpoint": os.path.abspath(self.s.checkpoint),
