@@ -247,7 +247,9 @@ def test_finetune_pretrained_beats_scratch_and_raw_features(sample_checkpoint, s
     assert {table[s][-2] for s in samples} == {"test"}
     assert {table[s][-2] for s in state["split"]["train"]} == {"train"}
     by_subset = {r["modalities"]: r for r in result["held_out_by_modalities"]}
-    assert len(by_subset) == 15 and by_subset["gene,expr,mri,signal"]["n_test"] == len(samples)
+    complete = [s for s in samples if table[s][-3] == "gene,expr,mri,signal"]
+    assert len(by_subset) == 15 and by_subset["gene,expr,mri,signal"]["n_test"] == len(complete) > 10
+    assert by_subset["expr"]["n_test"] >= by_subset["gene,expr"]["n_test"] >= len(complete)
     # with the stores of two modalities only: each row carries the (lower) accuracy of that subset
     proc = run_cli("finetune", "predict", "--model", out, *_data_args(sample_stores, ("gene", "mri")), "--out", preds)
     assert proc.returncode == 0, proc.stderr

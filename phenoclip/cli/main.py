@@ -20,7 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80},
 )
 
 
@@ -42,7 +42,7 @@ def _root(
 
 
 def _register() -> None:
-    from phenoclip.cli import benchmark, explain, finetune, preprocess, pretrain, retrieve, segment, simulate
+    from phenoclip.cli import benchmark, doctor, explain, finetune, preprocess, pretrain, retrieve, segment, simulate
 
     app.command("simulate", help=simulate.HELP)(simulate.simulate)
     app.add_typer(preprocess.app, name="preprocess")
@@ -52,9 +52,19 @@ def _register() -> None:
     app.add_typer(explain.app, name="explain")
     app.add_typer(segment.app, name="segment")
     app.command("benchmark", help=benchmark.HELP)(benchmark.benchmark)
+    app.command("doctor", help=doctor.HELP)(doctor.doctor)
 
 
 _register()
+
+
+def build_command():
+    """The click command tree of the CLI, with plain 80-column help (see :mod:`phenoclip.cli.help`)."""
+    from phenoclip.cli.help import plain_help
+
+    root = typer.main.get_command(app)
+    plain_help(root)
+    return root
 
 
 def _click_kind(exc: BaseException) -> str | None:
@@ -77,7 +87,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; user errors print one line and exit with their code, bugs exit 70."""
     from phenoclip.errors import EXIT_WRITE, PhenoclipError
 
-    command = typer.main.get_command(app)
+    command = build_command()
     args = sys.argv[1:] if argv is None else argv
     debug = os.environ.get("PHENOCLIP_DEBUG") not in (None, "", "0")
     try:

@@ -80,11 +80,9 @@ def _page(path: list[str], cmd) -> str:
 
 def render_all() -> dict[str, str]:
     """File name -> page text for the whole command tree."""
-    import typer
+    from phenoclip.cli.main import build_command
 
-    from phenoclip.cli.main import app
-
-    root = typer.main.get_command(app)
+    root = build_command()
     pages: dict[str, str] = {}
 
     def walk(path: list[str], cmd) -> None:

@@ -26,7 +26,8 @@ def _summary(log, summary: dict) -> None:
 
 @app.command("variants")
 def variants(
-    vcf: Path = typer.Option(..., "--vcf", help="Input .vcf, .vcf.gz or .bcf (GT field; phased or not)."),
+    vcf: Path = typer.Option(..., "--vcf", help="Input .vcf, .vcf.gz or .bcf (GT field; phased or not); - reads "
+                             "standard input (e.g. bcftools view ... | phenoclip preprocess variants --vcf -)."),
     out: Path = typer.Option(..., "--out", help="Output genotype store (.h5)."),
     region: List[str] = typer.Option([], "--region", help="CHR:BEG-END (1-based, inclusive) or CHR; repeatable. "
                                      "Uses the .tbi/.csi index when there is one."),
@@ -48,13 +49,17 @@ def variants(
     opts = VariantOptions(regions=list(region), keep=keep, remove=remove, maf=maf, max_missing=max_missing,
                           every_kth=every_kth, pgs_files=list(pgs), genes_file=genes, burden_maf=burden_maf,
                           threads=threads)
-    with run_step("preprocess variants", str(out), threads=threads) as log:
-        _summary(log, convert_vcf(vcf, out, opts))
+    from phenoclip.io.stdin import readable_input
+
+    with run_step("preprocess variants", str(out), threads=threads) as log, \
+            readable_input(vcf, out, "--vcf") as path:
+        _summary(log, convert_vcf(path, out, opts))
 
 
 @app.command("expression")
 def expression(
-    table: Path = typer.Option(..., "--table", help="Samples x genes table (.tsv/.csv, optionally .gz); first column sample IDs."),
+    table: Path = typer.Option(..., "--table", help="Samples x genes table (.tsv/.csv, optionally .gz); first column "
+                               "sample IDs; - reads standard input."),
     out: Path = typer.Option(..., "--out", help="Output expression store (.h5)."),
     transform: str = typer.Option("log1p", "--transform", help="log1p | cpm-log1p | none."),
     top_genes: Optional[int] = typer.Option(None, "--top-genes", min=1, help="Keep the N most variable genes (after the transform)."),
@@ -64,8 +69,11 @@ def expression(
     """Expression table -> expression store (values float32, samples x genes)."""
     from phenoclip.preprocess.expression import convert_expression
 
-    with run_step("preprocess expression", str(out), threads=threads) as log:
-        _summary(log, convert_expression(table, out, transform=transform, top_genes=top_genes,
+    from phenoclip.io.stdin import readable_input
+
+    with run_step("preprocess expression", str(out), threads=threads) as log, \
+            readable_input(table, out, "--table") as path:
+        _summary(log, convert_expression(path, out, transform=transform, top_genes=top_genes,
                                          genes_as_rows=genes_as_rows))
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
 from phenoclip.io.expression import read_expression_table
+from phenoclip.io.stdin import source_attr
 from phenoclip.store import check_unique_samples, create_store
 
 TRANSFORMS = ("log1p", "cpm-log1p", "none")
@@ -67,7 +68,7 @@ def convert_expression(table: str | os.PathLike, out: str | os.PathLike, *, tran
                                   "rescale the table, or use --transform log1p")
     mean, std = values.mean(axis=0), values.std(axis=0)
     with create_store(out, "expression", data.samples, source=table,
-                      attrs={"source": os.path.abspath(table), "transform": transform,
+                      attrs={"source": source_attr(table), "transform": transform,
                              "top_genes": top_genes or 0, "genes_as_rows": genes_as_rows}) as w:
         w.array("genes", genes)
         w.per_sample("values", values32)

@@ -22,6 +22,7 @@ import numpy as np
 from phenoclip.errors import UsageError
 from phenoclip.io.annotations import (GeneIntervals, ScoringFile, normalise_chrom, read_gene_annotation,
                                      read_pgs_scoring_file)
+from phenoclip.io.stdin import STDIN, display_name, source_attr
 from phenoclip.io.tables import read_id_list
 from phenoclip.io.vcf import SkipCounts, VariantBlock, check_samples_subset, has_index, iter_blocks, open_vcf, parse_region
 from phenoclip.progress import Progress, warn
@@ -150,6 +151,7 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     Returns a summary (samples, sites read, variants written, multi-allelic sites split, phased).
     """
     vcf_path = os.fspath(vcf_path)
+    name = display_name(vcf_path)  # '-' for standard input
     if opts.every_kth < 1:
         raise UsageError("--every-kth must be >= 1")
     regions = [parse_region(r) for r in opts.regions]
@@ -166,10 +168,10 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     if keep is not None or remove is not None:
         samples, absent = check_samples_subset(all_samples, keep, remove, vcf_path)
         if absent:
-            warn(f"{len(absent)} sample ID(s) from --keep/--remove are not in {vcf_path} (first: {absent[0]})")
+            warn(f"{len(absent)} sample ID(s) from --keep/--remove are not in {name} (first: {absent[0]})")
         subset = samples
     if regions and not has_index(vcf_path):
-        warn(f"{vcf_path} has no .tbi/.csi index: streaming the whole file to select regions "
+        warn(f"{name} has no .tbi/.csi index: streaming the whole file to select regions "
              "(index it with tabix -p vcf or bcftools index)")
     # htslib decompresses BGZF on a second thread while we decode: worth it even on 2 cores
     vcf = open_vcf(vcf_path, samples=subset, threads=opts.threads or min(2, os.cpu_count() or 1))
@@ -181,7 +183,7 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     n_sites = n_split = n_read = n_unphased = 0
     survivors = 0
     skipped = SkipCounts()
-    with Progress(f"reading {os.path.basename(vcf_path)}", None, "variants") as bar:
+    with Progress(f"reading {os.path.basename(name) if name != STDIN else 'standard input'}", None, "variants") as bar:
         for block in iter_blocks(vcf, vcf_path, regions, block_size=opts.block_size, want_ref_count=pgs is not None,
                                  skipped=skipped):
             n_sites += block.n_sites
@@ -221,14 +223,14 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     n_out = sum(len(b) for b in kept_blocks)
     phased = n_unphased == 0 and n_out > 0
     if skipped.no_gt:
-        warn(f"{skipped.no_gt} record(s) in {vcf_path} have no GT (first at {skipped.first_no_gt}); their calls "
+        warn(f"{skipped.no_gt} record(s) in {name} have no GT (first at {skipped.first_no_gt}); their calls "
              "are stored as missing, as bcftools reads them")
     if n_out == 0:
         why = (f" ({skipped.no_alt} record(s) read, none with an ALT allele: a reference-only or gVCF file has "
                "nothing to count)" if skipped.no_alt and not n_read else "")
-        warn(f"no variants left in {vcf_path} after region selection and filters{why}; writing an empty store")
+        warn(f"no variants left in {name} after region selection and filters{why}; writing an empty store")
     attrs = {
-        "source": os.path.abspath(vcf_path),
+        "source": source_attr(vcf_path),
         "sites_read": n_sites, "variants_read": n_read, "multiallelic_split": n_split,
         "records_without_alt": skipped.no_alt, "records_without_gt": skipped.no_gt,
         "phased": phased,
