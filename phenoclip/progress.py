@@ -33,11 +33,16 @@ def warn(message: str) -> None:
 class Progress:
     """A single progress task. ``advance(n)`` as work completes; use as a context manager."""
 
-    def __init__(self, description: str, total: float | None = None, unit: str = "items"):
+    def __init__(self, description: str, total: float | None = None, unit: str = "items",
+                 per_unit: tuple[float, str] | None = None):
+        """``per_unit=(k, name)`` also shows the rate in ``name``/s, ``k`` of them per unit (pretraining
+        counts steps and shows samples/s)."""
         self.description = description
         self.total = total
         self.unit = unit
+        self.per_unit = per_unit
         self.done = 0.0
+        self.skipped = 0.0
         self._rich = None
         self._task = None
         self._t0 = time.perf_counter()
@@ -52,18 +57,38 @@ class Progress:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
                                        TextColumn, TimeElapsedColumn, TimeRemainingColumn)
             self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TimeRemainingColumn(),
+                                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                      TextColumn("ETA"), TimeRemainingColumn(),
                                       console=Console(stderr=True), transient=False)
             self._rich.__enter__()
-            self._task = self._rich.add_task(self.description, total=self.total)
+            self._task = self._rich.add_task(self.description, total=self.total, rate="")
         return self
+
+    def skip(self, n: float) -> None:
+        """Count ``n`` units done before this run (a resumed pretraining): not part of the rate."""
+        self.done += n
+        self.skipped += n
+        self._t0 = time.perf_counter()
+        if self._rich is not None:
+            self._rich.reset(self._task, completed=self.done, total=self.total, rate="")
+
+    def rate(self, now: float | None = None) -> str:
+        """``'12.3 steps/s, 394 samples/s'`` over this run so far ('' before any time has passed)."""
+        elapsed = (now or time.perf_counter()) - self._t0
+        if elapsed <= 0 or self.done <= self.skipped:
+            return ""
+        per_s = (self.done - self.skipped) / elapsed
+        text = f"{per_s:.3g} {self.unit}/s"
+        if self.per_unit:
+            text += f", {per_s * self.per_unit[0]:.3g} {self.per_unit[1]}/s"
+        return text
 
     def advance(self, n: float = 1) -> None:
         self.done += n
         if QUIET:
             return
         if self._rich is not None:
-            self._rich.update(self._task, advance=n)
+            self._rich.update(self._task, advance=n, rate=self.rate())
             return
         # plain lines for batch logs: at every 10% of the total, or every 30 s without a total
         now = time.perf_counter()
@@ -81,7 +106,14 @@ class Progress:
     def _line(self, now: float) -> None:
         self._last_print = now
         total = f"/{self.total:g}" if self.total else ""
-        print(f"{self.description}: {self.done:g}{total} {self.unit} ({now - self._t0:.1f} s)",
+        elapsed = now - self._t0
+        extra = [f"{elapsed:.1f} s"]
+        if self.rate(now):
+            extra.append(self.rate(now))
+            left = (self.total - self.done) * elapsed / (self.done - self.skipped) if self.total else 0
+            if left > 0:
+                extra.append(f"ETA {left:.0f} s")
+        print(f"{self.description}: {self.done:g}{total} {self.unit} ({', '.join(extra)})",
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:

@@ -285,6 +285,18 @@ def test_model_target_explains_the_fine_tuned_logit(pre, cohort, tmp_path):
         assert s.attrs["target"] == "model" and "neuro" in s.attrs["explained_output"]
         change = np.abs(s["target_value"][...] - s["baseline_value"][...])
         assert np.median(np.abs(s["delta"][...])) < 0.01 * np.median(change)
+    assert "do not add up" not in err  # converged: no warning
+
+
+def test_an_unconverged_attribution_is_warned_about_on_the_terminal(capsys):
+    from phenoclip.explain.run import _warn_if_not_converged
+
+    _warn_if_not_converged(np.array([0.875, 0.9, 0.8]), np.array([0.5, 0.6, 0.4]), "deeplift")
+    err = capsys.readouterr().err
+    assert "deeplift's attributions do not add up" in err and "175% of the median change 0.5" in err
+    assert "--method ig" in err
+    _warn_if_not_converged(np.array([0.001, 0.002]), np.array([0.5, 0.6]), "ig")
+    assert capsys.readouterr().err == ""
 
 
 def test_mri_attributions_are_written_as_volumes_in_original_space(cohort, tmp_path):

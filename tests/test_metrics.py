@@ -233,6 +233,30 @@ def test_plot_roc_binary_and_multiclass(tmp_path):
         _assert_png(out, folder)
 
 
+def test_plot_roc_models_draws_one_panel_per_model(tmp_path):
+    import matplotlib.image
+
+    from phenoclip.eval.plots import plot_roc_models
+
+    y, p = _random_multiclass(80, 3, seed=3)
+    _, q = _random_multiclass(80, 3, seed=4)
+    long_title = "disease, test split (n=40), fraction 1, repeat 0, " * 3
+    out = plot_roc_models(y, {"pretrained": p, "scratch": q, "logistic_raw": p[:, ::-1]}, ["a", "b", "c"],
+                          tmp_path / "roc.png", title=long_title)
+    img = matplotlib.image.imread(out)
+    assert img.shape[1] > 2.5 * img.shape[0]  # three panels side by side
+    with pytest.raises(ValueError, match="scratch"):
+        plot_roc_models(y, {"scratch": q[:, :2]}, ["a", "b", "c"], tmp_path / "bad.png")
+
+
+def test_long_titles_are_wrapped_not_cut():
+    from phenoclip.eval.plots import _wrapped
+
+    title = "disease, test split (n=40), pretrained, fraction 1: ECE 0.052 (10 bins)"
+    lines = _wrapped(title, 55).split("\n")
+    assert len(lines) == 2 and all(len(line) <= 55 for line in lines) and " ".join(lines) == title
+
+
 def test_plot_reliability(tmp_path):
     y, p = _random_multiclass(80, 3, seed=4)
     _assert_png(plot_reliability(y, p, tmp_path / "rel.png", n_bins=5, title="test"), tmp_path)

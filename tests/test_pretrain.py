@@ -32,8 +32,10 @@ def test_checkpoint_directory_contents(small_cohort, tmp_path):
     proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", small_cohort["gene"], "--data", small_cohort["expr"],
                    "--arch", "gene=mlp", "--arch", "expr=mlp", "--epochs", "2", "--batch-size", "16", "--out", out)
     assert proc.returncode == 0, proc.stderr
-    for name in ("model.safetensors", "config.json", "state.json", "optimizer.pt", "rng.safetensors", "pretrain.log"):
+    for name in ("model.safetensors", "config.json", "state.json", "optimizer.pt", "rng.safetensors", "pretrain.log",
+                 "history.png"):
         assert (out / name).exists(), name
+    assert (out / "history.png").read_bytes().startswith(b"\x89PNG")  # losses and held-out retrieval per epoch
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["modalities"] == ["gene", "expr"] and cfg["architectures"] == FAST
     state = json.loads((out / "state.json").read_text())

@@ -119,6 +119,23 @@ def test_lesion_metrics_on_known_cubes():
     assert (both["dice"], both["hd95_mm"]) == (1.0, 0.0)
 
 
+def test_summary_counts_empty_predictions_and_gives_hd95_over_the_rest():
+    from phenoclip.train.segment import describe, lesion_metrics, summarise
+
+    truth = np.zeros((10, 10, 10), bool)
+    truth[2:6, 2:6, 2:6] = True
+    shifted = np.zeros_like(truth)
+    shifted[3:7, 2:6, 2:6] = True
+    rows = [{"sample": "a", **lesion_metrics(shifted, truth, (1.0, 1.0, 1.0))},
+            {"sample": "b", **lesion_metrics(np.zeros_like(truth), truth, (1.0, 1.0, 1.0))}]
+    s = summarise(rows)
+    assert (s["n_empty"], s["n_hd95_nonempty"]) == (1, 1)
+    assert s["hd95_mm_mean"] == pytest.approx((1.0 + np.sqrt(300)) / 2)
+    assert s["hd95_mm_nonempty_mean"] == pytest.approx(1.0)
+    assert "1 prediction(s) empty where there is a lesion" in describe(s, "patients")
+    assert "HD95 over the 1 non-empty: 1.00 mm" in describe(s, "patients")
+
+
 def test_three_way_split_is_disjoint_reproducible_and_prefers_held_out_patients():
     from phenoclip.errors import InconsistentInputError
     from phenoclip.train.segment import three_way_split
@@ -248,8 +265,16 @@ def test_predict_writes_masks_in_each_patients_original_space(seg, trained, pred
         samples = [s.decode() for s in f["samples"][:]]
     assert sorted(p.name for p in predicted.glob("*.nii.gz")) == sorted(
         [f"{s}.nii.gz" for s in samples] + [f"{s}_prob.nii.gz" for s in samples])
-    rows = [line.split("\t") for line in (predicted / "metrics.tsv").read_text().splitlines()[1:]]
+    lines = (predicted / "metrics.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[-1] == "split"
+    rows = [line.split("\t") for line in lines[1:]]
     assert len(rows) == len(samples) + 1 and rows[-1][0] == "mean"
+    # each patient's split in the model; the mean row is over the held-out test patients only
+    split = json.loads((trained["genes"] / "state.json").read_text())["split"]
+    assert {r[0]: r[-1] for r in rows[:-1]} == {s: p for p, ids in split.items() for s in ids if s in samples} | {
+        s: "new" for s in samples if not any(s in ids for ids in split.values())}
+    test_dice = [float(r[1]) for r in rows[:-1] if r[-1] == "test"]
+    assert rows[-1][-1] == "test" and float(rows[-1][1]) == pytest.approx(np.mean(test_dice), abs=1e-5)
     grid_dice = {r[0]: float(r[1]) for r in rows[:-1]}
     original, pooled = [], np.zeros(2)
     for s in samples:

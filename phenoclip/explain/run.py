@@ -275,6 +275,7 @@ def run_explain(s: ExplainSettings, log=info) -> dict:
     deltas, change = job.write(path, part_ids, first, s.seed)
     summary = _delta_summary(deltas, change, s.method)
     log(summary)
+    _warn_if_not_converged(deltas, change, s.method)
     outputs = [path]
     if s.part is None:
         from phenoclip.explain.outputs import finalise
@@ -333,6 +334,23 @@ def write_features(w, stores: CohortStores, modality: str, ids: list[str]) -> No
             w.per_sample(k, np.array([i[k] for i in infos], dtype=dtype).reshape(len(ids), *tail))
 
 
+#: a median |convergence delta| above this share of the median |F(x) - F(baseline)| is warned about
+DELTA_WARN_SHARE = 0.1
+
+
+def _warn_if_not_converged(deltas: np.ndarray, change: np.ndarray, method: str) -> None:
+    """On the terminal, not only in the log: attributions that do not add up to the change they explain."""
+    if not np.isfinite(deltas).any() or not np.isfinite(change).any():
+        return
+    d, c = float(np.nanmedian(deltas)), float(np.nanmedian(change))
+    if d > DELTA_WARN_SHARE * c:
+        hint = ("more --steps" if method in ("ig", "noise-tunnel") else
+                "--method ig, whose error shrinks with --steps" if method == "deeplift" else "--method ig")
+        warn(f"{method}'s attributions do not add up to the output change they explain: the median convergence "
+             f"error {d:.3g} is {d / c:.0%} of the median change {c:.3g} (OUT.h5 'delta'); try {hint}" if c > 0 else
+             f"{method}: median convergence error {d:.3g} while the output does not change from the baseline")
+
+
 def _delta_summary(deltas: np.ndarray, change: np.ndarray, method: str) -> str:
     """One log line: |convergence delta| over individuals against the size of the explained change."""
     if not np.isfinite(deltas).any():
@@ -376,6 +394,7 @@ def run_merge(parts: list[str], out: str, genes: str | None = None, gene_window:
         method = str(s.attrs["method"])
     log(f"merged {len(found)} parts: {n} individuals")
     log(_delta_summary(np.abs(d), change, method))
+    _warn_if_not_converged(np.abs(d), change, method)
     log(_top_line(prefix + ".tsv"))
     return {"outputs": outputs, "individuals": n, "parts": len(found)}
 

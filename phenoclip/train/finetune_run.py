@@ -78,6 +78,7 @@ class Experiment:
         self.raw_models = [RAW_MODELS[b] for b in s.baselines if b in RAW_MODELS]
         self.raw_blocks = self._raw_blocks() if self.raw_models else {}
         self.saved: tuple[FinetuneModel, np.ndarray, np.ndarray] | None = None
+        self.compared: dict[str, np.ndarray] = {}
         n_pref = int(sum(self.labels.samples[i] in set(self.pre.validation_samples) for i in self.test_index))
         self.test_never_seen = n_pref
         info(f"{self.labels.task} task on '{self.labels.column}': {len(self.labels.samples)} labelled patients, "
@@ -143,8 +144,10 @@ class Experiment:
         y_test = y[self.test_index]
         metrics = (classification_metrics(y_test, scores, self.labels.classes) if self.classification
                    else regression_metrics(y_test, scores))
-        if name == "pretrained" and repeat == 0 and fraction == max(self.s.fractions):
-            self.saved = (copy.deepcopy(ft), scores, idx)
+        if repeat == 0 and fraction == max(self.s.fractions):
+            self.compared[name] = scores  # roc.png draws every model on the same test patients
+            if name == "pretrained":
+                self.saved = (copy.deepcopy(ft), scores, idx)
         return {"fraction": fraction, "repeat": repeat, "model": name, "n_train": int(len(idx)), **metrics}
 
     # ------------------------------------------------------------------ outputs
@@ -234,7 +237,10 @@ class Experiment:
         title = f"{self.labels.column}, test split (n={len(y)}), pretrained, fraction {max(self.s.fractions):g}"
         figures = []
         if self.classification:
-            plots.plot_roc(y, scores, self.labels.classes, folder / "roc.png", title=title)
+            compared = {name: self.compared[name] for name in self.model_names if name in self.compared}
+            plots.plot_roc_models(y, compared or {"pretrained": scores}, self.labels.classes, folder / "roc.png",
+                                  title=f"{self.labels.column}, test split (n={len(y)}), fraction "
+                                        f"{max(self.s.fractions):g}, repeat 0")
             plots.plot_reliability(y, scores, folder / "reliability.png", title=title)
             figures += ["roc.png", "reliability.png"]
         else:

@@ -170,8 +170,10 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
         dist_utils.barrier()
 
     steps_done = 0
-    with _StopFlag() as stop, Progress("pretraining", total, "steps") as bar:
-        bar.advance(epoch * n_steps + step_in_epoch)
+    # patients per step, all ranks together (the epoch's last batch may be smaller)
+    per_step = len(dataset) / max(1, n_steps)
+    with _StopFlag() as stop, Progress("pretraining", total, "steps", per_unit=(per_step, "samples")) as bar:
+        bar.skip(epoch * n_steps + step_in_epoch)
         while epoch < settings.epochs:
             sums: dict[str, float] = dict(carried)
             carried = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -240,8 +241,25 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
         _write_stats(out, train_ds)
         raise
     _write_stats(out, train_ds)
+    if dist_utils.rank() == 0:
+        _plot_history(Path(out), result.get("history", []), log)
     dist_utils.shutdown()
     return result
+
+
+def _plot_history(out: Path, history: list[dict], log: Callable[[str], None]) -> None:
+    """``history.png`` beside ``state.json``: losses and held-out retrieval per epoch (a plot
+    failure is logged, never a failed pretraining: the checkpoint is already whole)."""
+    from phenoclip.errors import OutputError
+    from phenoclip.eval.plots import plot_pretrain_history
+
+    if not history:
+        return
+    try:
+        plot_pretrain_history(history, out / "history.png", ckpt.read_state(out).get("init_validation"),
+                              title=f"pretraining {out.name}")
+    except (OutputError, ValueError) as e:
+        log(f"history.png not written: {e}")
 
 
 def _write_stats(out: Path, train_ds: MultimodalDataset) -> None:

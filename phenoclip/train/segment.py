@@ -161,23 +161,49 @@ def lesion_metrics(predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[f
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
-    """Mean and SD of each metric over patients."""
+    """Mean and SD of each metric over patients.
+
+    Also ``n_empty`` (patients with a lesion whose prediction is empty: their HD95 is the volume
+    diagonal, which the mean includes) and ``hd95_mm_nonempty_mean`` (HD95 over the patients
+    where truth and prediction both have voxels), so a mean HD95 made of misses can be told apart.
+    """
     out: dict[str, float] = {"n": len(rows)}
     for key in ("dice", "hd95_mm", "truth_voxels", "predicted_voxels"):
         v = np.array([r[key] for r in rows], dtype=np.float64)
         out[f"{key}_mean"] = float(v.mean()) if len(v) else float("nan")
         out[f"{key}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+    both = [r["hd95_mm"] for r in rows if r["truth_voxels"] > 0 and r["predicted_voxels"] > 0]
+    out["n_empty"] = sum(1 for r in rows if r["truth_voxels"] > 0 and r["predicted_voxels"] == 0)
+    out["n_hd95_nonempty"] = len(both)
+    out["hd95_mm_nonempty_mean"] = float(np.mean(both)) if both else float("nan")
     return out
 
 
+def describe(summary: dict, what: str) -> str:
+    """One line of a :func:`summarise` result: Dice, HD95, and the empty predictions inside HD95."""
+    text = (f"Dice {summary['dice_mean']:.3f} ± {summary['dice_sd']:.3f}, HD95 {summary['hd95_mm_mean']:.2f} mm "
+            f"over {summary['n']} {what}")
+    if summary.get("n_empty"):
+        text += (f"; {summary['n_empty']} prediction(s) empty where there is a lesion (HD95 counted as the volume "
+                 f"diagonal); HD95 over the {summary['n_hd95_nonempty']} non-empty: "
+                 f"{summary['hd95_mm_nonempty_mean']:.2f} mm")
+    return text
+
+
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    """``metrics.tsv``: one row per patient, then a ``mean`` row."""
+    """``metrics.tsv``: one row per patient (with its ``split`` when rows carry one), then a ``mean``
+    row (over the ``test`` rows when there are any: the held-out patients)."""
     cols = ["sample", "dice", "hd95_mm", "truth_voxels", "predicted_voxels"]
-    s = summarise(rows)
-    mean = {"sample": "mean", **{c: s[f"{c}_mean"] for c in cols[1:]}}
+    split = any("split" in r for r in rows)
+    held_out = [r for r in rows if r.get("split") == "test"]
+    s = summarise(held_out or rows)
+    mean = {"sample": "mean", "split": "test" if held_out else "all", **{c: s[f"{c}_mean"] for c in cols[1:]}}
+    if split:
+        cols.append("split")
     lines = ["\t".join(cols)]
     for r in [*rows, mean]:
-        lines.append("\t".join(r[c] if c == "sample" else f"{float(r[c]):.6g}" for c in cols))
+        lines.append("\t".join(str(r.get(c, "new")) if c in ("sample", "split") else f"{float(r[c]):.6g}"
+                               for c in cols))
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -29,8 +29,11 @@ from phenoclip.errors import InconsistentInputError
 from phenoclip.models.segmentation import build_segmenter, count_parameters, fusion_config, monai_config
 from phenoclip.progress import info, warn
 from phenoclip.train import checkpoint as ckpt
-from phenoclip.train.segment import (KIND, FitSettings, SegmentData, SegmentSettings, lesion_metrics, summarise,
-                                     three_way_split, write_metrics)
+from phenoclip.train.segment import (KIND, FitSettings, SegmentData, SegmentSettings, describe, lesion_metrics,
+                                     summarise, three_way_split, write_metrics)
+
+#: a best validation Dice below this means the model has not started to segment (a warning says so)
+UNTRAINED_DICE = 0.05
 
 
 def build_for_training(decoder: str, preset: str, data: SegmentData, pre=None, init: str = "pretrained",
@@ -261,6 +264,13 @@ def train_into(s: SegmentSettings, folder: Path, log=info) -> dict:
               "epochs": s.fit.epochs, "n": {k: len(v) for k, v in split.items()}, "test": summary,
               "rows": rows, "figures": figures}
     (folder / "metrics.json").write_text(json.dumps(result, indent=2))
-    log(f"test Dice {summary['dice_mean']:.3f} ± {summary['dice_sd']:.3f}, HD95 {summary['hd95_mm_mean']:.2f} mm "
-        f"({len(rows)} patients; best validation Dice {trained['best_val_dice']:.3f} at epoch {trained['best_epoch']})")
+    log(f"test {describe(summary, 'held-out test patients')} (best validation Dice "
+        f"{trained['best_val_dice']:.3f} at epoch {trained['best_epoch']})")
+    if summary.get("n_empty"):
+        warn(f"{summary['n_empty']} of {summary['n']} test predictions are empty where there is a lesion; "
+             f"HD95 over the non-empty ones is {summary['hd95_mm_nonempty_mean']:.2f} mm (metrics.json)")
+    if trained["best_val_dice"] < UNTRAINED_DICE:
+        warn(f"validation Dice stayed at {trained['best_val_dice']:.3f} over {s.fit.epochs} epoch(s): the model has "
+             f"not learnt the lesions yet; train longer (the default is --epochs {FitSettings().epochs}) "
+             "or check that the masks match the images")
     return result
