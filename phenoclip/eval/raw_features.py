@@ -2,7 +2,7 @@
 
 * :func:`raw_features`: ``(ids, X)`` of the patients having a modality: dosages (missing calls
   NaN unless imputed), expression values standardised as the model sees them, flattened MRI
-  volumes and signal windows, and for HPO the multi-hot of the recorded terms and their ancestors;
+  volumes (the images only: lesion masks are labels, not inputs) and signal windows, and for HPO the multi-hot of the recorded terms and their ancestors;
 * :func:`on_patients`: the same rows placed on a list of patients, NaN rows for those lacking it;
 * :func:`standardise`: mean imputation and z-scoring fitted on training rows only;
 * :func:`fuse`: early fusion of several modalities into one matrix, each block weighted equally.
@@ -14,6 +14,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from phenoclip.data.batch import DOSAGE, IMAGES, SIGNALS, VALUES
+
+#: the one tensor of a modality's batch item that its encoder reads (never an MRI store's masks)
+MODEL_INPUT = {"gene": DOSAGE, "expr": VALUES, "mri": IMAGES, "signal": SIGNALS}
 
 def raw_features(stores, modality: str, samples: Sequence[str], expr_scaling=None,
                  impute_dosage: bool = True) -> tuple[list[str], np.ndarray]:
@@ -42,8 +46,10 @@ def raw_features(stores, modality: str, samples: Sequence[str], expr_scaling=Non
             x[i, [cols[t] for t in terms]] = 1.0
         return ids, x
     ds = MultimodalDataset(stores, [modality], ids, expr_stats=expr_scaling)
-    x = np.stack([np.concatenate([v.numpy().ravel() for k, v in ds[i][modality].items()
-                                  if v.dtype.is_floating_point]) for i in range(len(ids))]).astype(np.float64)
+    # only the tensor the encoders read: an MRI store's lesion masks are an annotation, not an
+    # input (with them, a "raw voxel" baseline read the answer: MRI AUROC 0.884 against 0.513)
+    key = MODEL_INPUT[modality]
+    x = np.stack([ds[i][modality][key].numpy().ravel() for i in range(len(ids))]).astype(np.float64)
     if modality == "gene":
         x[x < 0] = np.nan
         if impute_dosage:
