@@ -74,3 +74,14 @@ def test_doctor_reports_versions_torch_and_tools(tool):
     assert (rows[tool] == "not found") == (found is None)
     if found:
         assert found in rows[tool]
+
+
+def test_no_arguments_prints_the_help_not_an_error():
+    for args in ((), ("preprocess",)):
+        proc = run_cli(*args)
+        assert proc.returncode == 0 and proc.stdout.startswith(f"Usage: {' '.join(('phenoclip',) + args)}")
+        assert "error" not in proc.stdout + proc.stderr
+    # a group's commands get whole one-line summaries, not a first sentence cut at 45 characters
+    listed = dict(re.findall(r"^  ([a-z]+)\s{2,}(.+)$", run_cli("preprocess").stdout.split("Commands:")[1],
+                             flags=re.M))
+    assert listed["variants"] == "VCF/BCF -> genotype store" and not any(v.endswith("...") for v in listed.values())

@@ -67,8 +67,21 @@ def _plain(command, top: bool) -> None:
         for name, sub in command.commands.items():
             if name in PIPELINE:
                 sub.short_help = PIPELINE[name]
+    else:
+        for sub in commands.values():
+            if sub.short_help is None and sub.help:
+                sub.short_help = _summary(sub.help)
     for sub in command.commands.values():
         _plain(sub, top=False)
+
+
+def _summary(text: str) -> str:
+    """A subcommand's one-line summary: its help up to the first ':', ' (' or ';' (click would cut
+    the first sentence at 45 characters, mid-word, with '...')."""
+    first = " ".join(text.split()).split(". ")[0].rstrip(".")
+    # a parenthesis cuts only after a clause long enough to say something ("NIfTI volumes (+ ..." does not)
+    cuts = [i for i, least in ((first.find(": "), 10), (first.find(" ("), 20), (first.find("; "), 10)) if i >= least]
+    return first[:min(cuts)] if cuts else first
 
 
 def _whole_option_names() -> None:

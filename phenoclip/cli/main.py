@@ -130,6 +130,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         kind = _click_kind(e)
         if kind == "exit":
             sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        if kind == "usage" and type(e).__name__ == "NoArgsIsHelpError":
+            # 'phenoclip' or 'phenoclip preprocess' alone: the help, not an error line around it
+            print(e.format_message())  # type: ignore[attr-defined]
+            sys.exit(0)
         if kind == "usage":
             # one line, like every other error; click's block repeats the usage and a help hint
             ctx = getattr(e, "ctx", None)
