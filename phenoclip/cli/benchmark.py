@@ -22,7 +22,7 @@ def benchmark(
     cohort: Optional[Path] = typer.Option(None, "--cohort", help="Run on this cohort instead of simulating one: a folder of phenoclip stores (*.h5, with labels.tsv beside them for the classification suites) or a folder laid out like phenoclip simulate's output (e.g. data/sample), or gse7390: 198 real breast tumours (76 genes, ER status) shipped in scikit-survival."),
     patients: Optional[int] = typer.Option(None, "--patients", min=8, help="Patients to simulate when there is no --cohort (default 200; some suites size their own cohorts)."),
     variants: Optional[int] = typer.Option(None, "--variants", min=100, help="Variants to simulate for ingest (default 20000; 5000 with --quick)."),
-    quick: bool = typer.Option(False, "--quick", help="CPU-sized runs: every suite together in under 15 minutes on 2 cores. The full run is for GPUs."),
+    quick: bool = typer.Option(False, "--quick", help="CPU-sized runs: every suite together in about 40 minutes on 2 cores (38 min measured for docs/benchmark). The full run is for GPUs."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]: where the pretraining of the learning suites and the pretrain suite's throughput run (fine-tuning, segmentation and the baselines stay on the CPU)."),
     keep_work: bool = typer.Option(False, "--keep-work", help="Keep report/work/ (simulated cohorts, stores, checkpoints) instead of removing it at the end."),
     seed: int = Seed,
