@@ -62,6 +62,16 @@ def test_expression_from_zcat_equals_the_file(tmp_path):
     proc = shell(f"zcat {table} | {PHENOCLIP} preprocess expression --table - --out pipe.h5", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert_same_store(tmp_path / "pipe.h5", tmp_path / "file.h5")
+    # --log FILE: the run log goes there too (the only copy when results go to stdout)
+    proc = shell(f"zcat {table} | {PHENOCLIP} --log run.log preprocess expression --table - --out logged.h5",
+                 tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "run.log").read_text()
+    assert "subcommand: preprocess expression" in text and "--table - --out logged.h5" in text
+    assert (tmp_path / "logged.log").read_text().splitlines()[2:4] == text.splitlines()[2:4]
+    proc = shell(f"zcat {table} | {PHENOCLIP} --log nowhere/run.log preprocess expression --table - --out x.h5",
+                 tmp_path)
+    assert proc.returncode == 6 and not (tmp_path / "x.h5").exists()
     # a gzip stream piped in as is reads the same
     proc = shell(f"cat {table} | {PHENOCLIP} preprocess expression --table - --out gz.h5", tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -11,6 +11,10 @@ import typer
 
 from phenoclip.runlog import RunLog, log_path_for
 
+#: ``phenoclip --log FILE``: the run log is also written there (the only place for it when the
+#: results go to standard output with ``--out -``)
+LOG_FILE: Optional[str] = None
+
 Threads = typer.Option(None, "--threads", min=1, help="CPU threads to use (default: all cores).")
 Seed = typer.Option(0, "--seed", help="Random seed; the same seed gives the same output.")
 
@@ -40,6 +44,10 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
     if not rank0:
         progress.QUIET = True
     log = RunLog(command, seed=seed, threads=threads, device=device)
+    if rank0 and LOG_FILE:  # checked before any work, like the output itself
+        from phenoclip.errors import require_writable_parent
+
+        require_writable_parent(LOG_FILE)
     guard = contextlib.nullcontext()
     if rank0 and out != "-":
         from phenoclip import staging
@@ -56,6 +64,8 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
         yield log
         if rank0 and out != "-":  # results on stdout: the log would have no place of its own
             log.write(log_path_for(out, command))
+        if rank0 and LOG_FILE:
+            log.write(LOG_FILE)
 
 
 #: a cap on every step's epochs, for smoke runs of documented commands (the README test runs the

@@ -35,10 +35,14 @@ def _root(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
                                            help="Print the version and exit."),
+    log: Optional[str] = typer.Option(None, "--log", metavar="FILE",
+                                      help="Also write the run log to FILE (with --out -, the only copy)."),
 ) -> None:
     from phenoclip import progress
+    from phenoclip.cli import common
 
     progress.QUIET = quiet
+    common.LOG_FILE = log
 
 
 def _register() -> None:
