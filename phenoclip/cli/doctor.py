@@ -68,9 +68,10 @@ def _torch_lines() -> list[tuple[str, str]]:
 
 
 def _mamba_kernel() -> str:
-    if importlib.util.find_spec("selective_scan_cuda") is None:
+    spec = importlib.util.find_spec("selective_scan_cuda")
+    if spec is None:
         return "not installed: the PyTorch scan runs (same results, slower on a GPU)"
-    origin = importlib.util.find_spec("selective_scan_cuda").origin or ""
+    origin = spec.origin or ""
     if "phenoclip" in origin:
         return "phenoclip's CPU stub (the PyTorch scan runs)"
     return f"found ({origin})"
