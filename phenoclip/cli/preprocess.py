@@ -26,11 +26,25 @@ def _summary(log, summary: dict) -> None:
 
 @app.command("variants")
 def variants(
-    vcf: Path = typer.Option(..., "--vcf", help="Input .vcf, .vcf.gz or .bcf (GT field; phased or not); - reads "
-                             "standard input (e.g. bcftools view ... | phenoclip preprocess variants --vcf -)."),
+    vcf: Optional[Path] = typer.Option(None, "--vcf", help="Input .vcf, .vcf.gz or .bcf (GT field; phased or not); - "
+                                       "reads standard input (e.g. bcftools view ... | phenoclip preprocess variants "
+                                       "--vcf -)."),
+    bfile: Optional[str] = typer.Option(None, "--bfile", metavar="PREFIX",
+                                        help="PLINK 1 fileset PREFIX.bed/.bim/.fam (A1 = ALT, A2 = REF)."),
+    pfile: Optional[str] = typer.Option(None, "--pfile", metavar="PREFIX",
+                                        help="PLINK 2 fileset PREFIX.pgen/.pvar/.psam (phase kept when stored)."),
+    bgen: Optional[Path] = typer.Option(None, "--bgen", help="BGEN v1.1-1.3 file, biallelic; probabilities rounded "
+                                        "to hard calls (nearest integer within 0.1, else missing)."),
+    sample: Optional[Path] = typer.Option(None, "--sample", help="The .sample file of --bgen (needed when the BGEN "
+                                          "carries no sample IDs)."),
+    bgen_ref: Optional[str] = typer.Option(None, "--bgen-ref", metavar="first|last",
+                                           help="Which BGEN allele is REF: first (UK Biobank, QCTOOL) or last "
+                                           "(plink2 --export bgen-1.2). Required with --bgen."),
+    expected_dosage: bool = typer.Option(False, "--expected-dosage", help="With --bgen: also store the expected ALT "
+                                         "dosage as float32 'expected_dosage'."),
     out: Path = typer.Option(..., "--out", help="Output genotype store (.h5)."),
     region: List[str] = typer.Option([], "--region", help="CHR:BEG-END (1-based, inclusive) or CHR; repeatable. "
-                                     "Uses the .tbi/.csi index when there is one."),
+                                     "Uses the .tbi/.csi index of a VCF when there is one."),
     keep: Optional[Path] = typer.Option(None, "--keep", help="File of sample IDs to keep (one per line, or FID IID)."),
     remove: Optional[Path] = typer.Option(None, "--remove", help="File of sample IDs to drop."),
     maf: Optional[float] = typer.Option(None, "--maf", min=0.0, max=0.5, help="Drop variants with minor allele frequency below X."),
@@ -43,17 +57,35 @@ def variants(
                                      help="Only variants with ALT frequency below this count towards burden."),
     threads: Optional[int] = Threads,
 ) -> None:
-    """VCF/BCF -> genotype store: dosage (ALT copies, -1 missing), haplotypes when phased, variant table."""
-    from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+    """Genotypes (VCF/BCF, PLINK 1/2, BGEN) -> genotype store: dosage (ALT copies, -1 missing), haplotypes when
+    phased, variant table. Give exactly one of --vcf, --bfile, --pfile, --bgen."""
+    from phenoclip.errors import UsageError
+
+    given = [flag for flag, value in (("--vcf", vcf), ("--bfile", bfile), ("--pfile", pfile), ("--bgen", bgen))
+             if value is not None]
+    if len(given) != 1:
+        raise UsageError("give exactly one genotype input: --vcf, --bfile, --pfile or --bgen"
+                         + (f" (got {' and '.join(given)})" if given else ""))
+    if bgen is None and (sample is not None or bgen_ref is not None or expected_dosage):
+        raise UsageError("--sample, --bgen-ref and --expected-dosage go with --bgen")
+    if bgen is not None and bgen_ref not in ("first", "last"):
+        raise UsageError("a BGEN file does not say which allele is REF: add --bgen-ref first (UK Biobank, QCTOOL) "
+                         "or --bgen-ref last (plink2 --export bgen-1.2's default)")
+    from phenoclip.preprocess.variants import VariantOptions, convert_bgen, convert_plink, convert_vcf
 
     opts = VariantOptions(regions=list(region), keep=keep, remove=remove, maf=maf, max_missing=max_missing,
                           every_kth=every_kth, pgs_files=list(pgs), genes_file=genes, burden_maf=burden_maf,
-                          threads=threads)
+                          threads=threads, expected_dosage=expected_dosage)
     from phenoclip.io.stdin import readable_input
 
-    with run_step("preprocess variants", str(out), threads=threads) as log, \
-            readable_input(vcf, out, "--vcf") as path:
-        _summary(log, convert_vcf(path, out, opts))
+    with run_step("preprocess variants", str(out), threads=threads) as log:
+        if vcf is not None:
+            with readable_input(vcf, out, "--vcf") as path:
+                _summary(log, convert_vcf(path, out, opts))
+        elif bgen is not None:
+            _summary(log, convert_bgen(bgen, sample, bgen_ref, out, opts))
+        else:
+            _summary(log, convert_plink(bfile or pfile, "bfile" if bfile else "pfile", out, opts))
 
 
 @app.command("expression")

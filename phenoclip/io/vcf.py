@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
+from phenoclip.io.genotype_source import GenotypeSource, require_unique_ids
 
 _REGION_RE = re.compile(r"^([^:]+?)(?::([\d,]+)?(?:-([\d,]*))?)?$")
 
@@ -135,12 +136,7 @@ def open_vcf(path: str | os.PathLike, samples: Sequence[str] | None = None, thre
     _silence_htslib()
     names = header_samples(p)
     if names:
-        seen: set[str] = set()
-        for s in names:
-            if s in seen:
-                raise MalformedInputError(f"duplicate sample ID '{s}' in the header", p,
-                                          "rename it, e.g. with bcftools reheader")
-            seen.add(s)
+        require_unique_ids(names, p, " in the header", "rename it, e.g. with bcftools reheader")
     try:
         vcf = VCF(p, gts012=False, lazy=True, threads=threads)
     except OSError:
@@ -191,6 +187,7 @@ class VariantBlock:
     haplotypes: np.ndarray | None = None   # (n, 2, S) int8
     ref_count: np.ndarray | None = None    # (n, S) int8: copies of REF, -1 missing (for PGS on REF)
     n_alleles: np.ndarray | None = None    # (n,) alleles in the called genotypes (haploid calls count 1)
+    expected: np.ndarray | None = None     # (n, S) float32 expected ALT dosage (BGEN only), NaN missing
     unphased_het: int = 0
     n_sites: int = 0
     n_multiallelic: int = 0
@@ -376,3 +373,27 @@ def check_samples_subset(vcf_samples: Sequence[str], keep: Sequence[str] | None,
         raise InconsistentInputError("no samples left after --keep/--remove", path,
                                      "check that the IDs match the VCF header")
     return selected, absent
+
+
+class VcfGenotypes(GenotypeSource):
+    """A VCF/BCF opened for block-wise reading: the interface every genotype source offers.
+
+    ``samples`` (file order), ``path``, ``iter_blocks`` and ``close``; see :class:`phenoclip.io.plink.PlinkGenotypes` and
+    :class:`phenoclip.io.bgen.BgenGenotypes` for the others.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        self.path = os.fspath(path)
+        self.threads = threads
+        probe = open_vcf(self.path, threads=threads)
+        self.samples = list(probe.samples)
+        probe.close()
+        self._reader = None
+
+    def iter_blocks(self, regions: Sequence[Region] = (), samples: Sequence[str] | None = None,
+                    block_size: int = 2048, want_ref_count: bool = False,
+                    skipped: SkipCounts | None = None) -> Iterator[VariantBlock]:
+        # htslib decompresses BGZF on a second thread while we decode: worth it even on 2 cores
+        self._reader = open_vcf(self.path, samples=samples, threads=self.threads or min(2, os.cpu_count() or 1))
+        yield from iter_blocks(self._reader, self.path, regions, block_size=block_size, want_ref_count=want_ref_count,
+                               skipped=skipped)

@@ -24,7 +24,7 @@ from phenoclip.io.annotations import (GeneIntervals, ScoringFile, normalise_chro
                                      read_pgs_scoring_file)
 from phenoclip.io.stdin import STDIN, display_name, source_attr
 from phenoclip.io.tables import read_id_list
-from phenoclip.io.vcf import SkipCounts, VariantBlock, check_samples_subset, has_index, iter_blocks, open_vcf, parse_region
+from phenoclip.io.vcf import SkipCounts, VariantBlock, check_samples_subset, has_index, parse_region
 from phenoclip.progress import Progress, warn
 from phenoclip.store import create_store
 
@@ -46,6 +46,7 @@ class VariantOptions:
     burden_maf: float = 0.05
     threads: int | None = None
     block_size: int = 2048
+    expected_dosage: bool = False  # BGEN: also store the expected ALT dosage (float32)
 
 
 class _PgsAccumulator:
@@ -150,42 +151,79 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
 
     Returns a summary (samples, sites read, variants written, multi-allelic sites split, phased).
     """
+    from phenoclip.io.vcf import VcfGenotypes
+
     vcf_path = os.fspath(vcf_path)
-    name = display_name(vcf_path)  # '-' for standard input
+    _check_options(opts)
+    source = VcfGenotypes(vcf_path, threads=opts.threads)
+    if opts.regions and not has_index(vcf_path):
+        warn(f"{display_name(vcf_path)} has no .tbi/.csi index: streaming the whole file to select regions "
+             "(index it with tabix -p vcf or bcftools index)")
+    return convert_genotypes(source, out, opts, {"input_format": "vcf"})
+
+
+def convert_plink(prefix: str | os.PathLike, kind: str, out: str | os.PathLike, opts: VariantOptions) -> dict:
+    """Convert a PLINK 1 (``kind='bfile'``) or PLINK 2 (``'pfile'``) fileset to a genotype store."""
+    from phenoclip.io.plink import PlinkGenotypes
+
+    _check_options(opts)
+    source = PlinkGenotypes(prefix, kind)
+    return convert_genotypes(source, out, opts, {"input_format": kind})
+
+
+def convert_bgen(path: str | os.PathLike, sample_file: str | os.PathLike | None, ref: str,
+                 out: str | os.PathLike, opts: VariantOptions) -> dict:
+    """Convert a BGEN file (biallelic, ``ref`` = which listed allele is REF) to a genotype store."""
+    from phenoclip.io.bgen import HARD_CALL_THRESHOLD, BgenGenotypes
+
+    _check_options(opts)
+    source = BgenGenotypes(path, sample_file, ref)
+    attrs = {"input_format": "bgen", "bgen_ref": ref, "hard_call_threshold": HARD_CALL_THRESHOLD,
+             "dosage_encoding": f"hard calls of the expected ALT dosage: the nearest integer when within "
+                                f"{HARD_CALL_THRESHOLD} of it, else -1 (missing)"}
+    return convert_genotypes(source, out, opts, attrs)
+
+
+def _check_options(opts: VariantOptions) -> None:
     if opts.every_kth < 1:
         raise UsageError("--every-kth must be >= 1")
+    for r in opts.regions:
+        parse_region(r)
+
+
+def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extra_attrs: dict | None = None) -> dict:
+    """Genotype source (VCF, PLINK or BGEN reader) -> genotype store; shared by every input format.
+
+    ``source`` offers ``path``, ``samples`` and ``iter_blocks`` (see :class:`phenoclip.io.vcf.VcfGenotypes`).
+    """
+    src_path = source.path
+    name = display_name(src_path)  # '-' for standard input
     regions = [parse_region(r) for r in opts.regions]
     scores = [read_pgs_scoring_file(f) for f in opts.pgs_files]
     genes = read_gene_annotation(opts.genes_file) if opts.genes_file else None
     keep = read_id_list(opts.keep) if opts.keep else None
     remove = read_id_list(opts.remove) if opts.remove else None
 
-    probe = open_vcf(vcf_path, threads=opts.threads)
-    all_samples = list(probe.samples)
-    probe.close()
+    all_samples = list(source.samples)
     subset = None
     samples = all_samples
     if keep is not None or remove is not None:
-        samples, absent = check_samples_subset(all_samples, keep, remove, vcf_path)
+        samples, absent = check_samples_subset(all_samples, keep, remove, src_path)
         if absent:
             warn(f"{len(absent)} sample ID(s) from --keep/--remove are not in {name} (first: {absent[0]})")
         subset = samples
-    if regions and not has_index(vcf_path):
-        warn(f"{name} has no .tbi/.csi index: streaming the whole file to select regions "
-             "(index it with tabix -p vcf or bcftools index)")
-    # htslib decompresses BGZF on a second thread while we decode: worth it even on 2 cores
-    vcf = open_vcf(vcf_path, samples=subset, threads=opts.threads or min(2, os.cpu_count() or 1))
 
     pgs = _PgsAccumulator(scores, len(samples)) if scores else None
     burden = _BurdenAccumulator(genes, len(samples), opts.burden_maf) if genes else None
     kept_blocks: list[VariantBlock] = []
     kept_freq, kept_miss = [], []
     n_sites = n_split = n_read = n_unphased = 0
+    haplotypes_ok = True
     survivors = 0
     skipped = SkipCounts()
     with Progress(f"reading {os.path.basename(name) if name != STDIN else 'standard input'}", None, "variants") as bar:
-        for block in iter_blocks(vcf, vcf_path, regions, block_size=opts.block_size, want_ref_count=pgs is not None,
-                                 skipped=skipped):
+        for block in source.iter_blocks(regions, subset, block_size=opts.block_size, want_ref_count=pgs is not None,
+                                        skipped=skipped):
             n_sites += block.n_sites
             n_split += block.n_multiallelic
             n_read += len(block)
@@ -208,8 +246,12 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
                 keep_mask[chosen] = True
             _keep_rows(block, keep_mask)
             block.ref_count = None  # only PGS needed it; free it now
-            if n_unphased:
-                # an unphased heterozygous call: no haplotypes will be written, do not hold them
+            if not opts.expected_dosage:
+                block.expected = None
+            haplotypes_ok = haplotypes_ok and n_unphased == 0 and block.haplotypes is not None
+            if not haplotypes_ok:
+                # an unphased heterozygous call (or an unphased source): no haplotypes will be
+                # written, do not hold them
                 block.haplotypes = None
                 for b in kept_blocks:
                     b.haplotypes = None
@@ -218,10 +260,10 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
                 kept_freq.append(freq[keep_mask])
                 kept_miss.append(miss[keep_mask])
             bar.advance(block.n_sites)
-    vcf.close()
+    source.close()
 
     n_out = sum(len(b) for b in kept_blocks)
-    phased = n_unphased == 0 and n_out > 0
+    phased = haplotypes_ok and n_out > 0
     if skipped.no_gt:
         warn(f"{skipped.no_gt} record(s) in {name} have no GT (first at {skipped.first_no_gt}); their calls "
              "are stored as missing, as bcftools reads them")
@@ -230,16 +272,17 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
                "nothing to count)" if skipped.no_alt and not n_read else "")
         warn(f"no variants left in {name} after region selection and filters{why}; writing an empty store")
     attrs = {
-        "source": source_attr(vcf_path),
+        "source": source_attr(src_path),
         "sites_read": n_sites, "variants_read": n_read, "multiallelic_split": n_split,
         "records_without_alt": skipped.no_alt, "records_without_gt": skipped.no_gt,
         "phased": phased,
         "filters": f"regions={','.join(opts.regions) or 'all'} maf={opts.maf} max_missing={opts.max_missing} "
                    f"every_kth={opts.every_kth}",
         "dosage_encoding": "copies of the ALT allele; -1 missing or half-missing; haploid calls 0/1",
+        **(extra_attrs or {}),
     }
     _write_store(out, samples, kept_blocks, np.concatenate(kept_freq) if kept_freq else np.zeros(0),
-                 np.concatenate(kept_miss) if kept_miss else np.zeros(0), phased, attrs, pgs, burden, vcf_path,
+                 np.concatenate(kept_miss) if kept_miss else np.zeros(0), phased, attrs, pgs, burden, src_path,
                  threads=opts.threads or os.cpu_count() or 1)
     summary = {"samples": len(samples), "sites_read": n_sites, "variants": n_out,
                "multiallelic_split": n_split, "phased": phased}
@@ -266,6 +309,8 @@ def _keep_rows(block: VariantBlock, mask: np.ndarray) -> None:
         block.haplotypes = block.haplotypes[idx]
     if block.ref_count is not None:
         block.ref_count = block.ref_count[idx]
+    if block.expected is not None:
+        block.expected = block.expected[idx]
 
 
 def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, source, threads: int) -> None:
@@ -284,8 +329,14 @@ def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, s
             w.per_sample("haplotypes", shape=(n_samples, 2, n_var), dtype=np.int8, fillvalue=-1)
         # transpose block by block into one (samples, variants) batch buffer: a single
         # transposed copy of the concatenation would walk memory column-wise
+        expected = bool(blocks) and all(b.expected is not None for b in blocks)
+        if expected:
+            w.per_sample("expected_dosage", shape=(n_samples, n_var), dtype=np.float32, fillvalue=np.nan,
+                         attrs={"meaning": "expected copies of the ALT allele from the BGEN probabilities; "
+                                           "NaN missing"})
         dos_buf = np.empty((_WRITE_BATCH, n_var), dtype=np.int8)
         hap_buf = np.empty((_WRITE_BATCH, 2, n_var), dtype=np.int8) if phased else None
+        exp_buf = np.empty((_WRITE_BATCH, n_var), dtype=np.float32) if expected else None
         with Progress("writing store", n_samples, "samples") as bar:
             for s0 in range(0, n_samples, _WRITE_BATCH):
                 s1 = min(n_samples, s0 + _WRITE_BATCH)
@@ -296,8 +347,12 @@ def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, s
                         dos_buf[: s1 - s0, col:col + n] = b.dosage[:, s0:s1].T
                         if hap_buf is not None:
                             hap_buf[: s1 - s0, :, col:col + n] = b.haplotypes[:, :, s0:s1].transpose(2, 1, 0)
+                        if exp_buf is not None:
+                            exp_buf[: s1 - s0, col:col + n] = b.expected[:, s0:s1].T
                         col += n
                     w.write_rows("dosage", s0, dos_buf[: s1 - s0], threads=threads)
+                    if exp_buf is not None:
+                        w.write_rows("expected_dosage", s0, exp_buf[: s1 - s0], threads=threads)
                     if hap_buf is not None:
                         w.write_rows("haplotypes", s0, hap_buf[: s1 - s0], threads=threads)
                 bar.advance(s1 - s0)
