@@ -84,4 +84,4 @@ def test_no_arguments_prints_the_help_not_an_error():
     # a group's commands get whole one-line summaries, not a first sentence cut at 45 characters
     listed = dict(re.findall(r"^  ([a-z]+)\s{2,}(.+)$", run_cli("preprocess").stdout.split("Commands:")[1],
                              flags=re.M))
-    assert listed["variants"] == "VCF/BCF -> genotype store" and not any(v.endswith("...") for v in listed.values())
+    assert listed["variants"] == "VCF/BCF, PLINK 1/2 or BGEN -> genotype store" and not any(v.endswith("...") for v in listed.values())

@@ -10,7 +10,7 @@ import typer
 from phenoclip.cli.common import Threads, run_step
 
 app = typer.Typer(
-    help="Convert a modality's files (VCF, expression table, NIfTI, biosignals, HPO terms) into an HDF5 "
+    help="Convert a modality's files (VCF, PLINK, BGEN, expression table, NIfTI, biosignals, HPO terms) into an HDF5 "
          "store that pretrain, finetune, retrieve, segment and explain read.",
     no_args_is_help=True,
 )
@@ -57,8 +57,8 @@ def variants(
                                      help="Only variants with ALT frequency below this count towards burden."),
     threads: Optional[int] = Threads,
 ) -> None:
-    """Genotypes (VCF/BCF, PLINK 1/2, BGEN) -> genotype store: dosage (ALT copies, -1 missing), haplotypes when
-    phased, variant table. Give exactly one of --vcf, --bfile, --pfile, --bgen."""
+    """VCF/BCF, PLINK 1/2 or BGEN -> genotype store: dosage (ALT copies, -1 missing), haplotypes when phased,
+    variant table. Give exactly one of --vcf, --bfile, --pfile, --bgen."""
     from phenoclip.errors import UsageError
 
     given = [flag for flag, value in (("--vcf", vcf), ("--bfile", bfile), ("--pfile", pfile), ("--bgen", bgen))
