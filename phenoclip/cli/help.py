@@ -15,7 +15,7 @@ from __future__ import annotations
 #: top-level commands in the order a pipeline runs them, each with its one-line summary
 PIPELINE = {
     "simulate": "Simulate a cohort as VCF, expression, NIfTI, EDF and HPO files.",
-    "preprocess": "Convert VCF, expression, NIfTI, signal or HPO files to stores.",
+    "preprocess": "Genotypes, expression, NIfTI, signal or HPO files to stores.",
     "pretrain": "Pretrain encoders whose embeddings line up across modalities.",
     "finetune": "Fit prediction heads on a checkpoint; score new patients.",
     "retrieve": "Cross-modal retrieval, zero-shot HPO ranking, GWAS embeddings.",

@@ -14,7 +14,7 @@ from phenoclip import __version__
 
 app = typer.Typer(
     name="phenoclip",
-    help="Multimodal self-supervised pretraining on patient data: germline variants (VCF), gene "
+    help="Multimodal self-supervised pretraining on patient data: germline variants (VCF, PLINK, BGEN), gene "
          "expression, 3D MRI (NIfTI), biosignals (ECG/PPG) and HPO phenotypes. Steps read and write "
          "HDF5 stores so they chain in shell scripts and batch jobs.",
     no_args_is_help=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -42,6 +43,11 @@ def variants(
                                            "(plink2 --export bgen-1.2). Required with --bgen."),
     expected_dosage: bool = typer.Option(False, "--expected-dosage", help="With --bgen: also store the expected ALT "
                                          "dosage as float32 'expected_dosage'."),
+    part: Optional[int] = typer.Option(None, "--part", min=0, help="With --num-parts: convert only part K (0-based) "
+                                       "of the variants and write OUT.partK.h5; 'preprocess merge' joins the parts."),
+    num_parts: Optional[int] = typer.Option(None, "--num-parts", min=1, help="Split the variants into N parts: "
+                                            "consecutive runs of equal count (PLINK, BGEN) or equal genome length "
+                                            "(VCF, from its ##contig lengths)."),
     out: Path = typer.Option(..., "--out", help="Output genotype store (.h5)."),
     region: List[str] = typer.Option([], "--region", help="CHR:BEG-END (1-based, inclusive) or CHR; repeatable. "
                                      "Uses the .tbi/.csi index of a VCF when there is one."),
@@ -75,8 +81,15 @@ def variants(
 
     opts = VariantOptions(regions=list(region), keep=keep, remove=remove, maf=maf, max_missing=max_missing,
                           every_kth=every_kth, pgs_files=list(pgs), genes_file=genes, burden_maf=burden_maf,
-                          threads=threads, expected_dosage=expected_dosage)
+                          threads=threads, expected_dosage=expected_dosage, part=part, num_parts=num_parts)
     from phenoclip.io.stdin import readable_input
+    from phenoclip.parts import check_part, store_part_path
+
+    check_part(part, num_parts)
+    if num_parts is not None:
+        if vcf is not None and str(vcf) == "-":
+            raise UsageError("--num-parts reads the file once per part: give a file, not standard input")
+        out = Path(store_part_path(str(out), part))
 
     with run_step("preprocess variants", str(out), threads=threads) as log:
         if vcf is not None:
@@ -191,3 +204,18 @@ def phenotypes(
     with run_step("preprocess phenotypes", str(out), threads=threads) as log:
         _summary(log, convert_phenotypes(out, hpo_tsv=hpo, phenopackets=phenopackets, labels=labels,
                                          ontology=ontology, allow_unknown=allow_unknown, id_from=id_from))
+
+
+@app.command("merge")
+def merge(
+    parts: List[Path] = typer.Argument(..., help="Stores to merge: the OUT.partK.h5 of one --num-parts run, stores "
+                                       "of one job per --region, or stores of disjoint samples."),
+    out: Path = typer.Option(..., "--out", help="Output store (.h5)."),
+    threads: Optional[int] = Threads,
+) -> None:
+    """Stores of several jobs -> the store one job would have written: genotype stores of the same samples by
+    variants (parts in part order; repeated, missing or foreign parts refused), other stores by samples."""
+    from phenoclip.preprocess.merge import merge_stores
+
+    with run_step("preprocess merge", str(out), threads=threads) as log:
+        _summary(log, merge_stores([str(p) for p in parts], out, threads=threads or os.cpu_count() or 1))

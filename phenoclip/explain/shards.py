@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, UsageError
+from phenoclip.parts import check_part, part_path  # noqa: F401  (explain's public names since before parts.py)
 from phenoclip.store import create_store, open_store
 
 PART_RULE = ("individuals in --data store order, in batches of individuals_per_call; part K of N (0-based) "
@@ -31,15 +32,6 @@ PER_SAMPLE = ("attributions", "delta", "target_value", "baseline_value", "index"
               "original_shape")
 
 
-def check_part(part: int | None, num_parts: int | None) -> None:
-    """Both or neither; ``0 <= part < num_parts`` (exit 2 otherwise)."""
-    if (part is None) != (num_parts is None):
-        raise UsageError("--part and --num-parts go together")
-    if part is not None and (num_parts < 1 or not 0 <= part < num_parts):
-        raise UsageError(f"--part must be 0 .. --num-parts - 1 (parts are numbered from 0), got --part {part} "
-                         f"--num-parts {num_parts}")
-
-
 def part_range(n_individuals: int, per_call: int, part: int | None, num_parts: int | None) -> tuple[int, int]:
     """``(first, stop)`` individuals of ``part`` under :data:`PART_RULE` (all of them without parts)."""
     if part is None:
@@ -47,10 +39,6 @@ def part_range(n_individuals: int, per_call: int, part: int | None, num_parts: i
     n_batches = -(-n_individuals // per_call)
     b0, b1 = part * n_batches // num_parts, (part + 1) * n_batches // num_parts
     return min(b0 * per_call, n_individuals), min(b1 * per_call, n_individuals)
-
-
-def part_path(prefix: str, part: int) -> str:
-    return f"{prefix}.part{part}.h5"
 
 
 def digest(values: Sequence[str] | np.ndarray | bytes) -> str:

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from phenoclip.errors import MalformedInputError, UsageError, require_readable
-from phenoclip.io.genotype_source import GenotypeSource, require_unique_ids
+from phenoclip.io.genotype_source import GenotypeSource, part_of, require_unique_ids
 from phenoclip.io.vcf import Region, SkipCounts, VariantBlock, merge_regions
 
 HARD_CALL_THRESHOLD = 0.1  # plink2's default --hard-call-threshold: |dosage - nearest integer| <= 0.1
@@ -63,15 +63,32 @@ class BgenGenotypes(GenotypeSource):
 
     def iter_blocks(self, regions: Sequence[Region] = (), samples: Sequence[str] | None = None,
                     block_size: int = 2048, want_ref_count: bool = False,
-                    skipped: SkipCounts | None = None) -> Iterator[VariantBlock]:
+                    skipped: SkipCounts | None = None, part: tuple[int, int] | None = None
+                    ) -> Iterator[VariantBlock]:
         """Decoded blocks in file order; ``blk.expected`` carries the expected ALT dosage."""
         skipped = skipped if skipped is not None else SkipCounts()
         cols = self.sample_columns(samples)
         wanted = merge_regions(regions) if regions else None
+        lo, hi = 0, None  # file indices of the part's first and last site
+        if part is not None:
+            # the variant table (chromosomes, positions) is read without decoding any genotypes
+            chroms, positions = np.asarray(self._reader.chroms()), np.asarray(self._reader.positions())
+            selected = np.arange(chroms.size)
+            if wanted is not None:
+                keep = np.zeros(chroms.size, dtype=bool)
+                for r in wanted:
+                    keep |= (chroms == r.chrom) & (positions >= r.start) & (positions <= (r.end or np.inf))
+                selected = selected[keep]
+            first, stop = part_of(selected.size, part)
+            lo, hi = (int(selected[first]), int(selected[stop - 1])) if stop > first else (0, -1)
         alt_col = 1 if self.ref == "first" else 0
         rows: list = []
         phased_so_far = True  # haplotypes are decoded until the first unphased heterozygous call
-        for var in self._reader:
+        for i, var in enumerate(self._reader):
+            if i < lo:
+                continue
+            if hi is not None and i > hi:
+                break
             if wanted is not None and not any(r.chrom == var.chrom and r.contains(var.pos) for r in wanted):
                 continue
             alleles = list(var.alleles)

@@ -17,6 +17,24 @@ if TYPE_CHECKING:  # io.vcf imports this module: only the annotations name its t
     from phenoclip.io.vcf import Region, SkipCounts, VariantBlock
 
 
+#: how ``--part K --num-parts N`` cuts the variants (recorded in each part store as ``part_rule``)
+PART_RULE = {
+    "index": "sites in file order (after --region) cut into N consecutive runs of near-equal count "
+             "(numpy.array_split); part K (0-based) reads run K",
+    "genome": "the genome (the VCF header's ##contig lines with length=, in header order) cut into N "
+              "consecutive pieces of equal length; part K (0-based) reads the records in piece K",
+}
+
+
+def part_of(n: int, part: tuple[int, int] | None) -> tuple[int, int]:
+    """``(first, stop)`` of the ``n`` selected sites that part ``(K, N)`` reads (:data:`PART_RULE` index)."""
+    if part is None:
+        return 0, n
+    k, parts = part
+    bounds = np.array_split(np.arange(n), parts)[k]
+    return (int(bounds[0]), int(bounds[-1]) + 1) if bounds.size else (n, n)
+
+
 def require_unique_ids(ids: Sequence[str], path: str, what: str, fix: str) -> None:
     """Raise one line naming the first sample ID that occurs twice in ``path``."""
     seen: set[str] = set()
@@ -31,6 +49,7 @@ class GenotypeSource:
 
     path: str
     samples: list[str]
+    part_rule = PART_RULE["index"]
     _reader = None  # the format library's open file, once there is one
 
     def sample_columns(self, samples: Sequence[str] | None) -> np.ndarray | None:
@@ -42,8 +61,9 @@ class GenotypeSource:
 
     def iter_blocks(self, regions: Sequence[Region] = (), samples: Sequence[str] | None = None,
                     block_size: int = 2048, want_ref_count: bool = False,
-                    skipped: SkipCounts | None = None) -> Iterator[VariantBlock]:
-        """Decoded blocks of at most about ``block_size`` variants, in file order."""
+                    skipped: SkipCounts | None = None, part: tuple[int, int] | None = None
+                    ) -> Iterator[VariantBlock]:
+        """Decoded blocks of at most about ``block_size`` variants, in file order; ``part`` = (K, N)."""
         raise NotImplementedError
 
     def close(self) -> None:

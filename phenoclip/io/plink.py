@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, require_readable
-from phenoclip.io.genotype_source import GenotypeSource, require_unique_ids
+from phenoclip.io.genotype_source import GenotypeSource, part_of, require_unique_ids
 from phenoclip.io.vcf import Region, SkipCounts, VariantBlock, merge_regions
 
 _MISSING = -9  # pgenlib's missing genotype / allele code
@@ -168,7 +168,8 @@ class PlinkGenotypes(GenotypeSource):
 
     def iter_blocks(self, regions: Sequence[Region] = (), samples: Sequence[str] | None = None,
                     block_size: int = 2048, want_ref_count: bool = False,
-                    skipped: SkipCounts | None = None) -> Iterator[VariantBlock]:
+                    skipped: SkipCounts | None = None, part: tuple[int, int] | None = None
+                    ) -> Iterator[VariantBlock]:
         """Decoded blocks in file order (regions select by position; the variant table is in memory)."""
         skipped = skipped if skipped is not None else SkipCounts()
         t = self.table
@@ -182,6 +183,8 @@ class PlinkGenotypes(GenotypeSource):
             for r in merge_regions(regions):
                 keep |= (chroms == r.chrom) & (t.pos >= r.start) & (t.pos <= (r.end if r.end is not None else np.inf))
             sites = sites[keep]
+        first, stop = part_of(sites.size, part)
+        sites = sites[first:stop]
         # one output row per (site, ALT); sites without ALT ('.') are skipped as in a VCF
         rows_site, rows_allele, site_first = [], [], []
         for s in sites:

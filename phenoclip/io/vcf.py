@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
-from phenoclip.io.genotype_source import GenotypeSource, require_unique_ids
+from phenoclip.io.genotype_source import PART_RULE, GenotypeSource, require_unique_ids
 
 _REGION_RE = re.compile(r"^([^:]+?)(?::([\d,]+)?(?:-([\d,]*))?)?$")
 
@@ -228,12 +228,15 @@ def _decode(raw: np.ndarray, allele_index: np.ndarray, want_haplotypes: bool, wa
 
 
 def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int = 2048,
-                want_ref_count: bool = False, skipped: SkipCounts | None = None) -> Iterator[VariantBlock]:
+                want_ref_count: bool = False, skipped: SkipCounts | None = None,
+                by_position: bool = False) -> Iterator[VariantBlock]:
     """Stream decoded :class:`VariantBlock`s from an open VCF, in file order (region order with regions).
 
     With regions and an index, only those regions are read; without an index the whole file is
-    streamed and filtered by position (correct, just slower). Haplotypes are decoded until the
-    first unphased heterozygous call; after it blocks carry ``haplotypes=None``. Records without
+    streamed and filtered by position (correct, just slower). With an index a record overlapping a
+    region is read (bcftools' rule) unless ``by_position``, which keeps records whose POS is in it.
+    Haplotypes are decoded until the first unphased heterozygous call; after it blocks carry
+    ``haplotypes=None``. Records without
     an ALT allele are skipped and records without GT read as all-missing (as bcftools does), each
     counted in ``skipped``.
     """
@@ -241,7 +244,9 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
     n_samples = len(vcf.samples)
     if regions and has_index(path):
         sources = [vcf(str(r)) for r in merge_regions(regions)]
-        region_filter = None
+        # an index query returns records that overlap a region (a deletion starting before it too);
+        # ``by_position`` keeps only those whose POS lies in it, so adjacent parts never share one
+        region_filter = merge_regions(regions) if by_position else None
     else:
         sources = [vcf]
         region_filter = merge_regions(regions) if regions else None
@@ -375,6 +380,25 @@ def check_samples_subset(vcf_samples: Sequence[str], keep: Sequence[str] | None,
     return selected, absent
 
 
+def genome_part(contigs: Sequence[tuple[str, int]], part: tuple[int, int], path: str) -> list[Region]:
+    """The regions of part ``(K, N)`` under :data:`PART_RULE` genome: a VCF's record count is not known
+    before reading it, its contig lengths are."""
+    if not contigs or any(length <= 0 for _, length in contigs):
+        raise MalformedInputError("--num-parts needs every contig's length (##contig=<ID=..,length=..>) in the "
+                                  "header", path, "add them (bcftools reheader --fai) or run one job per --region")
+    k, n = part
+    ends = np.cumsum([length for _, length in contigs])
+    lo, hi = ends[-1] * k // n, ends[-1] * (k + 1) // n   # genome coordinates [lo, hi), 0-based
+    out = []
+    start = 0
+    for (name, length), end in zip(contigs, ends):
+        a, b = max(lo, start), min(hi, end)
+        if a < b:
+            out.append(Region(name, int(a - start) + 1, int(b - start)))
+        start = end
+    return out
+
+
 class VcfGenotypes(GenotypeSource):
     """A VCF/BCF opened for block-wise reading: the interface every genotype source offers.
 
@@ -382,18 +406,29 @@ class VcfGenotypes(GenotypeSource):
     :class:`phenoclip.io.bgen.BgenGenotypes` for the others.
     """
 
+    part_rule = PART_RULE["genome"]
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         self.path = os.fspath(path)
         self.threads = threads
         probe = open_vcf(self.path, threads=threads)
         self.samples = list(probe.samples)
+        try:  # (name, length) of the header's contigs: what --num-parts cuts
+            self.contigs = list(zip(probe.seqnames, probe.seqlens))
+        except Exception:  # cyvcf2 raises a bare Exception when a contig has no length
+            self.contigs = []
         probe.close()
         self._reader = None
 
     def iter_blocks(self, regions: Sequence[Region] = (), samples: Sequence[str] | None = None,
                     block_size: int = 2048, want_ref_count: bool = False,
-                    skipped: SkipCounts | None = None) -> Iterator[VariantBlock]:
+                    skipped: SkipCounts | None = None, part: tuple[int, int] | None = None
+                    ) -> Iterator[VariantBlock]:
+        if part is not None:
+            if regions:
+                raise UsageError("--region and --num-parts on a VCF: split by one job per --region, or by parts")
+            regions = genome_part(self.contigs, part, self.path)
         # htslib decompresses BGZF on a second thread while we decode: worth it even on 2 cores
         self._reader = open_vcf(self.path, samples=samples, threads=self.threads or min(2, os.cpu_count() or 1))
         yield from iter_blocks(self._reader, self.path, regions, block_size=block_size, want_ref_count=want_ref_count,
-                               skipped=skipped)
+                               skipped=skipped, by_position=part is not None)

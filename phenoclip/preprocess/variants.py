@@ -25,6 +25,7 @@ from phenoclip.io.annotations import (GeneIntervals, ScoringFile, normalise_chro
 from phenoclip.io.stdin import STDIN, display_name, source_attr
 from phenoclip.io.tables import read_id_list
 from phenoclip.io.vcf import SkipCounts, VariantBlock, check_samples_subset, has_index, parse_region
+from phenoclip.parts import check_part
 from phenoclip.progress import Progress, warn
 from phenoclip.store import create_store
 
@@ -47,6 +48,8 @@ class VariantOptions:
     threads: int | None = None
     block_size: int = 2048
     expected_dosage: bool = False  # BGEN: also store the expected ALT dosage (float32)
+    part: int | None = None        # with num_parts: this job's share of the variants (0-based)
+    num_parts: int | None = None
 
 
 class _PgsAccumulator:
@@ -156,7 +159,7 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     vcf_path = os.fspath(vcf_path)
     _check_options(opts)
     source = VcfGenotypes(vcf_path, threads=opts.threads)
-    if opts.regions and not has_index(vcf_path):
+    if (opts.regions or opts.num_parts) and not has_index(vcf_path):
         warn(f"{display_name(vcf_path)} has no .tbi/.csi index: streaming the whole file to select regions "
              "(index it with tabix -p vcf or bcftools index)")
     return convert_genotypes(source, out, opts, {"input_format": "vcf"})
@@ -187,6 +190,10 @@ def convert_bgen(path: str | os.PathLike, sample_file: str | os.PathLike | None,
 def _check_options(opts: VariantOptions) -> None:
     if opts.every_kth < 1:
         raise UsageError("--every-kth must be >= 1")
+    check_part(opts.part, opts.num_parts)
+    if opts.num_parts and opts.every_kth > 1:
+        raise UsageError("--every-kth counts the survivors of the whole file, which one part does not see: "
+                         "run the parts without it (thinning after the merge is not offered yet)")
     for r in opts.regions:
         parse_region(r)
 
@@ -204,6 +211,7 @@ def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extr
     keep = read_id_list(opts.keep) if opts.keep else None
     remove = read_id_list(opts.remove) if opts.remove else None
 
+    part = (opts.part, opts.num_parts) if opts.num_parts else None
     all_samples = list(source.samples)
     subset = None
     samples = all_samples
@@ -223,7 +231,7 @@ def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extr
     skipped = SkipCounts()
     with Progress(f"reading {os.path.basename(name) if name != STDIN else 'standard input'}", None, "variants") as bar:
         for block in source.iter_blocks(regions, subset, block_size=opts.block_size, want_ref_count=pgs is not None,
-                                        skipped=skipped):
+                                        skipped=skipped, part=part):
             n_sites += block.n_sites
             n_split += block.n_multiallelic
             n_read += len(block)
@@ -276,11 +284,17 @@ def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extr
         "sites_read": n_sites, "variants_read": n_read, "multiallelic_split": n_split,
         "records_without_alt": skipped.no_alt, "records_without_gt": skipped.no_gt,
         "phased": phased,
+        # no heterozygous call without phase was read (filtered variants included): what a merge
+        # of parts needs to decide ``phased`` as a single job would
+        "haplotypes_complete": haplotypes_ok,
         "filters": f"regions={','.join(opts.regions) or 'all'} maf={opts.maf} max_missing={opts.max_missing} "
                    f"every_kth={opts.every_kth}",
         "dosage_encoding": "copies of the ALT allele; -1 missing or half-missing; haploid calls 0/1",
         **(extra_attrs or {}),
     }
+    if part is not None:
+        attrs.update(part=opts.part, num_parts=opts.num_parts, part_rule=source.part_rule,
+                     part_fingerprint=part_fingerprint(src_path, samples, attrs, opts))
     _write_store(out, samples, kept_blocks, np.concatenate(kept_freq) if kept_freq else np.zeros(0),
                  np.concatenate(kept_miss) if kept_miss else np.zeros(0), phased, attrs, pgs, burden, src_path,
                  threads=opts.threads or os.cpu_count() or 1)
@@ -295,6 +309,23 @@ def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extr
     if burden is not None:
         summary["burden_genes"] = int((burden.n_rare > 0).sum())
     return summary
+
+
+def part_fingerprint(src_path: str, samples: Sequence[str], attrs: dict, opts: VariantOptions) -> str:
+    """SHA-256 over what makes parts belong to one run: the input (name and size), the samples,
+    the filters, the PGS and gene files and the input's reading options. ``preprocess merge``
+    refuses parts whose fingerprints differ."""
+    import hashlib
+    import json
+
+    size = os.path.getsize(src_path) if os.path.isfile(src_path) else None
+    what = {"input": [os.path.basename(src_path), size], "samples": list(samples), "filters": attrs["filters"],
+            "pgs": [os.path.basename(str(f)) for f in opts.pgs_files],
+            "genes": os.path.basename(str(opts.genes_file)) if opts.genes_file else None,
+            "burden_maf": opts.burden_maf, "num_parts": opts.num_parts,
+            "format": {k: str(attrs.get(k)) for k in ("input_format", "bgen_ref", "hard_call_threshold")},
+            "expected_dosage": opts.expected_dosage}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _keep_rows(block: VariantBlock, mask: np.ndarray) -> None:
@@ -357,7 +388,8 @@ def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, s
                         w.write_rows("haplotypes", s0, hap_buf[: s1 - s0], threads=threads)
                 bar.advance(s1 - s0)
         if pgs is not None:
-            w.per_sample("pgs", pgs.values.astype(np.float32),
+            # a part keeps its float64 sums so that a merge adds them before rounding to float32
+            w.per_sample("pgs", pgs.values.astype(np.float64 if "num_parts" in attrs else np.float32),
                          attrs={"variants_matched": pgs.matched,
                                 "variants_in_file": [s.n_variants for s in pgs.scores],
                                 "missing": "mean-imputed"})
