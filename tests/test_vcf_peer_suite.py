@@ -104,3 +104,28 @@ def test_every_form_reads_as_bcftools_reads_it(tmp_path, name):
             assert [(c, p, a.upper()) for c, p, a in ours] == [(c, p, a.upper()) for c, p, a in keys], path.name
             np.testing.assert_array_equal(s["dosage"][:], expected, err_msg=path.name)
             assert s.samples == SAMPLES
+
+
+@needs("bcftools")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_text_reader_and_htslib_give_the_same_store(tmp_path, name, monkeypatch):
+    """The GT-only text fast path (phenoclip.io.vcf_text), forced on every case, against htslib's reading."""
+    import h5py
+
+    import phenoclip.io.vcf as vcf_module
+
+    gz = _forms(tmp_path, name, _vcf(CASES[name]))[1]
+    stores = {}
+    for reader, use_text in (("text", True), ("htslib", False)):
+        monkeypatch.setattr(vcf_module, "gt_only", lambda path, use=use_text: use)
+        stores[reader] = tmp_path / f"{reader}.h5"
+        convert_vcf(gz, stores[reader], VariantOptions(keep=None))
+    with h5py.File(stores["text"], "r") as a, h5py.File(stores["htslib"], "r") as b:
+        names: list[str] = []
+        b.visititems(lambda k, o: names.append(k) if isinstance(o, h5py.Dataset) else None)
+        assert names and set(names) == {k for k in a if not isinstance(a[k], h5py.Group)} | {
+            f"variants/{k}" for k in a["variants"]}
+        for k in names:
+            assert np.array_equal(a[k][()], b[k][()]), k
+        for k in ("phased", "records_without_alt", "records_without_gt", "sites_read", "multiallelic_split"):
+            assert a.attrs[k] == b.attrs[k], k

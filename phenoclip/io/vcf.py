@@ -29,6 +29,7 @@ import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
 from phenoclip.io.genotype_source import PART_RULE, GenotypeSource, require_unique_ids
+from phenoclip.io.vcf_text import gt_only, iter_text_records
 
 _REGION_RE = re.compile(r"^([^:]+?)(?::([\d,]+)?(?:-([\d,]*))?)?$")
 
@@ -287,59 +288,57 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
         block, n = VariantBlock(), 0
         return done
 
+    if not (regions and has_index(path)) and gt_only(path):
+        # streaming a GT-only text VCF: numpy reads the calls of many records at once
+        names = header_samples(path) or []
+        kept = list(vcf.samples)
+        columns = None if kept == names else np.flatnonzero(np.isin(names, kept))
+        records = iter_text_records(path, len(names), columns)
+    else:
+        records = _cyvcf2_records(sources)
     try:
-        for source in sources:
-            for rec in source:
-                if region_filter is not None and not any(
-                        r.chrom == rec.CHROM and r.contains(rec.POS) for r in region_filter):
-                    continue
-                alts = rec.ALT
-                if not alts:
-                    skipped.no_alt += 1
-                    continue  # monomorphic site or gVCF reference block (ALT '.'): nothing to count
-                if len(alts) > 1:
-                    block.n_multiallelic += 1
-                    if n + len(alts) > block_size:
-                        done = flush()
-                        if done is not None:
-                            yield done
-                try:
-                    gt = rec.genotype.array()
-                except Exception as e:  # cyvcf2 raises a bare Exception; rec.FORMAT crashes on lazy records
-                    if "genotypes" not in str(e):
-                        raise
-                    # a record whose FORMAT lacks GT (e.g. PL only): bcftools reads every call as
-                    # missing, and so do we (counted and reported by the caller)
-                    gt = no_call
-                    skipped.add_no_gt(f"{rec.CHROM}:{rec.POS}")
-                block.n_sites += 1
-                ploidy = gt.shape[1] - 1  # last column is the phase flag
-                if ploidy > 2:
-                    raise MalformedInputError(
-                        f"{rec.CHROM}:{rec.POS} has a call of ploidy {ploidy}; only haploid and diploid calls are "
-                        "supported", path,
-                        f"exclude such sites (e.g. bcftools view -t ^{rec.CHROM}:{rec.POS}) or use --region to skip "
-                        "them")
-                chrom, pos, ref, vid = rec.CHROM, rec.POS, rec.REF, rec.ID
-                for i, alt in enumerate(alts, start=1):
-                    # copy into our buffer: cyvcf2 arrays may be views into htslib memory
-                    if ploidy == 2:
-                        raw[n] = gt
-                    else:  # all-haploid record: no second allele
-                        raw[n, :, 0] = gt[:, 0]
-                        raw[n, :, 1] = -2
-                        raw[n, :, 2] = gt[:, 1]
-                    allele_index[n] = i
-                    block.chrom.append(chrom)
-                    block.pos.append(pos)
-                    block.id.append(vid or f"{chrom}:{pos}:{ref}:{alt}")
-                    block.ref.append(ref)
-                    block.alt.append(alt)
-                    n += 1
-                if n >= block_size:
+        for chrom, pos, vid, ref, alts, gt in records:
+            if region_filter is not None and not any(r.chrom == chrom and r.contains(pos) for r in region_filter):
+                continue
+            if not alts:
+                skipped.no_alt += 1
+                continue  # monomorphic site or gVCF reference block (ALT '.'): nothing to count
+            if len(alts) > 1:
+                block.n_multiallelic += 1
+                if n + len(alts) > block_size:
                     done = flush()
                     if done is not None:
                         yield done
+            if gt is None:
+                # a record whose FORMAT lacks GT (e.g. PL only): bcftools reads every call as
+                # missing, and so do we (counted and reported by the caller)
+                gt = no_call
+                skipped.add_no_gt(f"{chrom}:{pos}")
+            block.n_sites += 1
+            ploidy = gt.shape[1] - 1  # last column is the phase flag
+            if ploidy > 2:
+                raise MalformedInputError(
+                    f"{chrom}:{pos} has a call of ploidy {ploidy}; only haploid and diploid calls are supported",
+                    path, f"exclude such sites (e.g. bcftools view -t ^{chrom}:{pos}) or use --region to skip them")
+            for i, alt in enumerate(alts, start=1):
+                # copy into our buffer: cyvcf2 arrays may be views into htslib memory
+                if ploidy == 2:
+                    raw[n] = gt
+                else:  # all-haploid record: no second allele
+                    raw[n, :, 0] = gt[:, 0]
+                    raw[n, :, 1] = -2
+                    raw[n, :, 2] = gt[:, 1]
+                allele_index[n] = i
+                block.chrom.append(chrom)
+                block.pos.append(pos)
+                block.id.append(vid or f"{chrom}:{pos}:{ref}:{alt}")
+                block.ref.append(ref)
+                block.alt.append(alt)
+                n += 1
+            if n >= block_size:
+                done = flush()
+                if done is not None:
+                    yield done
     except MalformedInputError:
         pool.shutdown(wait=True)
         raise
@@ -359,6 +358,22 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
             yield finish(*pending)
     finally:
         pool.shutdown(wait=True)
+
+
+def _cyvcf2_records(sources) -> Iterator[tuple[str, int, str | None, str, list[str], np.ndarray | None]]:
+    """``(chrom, pos, id, ref, alts, gt)`` of each record as :func:`phenoclip.io.vcf_text.iter_text_records`
+    gives them; ``gt`` is a view into htslib memory, valid until the next record is asked for."""
+    for source in sources:
+        for rec in source:
+            alts = rec.ALT
+            gt = None
+            if alts:  # a record without ALT is skipped undecoded
+                try:
+                    gt = rec.genotype.array()
+                except Exception as e:  # cyvcf2 raises a bare Exception; rec.FORMAT crashes on lazy records
+                    if "genotypes" not in str(e):
+                        raise
+            yield rec.CHROM, rec.POS, rec.ID, rec.REF, alts, gt
 
 
 def check_samples_subset(vcf_samples: Sequence[str], keep: Sequence[str] | None, remove: Sequence[str] | None,

@@ -1,0 +1,141 @@
+"""Genotype calls of a text VCF whose FORMAT is ``GT`` alone, parsed many records at a time.
+
+Why: htslib turns every text record into its binary form sample by sample before cyvcf2 hands
+it over (about 45 µs a record at 1,000 samples, whatever we then read), which is most of the
+time of a VCF -> store conversion. A GT-only record whose calls are all ``a|b`` or ``a/b`` with
+one-digit alleles (or ``.``) is fixed-width text: a block of such records is one 2-D byte
+array and numpy reads the alleles of all of them at once. Any other record (a haploid or
+mixed-ploidy call, an allele index of 10 or more, a malformed call) is read by
+:func:`parse_gt_fields`, field by field, with htslib's meaning.
+
+Each record comes out as cyvcf2's ``genotype.array()`` would give it: int16 (samples x
+ploidy + 1), alleles then the phase flag, -1 for a missing allele and -2 for the absent second
+allele of a haploid call in a record that also has diploid ones. :func:`phenoclip.io.vcf.iter_blocks`
+decodes them the same way whichever reader produced them; tests compare the two readers'
+stores on the peer-suite files.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from phenoclip.errors import MalformedInputError
+
+_BATCH = 1024          # records parsed together
+_TAB, _PIPE, _SLASH, _DOT, _ZERO, _NINE = (ord(c) for c in "\t|/.09")
+_SEP = re.compile(r"[/|]")
+
+
+def gt_only(path: str) -> bool:
+    """True for a text VCF (plain or BGZF) whose first record's FORMAT is exactly ``GT``."""
+    import pysam
+
+    try:
+        with pysam.BGZFile(path, "rb") as fh:
+            first = fh.readline()
+            if not first.startswith(b"##fileformat=VCF"):
+                return False  # BCF, or not a VCF: cyvcf2 reads (or refuses) it
+            for line in fh:
+                if not line.startswith(b"#"):
+                    fields = line.split(b"\t", 9)
+                    return len(fields) == 10 and fields[8] == b"GT"
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def parse_gt_fields(fields: Sequence[str], fmt: str) -> np.ndarray | None:
+    """GT of each sample column of one record, as cyvcf2's ``genotype.array()``; None without GT."""
+    keys = fmt.split(":")
+    if "GT" not in keys:
+        return None
+    at = keys.index("GT")
+    calls = []
+    for field in fields:
+        sub = field.split(":")
+        gt = sub[at] if at < len(sub) else "."
+        alleles = _SEP.split(gt)
+        phased = 1 if "|" in gt else 0
+        calls.append(([-1 if a in (".", "") else int(a) for a in alleles], phased))
+    ploidy = max(len(a) for a, _ in calls)
+    out = np.full((len(calls), ploidy + 1), -2, dtype=np.int16)
+    for i, (alleles, phased) in enumerate(calls):
+        out[i, :len(alleles)] = alleles
+        out[i, ploidy] = phased
+    return out
+
+
+def iter_text_records(path: str, n_samples: int, columns: np.ndarray | None
+                      ) -> Iterator[tuple[str, int, str | None, str, list[str], np.ndarray | None]]:
+    """``(chrom, pos, id, ref, alts, gt)`` per data record in file order; ``gt`` None without GT.
+
+    ``columns``: the sample columns to keep (sorted), or None for all.
+    """
+    import pysam
+
+    width = 4 * n_samples - 1  # 'a|b' per sample, tab-separated
+    pysam.set_verbosity(0)  # htslib's own [E::...] lines: the error is reported as one line below
+    batch: list[list[bytes]] = []
+    line_no = 0
+    try:
+        with pysam.BGZFile(path, "rb") as fh:
+            for line in fh:
+                line_no += 1
+                if line[:1] == b"#":
+                    continue
+                fields = line.rstrip(b"\r\n").split(b"\t", 9)
+                if len(fields) < 10:
+                    raise MalformedInputError(f"line {line_no} has {len(fields)} columns, fewer than 10", path,
+                                              "check it with bcftools view")
+                batch.append(fields)
+                if len(batch) == _BATCH:
+                    yield from _parse_batch(batch, width, n_samples, columns, path)
+                    batch = []
+    except OSError:
+        raise MalformedInputError(f"truncated or corrupt gzip/BGZF stream (after line {line_no})", path,
+                                  "re-create or re-download the file") from None
+    if batch:
+        yield from _parse_batch(batch, width, n_samples, columns, path)
+
+
+def _parse_batch(batch: list[list[bytes]], width: int, n_samples: int, columns: np.ndarray | None, path: str):
+    fast = [i for i, f in enumerate(batch) if f[8] == b"GT" and len(f[9]) == width]
+    gts: dict[int, np.ndarray] = {}
+    if fast:
+        text = np.frombuffer(b"".join(batch[i][9] for i in fast), dtype=np.uint8).reshape(len(fast), width)
+        a0, sep, a1 = text[:, 0::4], text[:, 1::4], text[:, 2::4]
+        ok = ((sep == _PIPE) | (sep == _SLASH)).all(axis=1) & (text[:, 3::4] == _TAB).all(axis=1)
+        for a in (a0, a1):
+            ok &= (((a >= _ZERO) & (a <= _NINE)) | (a == _DOT)).all(axis=1)
+        gt = np.empty((len(fast), n_samples, 3), dtype=np.int16)
+        gt[:, :, 0] = np.where(a0 == _DOT, -1, a0.astype(np.int16) - _ZERO)
+        gt[:, :, 1] = np.where(a1 == _DOT, -1, a1.astype(np.int16) - _ZERO)
+        gt[:, :, 2] = sep == _PIPE
+        for j, i in enumerate(fast):
+            if ok[j]:
+                gts[i] = gt[j]
+    for i, f in enumerate(batch):
+        g = gts.get(i)
+        if g is None:
+            samples = f[9].decode().split("\t")
+            if len(samples) != n_samples:
+                raise MalformedInputError(f"record {f[0].decode()}:{f[1].decode()} has {len(samples)} sample "
+                                          f"columns, the header names {n_samples}", path,
+                                          "check it with bcftools view")
+            try:
+                g = parse_gt_fields(samples, f[8].decode())
+            except ValueError:
+                raise MalformedInputError(f"record {f[0].decode()}:{f[1].decode()} has a genotype that is not "
+                                          "ALLELE[/|]ALLELE with integer alleles or '.'", path,
+                                          "check it with bcftools view") from None
+        if g is not None and columns is not None:
+            g = g[columns]
+        chrom, pos, vid, ref, alt = (x.decode() for x in f[:5])
+        try:
+            pos = int(pos)
+        except ValueError:
+            raise MalformedInputError(f"record on {chrom} has position '{pos}'", path) from None
+        yield chrom, pos, (None if vid == "." else vid), ref, ([] if alt == "." else alt.split(",")), g
