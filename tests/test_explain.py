@@ -364,3 +364,21 @@ def test_merge_refuses_parts_of_other_runs_and_missing_parts(pre, cohort, tmp_pa
     rc, lines = cli("explain", "merge", tmp_path / "a.part0.h5", "--out", tmp_path / "m")
     assert rc == 5 and len(lines) == 1 and "part(s) 1 of 2 missing" in lines[0], lines
     assert not list(tmp_path.glob("m*")) and not list(tmp_path.glob(".m*"))
+
+
+def test_the_ranked_table_goes_to_stdout_through_a_pipe(single, pre, cohort, tmp_path):
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "PHENOCLIP_DEBUG"}, "TMPDIR": str(scratch)}
+    cmd = (f"'{sys.executable}' -m phenoclip explain --threads 1 --method ig --checkpoint '{pre}' --modality gene "
+           f"--data '{cohort['gene']}' --reference '{cohort['expr']}' --reference-size {REF} --out - | cat > piped.tsv")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    # the very table of the run that wrote files (--genes only adds OUT.genes.tsv)
+    assert (tmp_path / "piped.tsv").read_bytes() == open(f"{single}.tsv", "rb").read()
+    # nothing else written: no store, plot or log beside it, and the scratch folder is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["piped.tsv", "tmp"] and not list(scratch.iterdir())

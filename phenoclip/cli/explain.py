@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,7 +37,7 @@ def explain(
     data: Optional[Path] = typer.Option(None, "--data", help="Store of the explained modality (phenoclip preprocess)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Store of the other modality of the contrastive pair (e.g. expr.h5 or mri.h5)."),
     with_stores: List[Path] = typer.Option([], "--with", help="--target model: a store of another modality the fine-tuned model reads, held fixed; repeatable."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output prefix: OUT.h5, OUT.tsv, OUT.manhattan.png, OUT.log, ..."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output prefix: OUT.h5, OUT.tsv, OUT.manhattan.png, OUT.log, ...; - writes only the ranked table (OUT.tsv) to stdout."),
     target: Optional[str] = typer.Option(None, "--target", help="contrastive | model [default: contrastive for a pretrain checkpoint, model for a finetune one]."),
     samples: Optional[str] = typer.Option(None, "--samples", help="Individuals to explain: a file of IDs (one a line, or plink FID IID) or a comma-separated list [default: all of --data]."),
     reference_size: Optional[int] = typer.Option(None, "--reference-size", help="Individuals in the fixed reference batch (drawn by --seed among those with both modalities, never the individual explained) [default: 256, or all others when fewer]."),
@@ -63,6 +66,15 @@ def explain(
     for name, value in (("--checkpoint", checkpoint), ("--data", data), ("--out", out)):
         if value is None:
             raise UsageError(f"{name} is required (or use 'phenoclip explain merge')")
+    to_stdout = out == "-"
+    if to_stdout and part is not None:
+        raise UsageError("--out - writes the ranked table of a whole run; a --part needs a prefix for OUT.partK.h5")
+    if to_stdout:
+        # the run's files go to a scratch folder; only the ranked table leaves it, on stdout
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="phenoclip-explain-")
+        out = os.path.join(scratch, "attr")
     settings = ExplainSettings(
         checkpoint=str(checkpoint), data=str(data), out=str(out), modality=modality, method=method, target=target,
         reference=str(reference) if reference else None, with_stores=[str(p) for p in with_stores], samples=samples,
@@ -70,11 +82,21 @@ def explain(
         batch_size=batch_size, nt_samples=nt_samples, noise_std=noise_std, class_name=class_name, part=part,
         num_parts=num_parts, genes=str(genes) if genes else None, gene_window=gene_window, volumes=volumes, top=top,
         seed=seed)
-    log_target = f"{out}.part{part}" if part is not None else str(out)
-    with run_step("explain", log_target, seed=seed, threads=threads) as log:
-        result = run_explain(settings, log=lambda line: (info(line), log.note(line)))
-        log.outputs.extend(result["outputs"])
-        log.note(f"fingerprint: {result['fingerprint']}")
+    log_target = "-" if to_stdout else f"{out}.part{part}" if part is not None else str(out)
+    try:
+        with run_step("explain", log_target, seed=seed, threads=threads) as log:
+            result = run_explain(settings, log=lambda line: (info(line), log.note(line)))
+            log.note(f"fingerprint: {result['fingerprint']}")
+            if to_stdout:
+                with open(f"{out}.tsv", encoding="utf-8") as fh:
+                    shutil.copyfileobj(fh, sys.stdout)
+                sys.stdout.flush()
+                log.outputs.append("-")
+            else:
+                log.outputs.extend(result["outputs"])
+    finally:
+        if to_stdout:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @app.command("merge", help="Combine the OUT.partK.h5 files of one sharded explain run into the outputs of a single "
