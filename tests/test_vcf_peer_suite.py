@@ -129,3 +129,34 @@ def test_the_text_reader_and_htslib_give_the_same_store(tmp_path, name, monkeypa
             assert np.array_equal(a[k][()], b[k][()]), k
         for k in ("phased", "records_without_alt", "records_without_gt", "sites_read", "multiallelic_split"):
             assert a.attrs[k] == b.attrs[k], k
+
+
+@pytest.mark.parametrize("block_size", [7, 2048])
+def test_the_text_reader_equals_htslib_on_the_sample_vcf_with_samples_regions_and_small_blocks(
+        tmp_path, monkeypatch, block_size):
+    """2,000 records: multi-allelic sites across block boundaries, haploid chrX, half-calls, a sample
+    subset and regions read by streaming (the copy has no index)."""
+    import shutil
+
+    import h5py
+
+    import phenoclip.io.vcf as vcf_module
+    from conftest import SAMPLE
+
+    vcf = tmp_path / "v.vcf.gz"
+    shutil.copy(SAMPLE / "variants.vcf.gz", vcf)
+    keep = tmp_path / "keep.txt"
+    keep.write_text("P0100\nP0003\nP0051\nP0200\nP0007\n")
+    opts = VariantOptions(keep=keep, regions=["chr2", "chrX:1-60000000", "chr1:3000000-"], block_size=block_size,
+                          pgs_files=[SAMPLE / "pgs" / "PGS_SIM001.txt"])
+    for reader, use_text in (("text", True), ("htslib", False)):
+        monkeypatch.setattr(vcf_module, "gt_only", lambda path, use=use_text: use)
+        convert_vcf(vcf, tmp_path / f"{reader}.h5", opts)
+    with h5py.File(tmp_path / "text.h5", "r") as a, h5py.File(tmp_path / "htslib.h5", "r") as b:
+        names: list[str] = []
+        b.visititems(lambda k, o: names.append(k) if isinstance(o, h5py.Dataset) else None)
+        assert "haplotypes" in names and b["dosage"].shape[0] == 4 and b["dosage"].shape[1] > 500
+        for k in names:
+            assert np.array_equal(a[k][()], b[k][()]), k
+        for k in ("multiallelic_split", "sites_read", "phased"):
+            assert a.attrs[k] == b.attrs[k], k

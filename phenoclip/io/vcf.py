@@ -29,7 +29,7 @@ import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
 from phenoclip.io.genotype_source import PART_RULE, GenotypeSource, require_unique_ids
-from phenoclip.io.vcf_text import gt_only, iter_text_records
+from phenoclip.io.vcf_text import TextBatch, gt_only, iter_text_records
 
 _REGION_RE = re.compile(r"^([^:]+?)(?::([\d,]+)?(?:-([\d,]*))?)?$")
 
@@ -288,6 +288,52 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
         block, n = VariantBlock(), 0
         return done
 
+    def add_batch(b: TextBatch) -> Iterator[VariantBlock]:
+        """A run of fixed-width diploid records, copied into the buffer in slices, not one by one;
+        block boundaries fall where the record-by-record loop puts them."""
+        nonlocal n
+        n_alt = np.fromiter((len(a) for a in b.alts), dtype=np.int64, count=len(b))
+        wanted = np.ones(len(b), dtype=bool)
+        if region_filter is not None:
+            wanted = np.fromiter((any(r.chrom == c and r.contains(p) for r in region_filter)
+                                  for c, p in zip(b.chrom, b.pos)), dtype=bool, count=len(b))
+        skipped.no_alt += int(np.count_nonzero(wanted & (n_alt == 0)))
+        rows = np.flatnonzero(wanted & (n_alt > 0))
+        i = 0
+        while i < rows.size:
+            cum = np.cumsum(n_alt[rows[i:]])
+            take = int(np.searchsorted(cum, block_size - n, side="right"))
+            if take == 0:  # the next site's ALTs do not fit: close this block first
+                if n == 0:
+                    raise MalformedInputError(f"{b.chrom[rows[i]]}:{b.pos[rows[i]]} has more ALT alleles than a "
+                                              f"block holds ({block_size})", path)
+                done = flush()
+                if done is not None:
+                    yield done
+                continue
+            sel = rows[i:i + take]
+            reps = n_alt[sel]
+            total = int(cum[take - 1])
+            raw[n:n + total] = np.repeat(b.gt[sel], reps, axis=0)
+            starts = np.repeat(np.cumsum(reps) - reps, reps)
+            allele_index[n:n + total] = np.arange(total) - starts + 1
+            for s_ in sel.tolist():
+                chrom, pos, ref, vid = b.chrom[s_], b.pos[s_], b.ref[s_], b.id[s_]
+                for alt in b.alts[s_]:
+                    block.chrom.append(chrom)
+                    block.pos.append(pos)
+                    block.id.append(vid or f"{chrom}:{pos}:{ref}:{alt}")
+                    block.ref.append(ref)
+                    block.alt.append(alt)
+            block.n_sites += take
+            block.n_multiallelic += int(np.count_nonzero(reps > 1))
+            n += total
+            i += take
+            if n >= block_size:
+                done = flush()
+                if done is not None:
+                    yield done
+
     if not (regions and has_index(path)) and gt_only(path):
         # streaming a GT-only text VCF: numpy reads the calls of many records at once
         names = header_samples(path) or []
@@ -297,7 +343,11 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
     else:
         records = _cyvcf2_records(sources)
     try:
-        for chrom, pos, vid, ref, alts, gt in records:
+        for record in records:
+            if isinstance(record, TextBatch):
+                yield from add_batch(record)
+                continue
+            chrom, pos, vid, ref, alts, gt = record
             if region_filter is not None and not any(r.chrom == chrom and r.contains(pos) for r in region_filter):
                 continue
             if not alts:

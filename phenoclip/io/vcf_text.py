@@ -18,6 +18,7 @@ stores on the peer-suite files.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -68,9 +69,9 @@ def parse_gt_fields(fields: Sequence[str], fmt: str) -> np.ndarray | None:
     return out
 
 
-def iter_text_records(path: str, n_samples: int, columns: np.ndarray | None
-                      ) -> Iterator[tuple[str, int, str | None, str, list[str], np.ndarray | None]]:
-    """``(chrom, pos, id, ref, alts, gt)`` per data record in file order; ``gt`` None without GT.
+def iter_text_records(path: str, n_samples: int, columns: np.ndarray | None):
+    """Data records in file order: a :class:`TextBatch` per run of fixed-width records, and
+    ``(chrom, pos, id, ref, alts, gt)`` for any other record (``gt`` None without GT).
 
     ``columns``: the sample columns to keep (sorted), or None for all.
     """
@@ -101,41 +102,75 @@ def iter_text_records(path: str, n_samples: int, columns: np.ndarray | None
         yield from _parse_batch(batch, width, n_samples, columns, path)
 
 
+@dataclass
+class TextBatch:
+    """Consecutive fixed-width records, parsed together: ``gt`` is (records x samples x 3) int16
+    (alleles, then the phase flag), already cut to the kept sample columns."""
+
+    chrom: list[str]
+    pos: list[int]
+    id: list[str | None]
+    ref: list[str]
+    alts: list[list[str]]
+    gt: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+
+def _record(f: list[bytes], path: str) -> tuple[str, int, str | None, str, list[str]]:
+    chrom, pos, vid, ref, alt = (x.decode() for x in f[:5])
+    try:
+        pos = int(pos)
+    except ValueError:
+        raise MalformedInputError(f"record on {chrom} has position '{pos}'", path) from None
+    return chrom, pos, (None if vid == "." else vid), ref, ([] if alt == "." else alt.split(","))
+
+
 def _parse_batch(batch: list[list[bytes]], width: int, n_samples: int, columns: np.ndarray | None, path: str):
+    """Runs of fixed-width records as :class:`TextBatch`; any other record as one tuple, in file order."""
     fast = [i for i, f in enumerate(batch) if f[8] == b"GT" and len(f[9]) == width]
-    gts: dict[int, np.ndarray] = {}
+    ok = np.zeros(len(batch), dtype=bool)
+    gt = None
+    row = np.full(len(batch), -1)
     if fast:
         text = np.frombuffer(b"".join(batch[i][9] for i in fast), dtype=np.uint8).reshape(len(fast), width)
         a0, sep, a1 = text[:, 0::4], text[:, 1::4], text[:, 2::4]
-        ok = ((sep == _PIPE) | (sep == _SLASH)).all(axis=1) & (text[:, 3::4] == _TAB).all(axis=1)
+        good = ((sep == _PIPE) | (sep == _SLASH)).all(axis=1) & (text[:, 3::4] == _TAB).all(axis=1)
         for a in (a0, a1):
-            ok &= (((a >= _ZERO) & (a <= _NINE)) | (a == _DOT)).all(axis=1)
-        gt = np.empty((len(fast), n_samples, 3), dtype=np.int16)
+            good &= (((a >= _ZERO) & (a <= _NINE)) | (a == _DOT)).all(axis=1)
+        if columns is not None:
+            a0, sep, a1 = a0[:, columns], sep[:, columns], a1[:, columns]
+        gt = np.empty((len(fast), a0.shape[1], 3), dtype=np.int16)
         gt[:, :, 0] = np.where(a0 == _DOT, -1, a0.astype(np.int16) - _ZERO)
         gt[:, :, 1] = np.where(a1 == _DOT, -1, a1.astype(np.int16) - _ZERO)
         gt[:, :, 2] = sep == _PIPE
-        for j, i in enumerate(fast):
-            if ok[j]:
-                gts[i] = gt[j]
-    for i, f in enumerate(batch):
-        g = gts.get(i)
-        if g is None:
-            samples = f[9].decode().split("\t")
-            if len(samples) != n_samples:
-                raise MalformedInputError(f"record {f[0].decode()}:{f[1].decode()} has {len(samples)} sample "
-                                          f"columns, the header names {n_samples}", path,
-                                          "check it with bcftools view")
-            try:
-                g = parse_gt_fields(samples, f[8].decode())
-            except ValueError:
-                raise MalformedInputError(f"record {f[0].decode()}:{f[1].decode()} has a genotype that is not "
-                                          "ALLELE[/|]ALLELE with integer alleles or '.'", path,
-                                          "check it with bcftools view") from None
+        idx = np.asarray(fast)
+        ok[idx[good]] = True
+        row[idx] = np.arange(len(fast))
+    i = 0
+    while i < len(batch):
+        if ok[i]:
+            j = i
+            while j < len(batch) and ok[j]:
+                j += 1
+            meta = [_record(batch[k], path) for k in range(i, j)]
+            yield TextBatch([m[0] for m in meta], [m[1] for m in meta], [m[2] for m in meta], [m[3] for m in meta],
+                            [m[4] for m in meta], gt[row[i:j]])
+            i = j
+            continue
+        f = batch[i]
+        samples = f[9].decode().split("\t")
+        if len(samples) != n_samples:
+            raise MalformedInputError(f"record {f[0].decode()}:{f[1].decode()} has {len(samples)} sample "
+                                      f"columns, the header names {n_samples}", path, "check it with bcftools view")
+        try:
+            g = parse_gt_fields(samples, f[8].decode())
+        except ValueError:
+            raise MalformedInputError(f"record {f[0].decode()}:{f[1].decode()} has a genotype that is not "
+                                      "ALLELE[/|]ALLELE with integer alleles or '.'", path,
+                                      "check it with bcftools view") from None
         if g is not None and columns is not None:
             g = g[columns]
-        chrom, pos, vid, ref, alt = (x.decode() for x in f[:5])
-        try:
-            pos = int(pos)
-        except ValueError:
-            raise MalformedInputError(f"record on {chrom} has position '{pos}'", path) from None
-        yield chrom, pos, (None if vid == "." else vid), ref, ([] if alt == "." else alt.split(",")), g
+        yield (*_record(f, path), g)
+        i += 1
