@@ -51,15 +51,14 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
     guard = contextlib.nullcontext()
     if rank0 and out != "-":
         from phenoclip import staging
-        from phenoclip.staging import check_output_location, output_lock, remove_stale_temps
 
         staging.current_output = out.rstrip("/")
 
         # folder outputs are passed with a trailing '/'; a name without a suffix is a folder too
         folder = out.endswith("/") or not os.path.splitext(os.path.basename(out.rstrip("/")))[1]
-        check_output_location(out, folder)
-        remove_stale_temps(out)  # a killed earlier run of this output left them
-        guard = output_lock(out, folder)
+        staging.check_output_location(out, folder)
+        staging.remove_stale_temps(out)  # a killed earlier run of this output left them
+        guard = staging.output_lock(out, folder)
     with guard:
         yield log
         if rank0 and out != "-":  # results on stdout: the log would have no place of its own

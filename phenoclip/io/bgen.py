@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from phenoclip.errors import MalformedInputError, UsageError, require_readable
+from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
 from phenoclip.io.genotype_source import GenotypeSource, part_of, require_unique_ids
 from phenoclip.io.vcf import Region, SkipCounts, VariantBlock, merge_regions
 
@@ -37,6 +37,18 @@ def hard_calls(expected: np.ndarray, threshold: float = HARD_CALL_THRESHOLD) -> 
     # binary) a hard call, as plink2's fixed-point dosages keep it
     ok = np.abs(expected - nearest) <= threshold + 1e-9  # False for NaN
     return np.where(ok, nearest, -1).astype(np.int8)
+
+
+def read_oxford_samples(path: str) -> list[str]:
+    """The ``ID_2`` column of an Oxford ``.sample`` file (its IIDs, as plink2 reads them; ``ID_1``
+    is the family ID, often 0). Two header lines: the column names, then their types."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = [line.split() for line in fh if line.strip()]
+    if len(lines) < 2 or lines[0][:2] != ["ID_1", "ID_2"]:
+        raise MalformedInputError("not an Oxford .sample file (its first line must start ID_1 ID_2)", path)
+    if any(len(f) < 2 for f in lines[2:]):
+        raise MalformedInputError("a line has fewer than two columns (ID_1 ID_2)", path)
+    return [f[1] for f in lines[2:]]
 
 
 class BgenGenotypes(GenotypeSource):
@@ -58,7 +70,11 @@ class BgenGenotypes(GenotypeSource):
                                       "check it with bgenix -list or plink2 --bgen") from None
         if not sample_path and not self._reader.header.has_sample_ids:
             raise UsageError(f"{self.path} carries no sample IDs: give the .sample file with --sample")
-        self.samples = [str(s) for s in self._reader.samples]
+        n = int(self._reader.header.nsamples)
+        self.samples = read_oxford_samples(sample_path) if sample_path else [str(s) for s in self._reader.samples]
+        if len(self.samples) != n:
+            raise InconsistentInputError(f"lists {len(self.samples)} samples, {self.path} holds {n}",
+                                         sample_path or self.path, "give the .sample file written with the BGEN")
         require_unique_ids(self.samples, sample_path or self.path, "", "make the sample IDs unique")
 
     def iter_blocks(self, regions: Sequence[Region] = (), samples: Sequence[str] | None = None,
