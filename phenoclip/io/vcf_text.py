@@ -25,7 +25,7 @@ import numpy as np
 
 from phenoclip.errors import MalformedInputError
 
-_BATCH = 1024          # records parsed together
+_BATCH_BYTES = 1 << 25  # text of the records parsed together (1,024 records at 8,000 samples)
 _TAB, _PIPE, _SLASH, _DOT, _ZERO, _NINE = (ord(c) for c in "\t|/.09")
 _SEP = re.compile(r"[/|]")
 
@@ -78,6 +78,7 @@ def iter_text_records(path: str, n_samples: int, columns: np.ndarray | None):
     import pysam
 
     width = 4 * n_samples - 1  # 'a|b' per sample, tab-separated
+    per_batch = max(1, min(1024, _BATCH_BYTES // (width + 1)))
     pysam.set_verbosity(0)  # htslib's own [E::...] lines: the error is reported as one line below
     batch: list[list[bytes]] = []
     line_no = 0
@@ -92,7 +93,7 @@ def iter_text_records(path: str, n_samples: int, columns: np.ndarray | None):
                     raise MalformedInputError(f"line {line_no} has {len(fields)} columns, fewer than 10", path,
                                               "check it with bcftools view")
                 batch.append(fields)
-                if len(batch) == _BATCH:
+                if len(batch) == per_batch:
                     yield from _parse_batch(batch, width, n_samples, columns, path)
                     batch = []
     except OSError:

@@ -46,7 +46,7 @@ class VariantOptions:
     genes_file: Path | None = None
     burden_maf: float = 0.05
     threads: int | None = None
-    block_size: int = 2048
+    block_size: int | None = None  # variants decoded together; None: sized to the samples (block_size_for)
     expected_dosage: bool = False  # BGEN: also store the expected ALT dosage (float32)
     part: int | None = None        # with num_parts: this job's share of the variants (0-based)
     num_parts: int | None = None
@@ -187,6 +187,16 @@ def convert_bgen(path: str | os.PathLike, sample_file: str | os.PathLike | None,
     return convert_genotypes(source, out, opts, attrs)
 
 
+#: bytes a block's buffers may take: the VCF reader holds two raw int16 (variants x samples x 3)
+#: buffers, so 6 bytes a genotype twice; 2,048 variants at 1,000 samples, 21 at 500,000
+BLOCK_BYTES = 1 << 27
+
+
+def block_size_for(n_samples: int) -> int:
+    """Variants per decoded block: 2,048, fewer for biobank sample counts so memory stays bounded."""
+    return int(min(2048, max(8, BLOCK_BYTES // (12 * max(1, n_samples)))))
+
+
 def _check_options(opts: VariantOptions) -> None:
     if opts.every_kth < 1:
         raise UsageError("--every-kth must be >= 1")
@@ -230,7 +240,8 @@ def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extr
     survivors = 0
     skipped = SkipCounts()
     with Progress(f"reading {os.path.basename(name) if name != STDIN else 'standard input'}", None, "variants") as bar:
-        for block in source.iter_blocks(regions, subset, block_size=opts.block_size, want_ref_count=pgs is not None,
+        block_size = opts.block_size or block_size_for(len(samples))
+        for block in source.iter_blocks(regions, subset, block_size=block_size, want_ref_count=pgs is not None,
                                         skipped=skipped, part=part):
             n_sites += block.n_sites
             n_split += block.n_multiallelic
