@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
-from phenoclip.io.genotype_source import GenotypeSource, part_of, require_unique_ids
-from phenoclip.io.vcf import Region, SkipCounts, VariantBlock, merge_regions
+from phenoclip.io.genotype_source import (GenotypeSource, Region, SkipCounts, VariantBlock, merge_regions, part_of,
+                                          require_unique_ids)
 
 HARD_CALL_THRESHOLD = 0.1  # plink2's default --hard-call-threshold: |dosage - nearest integer| <= 0.1
 

@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, require_readable
-from phenoclip.io.genotype_source import GenotypeSource, part_of, require_unique_ids
-from phenoclip.io.vcf import Region, SkipCounts, VariantBlock, merge_regions
+from phenoclip.io.genotype_source import (GenotypeSource, Region, SkipCounts, VariantBlock, merge_regions, part_of,
+                                          require_unique_ids)
 
 _MISSING = -9  # pgenlib's missing genotype / allele code
 
@@ -186,7 +186,7 @@ class PlinkGenotypes(GenotypeSource):
         first, stop = part_of(sites.size, part)
         sites = sites[first:stop]
         # one output row per (site, ALT); sites without ALT ('.') are skipped as in a VCF
-        rows_site, rows_allele, site_first = [], [], []
+        rows_site, rows_allele = [], []
         for s in sites:
             k = len(t.alts[s])
             if k == 0:

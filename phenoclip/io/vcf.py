@@ -21,18 +21,14 @@ from __future__ import annotations
 import ctypes
 import gzip
 import os
-import re
-from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
-from phenoclip.io.genotype_source import PART_RULE, GenotypeSource, require_unique_ids
+from phenoclip.io.genotype_source import (PART_RULE, GenotypeSource, Region, SkipCounts,  # noqa: F401
+                                          VariantBlock, merge_regions, parse_region, require_unique_ids)
 from phenoclip.io.vcf_text import TextBatch, gt_only, iter_text_records
-
-_REGION_RE = re.compile(r"^([^:]+?)(?::([\d,]+)?(?:-([\d,]*))?)?$")
-
 
 def _silence_htslib() -> None:
     """htslib prints its own ``[E::...]`` lines on stderr; we report errors as one line instead."""
@@ -42,56 +38,6 @@ def _silence_htslib() -> None:
         ctypes.CDLL(_ext.__file__).hts_set_log_level(0)
     except (OSError, AttributeError):  # another cyvcf2 build: the extra lines are only noise
         pass
-
-
-@dataclass(frozen=True)
-class Region:
-    """A 1-based inclusive interval; ``end`` None means to the end of the contig."""
-
-    chrom: str
-    start: int = 1
-    end: int | None = None
-
-    def __str__(self) -> str:
-        return self.chrom if self.start <= 1 and self.end is None else f"{self.chrom}:{self.start}-{self.end or ''}"
-
-    def contains(self, pos: int) -> bool:
-        return pos >= self.start and (self.end is None or pos <= self.end)
-
-
-def parse_region(text: str) -> Region:
-    """Parse ``chr1``, ``chr1:1000-2000``, ``chr1:1,000-`` (bcftools' forms)."""
-    m = _REGION_RE.match(text.strip())
-    if not m:
-        raise UsageError(f"bad region '{text}': use CHR, CHR:BEG-END or CHR:BEG-")
-    chrom, beg, end = m.group(1), m.group(2), m.group(3)
-    start = int(beg.replace(",", "")) if beg else 1
-    stop = int(end.replace(",", "")) if end else None
-    if beg and end is None and "-" not in text:
-        stop = start  # "chr1:1000" is a single position, as in bcftools
-    if start < 1 or (stop is not None and stop < start):
-        raise UsageError(f"bad region '{text}': END must be >= BEG >= 1")
-    return Region(chrom, start, stop)
-
-
-def merge_regions(regions: Sequence[Region]) -> list[Region]:
-    """Merge overlapping regions per contig so no variant is read twice; keeps first-seen contig order."""
-    by_chrom: dict[str, list[Region]] = {}
-    for r in regions:
-        by_chrom.setdefault(r.chrom, []).append(r)
-    merged: list[Region] = []
-    for chrom, rs in by_chrom.items():
-        rs = sorted(rs, key=lambda r: r.start)
-        cur = rs[0]
-        for r in rs[1:]:
-            if cur.end is None or r.start <= cur.end + 1:
-                end = None if cur.end is None or r.end is None else max(cur.end, r.end)
-                cur = Region(chrom, cur.start, end)
-            else:
-                merged.append(cur)
-                cur = r
-        merged.append(cur)
-    return merged
 
 
 def header_samples(path: str) -> list[str] | None:
@@ -160,41 +106,6 @@ def open_vcf(path: str | os.PathLike, samples: Sequence[str] | None = None, thre
 def has_index(path: str) -> bool:
     """True when a tabix/CSI index sits beside the file (``.tbi`` or ``.csi``)."""
     return os.path.exists(path + ".tbi") or os.path.exists(path + ".csi")
-
-
-@dataclass
-class SkipCounts:
-    """Records :func:`iter_blocks` did not decode as written, for the log."""
-
-    no_alt: int = 0                 # ALT '.' (gVCF reference blocks, monomorphic sites): skipped
-    no_gt: int = 0                  # FORMAT without GT (e.g. PL only): every call read as missing
-    first_no_gt: str = ""           # CHROM:POS of the first such record
-
-    def add_no_gt(self, where: str) -> None:
-        self.no_gt += 1
-        self.first_no_gt = self.first_no_gt or where
-
-
-@dataclass
-class VariantBlock:
-    """Up to ``block_size`` decoded variants (after multi-allelic splitting); see module docstring."""
-
-    chrom: list[str] = field(default_factory=list)
-    pos: list[int] = field(default_factory=list)
-    id: list[str] = field(default_factory=list)
-    ref: list[str] = field(default_factory=list)
-    alt: list[str] = field(default_factory=list)
-    dosage: np.ndarray | None = None       # (n, S) int8
-    haplotypes: np.ndarray | None = None   # (n, 2, S) int8
-    ref_count: np.ndarray | None = None    # (n, S) int8: copies of REF, -1 missing (for PGS on REF)
-    n_alleles: np.ndarray | None = None    # (n,) alleles in the called genotypes (haploid calls count 1)
-    expected: np.ndarray | None = None     # (n, S) float32 expected ALT dosage (BGEN only), NaN missing
-    unphased_het: int = 0
-    n_sites: int = 0
-    n_multiallelic: int = 0
-
-    def __len__(self) -> int:
-        return len(self.pos)
 
 
 def _decode(raw: np.ndarray, allele_index: np.ndarray, want_haplotypes: bool, want_ref_count: bool
