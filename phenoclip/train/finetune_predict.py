@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset
-from phenoclip.errors import InconsistentInputError, MalformedInputError
+from phenoclip.errors import InconsistentInputError
 from phenoclip.eval.encode import model_from_pretrain_config, read_config_of_kind
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info, warn

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phenoclip.errors import InconsistentInputError, MalformedInputError, OutputError, UsageError
+from phenoclip.errors import InconsistentInputError, OutputError, UsageError
 from phenoclip.progress import info, track, warn
 from phenoclip.staging import staged_folder
 from phenoclip.train.segment import KIND, SegmentData, describe, lesion_metrics, summarise, write_metrics
