@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -266,6 +266,24 @@ def read_state(directory: str | os.PathLike) -> dict:
     """``state.json`` of a checkpoint directory (progress, split, history)."""
     recover(directory)
     return _read_json(Path(directory), STATE_FILE)
+
+
+def split_of(directory: str | os.PathLike, rename: dict[str, str] | None = None,
+             precedence: Sequence[str] = ()) -> dict[str, str]:
+    """Sample -> the part of the run's split (``state.json``'s ``split``) it was in, for marking
+    predictions; samples the run never met are absent (callers call them ``new``).
+
+    A sample listed in several parts gets the last of ``precedence`` (parts it does not name come
+    first, in file order); ``rename`` maps a part to the name reported (finetune's ``pool`` of
+    labelled patients outside the saved fit is reported as ``unused``).
+    """
+    split = read_state(directory).get("split", {})
+    parts = sorted(split, key=lambda part: precedence.index(part) if part in precedence else -1)
+    out: dict[str, str] = {}
+    for part in parts:
+        name = (rename or {}).get(part, part)
+        out.update(dict.fromkeys(split[part], name))
+    return out
 
 
 def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: bool = True,

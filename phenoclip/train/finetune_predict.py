@@ -64,7 +64,8 @@ def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
     scores = predict_scores(ft, ds, classification)
     present = {m: stores.present(m, samples) for m in mods}
     classes = config.get("classes") or []
-    split = _split_of(model_dir)
+    # train (fitted on), test (held out, scored in metrics.json), unused (labelled, outside the fit)
+    split = ckpt.split_of(model_dir, rename={"pool": "unused"}, precedence=("pool", "train", "test"))
     header = (["sample", "predicted"] + [f"prob_{c}" for c in classes]
               + ["modalities", "split", f"held_out_{metric}"])
     lines = ["\t".join(header)]
@@ -96,13 +97,3 @@ def _held_out_by_modalities(model_dir: str | os.PathLike) -> dict[str, dict]:
     except (OSError, ValueError):
         return {}
     return {r["modalities"]: r for r in rows if isinstance(r, dict) and "modalities" in r}
-
-
-def _split_of(model_dir: str | os.PathLike) -> dict[str, str]:
-    """Each patient the model has met: ``train`` (fitted on), ``test`` (held out, scored in
-    metrics.json) or ``unused`` (labelled but outside the saved fit); others are ``new``."""
-    state = ckpt.read_state(model_dir).get("split", {})
-    out = {s: "unused" for s in state.get("pool", [])}
-    out.update({s: "train" for s in state.get("train", [])})
-    out.update({s: "test" for s in state.get("test", [])})
-    return out

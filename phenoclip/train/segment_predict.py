@@ -147,7 +147,7 @@ def run_segment_predict(model_dir: str | os.PathLike, images: str, out: str, gen
         rows = _predict_into(model, data, samples, tmp, like, probabilities, bool(config["genes"]), batch_size)
         from phenoclip.train import checkpoint as ckpt
 
-        split = {s: part for part, ids in ckpt.read_state(model_dir).get("split", {}).items() for s in ids}
+        split = ckpt.split_of(model_dir)
         for r in rows:
             r["split"] = split.get(r["sample"], "new")
         figures = []
