@@ -144,3 +144,22 @@ def test_broken_plink_filesets_get_one_line(tmp_path, split_vcf):
     proc = run_cli("preprocess", "variants", "--bfile", tmp_path / "b", "--out", tmp_path / "x.h5")
     assert proc.returncode == EXIT_MALFORMED and "line 6" in proc.stderr and len(error_lines(proc)) == 1
     assert not (tmp_path / "x.h5").exists()
+
+
+@needs("plink2")
+def test_truncated_or_corrupt_genotype_files_are_one_line_exit_4(tmp_path, split_vcf):
+    subprocess.run([*PLINK, "--vcf", split_vcf, "--export", "bgen-1.2", "ref-first", "--out", tmp_path / "g"],
+                   check=True)
+    subprocess.run([*PLINK, "--vcf", VCF, "--make-pgen", "--out", tmp_path / "p"], check=True)
+    data = (tmp_path / "g.bgen").read_bytes()
+    (tmp_path / "g.bgen").write_bytes(data[:len(data) // 2])          # cut in the middle of a variant
+    pgen = bytearray((tmp_path / "p.pgen").read_bytes())
+    for i in range(len(pgen) // 4, len(pgen), 7):                       # genotype records overwritten
+        pgen[i] = (pgen[i] * 31 + 7) % 256
+    (tmp_path / "p.pgen").write_bytes(bytes(pgen))
+    for args, name in ((("--bgen", tmp_path / "g.bgen", "--bgen-ref", "first"), "g.bgen"),
+                       (("--pfile", tmp_path / "p"), "p.pgen")):
+        proc = run_cli("preprocess", "variants", *args, "--out", tmp_path / "x.h5")
+        assert proc.returncode == EXIT_MALFORMED, proc.stderr
+        assert len(error_lines(proc)) == 1 and name in proc.stderr and "truncated or corrupt" in proc.stderr
+        assert not (tmp_path / "x.h5").exists()

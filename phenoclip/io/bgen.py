@@ -100,7 +100,7 @@ class BgenGenotypes(GenotypeSource):
         alt_col = 1 if self.ref == "first" else 0
         rows: list = []
         phased_so_far = True  # haplotypes are decoded until the first unphased heterozygous call
-        for i, var in enumerate(self._reader):
+        for i, var in enumerate(self._variants()):
             if i < lo:
                 continue
             if hi is not None and i > hi:
@@ -113,7 +113,7 @@ class BgenGenotypes(GenotypeSource):
                     f"variant {var.rsid or var.varid} at {var.chrom}:{var.pos} has {len(alleles)} alleles; only "
                     "biallelic BGEN variants are read", self.path,
                     "split it first (plink2 --bgen ... --make-pgen, then phenoclip ... --pfile)")
-            prob = var.probabilities
+            prob = self._probabilities(var, i)
             if cols is not None:
                 prob = prob[cols]
             phased = bool(var.is_phased)
@@ -146,6 +146,30 @@ class BgenGenotypes(GenotypeSource):
                 rows = []
         if rows:
             yield self._block(rows, phased_so_far, want_ref_count)
+
+    def _corrupt(self, where: str, error: Exception) -> MalformedInputError:
+        return MalformedInputError(f"cannot read {where} ({error}); truncated or corrupt?", self.path,
+                                   "re-create it, or check it with bgenix -list or plink2 --bgen")
+
+    def _variants(self):
+        """The reader's variants, its read errors (a truncated or corrupt file) as one line."""
+        it = iter(self._reader)
+        i = 0
+        while True:
+            try:
+                var = next(it)
+            except StopIteration:
+                return
+            except (ValueError, RuntimeError, OSError) as e:
+                raise self._corrupt(f"variant {i + 1}", e) from None
+            yield var
+            i += 1
+
+    def _probabilities(self, var, i: int) -> np.ndarray:
+        try:
+            return var.probabilities
+        except (ValueError, RuntimeError, OSError) as e:
+            raise self._corrupt(f"the probabilities of variant {i + 1} ({var.chrom}:{var.pos})", e) from None
 
     def _block(self, rows: list, want_haplotypes: bool, want_ref_count: bool) -> VariantBlock:
         blk = VariantBlock()

@@ -110,6 +110,13 @@ def _position(text: str, path: str, line: int) -> int:
         raise MalformedInputError(f"line {line}: position '{text}' is not an integer", path) from None
 
 
+def _text(error: Exception) -> str:
+    """pgenlib's message, which it sometimes raises as bytes, as one line of text."""
+    arg = error.args[0] if error.args else error
+    text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+    return " ".join(text.split())
+
+
 def read_plink_samples(path: str) -> list[str]:
     """IIDs of a ``.fam`` (FID IID PAT MAT SEX PHENO) or ``.psam`` (header names the IID column)."""
     ids: list[str] = []
@@ -157,8 +164,8 @@ class PlinkGenotypes(GenotypeSource):
         try:
             self._reader = pgenlib.PgenReader(geno.encode(), **kwargs)
         except RuntimeError as e:
-            raise MalformedInputError(f"pgenlib cannot open it ({e}); does it belong with {os.path.basename(var)} "
-                                      f"and {os.path.basename(sam)}?", geno) from None
+            raise MalformedInputError(f"pgenlib cannot open it ({_text(e)}); does it belong with "
+                                      f"{os.path.basename(var)} and {os.path.basename(sam)}?", geno) from None
         if self._reader.get_variant_ct() != len(self.table) or self._reader.get_raw_sample_ct() != len(self.samples):
             raise InconsistentInputError(
                 f"holds {self._reader.get_variant_ct()} variants x {self._reader.get_raw_sample_ct()} samples; "
@@ -211,6 +218,15 @@ class PlinkGenotypes(GenotypeSource):
 
     def _block(self, site: np.ndarray, allele: np.ndarray, n_samples: int, want_haplotypes: bool,
                want_ref_count: bool) -> VariantBlock:
+        try:
+            return self._decode_block(site, allele, n_samples, want_haplotypes, want_ref_count)
+        except RuntimeError as e:  # pgenlib's read errors: a truncated or corrupt genotype file
+            raise MalformedInputError(f"cannot read the genotypes of variants {int(site[0]) + 1}-{int(site[-1]) + 1} "
+                                      f"({_text(e)}); truncated or corrupt?", self.path,
+                                      "re-create it (plink2 --make-pgen / --make-bed) or check it with plink2") from None
+
+    def _decode_block(self, site: np.ndarray, allele: np.ndarray, n_samples: int, want_haplotypes: bool,
+                      want_ref_count: bool) -> VariantBlock:
         t = self.table
         n = site.size
         blk = VariantBlock()
