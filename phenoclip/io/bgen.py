@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
-from phenoclip.io.genotype_source import (GenotypeSource, Region, SkipCounts, VariantBlock, merge_regions, part_of,
-                                          require_unique_ids)
+from phenoclip.io.genotype_source import (GenotypeSource, Region, SkipCounts, VariantBlock, in_regions,
+                                          merge_regions, part_of, require_unique_ids)
 
 HARD_CALL_THRESHOLD = 0.1  # plink2's default --hard-call-threshold: |dosage - nearest integer| <= 0.1
 
@@ -105,7 +105,7 @@ class BgenGenotypes(GenotypeSource):
                 continue
             if hi is not None and i > hi:
                 break
-            if wanted is not None and not any(r.chrom == var.chrom and r.contains(var.pos) for r in wanted):
+            if wanted is not None and not in_regions(wanted, var.chrom, var.pos):
                 continue
             alleles = list(var.alleles)
             if len(alleles) != 2:
@@ -176,11 +176,7 @@ class BgenGenotypes(GenotypeSource):
         ref_col = 0 if self.ref == "first" else 1
         for var, alleles, *_ in rows:
             ref, alt = alleles[ref_col], alleles[1 - ref_col]
-            blk.chrom.append(str(var.chrom))
-            blk.pos.append(int(var.pos))
-            blk.id.append(var.rsid or var.varid or f"{var.chrom}:{var.pos}:{ref}:{alt}")
-            blk.ref.append(ref)
-            blk.alt.append(alt)
+            blk.add(str(var.chrom), int(var.pos), var.rsid or var.varid, ref, alt)
         expected = np.stack([r[2] for r in rows]).astype(np.float32)
         blk.expected = expected
         blk.dosage = hard_calls(expected)

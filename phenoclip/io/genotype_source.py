@@ -49,6 +49,11 @@ def parse_region(text: str) -> Region:
     return Region(chrom, start, stop)
 
 
+def in_regions(regions: Sequence[Region], chrom: str, pos: int) -> bool:
+    """True when a record at ``chrom:pos`` lies in one of ``regions``."""
+    return any(r.chrom == chrom and r.contains(pos) for r in regions)
+
+
 def merge_regions(regions: Sequence[Region]) -> list[Region]:
     """Merge overlapping regions per contig so no variant is read twice; keeps first-seen contig order."""
     by_chrom: dict[str, list[Region]] = {}
@@ -102,6 +107,14 @@ class VariantBlock:
 
     def __len__(self) -> int:
         return len(self.pos)
+
+    def add(self, chrom: str, pos: int, vid: str | None, ref: str, alt: str) -> None:
+        """Append one output variant's table row; a missing ID becomes ``CHROM:POS:REF:ALT``."""
+        self.chrom.append(chrom)
+        self.pos.append(pos)
+        self.id.append(vid or f"{chrom}:{pos}:{ref}:{alt}")
+        self.ref.append(ref)
+        self.alt.append(alt)
 
 
 

@@ -234,12 +234,7 @@ class PlinkGenotypes(GenotypeSource):
         blk.n_sites = int(uniq.size)
         blk.n_multiallelic = int(sum(1 for s in uniq if len(t.alts[s]) > 1))
         for s, k in zip(site.tolist(), allele.tolist()):
-            blk.chrom.append(t.chrom[s])
-            blk.pos.append(int(t.pos[s]))
-            alt = t.alts[s][k - 1]
-            blk.id.append(t.id[s] if t.id[s] != "." else f"{t.chrom[s]}:{t.pos[s]}:{t.ref[s]}:{alt}")
-            blk.ref.append(t.ref[s])
-            blk.alt.append(alt)
+            blk.add(t.chrom[s], int(t.pos[s]), None if t.id[s] == "." else t.id[s], t.ref[s], t.alts[s][k - 1])
         dosage = np.empty((n, n_samples), dtype=np.int8)
         for k in np.unique(allele):
             rows = np.flatnonzero(allele == k)

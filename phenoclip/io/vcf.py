@@ -27,8 +27,9 @@ import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
 from phenoclip.io.genotype_source import (PART_RULE, GenotypeSource, Region, SkipCounts,  # noqa: F401
-                                          VariantBlock, merge_regions, parse_region, require_unique_ids)
+                                          VariantBlock, in_regions, merge_regions, parse_region, require_unique_ids)
 from phenoclip.io.vcf_text import TextBatch, gt_only, iter_text_records
+
 
 def _silence_htslib() -> None:
     """htslib prints its own ``[E::...]`` lines on stderr; we report errors as one line instead."""
@@ -148,9 +149,9 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
     streamed and filtered by position (correct, just slower). With an index a record overlapping a
     region is read (bcftools' rule) unless ``by_position``, which keeps records whose POS is in it.
     Haplotypes are decoded until the first unphased heterozygous call; after it blocks carry
-    ``haplotypes=None``. Records without
-    an ALT allele are skipped and records without GT read as all-missing (as bcftools does), each
-    counted in ``skipped``.
+    ``haplotypes=None``. Records without an ALT allele are skipped and records without GT read as
+    all-missing (as bcftools does), each counted in ``skipped``. A GT-only text VCF streamed
+    without an index query is parsed by :mod:`phenoclip.io.vcf_text`, anything else by cyvcf2.
     """
     skipped = skipped if skipped is not None else SkipCounts()
     n_samples = len(vcf.samples)
@@ -206,8 +207,8 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
         n_alt = np.fromiter((len(a) for a in b.alts), dtype=np.int64, count=len(b))
         wanted = np.ones(len(b), dtype=bool)
         if region_filter is not None:
-            wanted = np.fromiter((any(r.chrom == c and r.contains(p) for r in region_filter)
-                                  for c, p in zip(b.chrom, b.pos)), dtype=bool, count=len(b))
+            wanted = np.fromiter((in_regions(region_filter, c, p) for c, p in zip(b.chrom, b.pos)), dtype=bool,
+                                 count=len(b))
         skipped.no_alt += int(np.count_nonzero(wanted & (n_alt == 0)))
         rows = np.flatnonzero(wanted & (n_alt > 0))
         i = 0
@@ -231,11 +232,7 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
             for s_ in sel.tolist():
                 chrom, pos, ref, vid = b.chrom[s_], b.pos[s_], b.ref[s_], b.id[s_]
                 for alt in b.alts[s_]:
-                    block.chrom.append(chrom)
-                    block.pos.append(pos)
-                    block.id.append(vid or f"{chrom}:{pos}:{ref}:{alt}")
-                    block.ref.append(ref)
-                    block.alt.append(alt)
+                    block.add(chrom, pos, vid, ref, alt)
             block.n_sites += take
             block.n_multiallelic += int(np.count_nonzero(reps > 1))
             n += total
@@ -259,7 +256,7 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
                 yield from add_batch(record)
                 continue
             chrom, pos, vid, ref, alts, gt = record
-            if region_filter is not None and not any(r.chrom == chrom and r.contains(pos) for r in region_filter):
+            if region_filter is not None and not in_regions(region_filter, chrom, pos):
                 continue
             if not alts:
                 skipped.no_alt += 1
@@ -290,11 +287,7 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
                     raw[n, :, 1] = -2
                     raw[n, :, 2] = gt[:, 1]
                 allele_index[n] = i
-                block.chrom.append(chrom)
-                block.pos.append(pos)
-                block.id.append(vid or f"{chrom}:{pos}:{ref}:{alt}")
-                block.ref.append(ref)
-                block.alt.append(alt)
+                block.add(chrom, pos, vid, ref, alt)
                 n += 1
             if n >= block_size:
                 done = flush()
@@ -378,8 +371,8 @@ def genome_part(contigs: Sequence[tuple[str, int]], part: tuple[int, int], path:
 class VcfGenotypes(GenotypeSource):
     """A VCF/BCF opened for block-wise reading: the interface every genotype source offers.
 
-    ``samples`` (file order), ``path``, ``iter_blocks`` and ``close``; see :class:`phenoclip.io.plink.PlinkGenotypes` and
-    :class:`phenoclip.io.bgen.BgenGenotypes` for the others.
+    ``samples`` (file order), ``path``, ``iter_blocks`` and ``close``; see
+    :class:`phenoclip.io.plink.PlinkGenotypes` and :class:`phenoclip.io.bgen.BgenGenotypes` for the others.
     """
 
     part_rule = PART_RULE["genome"]

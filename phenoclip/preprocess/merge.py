@@ -90,10 +90,6 @@ def _part_order(stores: list[Store]) -> list[Store]:
     return [by_part[k] for k in range(n)]
 
 
-def _strings(ds: h5py.Dataset) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
-
-
 def _by_variants(parts: list[Store], out, threads: int) -> dict:
     h = [p.h5 for p in parts]
     widths = [p.h5["dosage"].shape[1] for p in parts]
@@ -101,11 +97,12 @@ def _by_variants(parts: list[Store], out, threads: int) -> dict:
     samples = parts[0].samples
     for name in ("pgs_names", "burden_genes"):
         present = [name in x for x in h]
-        if any(present) and (not all(present) or any(_strings(x[name]) != _strings(h[0][name]) for x in h[1:])):
+        if any(present) and (not all(present) or any(p.strings(name) != parts[0].strings(name) for p in parts[1:])):
             raise InconsistentInputError(f"'{name}' differs between the parts", parts[0].path,
                                          "run every part with the same --pgs/--genes files")
     nonempty = [x for x, w in zip(h, widths) if w]
-    phased = n_var > 0 and all(bool(x.attrs.get("haplotypes_complete", x.attrs.get("phased"))) for x in h)
+    complete = all(bool(x.attrs.get("haplotypes_complete", x.attrs.get("phased"))) for x in h)
+    phased = n_var > 0 and complete
     expected = bool(nonempty) and all("expected_dosage" in x for x in nonempty)
     attrs = {k: v for k, v in h[0].attrs.items() if k not in _JOB_ATTRS}
     for k in _COUNTS:
@@ -114,16 +111,14 @@ def _by_variants(parts: list[Store], out, threads: int) -> dict:
     if "part" not in h[0].attrs:
         attrs["filters"] = _region_filters(parts)
     attrs["phased"] = phased
-    attrs["haplotypes_complete"] = all(bool(x.attrs.get("haplotypes_complete", x.attrs.get("phased"))) for x in h)
+    attrs["haplotypes_complete"] = complete
     attrs["merged_from"] = len(parts)
     with create_store(out, "genotypes", samples, attrs=attrs) as w:
-        for col in _VARIANT_TABLE:
-            values = [x[f"variants/{col}"][()] for x in h]
-            if values[0].dtype.kind in ("O", "S"):
-                w.array(f"variants/{col}", [v.decode() if isinstance(v, bytes) else str(v)
-                                            for arr in values for v in arr])
+        for col in (f"variants/{c}" for c in _VARIANT_TABLE):
+            if h[0][col].dtype.kind in ("O", "S"):
+                w.array(col, [v for p in parts for v in p.strings(col)])
             else:
-                w.array(f"variants/{col}", np.concatenate(values).astype(values[0].dtype))
+                w.array(col, np.concatenate([x[col][()] for x in h]).astype(h[0][col].dtype))
         w.per_sample("dosage", shape=(len(samples), n_var), dtype=np.int8, fillvalue=-1)
         if phased:
             w.per_sample("haplotypes", shape=(len(samples), 2, n_var), dtype=np.int8, fillvalue=-1)
@@ -148,12 +143,12 @@ def _by_variants(parts: list[Store], out, threads: int) -> dict:
             pattrs = dict(h[0]["pgs"].attrs)
             pattrs["variants_matched"] = sum(np.asarray(x["pgs"].attrs["variants_matched"]) for x in h)
             w.per_sample("pgs", total.astype(np.float32), attrs=pattrs)
-            w.array("pgs_names", _strings(h[0]["pgs_names"]))
+            w.array("pgs_names", parts[0].strings("pgs_names"))
         if "burden" in h[0]:
             battrs = dict(h[0]["burden"].attrs)
             battrs["rare_variants_per_gene"] = sum(np.asarray(x["burden"].attrs["rare_variants_per_gene"]) for x in h)
             w.per_sample("burden", sum(x["burden"][()] for x in h), attrs=battrs)
-            w.array("burden_genes", _strings(h[0]["burden_genes"]))
+            w.array("burden_genes", parts[0].strings("burden_genes"))
     return {"merged": len(parts), "by": "variants", "samples": len(samples), "variants": n_var, "phased": phased}
 
 
@@ -207,7 +202,7 @@ def _by_samples(stores: list[Store], out, threads: int) -> dict:
         for n in shared:
             ds = first.h5[n]
             data = ds[()]
-            w.array(n, _strings(ds) if ds.dtype.kind == "O" else data, attrs=dict(ds.attrs))
+            w.array(n, first.strings(n) if ds.dtype.kind == "O" else data, attrs=dict(ds.attrs))
         with Progress("merging samples", len(samples), "samples") as bar:
             for n in per_sample:
                 src = first.h5[n]
