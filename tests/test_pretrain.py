@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import pytest
@@ -221,6 +222,67 @@ def test_torchrun_two_cpu_processes(small_cohort, tmp_path):
     assert state["finished"] and state["world_size"] == 2
     # each rank saw its own half of every epoch: samples/s counts both ranks
     assert state["history"][-1]["samples_per_s"] > 0
+
+
+def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=rank (read from /proc), or None while it starts."""
+    try:
+        children = open(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read().split()
+    except OSError:
+        return None
+    for pid in map(int, children):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resumes_exactly(small_cohort, tmp_path):
+    """Each rank used to check only its own stop flag: the signalled rank went into the checkpoint's
+    barrier while the other started the next step's all-gather. Now the flags are all-reduced at each
+    step boundary: a SIGUSR1 to rank 1 alone stops both after the same step, one checkpoint is written
+    (state.json: preempted), and resuming ends with the weights of a run that never stopped."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("finding torchrun's workers reads /proc")
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    args = ["-m", "phenoclip", "pretrain", "--modalities", "gene,expr", "--data", str(small_cohort["gene"]),
+            "--data", str(small_cohort["expr"]), "--arch", "gene=mlp", "--arch", "expr=mlp", "--epochs", "40",
+            "--batch-size", "8", "--seed", "5", "--threads", "1"]
+    launch = [torchrun, "--standalone", "--nproc-per-node", "2"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    proc = subprocess.run([*launch, *args, "--out", str(ref)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    job = subprocess.Popen([*launch, *args, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        while not (run / "state.json").exists() and job.poll() is None:  # the first epoch is saved
+            time.sleep(0.05)
+        worker = _worker_of_rank(job.pid, 1)
+        assert worker is not None, "rank 1 not found"
+        os.kill(worker, signal.SIGUSR1)
+        _, err = job.communicate(timeout=300)
+    finally:
+        job.kill()
+    assert job.returncode != 0  # torchrun reports the workers' 75 as a failure of its own
+    state = json.loads((run / "state.json").read_text())
+    assert state["preempted"] and not state["finished"] and state["epoch"] < 40, state["epoch"]
+    stopped = [line for line in err.splitlines() if "checkpoint saved at epoch" in line]
+    assert len(stopped) == 2 and len({line.split("checkpoint saved at ")[1] for line in stopped}) == 1, stopped
+    assert any("signal SIGUSR1" in line for line in stopped)
+    assert any("another rank was asked to stop" in line for line in stopped)
+
+    proc = subprocess.run([*launch, *args, "--out", str(run), "--resume"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert state["finished"] and not state["preempted"]
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_a_cohort_too_small_to_train_is_refused(small_cohort, tmp_path):

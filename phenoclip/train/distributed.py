@@ -31,6 +31,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, device: str = "cpu") -> bool:
+    """True on every rank when ``flag`` is true on any rank (an all-reduce of one number).
+
+    A stop request reaches the ranks at different moments (a signal to one process, or torchrun
+    forwarding it to each worker in turn); deciding at the step boundary together means every
+    rank stops after the same step, and none waits in a collective the others have left.
+    """
+    if not is_distributed():
+        return flag
+    # NCCL reduces CUDA tensors only; gloo takes CPU ones
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device if device.startswith("cuda") else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def wrap(module: torch.nn.Module, device: str = "cpu") -> torch.nn.Module:
     """DistributedDataParallel around ``module`` when distributed, else ``module`` itself.
 

@@ -5,10 +5,14 @@ every random draw of the task (masks, corruptions, dropout) comes from RNG state
 checkpoint, so a run stopped anywhere (epoch end, or mid-epoch on SIGTERM/SIGUSR1) and resumed
 ends with the same weights as one that never stopped.
 
-Preemption: SIGTERM and SIGUSR1 (SLURM's pre-timeout signal with ``--signal=B:USR1@120``) set a
-flag; after the current step the loop saves a checkpoint and raises :class:`Preempted`, which
-the CLI turns into exit code 75 (EX_TEMPFAIL: "try again") so ``pretrain && finetune`` does not
-carry on with an unfinished model, while a requeued job resumes with ``--resume``.
+Preemption: SIGTERM and SIGUSR1 (SLURM's pre-timeout signal, forwarded by the batch script of
+``docs/slurm/pretrain.sbatch``) set a flag. At every step boundary the ranks combine their flags
+(:func:`phenoclip.train.distributed.any_rank`), so a signal that reaches one worker stops all of
+them after the same step; rank 0 saves one checkpoint (``state.json`` says ``"preempted": true``)
+and every rank raises :class:`Preempted`, which the CLI turns into exit code 75 (EX_TEMPFAIL:
+"try again") so ``pretrain && finetune`` does not carry on with an unfinished model, while a
+requeued job resumes with ``--resume``. torchrun reports a worker's 75 as its own exit 1, so a
+batch script decides to requeue from ``state.json``, not from torchrun's exit code.
 """
 
 from __future__ import annotations
@@ -70,27 +74,44 @@ class LoopSettings:
     device: str = "cpu"  # where the task lives; batches are moved there step by step
 
 
-class _StopFlag:
-    """Records SIGTERM/SIGUSR1 instead of dying, so the loop can checkpoint first."""
+class StopFlag:
+    """Records SIGTERM/SIGUSR1 instead of dying, so the loop can checkpoint first.
+
+    Nested uses share the outermost flag: a command enters one before its slow setup (opening
+    stores, building the model), and the loop's own sees a signal that arrived then; without it
+    a signal during setup kills the process with nothing saved.
+    """
+
+    _active: "StopFlag | None" = None
 
     def __init__(self):
         self.signal: int | None = None
         self._previous = {}
+        self._outer: StopFlag | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> "StopFlag":
+        if StopFlag._active is not None:
+            self._outer = StopFlag._active
+            return self._outer
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. inside some test runners)
                 pass
+        StopFlag._active = self
         return self
 
     def _handle(self, signum, frame):
         self.signal = signum
 
     def __exit__(self, *exc):
+        if self._outer is not None:
+            self._outer = None
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
+        StopFlag._active = None
 
 
 def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
@@ -160,19 +181,19 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
         carried = prev.get("epoch_sums", {})  # loss sums of the interrupted epoch's first steps
         log(f"resuming at epoch {epoch + 1}, step {step_in_epoch}")
 
-    def save(finished: bool, epoch_sums: dict | None = None) -> None:
+    def save(finished: bool, epoch_sums: dict | None = None, preempted: bool = False) -> None:
         if dist_utils.rank() == 0:
             ckpt.save_checkpoint(out_dir, model=task, config=config, optimizer=optimizer, scheduler=scheduler,
                                  generators=task.generators,
                                  state={**state, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                                        "history": history, "finished": finished,
+                                        "history": history, "finished": finished, "preempted": preempted,
                                         "epoch_sums": epoch_sums or {}})
         dist_utils.barrier()
 
     steps_done = 0
     # patients per step, all ranks together (the epoch's last batch may be smaller)
     per_step = len(dataset) / max(1, n_steps)
-    with _StopFlag() as stop, Progress("pretraining", total, "steps", per_unit=(per_step, "samples")) as bar:
+    with StopFlag() as stop, Progress("pretraining", total, "steps", per_unit=(per_step, "samples")) as bar:
         bar.skip(epoch * n_steps + step_in_epoch)
         while epoch < settings.epochs:
             sums: dict[str, float] = dict(carried)
@@ -201,9 +222,12 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
                 for k, v in logged.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.advance(1)
-                if stop.signal is not None or (settings.stop_after_steps and steps_done >= settings.stop_after_steps):
-                    save(finished=False, epoch_sums=sums)
-                    why = f"signal {signal.Signals(stop.signal).name}" if stop.signal else "stop requested"
+                here = stop.signal is not None or bool(settings.stop_after_steps
+                                                       and steps_done >= settings.stop_after_steps)
+                if dist_utils.any_rank(here, settings.device):
+                    save(finished=False, epoch_sums=sums, preempted=True)
+                    why = (f"signal {signal.Signals(stop.signal).name}" if stop.signal
+                           else "stop requested" if here else "another rank was asked to stop")
                     raise Preempted(f"{why}: checkpoint saved at epoch {epoch + 1}, step {step_in_epoch}",
                                     out_dir, "rerun the same command with --resume")
             seconds = time.perf_counter() - t_epoch

@@ -172,7 +172,18 @@ MIN_TRAIN_PATIENTS = 8
 
 def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, log=info,
                  stop_after_steps: int | None = None) -> dict:
-    """Pretrain and write the checkpoint directory ``out``; return the final state summary."""
+    """Pretrain and write the checkpoint directory ``out``; return the final state summary.
+
+    A stop signal (SIGTERM, SIGUSR1) is recorded from here on, during the setup too: training then
+    stops after its first step with a checkpoint (exit 75) instead of dying with nothing saved.
+    """
+    from phenoclip.train.loop import StopFlag
+
+    with StopFlag():
+        return _run_pretrain(cfg, out, resume, log, stop_after_steps)
+
+
+def _run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool, log, stop_after_steps: int | None) -> dict:
     cfg.validate()
     device = resolve_device(cfg.device)
     device = dist_utils.init_from_env(device)
@@ -239,6 +250,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
                        on_epoch_end=on_epoch_end, log=log)
     except Preempted:
         _write_stats(out, train_ds)
+        dist_utils.shutdown()  # every rank got here at the same step (the stop is decided together)
         raise
     _write_stats(out, train_ds)
     if dist_utils.rank() == 0:

@@ -1,0 +1,159 @@
+"""The SLURM recipe of docs/slurm/pretrain.sbatch against a real Slurm.
+
+A one-node cluster (slurmctld, slurmd and munged from Debian's slurm-wlm and munge) is started
+here with its own configuration, key, sockets and ports under a temporary folder, so a Slurm or
+munge already on the machine is left alone. The recipe is submitted as a user would submit it,
+with a short time limit and SLURM's pre-timeout signal; the test checks that the job was
+signalled, saved, requeued itself, resumed and ended with the weights of an uninterrupted run.
+Skipped where the daemons are not installed or cannot start (they need root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "docs" / "slurm" / "pretrain.sbatch"
+DAEMONS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A one-node Slurm started for this module; yields the environment its commands need."""
+    missing = [d for d in DAEMONS if not _which(d)]
+    if missing:
+        pytest.skip(f"Slurm not installed here (no {', '.join(missing)}; Debian: apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmctld/slurmd needs root")
+    root = tmp_path_factory.mktemp("slurm")
+    for d in ("spool/ctld", "spool/d", "log", "run"):
+        (root / d).mkdir(parents=True)
+    key = root / "munge.key"
+    key.write_bytes(os.urandom(128))
+    key.chmod(0o600)
+    munge_socket = root / "run" / "munge.socket"
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text("\n".join([
+        "ClusterName=phenoclip-test", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
+        "AuthType=auth/munge", f"AuthInfo=socket={munge_socket}",
+        f"StateSaveLocation={root}/spool/ctld", f"SlurmdSpoolDir={root}/spool/d",
+        f"SlurmctldPidFile={root}/run/slurmctld.pid", f"SlurmdPidFile={root}/run/slurmd.pid",
+        f"SlurmctldLogFile={root}/log/slurmctld.log", f"SlurmdLogFile={root}/log/slurmd.log",
+        f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+        # no cgroups in a container: track processes by parent id, bind no CPUs
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none", "MpiDefault=none", "SwitchType=switch/none",
+        "SchedulerType=sched/builtin", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
+        "ReturnToService=2", "JobRequeue=1",
+        f"NodeName={host} CPUs={os.cpu_count()} RealMemory=2000 State=UNKNOWN",
+        "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    started = []
+    try:
+        subprocess.run([_which("munged"), "--force", f"--key-file={key}", f"--socket={munge_socket}",
+                        f"--pid-file={root}/run/munged.pid", f"--log-file={root}/log/munged.log",
+                        f"--seed-file={root}/run/munged.seed"], check=True, capture_output=True, timeout=30)
+        started.append(root / "run" / "munged.pid")
+        for daemon in ("slurmctld", "slurmd"):
+            subprocess.run([_which(daemon)], env=env, check=True, capture_output=True, timeout=30)
+            started.append(root / "run" / f"{daemon}.pid")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout
+            if state.strip() in ("idle", "mixed"):
+                break
+            time.sleep(1)
+        else:
+            pytest.skip(f"the test cluster did not come up (node state {state.strip()!r}); see {root}/log")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        _stop(started)
+        pytest.skip(f"could not start munged/slurmctld/slurmd: {e}")
+    version = subprocess.run(["sbatch", "--version"], env=env, capture_output=True, text=True).stdout.strip()
+    yield {"env": env, "root": root, "version": version}
+    _stop(started)
+
+
+def _stop(pid_files: list[Path]) -> None:
+    for pid_file in reversed(pid_files):
+        try:
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+
+
+def _job_field(env: dict, job: str, field: str) -> str | None:
+    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+    for word in out.split():
+        if word.startswith(field + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def test_the_sbatch_recipe_is_signalled_requeued_and_ends_with_uninterrupted_weights(slurm, small_cohort, tmp_path):
+    from safetensors.numpy import load_file
+
+    venv = Path(sys.executable).parent.parent
+    args = (f"--modalities gene,expr --data {small_cohort['gene']} --data {small_cohort['expr']} --arch gene=mlp "
+            "--arch expr=mlp --epochs 300 --batch-size 8 --seed 5")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    # the uninterrupted run: the same torchrun command, straight through
+    ref = tmp_path / "ref"
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "phenoclip", "pretrain",
+                           *args.split(), "--threads", "1", "--out", str(ref)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out, log = tmp_path / "slurm_run", tmp_path / "job.log"
+    # values holding commas cannot go through --export (it splits on them): the environment carries them
+    env = {**slurm["env"], "VENV": str(venv), "OUT": str(out), "NPROC": "2", "PRETRAIN_ARGS": args}
+    submit = subprocess.run(["sbatch", "--parsable", "--time=2", "--signal=B:USR1@100", f"--cpus-per-task={min(2, os.cpu_count())}",
+                             f"--chdir={tmp_path}", f"--output={log}", str(RECIPE)],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0]
+    deadline, ended = time.time() + 900, 0
+    while time.time() < deadline:
+        state, reason = _job_field(env, job, "JobState"), _job_field(env, job, "Reason")
+        queued = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True).stdout.strip()
+        # a job that requeues itself passes through FAILED/CANCELLED for a moment: ended means out of
+        # the queue, twice in a row
+        ended = ended + 1 if not queued and state not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED") else 0
+        if ended >= 2:
+            break
+        if state == "PENDING" and reason == "BeginTime":
+            # Slurm holds a requeued job for two minutes before it may start again: release it now
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
+        time.sleep(2)
+    text = log.read_text() if log.exists() else ""
+    assert state == "COMPLETED", f"job {job} ended {state}; {slurm['root']}/log; job log:\n{text[-4000:]}"
+    print(f"{slurm['version']}:", "\n".join(line for line in text.splitlines() if line.startswith("phenoclip")))
+    # it was stopped by SLURM's signal at least once, saved, requeued itself and resumed
+    assert "stop signal" in text and "requeueing job" in text and "restart 1, --resume" in text, text[-4000:]
+    assert "training finished, exit 0" in text
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a)
+    assert worst <= 1e-6, worst
