@@ -5,8 +5,9 @@
 #  - mamba-ssm: with CUDA (nvcc + a CUDA torch) its kernels are built; otherwise it is installed
 #    without them (MAMBA_SKIP_CUDA_BUILD) and phenoclip uses its pure-PyTorch scan.
 #    --no-cache-dir: pip would otherwise cache the locally built wheel and hide a broken step.
-#  - bcftools, tabix, plink2 (reference tools for tests and benchmarks) and strace (fault injection
-#    in tests) come from apt when root.
+#  - bcftools, tabix, plink2 (reference tools for tests and benchmarks), strace (fault injection
+#    in tests) and slurm-wlm + munge (the SLURM recipe's test starts a one-node Slurm) come from
+#    apt when root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -37,11 +38,14 @@ fi
 pip install $PIP_QUIET -e ".[test,bench]"
 
 missing=""
-for tool in bcftools tabix plink2 strace; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+for tool in bcftools tabix plink2 strace slurmctld munged; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing="$missing $tool"
+done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing$missing from apt" >&2
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bcftools tabix plink2 strace) >/dev/null
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            bcftools tabix plink2 strace slurm-wlm munge) >/dev/null
     else
         echo "setup: warning:$missing not found; tests and benchmarks that compare against them are skipped" >&2
     fi

@@ -170,10 +170,13 @@ def test_bad_arguments_raise_value_error(bad):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only dispatch")
-def test_cpu_install_uses_pytorch_scan():
+def test_cpu_install_uses_pytorch_scan_and_says_so_once(capsys):
     sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
     S._cuda_kernel.cache_clear()
     assert S._cuda_kernel() is None  # the stub has no compiled fwd
+    assert S._cuda_kernel() is None
+    lines = [line for line in capsys.readouterr().err.splitlines() if "CUDA kernel" in line]
+    assert len(lines) == 1 and "MAMBA_SKIP_CUDA_BUILD" in lines[0] and "PyTorch scan" in lines[0], lines
 
 
 def test_importing_phenoclip_does_not_import_mamba_ssm():

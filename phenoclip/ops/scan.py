@@ -271,13 +271,23 @@ class _ChunkedScan(torch.autograd.Function):
 
 @functools.lru_cache(maxsize=1)
 def _cuda_kernel():
-    """mamba-ssm's ``selective_scan_fn`` when its compiled CUDA extension is present, else None."""
+    """mamba-ssm's ``selective_scan_fn`` when its compiled CUDA extension is present, else None.
+
+    Called only for CUDA tensors, so the fallback is said once per process, with the reason: a
+    missing or broken kernel costs speed on a GPU, never correctness, and should not go unseen.
+    """
+    from phenoclip.progress import warn
+
     try:
         import selective_scan_cuda  # the compiled extension (a stub module on CPU installs has no fwd)
 
         if not hasattr(selective_scan_cuda, "fwd"):
+            warn("scan: mamba-ssm's CUDA kernel is not built here (selective_scan_cuda has no fwd: installed "
+                 "with MAMBA_SKIP_CUDA_BUILD); the GPU runs phenoclip's PyTorch scan (same results, slower)")
             return None
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # any import failure means: no kernel, use ours
+    except Exception as e:  # any import failure means: no kernel, use ours
+        warn(f"scan: mamba-ssm's CUDA kernel could not be imported ({type(e).__name__}: {e}); the GPU runs "
+             "phenoclip's PyTorch scan (same results, slower)")
         return None
     return selective_scan_fn
