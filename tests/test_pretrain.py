@@ -224,6 +224,42 @@ def test_torchrun_two_cpu_processes(small_cohort, tmp_path):
     assert state["history"][-1]["samples_per_s"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("objective,modalities", [("clip", "gene,expr"), ("clip,ontology", "gene,expr,hpo"),
+                                                  ("scarf", "expr")])
+def test_two_processes_with_batch_b_train_like_one_with_batch_2b(small_cohort, tmp_path, objective, modalities):
+    """Data-parallel training is exact: torchrun with 2 CPU processes (gloo) at batch 8 ends with the
+    weights of one process at batch 16 (default augmentation, dropout and batch norm included): the
+    ranks split each global batch, draw every patient's augmentations, masks and dropout from its
+    own stream, normalise over the global batch, and compute SCARF's InfoNCE and the ontology loss
+    over the global batch. Before: SCARF's and the ontology loss were per rank, batch norm per rank
+    and each rank drew from its own generator."""
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    stores = {"gene": small_cohort["gene"], "expr": small_cohort["expr"], "hpo": small_cohort["pheno"]}
+    args = ["pretrain", "--modalities", modalities, "--objective", objective, "--epochs", "3", "--seed", "5",
+            "--threads", "1", "--arch", "expr=mlp"]
+    for m in modalities.split(","):
+        args += ["--data", str(stores[m])]
+    if "gene" in modalities:
+        args += ["--arch", "gene=mlp"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "phenoclip", *args, "--batch-size", "16", "--out", str(one)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "phenoclip", *args,
+                           "--batch-size", "8", "--out", str(two)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s1, s2 = (json.loads((d / "state.json").read_text()) for d in (one, two))
+    assert (s1["world_size"], s2["world_size"]) == (1, 2) and len(s1["history"]) == len(s2["history"]) == 3
+    for h1, h2 in zip(s1["history"], s2["history"]):
+        assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-5), (h1["loss"], h2["loss"])
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max((float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12)), k) for k in a
+                if a[k].is_floating_point())
+    assert worst[0] <= 1e-4, worst
+
+
 def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
     """The pid of torchrun's worker with RANK=rank (read from /proc), or None while it starts."""
     try:

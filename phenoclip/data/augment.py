@@ -3,8 +3,9 @@
 Contrastive pretraining on a few hundred patients memorises them unless each view is perturbed;
 these perturbations keep what the modalities share (ventricle size, heart rate, expression
 programmes, genotype) and change what they don't (exact voxels, recording phase, noise).
-Every draw comes from the given ``torch.Generator``, whose state is checkpointed, so resumed
-runs see the same augmentations. Left/right flips are deliberately absent: lesion laterality
+Every draw comes from the given ``torch.Generator`` (or per-patient streams,
+:class:`phenoclip.ops.draws.RowDraws`), whose state is checkpointed, so resumed runs see the
+same augmentations. Left/right flips are deliberately absent: lesion laterality
 carries the disease in the data this is meant for.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, SIGNALS, TERMS, VALUES
+from phenoclip.ops.draws import Draws, as_draws
 
 
 @dataclass
@@ -39,51 +41,47 @@ class AugmentConfig:
     term_dropout: float = 0.2        # share of a patient's HPO terms hidden (one is always kept)
 
 
-def _uniform(shape, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
-    return (lo + (hi - lo) * torch.rand(shape, generator=g)).to(device)
+def _uniform(shape, lo: float, hi: float, draws: Draws, device) -> torch.Tensor:
+    return (lo + (hi - lo) * draws.rand(shape)).to(device)
 
 
-def _rand(shape, g: torch.Generator, device) -> torch.Tensor:
-    # drawn on the generator's (CPU) device and moved: the same seed perturbs alike on CPU and GPU
-    return torch.rand(shape, generator=g).to(device)
+def augment_batch(batch: dict, cfg: AugmentConfig, g: torch.Generator | Draws | None) -> dict:
+    """A new batch dict with each present modality perturbed (inputs are not modified in place).
 
-
-def _randn(shape, g: torch.Generator, device) -> torch.Tensor:
-    return torch.randn(shape, generator=g).to(device)
-
-
-def augment_batch(batch: dict, cfg: AugmentConfig, g: torch.Generator) -> dict:
-    """A new batch dict with each present modality perturbed (inputs are not modified in place)."""
+    ``g``: a generator for the whole batch, or per-row draws (:mod:`phenoclip.ops.draws`). Draws
+    are made on the CPU and moved: the same seed perturbs alike on CPU and GPU.
+    """
+    g = as_draws(g)
     out = dict(batch)
     if "gene" in batch:
         d = batch["gene"][DOSAGE]
-        hide = _rand(d.shape, g, d.device) < cfg.dosage_dropout
+        hide = g.rand(d.shape).to(d.device) < cfg.dosage_dropout
         out["gene"] = {**batch["gene"], DOSAGE: torch.where(hide, torch.full_like(d, -1.0), d)}
     if "expr" in batch:
         x = batch["expr"][VALUES]
-        x = x + cfg.expr_noise * _randn(x.shape, g, x.device)
-        x = torch.where(_rand(x.shape, g, x.device) < cfg.expr_dropout, torch.zeros_like(x), x)
+        x = x + cfg.expr_noise * g.randn(x.shape).to(x.device)
+        x = torch.where(g.rand(x.shape).to(x.device) < cfg.expr_dropout, torch.zeros_like(x), x)
         out["expr"] = {**batch["expr"], VALUES: x}
     if "mri" in batch:
         v = batch["mri"][IMAGES]
         b = v.shape[0]
-        shifts = torch.randint(-cfg.mri_shift, cfg.mri_shift + 1, (b, 3), generator=g)
+        shifts = g.randint(-cfg.mri_shift, cfg.mri_shift + 1, (b, 3))
         v = torch.stack([torch.roll(v[i], tuple(shifts[i].tolist()), dims=(1, 2, 3)) for i in range(b)])
         scale = _uniform((b, 1, 1, 1, 1), 1 - cfg.mri_intensity, 1 + cfg.mri_intensity, g, v.device)
-        v = v * scale + cfg.mri_noise * _randn(v.shape, g, v.device)
+        v = v * scale + cfg.mri_noise * g.randn(v.shape).to(v.device)
         out["mri"] = {**batch["mri"], IMAGES: v}
     if "signal" in batch:
         s = batch["signal"][SIGNALS]
         b, c, t = s.shape
-        shifts = torch.randint(0, max(1, int(cfg.signal_shift * t)), (b,), generator=g)
+        shifts = g.randint(0, max(1, int(cfg.signal_shift * t)), (b,))
         s = torch.stack([torch.roll(s[i], int(shifts[i]), dims=-1) for i in range(b)])
         s = s * _uniform((b, c, 1), 1 - cfg.signal_scale, 1 + cfg.signal_scale, g, s.device)
-        s = s + cfg.signal_noise * _randn(s.shape, g, s.device)
+        s = s + cfg.signal_noise * g.randn(s.shape).to(s.device)
         out["signal"] = {**batch["signal"], SIGNALS: s}
     if "hpo" in batch:
         terms = batch["hpo"][TERMS]
         valid = terms >= 0
-        drop = (_rand(terms.shape, g, terms.device) < cfg.term_dropout) & valid
+        drop = (g.rand(terms.shape).to(terms.device) < cfg.term_dropout) & valid
         # keep each patient's first valid term so nobody loses every phenotype
         first = valid & (valid.cumsum(dim=1) == 1)
         drop &= ~first

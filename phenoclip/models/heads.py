@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from phenoclip.ops.draws import Draws, as_draws
+
 #: dosage classes of a variant token: 0, 1, 2 ALT alleles, a missing call, the [MASK] token
 DOSAGE_MISSING = 3
 DOSAGE_MASK = 4
@@ -106,6 +108,52 @@ def mlp(sizes: Sequence[int], norm: str = "none", dropout: float = 0.0, activati
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+def freeze_bias_before_batch_norm(module: nn.Module) -> int:
+    """Stop training the bias of every Linear/Conv that feeds a BatchNorm directly (in a Sequential).
+
+    Batch norm subtracts the batch mean, so such a bias has no effect and a gradient of zero up
+    to rounding; Adam divides that rounding noise by its own tiny scale and moves the bias by
+    full steps in a random direction (and the running mean follows). Frozen, it stays at its
+    initial value: the function the layer computes is unchanged, the checkpoint keeps its keys,
+    and runs that differ only in summation order (data-parallel against one process) agree.
+    Returns how many biases were frozen.
+    """
+    frozen = 0
+    for seq in module.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        layers = list(seq)
+        for a, b in zip(layers[:-1], layers[1:]):
+            if (isinstance(a, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and a.bias is not None
+                    and isinstance(b, nn.modules.batchnorm._BatchNorm)):
+                a.bias.requires_grad_(False)
+                frozen += 1
+    return frozen
+
+
+def freeze_attention_key_bias(module: nn.Module) -> int:
+    """Zero the gradient of the key bias of every ``nn.MultiheadAttention`` (returns how many).
+
+    A key bias adds ``q . b_k`` to every score of a query, which the softmax cancels: its true
+    gradient is zero and what autograd returns is rounding noise, which Adam would turn into
+    full-size random steps (the same reason as :func:`freeze_bias_before_batch_norm`). The
+    parameter keeps its place in ``in_proj_bias``; only its key third stops moving.
+    """
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.MultiheadAttention) and layer.in_proj_bias is not None:
+            e = layer.embed_dim
+
+            def zero_key_part(grad: Tensor, e: int = e) -> Tensor:
+                grad = grad.clone()
+                grad[e:2 * e] = 0
+                return grad
+
+            layer.in_proj_bias.register_hook(zero_key_part)
+            count += 1
+    return count
 
 
 class Encoder(nn.Module):
@@ -234,19 +282,19 @@ def _check_rate(rate: float) -> None:
         raise ValueError(f"mask rate must be in [0, 1), got {rate}")
 
 
-def random_patch_mask(batch_size: int, n_tokens: int, rate: float, generator: torch.Generator | None = None,
+def random_patch_mask(batch_size: int, n_tokens: int, rate: float, generator: torch.Generator | Draws | None = None,
                       device: torch.device | str | None = None) -> Tensor:
     """bool ``(B, L)`` with exactly ``round(rate * L)`` True per row, at random places (MAE)."""
     check_positive(batch_size=batch_size, n_tokens=n_tokens)
     _check_rate(rate)
     n_mask = int(round(rate * n_tokens))
-    noise = torch.rand(batch_size, n_tokens, generator=generator)
+    noise = as_draws(generator).rand((batch_size, n_tokens))
     ranks = noise.argsort(dim=1).argsort(dim=1)
     return (ranks < n_mask).to(device)
 
 
 def haplotype_block_mask(block_ids: Tensor | np.ndarray | None, rate: float, batch_size: int,
-                         generator: torch.Generator | None = None, *, n_variants: int | None = None,
+                         generator: torch.Generator | Draws | None = None, *, n_variants: int | None = None,
                          window: int = 16, device: torch.device | str | None = None) -> Tensor:
     """bool ``(B, V)`` masking whole haplotype blocks, about ``rate`` of the variants per row.
 
@@ -277,7 +325,7 @@ def haplotype_block_mask(block_ids: Tensor | np.ndarray | None, rate: float, bat
     _, inverse, sizes = np.unique(ids, return_inverse=True, return_counts=True)
     inverse_t, sizes_t = torch.as_tensor(inverse), torch.as_tensor(sizes, dtype=torch.float64)
     n_blocks = len(sizes)
-    order = torch.rand(batch_size, n_blocks, generator=generator).argsort(dim=1)   # (B, K) random block order
+    order = as_draws(generator).rand((batch_size, n_blocks)).argsort(dim=1)   # (B, K) random block order
     sz = sizes_t[order]
     before = sz.cumsum(1) - sz                                                  # variants masked before this one
     take = (before + sz / 2) <= rate * len(ids)

@@ -84,6 +84,31 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _AllGatherWithGrad.apply(tensor)
 
 
+def local_rows(n: int, device: torch.device | str = "cpu") -> slice:
+    """Where this rank's ``n`` rows sit in :func:`all_gather_with_grad`'s concatenation."""
+    if not is_distributed():
+        return slice(0, n)
+    sizes = _sizes(n, torch.device(device))
+    start = sum(sizes[:rank()])
+    return slice(start, start + n)
+
+
+def share_of_global_mean(n_local: int, device: torch.device | str = "cpu") -> tuple[float, int]:
+    """``(world_size * n_local / N, N)``, ``N`` the rows of all ranks together.
+
+    A rank's mean over its own ``n_local`` rows times this factor, averaged over ranks (as
+    DistributedDataParallel averages gradients), is the mean over all ``N`` rows: the loss of
+    one process holding every rank's rows, even when ranks hold different numbers (patients
+    missing a modality). ``(1.0, n_local)`` when not distributed; factor 0 when ``N`` is 0.
+    """
+    if not is_distributed():
+        return 1.0, int(n_local)
+    total = torch.tensor([float(n_local)], dtype=torch.float64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    n_all = int(round(total.item()))
+    return (world_size() * n_local / n_all if n_all else 0.0), n_all
+
+
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """Non-differentiable :func:`all_gather_with_grad` for masks and labels; bool tensors allowed."""
     if not is_distributed():

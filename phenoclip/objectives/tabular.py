@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phenoclip.ops.devices import draw_device
+from phenoclip.ops.draws import Draws, as_draws
 
 
 def _check_rate(rate: float) -> float:
@@ -33,11 +34,10 @@ def _check_rate(rate: float) -> float:
     return float(rate)
 
 
-def _marginal_draws(marginals: torch.Tensor, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+def _marginal_draws(marginals: torch.Tensor, batch: int, draws: Draws) -> torch.Tensor:
     """(batch, F): entry (b, f) is feature f of a random row of ``marginals`` (N, F), drawn independently."""
-    rows = torch.randint(marginals.shape[0], (batch, marginals.shape[1]), generator=generator,
-                         device=draw_device(generator, marginals.device))
-    return marginals.gather(0, rows.to(marginals.device))
+    rows = draws.randint(0, marginals.shape[0], (batch, marginals.shape[1]), device=marginals.device)
+    return marginals.gather(0, rows)
 
 
 class ScarfCorruption(nn.Module):
@@ -60,7 +60,7 @@ class ScarfCorruption(nn.Module):
         self.register_buffer("marginals", marginals, persistent=False)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, F) -> (x_corrupted (B, F), mask (B, F) bool, True where replaced).
 
         A replacement can equal the original value (same row drawn, or a tied value); it still
@@ -72,13 +72,14 @@ class ScarfCorruption(nn.Module):
         target = self.rate * n_feat
         target = round(target) if abs(target - round(target)) < 1e-9 else target  # 0.7 * 10 = 7.000000000000001
         whole = math.floor(target)
-        where = draw_device(generator, x.device)
-        extra = torch.rand(batch, generator=generator, device=where) < target - whole
+        rng = as_draws(generator)
+        where = draw_device(generator if isinstance(generator, torch.Generator) else None, x.device)
+        extra = rng.rand((batch,), device=where) < target - whole
         count = whole + extra.long()  # (B,) features to corrupt in each row
         # rank of each feature under uniform noise = a random permutation per row; keep the first `count`
-        noise = torch.rand(batch, n_feat, generator=generator, device=where)
+        noise = rng.rand((batch, n_feat), device=where)
         mask = (noise.argsort(dim=1).argsort(dim=1) < count.unsqueeze(1)).to(x.device)
-        draws = _marginal_draws(self.marginals, batch, generator).to(x)
+        draws = _marginal_draws(self.marginals, batch, rng).to(x)
         return torch.where(mask, draws, x), mask
 
 
@@ -127,7 +128,7 @@ class VimeMasking(nn.Module):
         self.register_buffer("marginals", marginals, persistent=False)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, F) -> (x_tilde (B, F), mask (B, F) bool).
 
         ``mask`` is VIME's pretext label: True where the value actually changed (the reference
@@ -135,15 +136,16 @@ class VimeMasking(nn.Module):
         cannot be detected. For continuous features its mean is ``rate``.
         """
         batch, n_feat = x.shape
+        rng = as_draws(generator)
+        where = draw_device(generator if isinstance(generator, torch.Generator) else None, x.device)
         if self.marginals is not None:
             if n_feat != self.marginals.shape[1]:
                 raise ValueError(f"x has {n_feat} features, marginals {self.marginals.shape[1]}")
-            draws = _marginal_draws(self.marginals, batch, generator).to(x)
+            draws = _marginal_draws(self.marginals, batch, rng).to(x)
         else:  # an independent permutation of the batch rows per column
-            perm = torch.rand(batch, n_feat, generator=generator, device=draw_device(generator, x.device))
+            perm = rng.rand((batch, n_feat), device=where)
             draws = x.gather(0, perm.argsort(dim=0).to(x.device))
-        chosen = (torch.rand(batch, n_feat, generator=generator, device=draw_device(generator, x.device))
-                  < self.rate).to(x.device)
+        chosen = (rng.rand((batch, n_feat), device=where) < self.rate).to(x.device)
         x_tilde = torch.where(chosen, draws, x)
         return x_tilde, x_tilde != x
 

@@ -11,7 +11,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from phenoclip.objectives.distributed import is_distributed, rank, world_size  # noqa: F401 (re-exported)
+from phenoclip.objectives.distributed import all_gather_with_grad, is_distributed, local_rows
+from phenoclip.objectives.distributed import rank, world_size  # noqa: F401 (re-exported)
 
 
 def init_from_env(device: str) -> str:
@@ -46,14 +47,72 @@ def any_rank(flag: bool, device: str = "cpu") -> bool:
     return bool(value.item())
 
 
+def mean_over_ranks(values: dict[str, float], device: str = "cpu") -> dict[str, float]:
+    """Each value averaged over ranks (keys in the same set on every rank); ``values`` itself when
+    not distributed."""
+    if not is_distributed():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64,
+                     device=device if device.startswith("cuda") else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: float(v) / world_size() for k, v in zip(keys, t.tolist())}
+
+
+class _GlobalBatchNorm:
+    """Batch statistics over every rank's rows: the layer sees the global batch, as one process would.
+
+    The inputs of all ranks are gathered (with gradients, :func:`all_gather_with_grad`), normalised
+    together by the ordinary batch-norm function, and this rank keeps its own rows; the running
+    statistics are updated from the global batch, identically on every rank. torch's
+    ``SyncBatchNorm`` does this for GPUs only; gathering works with gloo on CPUs too, and the
+    layers here are narrow (MLP and signal channels), so the copy is small.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        rows = local_rows(x.shape[0], x.device)
+        return super().forward(all_gather_with_grad(x))[rows]
+
+
+class GlobalBatchNorm1d(_GlobalBatchNorm, torch.nn.BatchNorm1d):
+    pass
+
+
+class GlobalBatchNorm2d(_GlobalBatchNorm, torch.nn.BatchNorm2d):
+    pass
+
+
+class GlobalBatchNorm3d(_GlobalBatchNorm, torch.nn.BatchNorm3d):
+    pass
+
+
+_GLOBAL = {torch.nn.BatchNorm1d: GlobalBatchNorm1d, torch.nn.BatchNorm2d: GlobalBatchNorm2d,
+           torch.nn.BatchNorm3d: GlobalBatchNorm3d}
+
+
+def global_batch_norms(module: torch.nn.Module) -> int:
+    """Give every BatchNorm layer of ``module`` global batch statistics (in place: parameters,
+    buffers and state-dict names stay); returns how many were changed."""
+    changed = 0
+    for layer in module.modules():
+        if type(layer) in _GLOBAL:
+            layer.__class__ = _GLOBAL[type(layer)]
+            changed += 1
+    return changed
+
+
 def wrap(module: torch.nn.Module, device: str = "cpu") -> torch.nn.Module:
     """DistributedDataParallel around ``module`` when distributed, else ``module`` itself.
 
     ``module`` must already be on ``device``; on a GPU each rank drives the one device it was
-    given by :func:`init_from_env`.
+    given by :func:`init_from_env`. Its batch-norm layers take global batch statistics
+    (:func:`global_batch_norms`), so N ranks with batch B normalise as one process with N x B.
     """
     if not is_distributed():
         return module
+    global_batch_norms(module)
     if device.startswith("cuda"):
         index = torch.device(device).index
         ids = [torch.cuda.current_device() if index is None else index]

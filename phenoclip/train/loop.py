@@ -5,6 +5,13 @@ every random draw of the task (masks, corruptions, dropout) comes from RNG state
 checkpoint, so a run stopped anywhere (epoch end, or mid-epoch on SIGTERM/SIGUSR1) and resumed
 ends with the same weights as one that never stopped.
 
+Data parallelism is exact: under torchrun, N ranks with batch B split each global batch of
+N x B (:func:`_loader`), draw each patient's randomness from its own stream
+(:mod:`phenoclip.ops.draws`), normalise over the global batch
+(:func:`phenoclip.train.distributed.global_batch_norms`) and compute every loss that compares
+patients over the global batch, so they end with the weights of one process with batch N x B
+(tested to 1e-4 relative).
+
 Preemption: SIGTERM and SIGUSR1 (SLURM's pre-timeout signal, forwarded by the batch script of
 ``docs/slurm/pretrain.sbatch``) set a flag. At every step boundary the ranks combine their flags
 (:func:`phenoclip.train.distributed.any_rank`), so a signal that reaches one worker stops all of
@@ -125,17 +132,19 @@ def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
 
 
 def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: int) -> DataLoader:
+    """This rank's batches of ``epoch``, from ``skip_batches`` on.
+
+    One permutation of the patients per epoch, seeded by ``(seed, epoch)``; step ``i`` takes the
+    global batch ``perm[i*N*B:(i+1)*N*B]`` of N ranks with batch B, and rank ``r`` its ``r``-th slice
+    of B. So N processes with batch B see, step by step, exactly the patients of one process with
+    batch N x B (the last partial global batch is dropped: contrastive losses need comparable
+    batch sizes, and every rank must take the same number of steps).
+    """
     g = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
-    if dist_utils.world_size() > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=True, seed=settings.seed,
-                                                                  drop_last=True)
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-    else:
-        order = torch.randperm(len(dataset), generator=g).tolist()
-    n_full = len(order) // settings.batch_size
-    # drop the last partial batch: contrastive losses need comparable batch sizes
-    batches = [order[i * settings.batch_size:(i + 1) * settings.batch_size] for i in range(n_full)]
+    order = torch.randperm(len(dataset), generator=g).tolist()
+    world, me, b = max(1, dist_utils.world_size()), dist_utils.rank(), settings.batch_size
+    n_steps = len(order) // (world * b)
+    batches = [order[(i * world + me) * b:(i * world + me + 1) * b] for i in range(n_steps)]
     # the loader draws its workers' base seed from `generator`: from the global RNG it would shift
     # the dropout stream of a resumed run (one more iterator is created) and break exact resume
     return DataLoader(dataset, batch_sampler=batches[skip_batches:], collate_fn=collate,
@@ -144,8 +153,7 @@ def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: 
 
 
 def steps_per_epoch(dataset: Dataset, settings: LoopSettings) -> int:
-    per_rank = len(dataset) // max(1, dist_utils.world_size())
-    return max(1, per_rank // settings.batch_size)
+    return max(1, len(dataset) // (max(1, dist_utils.world_size()) * settings.batch_size))
 
 
 def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *, config: dict, state: dict,
@@ -225,14 +233,17 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
                 here = stop.signal is not None or bool(settings.stop_after_steps
                                                        and steps_done >= settings.stop_after_steps)
                 if dist_utils.any_rank(here, settings.device):
-                    save(finished=False, epoch_sums=sums, preempted=True)
+                    # every rank resumes with the same partial sums: the ranks' mean (logging only)
+                    save(finished=False, epoch_sums=dist_utils.mean_over_ranks(sums, settings.device), preempted=True)
                     why = (f"signal {signal.Signals(stop.signal).name}" if stop.signal
                            else "stop requested" if here else "another rank was asked to stop")
                     raise Preempted(f"{why}: checkpoint saved at epoch {epoch + 1}, step {step_in_epoch}",
                                     out_dir, "rerun the same command with --resume")
             seconds = time.perf_counter() - t_epoch
             steps = max(1, step_in_epoch)
-            logged_epoch = {k: v / steps for k, v in sums.items()}
+            # a rank's terms are its share of the global loss (per-row terms are scaled, see
+            # objectives.distributed): their mean over ranks is what one process would log
+            logged_epoch = {k: v / steps for k, v in dist_utils.mean_over_ranks(sums, settings.device).items()}
             logged_epoch.update({"samples_per_s": n_seen * dist_utils.world_size() / max(seconds, 1e-9),
                                  "data_wait_share": t_wait / max(seconds, 1e-9), "lr": scheduler.get_last_lr()[0]})
             if on_epoch_end is not None:

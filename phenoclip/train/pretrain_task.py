@@ -2,8 +2,8 @@
 
 Encoders know nothing about losses and losses nothing about encoders; this module is the one
 place where a batch becomes named loss terms. ``forward(batch)`` is the training step (so DDP
-can wrap the task); every random draw (masks, corruptions) comes from ``self.generators``,
-whose states go into checkpoints.
+can wrap the task); every random draw (masks, corruptions) comes from per-patient streams keyed
+by a number drawn from ``self.generators`` each step, whose states go into checkpoints.
 """
 
 from __future__ import annotations
@@ -17,15 +17,17 @@ from torch import nn
 
 from phenoclip.config import TABULAR_OBJECTIVES, PretrainConfig
 from phenoclip.data.augment import AugmentConfig, augment_batch
-from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, TERMS, VALUES
-from phenoclip.models.heads import (VariantMaskingHead, VolumeReconstructionHead, haplotype_block_mask,
-                                    random_patch_mask)
+from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, SAMPLE_IDS, TERMS, VALUES
+from phenoclip.models.heads import (VariantMaskingHead, VolumeReconstructionHead, freeze_attention_key_bias,
+                                    freeze_bias_before_batch_norm, haplotype_block_mask, random_patch_mask)
 from phenoclip.models.mri import patchify
 from phenoclip.models.multimodal import build_model
 from phenoclip.objectives import (ByolLoss, ClipLoss, MaskedReconstructionLoss, MaskedTokenLoss,
                                   OntologyAlignmentLoss, ScarfCorruption, ScarfLoss, VimeLoss, VimeMasking,
                                   WeightedSum)
 from phenoclip.objectives.ontology import ancestor_distance_matrix, hierarchy_targets
+from phenoclip.objectives.distributed import all_gather_with_grad, share_of_global_mean
+from phenoclip.ops.draws import BatchDraws, RowDraws, drawing, row_dropout
 
 #: the tensor each tabular modality is corrupted on
 TABULAR_KEY = {"expr": VALUES, "gene": DOSAGE}
@@ -98,6 +100,9 @@ class PretrainTask(nn.Module):
                 p.requires_grad_(False)
             self.byol_loss = ByolLoss()
             self._ema = None  # built lazily: needs the total number of steps
+        row_dropout(self)  # dropout masks per patient, like every other draw (ops.draws)
+        freeze_bias_before_batch_norm(self)
+        freeze_attention_key_bias(self)
         if init is not None:
             self._initialise(init)
 
@@ -129,17 +134,26 @@ class PretrainTask(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         terms: dict[str, torch.Tensor] = {}
         cfg = self.cfg
-        g = self.generators["task"]
+        # one key per step from the checkpointed generator, the same on every rank; each patient's
+        # masks and corruptions come from the key and its ID, so N processes with batch B draw what
+        # one process with batch N x B draws (phenoclip.ops.draws)
+        step_key = int(torch.randint(0, 1 << 62, (1,), generator=self.generators["task"]))
+        g = RowDraws.for_batch(step_key, batch[SAMPLE_IDS])
         emb = {}
         if self.training and cfg.augment and ("clip" in cfg.objectives or "ontology" in cfg.objectives):
             batch = augment_batch(batch, AugmentConfig(), g)
         if "clip" in cfg.objectives or "ontology" in cfg.objectives:
-            emb = {m: self.model.encode(m, batch[m]) for m in cfg.modalities if m != "hpo" or "clip" in cfg.objectives}
+            with drawing(g):
+                emb = {m: self.model.encode(m, batch[m]) for m in cfg.modalities
+                       if m != "hpo" or "clip" in cfg.objectives}
             present = {m: batch[m][PRESENT] for m in emb}
         if "clip" in cfg.objectives:
             terms.update(self.clip(emb, present, self.model.logit_scale))
         if "ontology" in cfg.objectives:
-            terms.update(self._ontology_terms(batch, emb, present))
+            # the term embeddings are rows of the vocabulary, not patients: one stream for them all
+            with drawing(BatchDraws(torch.Generator().manual_seed(step_key))):
+                term_emb = self.model.encode_terms()
+            terms.update(self._ontology_terms(batch, emb, present, term_emb))
         if "mvm" in cfg.objectives:
             terms.update(self._mvm(batch["mri"], g))
         if "mhm" in cfg.objectives:
@@ -148,58 +162,70 @@ class PretrainTask(nn.Module):
             terms.update(self._tabular(batch[self.tab_modality], g))
         return self.weights(terms)
 
-    def _ontology_terms(self, batch, emb, present) -> dict[str, torch.Tensor]:
+    def _ontology_terms(self, batch, emb, present, term_emb) -> dict[str, torch.Tensor]:
         hpo_terms = batch["hpo"][TERMS]
         lookup = self.model.encoders["hpo"].lookup
         rows = torch.where(hpo_terms >= 0, lookup[hpo_terms.clamp(min=0)], torch.full_like(hpo_terms, -1))
-        term_emb = self.model.encode_terms()
         losses = []
         for m, z in emb.items():
             if m == "hpo":
                 continue
             keep = present[m] & batch["hpo"][PRESENT]
-            if keep.sum() == 0:
-                continue
             out = self.ontology(z[keep], rows[keep], term_emb, self.ontology_targets)
-            losses.append(out["ontology"])
+            # the mean over every rank's patients, not this rank's (the same when not distributed)
+            share, n_all = share_of_global_mean(int(out["ontology/patients"]), z.device)
+            if n_all:
+                losses.append(out["ontology"] * share)
         total = torch.stack(losses).mean() if losses else term_emb.sum() * 0.0
         return {"ontology": total}
 
-    def _mvm(self, mri: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def _mvm(self, mri: dict, g: RowDraws) -> dict[str, torch.Tensor]:
         enc = self.model.encoders["mri"]
         keep = mri[PRESENT]
         images = mri[IMAGES][keep]
         if images.shape[0] == 0:
             return {"mvm": self.mvm_head.net[0].weight.sum() * 0.0}
+        g = g.rows(keep)
         mask = random_patch_mask(images.shape[0], enc.n_tokens, self.cfg.mvm_mask_rate, generator=g,
                                 device=images.device)
-        _, tokens = enc.forward_features({IMAGES: images}, token_mask=mask)
-        pred = self.mvm_head(tokens)
+        with drawing(g):
+            _, tokens = enc.forward_features({IMAGES: images}, token_mask=mask)
+            pred = self.mvm_head(tokens)
         return self.mvm(pred, patchify(images, enc.patch), mask)
 
-    def _mhm(self, gene: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def _mhm(self, gene: dict, g: RowDraws) -> dict[str, torch.Tensor]:
         enc = self.model.encoders["gene"]
         keep = gene[PRESENT]
         dosage = gene[DOSAGE][keep]
+        g = g.rows(keep)
         vmask = haplotype_block_mask(self.ld_blocks, self.cfg.mhm_mask_rate, dosage.shape[0], generator=g,
                                      device=dosage.device)
-        _, tokens = enc.forward_features({DOSAGE: dosage}, token_mask=enc.variant_to_token_mask(vmask))
-        logits = self.mhm_head(tokens)
+        with drawing(g):
+            _, tokens = enc.forward_features({DOSAGE: dosage}, token_mask=enc.variant_to_token_mask(vmask))
+            logits = self.mhm_head(tokens)
         return self.mhm(logits, dosage, vmask)
 
-    def _tabular(self, inputs: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def _tabular(self, inputs: dict, g: RowDraws) -> dict[str, torch.Tensor]:
         m, key = self.tab_modality, TABULAR_KEY[self.tab_modality]
         x = inputs[key][inputs[PRESENT]]
+        g = g.rows(inputs[PRESENT])
+        with drawing(g):
+            return self._tabular_terms(m, key, x, g)
+
+    def _tabular_terms(self, m: str, key: str, x: torch.Tensor, g: RowDraws) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if "scarf" in self.cfg.objectives:
             x_tilde, _ = ScarfCorruption(self.marginals, self.cfg.scarf_rate)(x, generator=g)
             z1 = self.model.encode(m, {key: x})
             z2 = self.model.encode(m, {key: x_tilde})
-            out.update(self.scarf_loss(z1, z2))
+            # the other patients of the global batch are the negatives, as for CLIP
+            out.update(self.scarf_loss(all_gather_with_grad(z1), all_gather_with_grad(z2)))
         if "vime" in self.cfg.objectives:
             x_tilde, mask = VimeMasking(self.cfg.vime_rate, self.marginals)(x, generator=g)
             h = self.model.encode(m, {key: x_tilde}, normalize=False)
-            out.update(self.vime_loss(self.vime_mask_head(h), self.vime_recon_head(h), mask, x))
+            share, _ = share_of_global_mean(x.shape[0], x.device)  # per-row losses: the global mean
+            out.update({k: v * share for k, v in
+                        self.vime_loss(self.vime_mask_head(h), self.vime_recon_head(h), mask, x).items()})
         if "byol" in self.cfg.objectives:
             corrupt = ScarfCorruption(self.marginals, self.cfg.scarf_rate)
             v1, _ = corrupt(x, generator=g)
@@ -208,7 +234,8 @@ class PretrainTask(nn.Module):
             p2 = self.byol_predictor(self.model.encode(m, {key: v2}, normalize=False))
             with torch.no_grad():
                 z1, z2 = self._byol_embed(self.byol_target, {key: v1}), self._byol_embed(self.byol_target, {key: v2})
-            out.update(self.byol_loss(p1, p2, z1, z2))
+            share, _ = share_of_global_mean(x.shape[0], x.device)
+            out.update({k: v * share for k, v in self.byol_loss(p1, p2, z1, z2).items()})
         return out
 
     # ------------------------------------------------------------------ BYOL's two networks
