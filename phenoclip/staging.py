@@ -48,10 +48,30 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
 
 class StagedFiles:
     """Several output files written under temporary names beside their targets, renamed together at
-    the end (:meth:`commit`) or all removed (:meth:`abort`): a failure leaves none of them behind."""
+    the end (:meth:`commit`) or all removed (:meth:`abort`): a failure leaves none of them behind.
+
+    As a context manager it commits when the block ends normally and aborts when it raises; an
+    ``OSError`` on one of its temporary files (disk full) becomes one line naming the final file
+    (:class:`~phenoclip.errors.OutputError`, exit 6).
+    """
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if kind is None:
+            self.commit()
+            return False
+        finals = dict(self.items)
+        self.abort()
+        if isinstance(error, OSError) and getattr(error, "filename", None) in finals:
+            from phenoclip.errors import OutputError
+
+            raise OutputError(f"cannot write ({error.strerror})", finals[error.filename]) from None
+        return False
 
     def tmp(self, final: str | os.PathLike, suffix: str = "") -> str:
         """The temporary path to write ``final`` to (``suffix`` keeps an extension some writers need)."""

@@ -416,3 +416,43 @@ def test_tampered_checkpoint_config_is_refused_before_allocating(ckpt, sample_st
     assert rc == code, lines
     assert len(lines) == 1 and text in lines[0] and "config.json" in lines[0]
     assert not (tmp_path / "hits.tsv").exists()
+
+
+def test_sharded_retrieve_merges_to_the_unsharded_hits_and_metrics(ckpt, sample_stores, tmp_path, capsys):
+    """--part K --num-parts 3 and 'retrieve merge' write the hits TSV and metrics JSON of one run
+    (the same lines, the same Recall@K and MRR for all and for held-out patients)."""
+    base = ["retrieve", "--checkpoint", ckpt, "--query", sample_stores["gene"], "--gallery", sample_stores["expr"],
+            "--k", K]
+    code, err = cli_in_process(capsys, *base, "--out", tmp_path / "one.tsv")
+    assert code == 0, err
+    for part in (2, 0, 1):
+        code, err = cli_in_process(capsys, *base, "--out", tmp_path / "hits.tsv", "--part", part, "--num-parts", 3)
+        assert code == 0, err
+        assert (tmp_path / f"hits.part{part}.h5").exists() and not (tmp_path / "hits.tsv").exists()
+    parts = [tmp_path / f"hits.part{k}.h5" for k in (1, 2, 0)]  # any order
+    code, err = cli_in_process(capsys, "retrieve", "merge", *parts, "--out", tmp_path / "merged.tsv")
+    assert code == 0, err
+    assert (tmp_path / "merged.tsv").read_text() == (tmp_path / "one.tsv").read_text()
+    one = json.loads((tmp_path / "one.metrics.json").read_text())
+    merged = json.loads((tmp_path / "merged.metrics.json").read_text())
+    assert set(one) == set(merged) and {"all", "held_out"} <= set(one)
+    for block in ("all", "held_out"):
+        for key, value in one[block].items():
+            assert merged[block][key] == pytest.approx(value, rel=1e-12, abs=1e-12), (block, key)
+    assert {k: one[k] for k in one if k not in ("all", "held_out")} == \
+        {k: merged[k] for k in merged if k not in ("all", "held_out")}
+
+    # a missing part, a repeated one, one of another run: exit 5, nothing written
+    other = tmp_path / "other"
+    other.mkdir()
+    code, err = cli_in_process(capsys, *base[:-1], 5, "--out", other / "hits.tsv", "--part", 0, "--num-parts", 3)
+    assert code == 0, err
+    for given, expect in ((parts[:2], "missing"), ([*parts, parts[0]], "given twice"),
+                          ([other / "hits.part0.h5", *parts[:2]], "from another retrieve run")):
+        code, err = cli_in_process(capsys, "retrieve", "merge", *given, "--out", tmp_path / "bad.tsv")
+        assert code == 5 and len(err) == 1 and expect in err[0], err
+        assert not (tmp_path / "bad.tsv").exists()
+    # outputs a part cannot write are refused up front
+    code, err = cli_in_process(capsys, *base, "--out", tmp_path / "x.tsv", "--part", 0, "--num-parts", 3,
+                               "--pheno-out", tmp_path / "x.pheno")
+    assert code == 2 and "--pheno-out is not written by a --part" in err[0], err

@@ -51,7 +51,7 @@ def _register() -> None:
     app.command("simulate", help=simulate.HELP)(simulate.simulate)
     app.add_typer(preprocess.app, name="preprocess")
     app.command("pretrain", help=pretrain.HELP)(pretrain.pretrain)
-    app.command("retrieve", help=retrieve.HELP)(retrieve.retrieve)
+    app.add_typer(retrieve.app, name="retrieve")
     app.add_typer(finetune.app, name="finetune")
     app.add_typer(explain.app, name="explain")
     app.add_typer(segment.app, name="segment")

@@ -172,6 +172,23 @@ def metrics_from_rank_bounds(higher: torch.Tensor, tied: torch.Tensor,
     return out
 
 
+#: the K of Recall@K in retrieve's metrics
+RETRIEVE_KS = (1, 5, 10)
+
+
+def metrics_from_bounds(higher: torch.Tensor, tied: torch.Tensor, gallery_size: int) -> dict:
+    """Recall@1/5/10, MRR, ``n_queries``, ``gallery_size`` and ``chance@1`` from per-query bounds."""
+    out = metrics_from_rank_bounds(higher, tied, RETRIEVE_KS)
+    out.update({"n_queries": int(len(higher)), "gallery_size": int(gallery_size), "chance@1": 1.0 / gallery_size})
+    return out
+
+
+def format_metrics(m: dict) -> str:
+    """One line: Recall@1/5/10 and MRR, with the counts and chance."""
+    return (" ".join(f"{k} {m[k]:.3f}" for k in (*(f"R@{k}" for k in RETRIEVE_KS), "MRR"))
+            + f" (queries {m['n_queries']}, gallery {m['gallery_size']}, chance@1 {m['chance@1']:.3f})")
+
+
 def paired_retrieval(a: torch.Tensor, b: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Row ``i`` of ``a`` should retrieve row ``i`` of ``b``; metrics averaged over both directions."""
     targets = torch.arange(a.shape[0])

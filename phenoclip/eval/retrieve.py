@@ -42,21 +42,17 @@ import numpy as np
 import torch
 
 from phenoclip.data.multimodal import CohortStores
-from phenoclip.errors import InconsistentInputError, OutputError, UsageError, require_readable
+from phenoclip.errors import InconsistentInputError, UsageError, require_readable
 from phenoclip.eval.encode import Pretrained, embed_samples, expr_stats, load_pretrained
-from phenoclip.eval.retrieval import metrics_from_rank_bounds, rank_bounds, topk_chunked
-from phenoclip.eval.retrieve_outputs import (HPO_GALLERY, Side, check_outputs, write_embeddings, write_hits,
-                                             write_pheno)
+from phenoclip.eval.retrieval import format_metrics, metrics_from_bounds, rank_bounds, topk_chunked
+from phenoclip.eval.retrieve_outputs import (HPO_GALLERY, Side, check_outputs, output_prefix, write_embeddings,
+                                             write_hits, write_pheno)
 from phenoclip.progress import info, warn
+from phenoclip.eval.retrieve_parts import part_slice
+from phenoclip.parts import check_part, part_path
 from phenoclip.staging import StagedFiles
 
-KS = (1, 5, 10)
 _QUERY_BLOCK = 4096  # queries per rank_bounds call
-
-
-def output_prefix(out: str) -> str:
-    """``hits.tsv`` -> ``hits``: the stem the metrics and disease files are named from."""
-    return out[:-4] if out.endswith(".tsv") else out
 
 
 def _open_side(pre: Pretrained, path: str) -> tuple[CohortStores, str]:
@@ -75,40 +71,47 @@ def _embed(pre: Pretrained, stores: CohortStores, modality: str, path: str, samp
     return Side(path, modality, [samples[i] for i in keep], emb[keep], stores)
 
 
+def query_rank_bounds(query_ids: Sequence[str], queries: np.ndarray, gallery_ids: Sequence[str],
+                      gallery: np.ndarray) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """``(rows, higher, tied)``: the queries whose ID is in the gallery (their rows) and, per such
+    query, :func:`rank_bounds` of its own gallery item. Each query's bounds depend on it and the
+    gallery only, so queries split across jobs give the same bounds."""
+    pos = {s: i for i, s in enumerate(gallery_ids)}
+    rows = [i for i, s in enumerate(query_ids) if s in pos]
+    if not rows:
+        return rows, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    q, g = torch.from_numpy(queries[rows]), torch.from_numpy(gallery)
+    targets = torch.tensor([pos[query_ids[i]] for i in rows])
+    chunk = max(1024, (1 << 24) // min(len(rows), _QUERY_BLOCK))  # similarity blocks of at most 64 MB
+    bounds = [rank_bounds(q[a:a + _QUERY_BLOCK], g, targets[a:a + _QUERY_BLOCK], chunk=chunk)
+              for a in range(0, len(rows), _QUERY_BLOCK)]
+    return rows, torch.cat([b[0] for b in bounds]), torch.cat([b[1] for b in bounds])
+
+
 def retrieval_metrics(query_ids: Sequence[str], queries: np.ndarray, gallery_ids: Sequence[str],
                       gallery: np.ndarray) -> dict | None:
     """Recall@1/5/10 and MRR of queries whose ID is in the gallery, against the whole gallery.
 
     None when no query's patient is in the gallery.
     """
-    pos = {s: i for i, s in enumerate(gallery_ids)}
-    rows = [i for i, s in enumerate(query_ids) if s in pos]
-    if not rows:
-        return None
-    q, g = torch.from_numpy(queries[rows]), torch.from_numpy(gallery)
-    targets = torch.tensor([pos[query_ids[i]] for i in rows])
-    chunk = max(1024, (1 << 24) // min(len(rows), _QUERY_BLOCK))  # similarity blocks of at most 64 MB
-    bounds = [rank_bounds(q[a:a + _QUERY_BLOCK], g, targets[a:a + _QUERY_BLOCK], chunk=chunk)
-              for a in range(0, len(rows), _QUERY_BLOCK)]
-    out = metrics_from_rank_bounds(torch.cat([b[0] for b in bounds]), torch.cat([b[1] for b in bounds]), KS)
-    out.update({"n_queries": len(rows), "gallery_size": len(gallery_ids), "chance@1": 1.0 / len(gallery_ids)})
-    return out
+    rows, higher, tied = query_rank_bounds(query_ids, queries, gallery_ids, gallery)
+    return metrics_from_bounds(higher, tied, len(gallery_ids)) if rows else None
+
+
+def held_out_ids(query_ids: Sequence[str], gallery_ids: Sequence[str], validation: Sequence[str]) -> list[str]:
+    """The validation patients having both modalities, in query order: the held-out gallery."""
+    val, in_gallery = set(validation), set(gallery_ids)
+    return [s for s in query_ids if s in val and s in in_gallery]
 
 
 def held_out_metrics(query: Side, gallery: Side, validation: Sequence[str]) -> dict | None:
     """:func:`retrieval_metrics` on the validation patients having both modalities (None under 2)."""
-    val = set(validation)
-    gpos = {s: i for i, s in enumerate(gallery.samples)}
-    both = [i for i, s in enumerate(query.samples) if s in val and s in gpos]
-    if len(both) < 2:
+    ids = held_out_ids(query.samples, gallery.samples, validation)
+    if len(ids) < 2:
         return None
-    ids = [query.samples[i] for i in both]
-    return retrieval_metrics(ids, query.embeddings[both], ids, gallery.embeddings[[gpos[s] for s in ids]])
-
-
-def _fmt_metrics(m: dict) -> str:
-    return (" ".join(f"{k} {m[k]:.3f}" for k in (*(f"R@{k}" for k in KS), "MRR"))
-            + f" (queries {m['n_queries']}, gallery {m['gallery_size']}, chance@1 {m['chance@1']:.3f})")
+    qpos, gpos = {s: i for i, s in enumerate(query.samples)}, {s: i for i, s in enumerate(gallery.samples)}
+    return retrieval_metrics(ids, query.embeddings[[qpos[s] for s in ids]], ids,
+                             gallery.embeddings[[gpos[s] for s in ids]])
 
 
 def _map(pre: Pretrained, png: str, label_table: tuple[dict[str, str], str, str], sides: list[Side],
@@ -154,7 +157,8 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
                  embeddings_out: str | os.PathLike | None = None, pheno_out: str | os.PathLike | None = None,
                  pcs: int = 10, diseases: str | os.PathLike | None = None, ontology: str | os.PathLike | None = None,
                  map_out: str | os.PathLike | None = None, labels: str | None = None,
-                 data: Sequence[str | os.PathLike] = (), seed: int = 0) -> dict:
+                 data: Sequence[str | os.PathLike] = (), seed: int = 0, part: int | None = None,
+                 num_parts: int | None = None) -> dict:
     """Retrieve the top-``k`` gallery items for every query patient and write the outputs above.
 
     Parameters
@@ -172,6 +176,9 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
         :func:`phenoclip.eval.zero_shot.resolve_ontology`).
     map_out, labels, data:
         A PNG map of held-out patients, the ``FILE[:COLUMN]`` labels colouring it, extra stores.
+    part, num_parts:
+        Only part ``part`` of ``num_parts`` of the queries, written to ``OUT.partK.h5`` for
+        ``retrieve merge`` (:mod:`phenoclip.eval.retrieve_parts`); hits and metrics only.
 
     Returns
     -------
@@ -197,7 +204,17 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
     prefix = None if stdout else output_prefix(out)
     if stdout and diseases is not None:
         raise UsageError("--diseases writes OUT.diseases.tsv: give a file name to --out")
+    check_part(part, num_parts)
+    if part is not None:
+        given = [name for name, v in (("--out -", stdout), ("--diseases", diseases), ("--embeddings-out", embeddings_out),
+                                      ("--pheno-out", pheno_out), ("--map", map_out), ("--metrics-out", metrics_out))
+                 if v]
+        if given:
+            raise UsageError(f"{given[0]} is not written by a --part (parts hold hits and rank bounds; "
+                             "'retrieve merge' writes the hits and metrics)", hint="run it once without --part")
     metrics_path = os.fspath(metrics_out) if metrics_out is not None else (None if stdout else prefix + ".metrics.json")
+    if part is not None:
+        out, metrics_path = part_path(prefix, part), None
     paths = {"--out": None if stdout else out, "--metrics-out": metrics_path,
              "--embeddings-out": None if embeddings_out is None else os.fspath(embeddings_out),
              "--pheno-out": None if pheno_out is None else os.fspath(pheno_out),
@@ -235,11 +252,13 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
     if k > gallery_size:
         raise UsageError(f"--k {k} is larger than the gallery ({g_desc})", hint=f"use --k {gallery_size} or less")
 
-    q = _embed(pre, q_stores, q_mod, query, label=f"embedding query ({q_mod})")
+    all_queries = list(q_stores.by_modality[q_mod].samples)
+    mine = all_queries if part is None else all_queries[part_slice(len(all_queries), part, num_parts)]
+    q = _embed(pre, q_stores, q_mod, query, samples=mine, label=f"embedding query ({q_mod})")
     if zero_shot:
         g_side, g_ids, g_emb, names = None, terms.ids, terms.embeddings, terms.names
     else:
-        same = os.path.realpath(gallery) == os.path.realpath(query)
+        same = os.path.realpath(gallery) == os.path.realpath(query) and part is None
         g_side = q if same else _embed(pre, g_stores, g_mod, gallery, label=f"embedding gallery ({g_mod})")
         g_ids, g_emb, names = g_side.samples, g_side.embeddings, None
     info(f"retrieve: {len(q.samples)} {q_mod} queries from {query} against {g_desc}, top {k}")
@@ -248,21 +267,23 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
     metrics: dict = {"checkpoint": str(Path(pre.path).resolve()), "query": os.path.abspath(query),
                      "query_modality": q_mod, "gallery": HPO_GALLERY if zero_shot else os.path.abspath(gallery),
                      "gallery_modality": HPO_GALLERY if zero_shot else g_mod, "k": k}
+    if part is not None:
+        return _write_part(pre, out, q, all_queries, g_ids, g_emb, names, scores, indices, metrics, zero_shot,
+                           query, gallery, ontology, part, num_parts)
     if not zero_shot:
         m_all = retrieval_metrics(q.samples, q.embeddings, g_ids, g_emb)
         if m_all is None:
             info("query and gallery share no patient IDs: no Recall@K")
         else:
             metrics["all"] = m_all
-            info(f"all patients: {_fmt_metrics(m_all)}")
+            info(f"all patients: {format_metrics(m_all)}")
             m_val = held_out_metrics(q, g_side, pre.validation_samples)
             if m_val is not None:
                 metrics["held_out"] = m_val
-                info(f"held-out patients: {_fmt_metrics(m_val)}")
+                info(f"held-out patients: {format_metrics(m_val)}")
 
-    staged = StagedFiles()
-    try:
-        outputs = []
+    outputs = []
+    with StagedFiles() as staged:
         if not stdout:
             with open(staged.tmp(out), "w") as fh:
                 write_hits(fh, q.samples, g_ids, scores, indices, names)
@@ -302,20 +323,41 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
                 json.dump(metrics, fh, indent=2)
                 fh.write("\n")
             outputs.append(metrics_path)
-        staged.commit()
-    except OSError as e:
-        finals = dict(staged.items)
-        staged.abort()
-        if getattr(e, "filename", None) in finals:  # writing one of our files failed (disk full, ...)
-            raise OutputError(f"cannot write ({e.strerror})", finals[e.filename]) from None
-        raise
-    except BaseException:
-        staged.abort()
-        raise
     if stdout:  # after the files: a reader that stops early (| head) must not undo them
         write_hits(sys.stdout, q.samples, g_ids, scores, indices, names)
         sys.stdout.flush()
     return {"metrics": metrics, "outputs": outputs}
+
+
+def _write_part(pre: Pretrained, path: str, q: Side, all_queries: list[str], g_ids, g_emb: np.ndarray, names,
+                scores, indices, header: dict, zero_shot: bool, query: str, gallery: str, ontology,
+                part: int, num_parts: int) -> dict:
+    """``OUT.partK.h5``: this part's hits and the rank bounds its queries contribute to the metrics."""
+    from phenoclip import parts as part_files
+    from phenoclip.eval.retrieve_parts import write_part
+    from phenoclip.train import checkpoint as ckpt
+
+    no_bounds = ([], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    all_bounds, held_bounds, held = no_bounds, no_bounds, []
+    if not zero_shot:
+        all_bounds = query_rank_bounds(q.samples, q.embeddings, g_ids, g_emb)
+        held = held_out_ids(all_queries, g_ids, pre.validation_samples)
+        if len(held) >= 2:
+            gpos = {s: i for i, s in enumerate(g_ids)}
+            held_bounds = query_rank_bounds(q.samples, q.embeddings, held, g_emb[[gpos[s] for s in held]])
+    identity = {"step": "retrieve", "k": header["k"], "num_parts": num_parts,
+                "checkpoint": {"weights": part_files.file_digest(Path(pre.path) / ckpt.MODEL_FILE),
+                               "config": part_files.file_digest(Path(pre.path) / ckpt.CONFIG_FILE)},
+                "query": part_files.store_identity(query),
+                "gallery": HPO_GALLERY if zero_shot else part_files.store_identity(gallery),
+                "ontology": None if ontology is None else os.path.abspath(ontology),
+                "queries": part_files.digest(all_queries)}
+    with StagedFiles() as staged:
+        write_part(staged.tmp(path), query_ids=q.samples, scores=scores, indices=indices, gallery_ids=g_ids,
+                   names=names, all_bounds=all_bounds, held_bounds=held_bounds, header=header,
+                   held_out_size=len(held), identity=identity, part=part, num_parts=num_parts)
+    info(f"retrieve: part {part} of {num_parts}: {len(q.samples)} of {len(all_queries)} queries -> {path}")
+    return {"metrics": header, "outputs": [path]}
 
 
 def _num(v) -> str:

@@ -33,6 +33,11 @@ class Side:
     stores: CohortStores = field(repr=False, default=None)
 
 
+def output_prefix(out: str) -> str:
+    """``hits.tsv`` -> ``hits``: the stem the metrics, disease and part files are named from."""
+    return out[:-4] if out.endswith(".tsv") else out
+
+
 def write_hits(fh, query_ids, gallery_ids, scores, indices, names=None) -> None:
     fh.write("query\trank\thit\tscore" + ("\tname" if names is not None else "") + "\n")
     scores, indices = scores.tolist(), indices.tolist()

@@ -14,15 +14,13 @@ differ (naming the first setting that differs), repeated parts and missing parts
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from typing import Sequence
 
-import numpy as np
-
-from phenoclip.errors import InconsistentInputError, UsageError
-from phenoclip.parts import check_part, part_path  # noqa: F401  (explain's public names since before parts.py)
+from phenoclip import parts
+# explain's public names since before parts.py held them
+from phenoclip.parts import (check_part, digest, file_digest, fingerprint, part_path,  # noqa: F401
+                             store_identity)
 from phenoclip.store import create_store, open_store
 
 PART_RULE = ("individuals in --data store order, in batches of individuals_per_call; part K of N (0-based) "
@@ -41,80 +39,9 @@ def part_range(n_individuals: int, per_call: int, part: int | None, num_parts: i
     return min(b0 * per_call, n_individuals), min(b1 * per_call, n_individuals)
 
 
-def digest(values: Sequence[str] | np.ndarray | bytes) -> str:
-    """Short SHA-256 of a list of strings or an array's bytes."""
-    h = hashlib.sha256()
-    if isinstance(values, bytes):
-        h.update(values)
-    elif isinstance(values, np.ndarray) and values.dtype.kind not in ("U", "O"):
-        h.update(np.ascontiguousarray(values).tobytes())
-        h.update(str(values.shape).encode())
-    else:
-        for v in values:
-            h.update(str(v).encode())
-            h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (a checkpoint's weights)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def store_identity(path: str | os.PathLike) -> dict:
-    """What identifies a store's content without reading it all: name, creation time, samples, shapes."""
-    with open_store(path) as s:
-        shapes = {k: list(s.h5[k].shape) for k in s.h5 if hasattr(s.h5[k], "shape")}
-        return {"file": os.path.basename(os.fspath(path)), "schema": s.schema,
-                "created": str(s.attrs.get("created", "")), "samples": digest(s.samples), "shapes": shapes}
-
-
-def fingerprint(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if va != vb:
-            if isinstance(va, dict) and isinstance(vb, dict):
-                return _first_difference(va, vb, f"{prefix}{k}.")
-            return f"{prefix}{k} is {vb!r} there and {va!r} in the first part"
-    return "their fingerprints differ"
-
-
 def read_parts(paths: Sequence[str | os.PathLike]) -> list[tuple[int, str, dict]]:
-    """``(part, path, settings)`` sorted by part, after checking they form one complete run."""
-    if not paths:
-        raise UsageError("give the attr.partK.h5 files to merge")
-    found = []
-    for p in paths:
-        with open_store(p, expect="attributions") as s:
-            if "part" not in s.attrs:
-                raise InconsistentInputError("not a part of a sharded run (no part attribute)", p,
-                                             "merge the OUT.partK.h5 files of explain --part K --num-parts N")
-            found.append((int(s.attrs["part"]), int(s.attrs["num_parts"]), str(s.attrs["fingerprint"]),
-                          json.loads(str(s.attrs["run_settings"])), os.fspath(p)))
-    first = found[0]
-    for part, num, fp, settings, p in found[1:]:
-        if fp != first[2] or num != first[1]:
-            raise InconsistentInputError(f"from another explain run than {first[4]}: "
-                                         f"{_first_difference(first[3], settings)}", p,
-                                         "merge the parts of one run only")
-    seen: dict[int, str] = {}
-    for part, _, _, _, p in found:
-        if part in seen:
-            raise InconsistentInputError(f"part {part} given twice (also {seen[part]})", p)
-        seen[part] = p
-    missing = sorted(set(range(first[1])) - set(seen))
-    if missing:
-        raise InconsistentInputError(f"part(s) {', '.join(map(str, missing))} of {first[1]} missing from the files "
-                                     "given", first[4], "run the missing parts, then merge all of them")
-    return sorted(((part, p, settings) for part, _, _, settings, p in found), key=lambda t: t[0])
+    """``(part, path, settings)`` sorted by part, after checking they form one complete explain run."""
+    return parts.read_parts(paths, "attributions", "explain")
 
 
 def merge_parts(parts: list[tuple[int, str, dict]], target: str | os.PathLike) -> int:
