@@ -20,7 +20,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_RUN = {
     "make sample": "the quick start: CI runs `make test` on a clean clone, and the sample job is "
                    "scripts/run_sample.sh, run by tests/test_finetune.py's end-to-end test",
-    "#SBATCH": "the SLURM recipe needs a Slurm cluster (the cluster issue tests it against slurm-wlm)",
     "phenoclip benchmark": "the benchmark suites take 15-60 minutes; tests/test_bench_*.py run each suite small",
 }
 

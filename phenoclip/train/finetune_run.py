@@ -63,7 +63,7 @@ class Experiment:
         self.test_index = np.flatnonzero(self.test)
         self.test_dataset = self._subset(self.test_index)
         n_out = len(self.labels.classes) if self.classification else 1
-        if s.fusion == "auto":  # measured: stacking beats concatenation at every label fraction (README)
+        if s.fusion == "auto":  # measured: stacking beats concatenation at every label fraction (docs/results.md)
             s.fusion = "stack" if self.classification and len(self.modalities) >= 2 else "concat"
         elif s.fusion == "stack" and not self.classification:
             raise UsageError(f"--fusion stack needs a class label; '{self.labels.column}' is a {self.labels.task} "
