@@ -372,3 +372,17 @@ def test_readme_paper000_command_masks_haplotype_blocks_from_the_phased_haplotyp
                    sample_stores["mri"], "--objective", "clip,mhm", "--arch", "gene=mlp", "--out", tmp_path / "x")
     assert proc.returncode == 2 and "gene=mlp encoder has none" in proc.stderr and len(error_lines(proc)) == 1
 
+
+
+def test_an_optimizer_state_of_other_trainable_parameters_is_refused_in_one_line(tmp_path):
+    """Biases before batch norm stopped training in this release, so an optimizer.pt written before
+    has one more parameter per such layer: resuming it was a ValueError from torch (exit 70)."""
+    from phenoclip.errors import InconsistentInputError
+    from phenoclip.train import checkpoint as ckpt
+
+    old = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))]
+    torch.save({"optimizer": torch.optim.AdamW(old).state_dict(), "scheduler": None}, tmp_path / ckpt.OPTIMIZER_FILE)
+    (tmp_path / ckpt.STATE_FILE).write_text("{}")
+    now = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(InconsistentInputError, match="does not fit this model's trainable parameters"):
+        ckpt.load_training_state(tmp_path, now)

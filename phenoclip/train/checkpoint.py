@@ -326,7 +326,13 @@ def load_training_state(directory: str | os.PathLike, optimizer=None, scheduler=
         except Exception as e:  # weights_only refuses pickled code: report, don't execute
             raise MalformedInputError(f"cannot read optimizer state ({type(e).__name__})",
                                       directory / OPTIMIZER_FILE) from None
-        optimizer.load_state_dict(blob["optimizer"])
+        try:
+            optimizer.load_state_dict(blob["optimizer"])
+        except (ValueError, KeyError) as e:
+            # e.g. a checkpoint of a phenoclip that still trained the biases before batch norm
+            raise InconsistentInputError(f"the optimizer state does not fit this model's trainable parameters ({e})",
+                                         directory / OPTIMIZER_FILE,
+                                         "resume with the phenoclip version that wrote it, or start a new run") from None
         if scheduler is not None and blob.get("scheduler") is not None:
             scheduler.load_state_dict(blob["scheduler"])
     if (directory / RNG_FILE).exists():
