@@ -150,8 +150,9 @@ def test_the_sbatch_recipe_is_signalled_requeued_and_ends_with_uninterrupted_wei
     text = log.read_text() if log.exists() else ""
     assert state == "COMPLETED", f"job {job} ended {state}; {slurm['root']}/log; job log:\n{text[-4000:]}"
     print(f"{slurm['version']}:", "\n".join(line for line in text.splitlines() if line.startswith("phenoclip")))
-    # it was stopped by SLURM's signal at least once, saved, requeued itself and resumed
-    assert "stop signal" in text and "requeueing job" in text and "restart 1, --resume" in text, text[-4000:]
+    # it was stopped by SLURM's signal at least once, requeued itself and resumed from a checkpoint
+    assert "stop signal" in text and "requeueing job" in text and "restart 1," in text, text[-4000:]
+    assert ", --resume" in text and "stopped (preempted)" in text, text[-4000:]
     assert "training finished, exit 0" in text
     a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()

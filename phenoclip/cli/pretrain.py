@@ -53,6 +53,16 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out exactly where it stopped."),
     threads: Optional[int] = Threads,
 ) -> None:
+    from phenoclip.train.stop import StopFlag
+
+    # listen for SLURM's/torchrun's stop signal before the slow imports (torch, the stores)
+    with StopFlag():
+        _pretrain(modalities, data, objective, out, preset, arch, weight, epochs, batch_size, lr, weight_decay,
+                  val_fraction, val_samples, device, seed, config, augment, linear_path, resume, threads)
+
+
+def _pretrain(modalities, data, objective, out, preset, arch, weight, epochs, batch_size, lr, weight_decay,
+              val_fraction, val_samples, device, seed, config, augment, linear_path, resume, threads) -> None:
     from phenoclip.config import PretrainConfig, merge, read_sample_ids, read_toml
     from phenoclip.errors import UsageError
     from phenoclip.progress import info

@@ -39,6 +39,7 @@ from phenoclip.errors import PhenoclipError, UsageError
 from phenoclip.ops.devices import to_device
 from phenoclip.train import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
+from phenoclip.train.stop import StopFlag
 
 EXIT_PREEMPTED = 75
 
@@ -79,46 +80,6 @@ class LoopSettings:
     num_workers: int = 0
     stop_after_steps: int | None = None  # testing aid: simulate a kill after N optimizer steps
     device: str = "cpu"  # where the task lives; batches are moved there step by step
-
-
-class StopFlag:
-    """Records SIGTERM/SIGUSR1 instead of dying, so the loop can checkpoint first.
-
-    Nested uses share the outermost flag: a command enters one before its slow setup (opening
-    stores, building the model), and the loop's own sees a signal that arrived then; without it
-    a signal during setup kills the process with nothing saved.
-    """
-
-    _active: "StopFlag | None" = None
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous = {}
-        self._outer: StopFlag | None = None
-
-    def __enter__(self) -> "StopFlag":
-        if StopFlag._active is not None:
-            self._outer = StopFlag._active
-            return self._outer
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside some test runners)
-                pass
-        StopFlag._active = self
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        if self._outer is not None:
-            self._outer = None
-            return
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-        StopFlag._active = None
 
 
 def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):

@@ -177,7 +177,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = Fal
     A stop signal (SIGTERM, SIGUSR1) is recorded from here on, during the setup too: training then
     stops after its first step with a checkpoint (exit 75) instead of dying with nothing saved.
     """
-    from phenoclip.train.loop import StopFlag
+    from phenoclip.train.stop import StopFlag
 
     with StopFlag():
         return _run_pretrain(cfg, out, resume, log, stop_after_steps)
