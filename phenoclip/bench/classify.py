@@ -239,16 +239,16 @@ def _side_by_side(paths: list[Path], target: Path) -> None:
     """One PNG holding the given PNGs next to each other (each drawn by phenoclip.eval.plots)."""
     import matplotlib.image as mpimg
 
-    from phenoclip.eval.plots import _figure, _save
+    from phenoclip.eval.plots import new_figure, save_png
 
     images = [mpimg.imread(p) for p in paths]
-    fig = _figure(figsize=(5 * len(images), 5.5))
+    fig = new_figure(figsize=(5 * len(images), 5.5))
     for i, img in enumerate(images):
         ax = fig.add_subplot(1, len(images), i + 1)
         ax.imshow(img)
         ax.axis("off")
     fig.tight_layout()
-    _save(fig, target)
+    save_png(fig, target)
 
 
 def best_baseline(rows: Rows, modality: str | None = None) -> tuple[str, str]:

@@ -132,10 +132,10 @@ def tables_for(modality: str, by_mode: dict[str, dict[str, list[dict]]], facts: 
 
 def plot_ssl_curves(by_mode: dict[str, dict[str, list[dict]]], path: Path, modality: str, n_test: int) -> Path:
     """AUROC and accuracy against label fraction (log x, ±1 sd bars), one panel per mode x metric."""
-    from phenoclip.eval.plots import _figure, _save  # the Agg figure and atomic PNG write of every plot
+    from phenoclip.eval.plots import new_figure, save_png  # the Agg figure and atomic PNG write of every plot
 
     modes = list(by_mode)
-    fig = _figure(figsize=(11, 4.2 * len(modes)))
+    fig = new_figure(figsize=(11, 4.2 * len(modes)))
     for i, mode in enumerate(modes):
         for j, (metric, label) in enumerate(METRICS.items()):
             ax = fig.add_subplot(len(modes), len(METRICS), i * len(METRICS) + j + 1)
@@ -157,4 +157,4 @@ def plot_ssl_curves(by_mode: dict[str, dict[str, list[dict]]], path: Path, modal
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize="small")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

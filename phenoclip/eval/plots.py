@@ -22,7 +22,7 @@ from phenoclip.eval.metrics import ece_from_bins, regression_metrics, reliabilit
 DPI = 120
 
 
-def _figure(**kwargs: Any):
+def new_figure(**kwargs: Any):
     """A new Figure attached to the non-interactive Agg canvas (imported lazily)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -32,7 +32,7 @@ def _figure(**kwargs: Any):
     return fig
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_png(fig, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically: a temporary file in the same folder, then rename."""
     target = Path(path)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}.png"
@@ -87,7 +87,7 @@ def plot_roc_models(y_true: Any, by_model: dict[str, Any], classes: Sequence[str
     y = np.asarray(y_true)
     if not by_model:
         raise ValueError("no model to plot")
-    fig = _figure(figsize=(4.2 * len(by_model), 4.8))
+    fig = new_figure(figsize=(4.2 * len(by_model), 4.8))
     axes = np.atleast_1d(fig.subplots(1, len(by_model), sharey=True))
     for ax, (name, proba) in zip(axes, by_model.items()):
         p = np.asarray(proba, dtype=np.float64)
@@ -97,7 +97,7 @@ def plot_roc_models(y_true: Any, by_model: dict[str, Any], classes: Sequence[str
     if title:
         fig.suptitle(_wrapped(title, int(60 * len(by_model))), fontsize="medium")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
@@ -132,10 +132,10 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], path: str | os.Pat
         raise ValueError(f"need y_true (N,) and proba (N, C), got shapes {y.shape} and {p.shape}")
     if len(classes) != p.shape[1]:
         raise ValueError(f"{len(classes)} class names for {p.shape[1]} probability columns")
-    fig = _figure(figsize=(5, 5))
+    fig = new_figure(figsize=(5, 5))
     _roc_axes(fig.add_subplot(), y, p, classes, _wrapped(title or "ROC", 55))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_reliability(y_true: Any, proba: Any, path: str | os.PathLike, n_bins: int = 10, title: str = "") -> Path:
@@ -163,7 +163,7 @@ def plot_reliability(y_true: Any, proba: Any, path: str | os.PathLike, n_bins: i
     ece = ece_from_bins(bins)
     width = bins["upper"] - bins["lower"]
     full = bins["count"] > 0
-    fig = _figure(figsize=(5, 6))
+    fig = new_figure(figsize=(5, 6))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(bins["lower"][full], bins["accuracy"][full], width=width[full], align="edge",
             edgecolor="black", linewidth=0.5, label="accuracy")
@@ -177,7 +177,7 @@ def plot_reliability(y_true: Any, proba: Any, path: str | os.PathLike, n_bins: i
                linewidth=0.5)
     bottom.set(xlabel="confidence (top-label probability)", ylabel="count")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_label_fraction_curve(summary_rows: Sequence[dict[str, Any]], metric: str, path: str | os.PathLike,
@@ -219,7 +219,7 @@ def plot_label_fraction_curve(summary_rows: Sequence[dict[str, Any]], metric: st
             (fraction, float(row[f"{metric}_mean"]), float(row[f"{metric}_sd"])))
     if not lines:
         raise ValueError("no summary rows to plot")
-    fig = _figure(figsize=(6, 4.5))
+    fig = new_figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
     for model, points in lines.items():
         x, mean, sd = (np.array(v) for v in zip(*sorted(points)))
@@ -236,7 +236,7 @@ def plot_label_fraction_curve(summary_rows: Sequence[dict[str, Any]], metric: st
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_regression(y_true: Any, y_pred: Any, path: str | os.PathLike, title: str = "") -> Path:
@@ -261,7 +261,7 @@ def plot_regression(y_true: Any, y_pred: Any, path: str | os.PathLike, title: st
     q = np.asarray(y_pred, dtype=np.float64).reshape(-1)
     lo, hi = float(min(t.min(), q.min())), float(max(t.max(), q.max()))
     pad = 0.05 * (hi - lo) if hi > lo else 1.0
-    fig = _figure(figsize=(5, 5))
+    fig = new_figure(figsize=(5, 5))
     ax = fig.add_subplot()
     ax.scatter(t, q, s=12, alpha=0.7, edgecolors="none")
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], linestyle="--", color="grey", linewidth=1, label="y = x")
@@ -270,7 +270,7 @@ def plot_regression(y_true: Any, y_pred: Any, path: str | os.PathLike, title: st
     ax.set_aspect("equal")
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 #: history keys that are not losses
@@ -292,7 +292,7 @@ def plot_pretrain_history(history: Sequence[dict[str, Any]], path: str | os.Path
     if len(losses) == 2 and "loss" in losses:  # one objective: its loss is the total
         losses.remove("loss")
     pairs = sorted({k.split("/")[1] for h in history for k in h if k.startswith("val/") and k.endswith("/MRR")})
-    fig = _figure(figsize=(11 if pairs else 6, 4.5))
+    fig = new_figure(figsize=(11 if pairs else 6, 4.5))
     axes = fig.subplots(1, 2 if pairs else 1)
     left = axes[0] if pairs else axes
     for k in losses:
@@ -316,5 +316,5 @@ def plot_pretrain_history(history: Sequence[dict[str, Any]], path: str | os.Path
     if title:
         fig.suptitle(_wrapped(title, 110), fontsize="medium")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 

@@ -125,14 +125,14 @@ def manhattan_png(path: str | os.PathLike, variants: dict, mean_abs: np.ndarray,
 
     The ``top`` strongest loci are labelled with the ID of their strongest variant.
     """
-    from phenoclip.eval.plots import _figure, _save
+    from phenoclip.eval.plots import new_figure, save_png
 
     chrom = np.array(list(map(str, variants["chrom"])))
     pos = np.asarray(variants["pos"], dtype=np.float64)
     order = sorted(set(chrom), key=_chrom_key)
     x = np.zeros(len(pos))
     ticks, offset = [], 0.0
-    fig = _figure(figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
     ax = fig.add_subplot()
     for i, c in enumerate(order):
         sel = chrom == c
@@ -174,32 +174,32 @@ def manhattan_png(path: str | os.PathLike, variants: dict, mean_abs: np.ndarray,
         right = ax.secondary_yaxis("right", functions=(lambda v: v / median, lambda v: v * median))
         right.set_ylabel("x the median variant")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def top_features_png(path: str | os.PathLike, names: list[str], mean_abs: np.ndarray, top: int = 30,
                      title: str = "") -> Path:
     """Horizontal bars of the ``top`` features by mean |attribution| (expression genes)."""
-    from phenoclip.eval.plots import _figure, _save
+    from phenoclip.eval.plots import new_figure, save_png
 
     order = ranking(mean_abs)[:top][::-1]
-    fig = _figure(figsize=(6, max(3.0, 0.22 * len(order) + 1)))
+    fig = new_figure(figsize=(6, max(3.0, 0.22 * len(order) + 1)))
     ax = fig.add_subplot()
     ax.barh(range(len(order)), mean_abs[order], color="#1f4e79")
     ax.set_yticks(range(len(order)), [names[i] for i in order], fontsize=7)
     ax.set(xlabel="mean |attribution|", title=title or f"top {len(order)} features")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def slices_png(path: str | os.PathLike, volume: np.ndarray, title: str = "") -> Path:
     """Three orthogonal slices through the voxel of largest mean |attribution| of a (D, H, W) map."""
-    from phenoclip.eval.plots import _figure, _save
+    from phenoclip.eval.plots import new_figure, save_png
 
     d, h, w = np.unravel_index(int(np.argmax(volume)), volume.shape)
     views = [("sagittal (D = %d)" % d, volume[d].T), ("coronal (H = %d)" % h, volume[:, h].T),
              ("axial (W = %d)" % w, volume[:, :, w].T)]
-    fig = _figure(figsize=(10, 3.6))
+    fig = new_figure(figsize=(10, 3.6))
     vmax = float(volume.max()) or 1.0
     for i, (name, img) in enumerate(views):
         ax = fig.add_subplot(1, 3, i + 1)
@@ -208,4 +208,4 @@ def slices_png(path: str | os.PathLike, volume: np.ndarray, title: str = "") -> 
         ax.axis("off")
     fig.colorbar(im, ax=fig.axes, shrink=0.8, label="mean |attribution|")
     fig.suptitle(title or "voxel attributions (preprocessed grid)")
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -211,13 +211,13 @@ def plot_overlay(image: np.ndarray, truth: np.ndarray | None, predicted: np.ndar
                  title: str = "") -> Path:
     """Three panels on the axial slice (fixed W, the I->S axis) with the largest lesion: the image,
     the truth and the prediction over it. ``image (D, H, W)``; masks binary ``(D, H, W)``."""
-    from phenoclip.eval.plots import _figure, _save
+    from phenoclip.eval.plots import new_figure, save_png
 
     ref = truth if truth is not None and truth.any() else predicted
     k = int(np.argmax(ref.reshape(-1, ref.shape[2]).sum(0))) if ref.any() else image.shape[2] // 2
     panels = [("image", None), ("truth", truth), ("prediction", predicted)] if truth is not None \
         else [("image", None), ("prediction", predicted)]
-    fig = _figure(figsize=(3.2 * len(panels), 3.4))
+    fig = new_figure(figsize=(3.2 * len(panels), 3.4))
     for i, (name, mask) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         # D runs L->R, H P->A: transpose so x is horizontal and anterior is up
@@ -233,7 +233,7 @@ def plot_overlay(image: np.ndarray, truth: np.ndarray | None, predicted: np.ndar
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def overlay_samples(rows: list[dict], n: int = 4) -> list[str]:
