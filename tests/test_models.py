@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -291,3 +292,20 @@ def test_variant_tokens_fast_path_equals_reference():
             g_ref = torch.autograd.grad(ref.square().sum(), list(tok.parameters()))
             for a, b in zip(g_fast, g_ref):
                 torch.testing.assert_close(a, b)
+
+
+def test_attention_key_bias_gets_no_gradient_and_frozen_layers_are_skipped():
+    """The key third of in_proj_bias has a true gradient of zero (softmax cancels it): its rounding
+    noise is zeroed. A frozen copy (BYOL's target of a transformer encoder) made the hook raise."""
+    from phenoclip.models.heads import freeze_attention_key_bias
+
+    torch.manual_seed(0)
+    layer = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    target = copy.deepcopy(layer)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    assert freeze_attention_key_bias(torch.nn.ModuleList([layer, target])) == 1
+    x = torch.randn(3, 5, 8)
+    layer(x, x, x)[0].square().sum().backward()
+    grad = layer.in_proj_bias.grad
+    assert torch.all(grad[8:16] == 0) and grad[:8].abs().sum() > 0 and grad[16:].abs().sum() > 0

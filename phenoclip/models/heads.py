@@ -139,11 +139,13 @@ def freeze_attention_key_bias(module: nn.Module) -> int:
     A key bias adds ``q . b_k`` to every score of a query, which the softmax cancels: its true
     gradient is zero and what autograd returns is rounding noise, which Adam would turn into
     full-size random steps (the same reason as :func:`freeze_bias_before_batch_norm`). The
-    parameter keeps its place in ``in_proj_bias``; only its key third stops moving.
+    parameter keeps its place in ``in_proj_bias``; only its key third stops moving. Frozen layers
+    (BYOL's target network) are skipped: torch refuses a hook on a tensor without gradients.
     """
     count = 0
     for layer in module.modules():
-        if isinstance(layer, nn.MultiheadAttention) and layer.in_proj_bias is not None:
+        if (isinstance(layer, nn.MultiheadAttention) and layer.in_proj_bias is not None
+                and layer.in_proj_bias.requires_grad):
             e = layer.embed_dim
 
             def zero_key_part(grad: Tensor, e: int = e) -> Tensor:
