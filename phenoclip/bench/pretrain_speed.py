@@ -89,7 +89,7 @@ def data_parallel_table(ctx: BenchContext, data: list[str], modalities: list[str
                      round(rate / base, 2)])
         metrics[f"ddp{n}_samples_per_s"] = rate
         metrics[f"ddp{n}_data_wait_share"] = last["data_wait_share"]
-        commands.append(" ".join(cmd[:1] + cmd[1:]).replace(torchrun, "torchrun"))
+        commands.append(" ".join(["torchrun", *cmd[1:]]))
     table = Table(f"Data-parallel pretraining on this machine's {cores} CPU cores (torchrun, gloo; {preset} "
                   f"preset, all five modalities, global batch {batch})",
                   ["processes", "threads each", "batch each", "samples/s (2nd epoch)", "time waiting for data",

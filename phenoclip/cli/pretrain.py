@@ -57,35 +57,29 @@ def pretrain(
 
     # listen for SLURM's/torchrun's stop signal before the slow imports (torch, the stores)
     with StopFlag():
-        _pretrain(modalities, data, objective, out, preset, arch, weight, epochs, batch_size, lr, weight_decay,
-                  val_fraction, val_samples, device, seed, config, augment, linear_path, resume, threads)
+        from phenoclip.config import PretrainConfig, merge, read_sample_ids, read_toml
+        from phenoclip.errors import UsageError
+        from phenoclip.progress import info
+        from phenoclip.train.pretrain import run_pretrain
 
-
-def _pretrain(modalities, data, objective, out, preset, arch, weight, epochs, batch_size, lr, weight_decay,
-              val_fraction, val_samples, device, seed, config, augment, linear_path, resume, threads) -> None:
-    from phenoclip.config import PretrainConfig, merge, read_sample_ids, read_toml
-    from phenoclip.errors import UsageError
-    from phenoclip.progress import info
-    from phenoclip.train.pretrain import run_pretrain
-
-    file_values = read_toml(config, "pretrain") if config else {}
-    weights = {k: float(v) for k, v in _pairs(weight, "--weight").items()} if weight else None
-    cli = {"modalities": _csv(modalities), "data": [str(d) for d in data] or None, "objectives": _csv(objective),
-           "preset": preset, "architectures": _pairs(arch, "--arch") or None, "weights": weights, "epochs": epochs,
-           "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "val_fraction": val_fraction, "device": device, "seed": seed,
-           "threads": threads, "augment": augment, "linear_path": linear_path,
-           "val_samples": read_sample_ids(val_samples, "--val-samples") if val_samples else None}
-    values = merge(file_values, cli)
-    if not values.get("modalities"):
-        raise UsageError("--modalities is required (or 'modalities' in the --config file)")
-    if not values.get("data"):
-        raise UsageError("give at least one --data STORE")
-    try:
-        cfg = PretrainConfig.from_dict(values)
-    except TypeError as e:
-        raise UsageError(f"bad configuration: {e}") from None
-    cfg.epochs = capped_epochs(cfg.epochs)
-    with run_step("pretrain", str(out) + "/", seed=cfg.seed, threads=threads, device=cfg.device) as log:
-        result = run_pretrain(cfg, out, resume=resume, log=lambda line: (info(line), log.note(line)))
-        log.outputs.append(str(out))
-        info(f"checkpoint: {out} ({result['epoch']} epochs)")
+        file_values = read_toml(config, "pretrain") if config else {}
+        weights = {k: float(v) for k, v in _pairs(weight, "--weight").items()} if weight else None
+        cli = {"modalities": _csv(modalities), "data": [str(d) for d in data] or None, "objectives": _csv(objective),
+               "preset": preset, "architectures": _pairs(arch, "--arch") or None, "weights": weights, "epochs": epochs,
+               "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "val_fraction": val_fraction, "device": device, "seed": seed,
+               "threads": threads, "augment": augment, "linear_path": linear_path,
+               "val_samples": read_sample_ids(val_samples, "--val-samples") if val_samples else None}
+        values = merge(file_values, cli)
+        if not values.get("modalities"):
+            raise UsageError("--modalities is required (or 'modalities' in the --config file)")
+        if not values.get("data"):
+            raise UsageError("give at least one --data STORE")
+        try:
+            cfg = PretrainConfig.from_dict(values)
+        except TypeError as e:
+            raise UsageError(f"bad configuration: {e}") from None
+        cfg.epochs = capped_epochs(cfg.epochs)
+        with run_step("pretrain", str(out) + "/", seed=cfg.seed, threads=threads, device=cfg.device) as log:
+            result = run_pretrain(cfg, out, resume=resume, log=lambda line: (info(line), log.note(line)))
+            log.outputs.append(str(out))
+            info(f"checkpoint: {out} ({result['epoch']} epochs)")

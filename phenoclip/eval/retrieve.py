@@ -47,9 +47,9 @@ from phenoclip.eval.encode import Pretrained, embed_samples, expr_stats, load_pr
 from phenoclip.eval.retrieval import format_metrics, metrics_from_bounds, rank_bounds, topk_chunked
 from phenoclip.eval.retrieve_outputs import (HPO_GALLERY, Side, check_outputs, output_prefix, write_embeddings,
                                              write_hits, write_pheno)
+from phenoclip.eval.retrieve_parts import part_slice, write_part
+from phenoclip.parts import check_part, digest, file_digest, part_path, store_identity
 from phenoclip.progress import info, warn
-from phenoclip.eval.retrieve_parts import part_slice
-from phenoclip.parts import check_part, part_path
 from phenoclip.staging import StagedFiles
 
 _QUERY_BLOCK = 4096  # queries per rank_bounds call
@@ -333,8 +333,6 @@ def _write_part(pre: Pretrained, path: str, q: Side, all_queries: list[str], g_i
                 scores, indices, header: dict, zero_shot: bool, query: str, gallery: str, ontology,
                 part: int, num_parts: int) -> dict:
     """``OUT.partK.h5``: this part's hits and the rank bounds its queries contribute to the metrics."""
-    from phenoclip import parts as part_files
-    from phenoclip.eval.retrieve_parts import write_part
     from phenoclip.train import checkpoint as ckpt
 
     no_bounds = ([], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
@@ -346,12 +344,12 @@ def _write_part(pre: Pretrained, path: str, q: Side, all_queries: list[str], g_i
             gpos = {s: i for i, s in enumerate(g_ids)}
             held_bounds = query_rank_bounds(q.samples, q.embeddings, held, g_emb[[gpos[s] for s in held]])
     identity = {"step": "retrieve", "k": header["k"], "num_parts": num_parts,
-                "checkpoint": {"weights": part_files.file_digest(Path(pre.path) / ckpt.MODEL_FILE),
-                               "config": part_files.file_digest(Path(pre.path) / ckpt.CONFIG_FILE)},
-                "query": part_files.store_identity(query),
-                "gallery": HPO_GALLERY if zero_shot else part_files.store_identity(gallery),
+                "checkpoint": {"weights": file_digest(Path(pre.path) / ckpt.MODEL_FILE),
+                               "config": file_digest(Path(pre.path) / ckpt.CONFIG_FILE)},
+                "query": store_identity(query),
+                "gallery": HPO_GALLERY if zero_shot else store_identity(gallery),
                 "ontology": None if ontology is None else os.path.abspath(ontology),
-                "queries": part_files.digest(all_queries)}
+                "queries": digest(all_queries)}
     with StagedFiles() as staged:
         write_part(staged.tmp(path), query_ids=q.samples, scores=scores, indices=indices, gallery_ids=g_ids,
                    names=names, all_bounds=all_bounds, held_bounds=held_bounds, header=header,

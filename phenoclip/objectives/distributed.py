@@ -58,18 +58,27 @@ def _gather(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        sizes = _sizes(tensor.shape[0], tensor.device)
-        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+    def forward(ctx, tensor: torch.Tensor, rows: slice, sizes: list[int]) -> torch.Tensor:
+        ctx.rows = rows
         return _gather(tensor, sizes)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor):
         # Every rank's loss used our rows; sum those gradients so none is lost (see module docstring).
         grad = grad.contiguous().clone()  # all_reduce is in place: never write into autograd's buffer
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = sum(ctx.sizes[:ctx.rank])
-        return grad[start:start + ctx.sizes[ctx.rank]]
+        return grad[ctx.rows], None, None
+
+
+def all_gather_rows_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """:func:`all_gather_with_grad` and where this rank's rows sit in the concatenation."""
+    n = tensor.shape[0]
+    if not is_distributed():
+        return tensor, slice(0, n)
+    sizes = _sizes(n, tensor.device)
+    start = sum(sizes[:rank()])
+    rows = slice(start, start + n)
+    return _AllGatherWithGrad.apply(tensor, rows, sizes), rows
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -79,18 +88,7 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     loss sends to it (convention in the module docstring). Ranks may hold different N_r.
     Returns ``tensor`` itself when not distributed.
     """
-    if not is_distributed():
-        return tensor
-    return _AllGatherWithGrad.apply(tensor)
-
-
-def local_rows(n: int, device: torch.device | str = "cpu") -> slice:
-    """Where this rank's ``n`` rows sit in :func:`all_gather_with_grad`'s concatenation."""
-    if not is_distributed():
-        return slice(0, n)
-    sizes = _sizes(n, torch.device(device))
-    start = sum(sizes[:rank()])
-    return slice(start, start + n)
+    return all_gather_rows_with_grad(tensor)[0]
 
 
 def share_of_global_mean(n_local: int, device: torch.device | str = "cpu") -> tuple[float, int]:

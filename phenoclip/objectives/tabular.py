@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phenoclip.ops.devices import draw_device
 from phenoclip.ops.draws import Draws, as_draws
 
 
@@ -72,13 +71,12 @@ class ScarfCorruption(nn.Module):
         target = self.rate * n_feat
         target = round(target) if abs(target - round(target)) < 1e-9 else target  # 0.7 * 10 = 7.000000000000001
         whole = math.floor(target)
-        rng = as_draws(generator)
-        where = draw_device(generator if isinstance(generator, torch.Generator) else None, x.device)
-        extra = rng.rand((batch,), device=where) < target - whole
+        rng = as_draws(generator)  # drawn where the generator lives, returned on x's device
+        extra = rng.rand((batch,), device=x.device) < target - whole
         count = whole + extra.long()  # (B,) features to corrupt in each row
         # rank of each feature under uniform noise = a random permutation per row; keep the first `count`
-        noise = rng.rand((batch, n_feat), device=where)
-        mask = (noise.argsort(dim=1).argsort(dim=1) < count.unsqueeze(1)).to(x.device)
+        noise = rng.rand((batch, n_feat), device=x.device)
+        mask = noise.argsort(dim=1).argsort(dim=1) < count.unsqueeze(1)
         draws = _marginal_draws(self.marginals, batch, rng).to(x)
         return torch.where(mask, draws, x), mask
 
@@ -136,16 +134,15 @@ class VimeMasking(nn.Module):
         cannot be detected. For continuous features its mean is ``rate``.
         """
         batch, n_feat = x.shape
-        rng = as_draws(generator)
-        where = draw_device(generator if isinstance(generator, torch.Generator) else None, x.device)
+        rng = as_draws(generator)  # drawn where the generator lives, returned on x's device
         if self.marginals is not None:
             if n_feat != self.marginals.shape[1]:
                 raise ValueError(f"x has {n_feat} features, marginals {self.marginals.shape[1]}")
             draws = _marginal_draws(self.marginals, batch, rng).to(x)
         else:  # an independent permutation of the batch rows per column
-            perm = rng.rand((batch, n_feat), device=where)
-            draws = x.gather(0, perm.argsort(dim=0).to(x.device))
-        chosen = (rng.rand((batch, n_feat), device=where) < self.rate).to(x.device)
+            perm = rng.rand((batch, n_feat), device=x.device)
+            draws = x.gather(0, perm.argsort(dim=0))
+        chosen = rng.rand((batch, n_feat), device=x.device) < self.rate
         x_tilde = torch.where(chosen, draws, x)
         return x_tilde, x_tilde != x
 

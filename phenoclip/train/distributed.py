@@ -11,7 +11,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from phenoclip.objectives.distributed import all_gather_with_grad, is_distributed, local_rows
+from phenoclip.objectives.distributed import all_gather_rows_with_grad, is_distributed
 from phenoclip.objectives.distributed import rank, world_size  # noqa: F401 (re-exported)
 
 
@@ -62,7 +62,7 @@ def mean_over_ranks(values: dict[str, float], device: str = "cpu") -> dict[str, 
 class _GlobalBatchNorm:
     """Batch statistics over every rank's rows: the layer sees the global batch, as one process would.
 
-    The inputs of all ranks are gathered (with gradients, :func:`all_gather_with_grad`), normalised
+    The inputs of all ranks are gathered (with gradients, :func:`all_gather_rows_with_grad`), normalised
     together by the ordinary batch-norm function, and this rank keeps its own rows; the running
     statistics are updated from the global batch, identically on every rank. torch's
     ``SyncBatchNorm`` does this for GPUs only; gathering works with gloo on CPUs too, and the
@@ -72,8 +72,8 @@ class _GlobalBatchNorm:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
             return super().forward(x)
-        rows = local_rows(x.shape[0], x.device)
-        return super().forward(all_gather_with_grad(x))[rows]
+        everyone, rows = all_gather_rows_with_grad(x)
+        return super().forward(everyone)[rows]
 
 
 class GlobalBatchNorm1d(_GlobalBatchNorm, torch.nn.BatchNorm1d):

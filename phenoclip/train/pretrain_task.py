@@ -214,6 +214,8 @@ class PretrainTask(nn.Module):
 
     def _tabular_terms(self, m: str, key: str, x: torch.Tensor, g: RowDraws) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        # VIME's and BYOL's losses are per-row means: weighted, they average to the global mean
+        share = share_of_global_mean(x.shape[0], x.device)[0] if {"vime", "byol"} & set(self.cfg.objectives) else 1.0
         if "scarf" in self.cfg.objectives:
             x_tilde, _ = ScarfCorruption(self.marginals, self.cfg.scarf_rate)(x, generator=g)
             z1 = self.model.encode(m, {key: x})
@@ -223,7 +225,6 @@ class PretrainTask(nn.Module):
         if "vime" in self.cfg.objectives:
             x_tilde, mask = VimeMasking(self.cfg.vime_rate, self.marginals)(x, generator=g)
             h = self.model.encode(m, {key: x_tilde}, normalize=False)
-            share, _ = share_of_global_mean(x.shape[0], x.device)  # per-row losses: the global mean
             out.update({k: v * share for k, v in
                         self.vime_loss(self.vime_mask_head(h), self.vime_recon_head(h), mask, x).items()})
         if "byol" in self.cfg.objectives:
@@ -234,7 +235,6 @@ class PretrainTask(nn.Module):
             p2 = self.byol_predictor(self.model.encode(m, {key: v2}, normalize=False))
             with torch.no_grad():
                 z1, z2 = self._byol_embed(self.byol_target, {key: v1}), self._byol_embed(self.byol_target, {key: v2})
-            share, _ = share_of_global_mean(x.shape[0], x.device)
             out.update({k: v * share for k, v in self.byol_loss(p1, p2, z1, z2).items()})
         return out
 
