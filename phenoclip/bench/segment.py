@@ -90,7 +90,8 @@ def compare(folder: Path, stores: dict, methods: list, pre: Path, pre_command: s
     """Train every method on one split from checkpoint ``pre``; add the table, metrics and commands to ``result``."""
     from scipy.stats import wilcoxon
 
-    from phenoclip.train.segment import FitSettings, SegmentSettings, run_segment_train
+    from phenoclip.train.segment import FitSettings, SegmentSettings
+    from phenoclip.train.segment_run import run_segment_train
 
     keep = _keep_file(folder, stores)
     result.commands.append(pre_command)

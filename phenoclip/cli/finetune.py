@@ -40,35 +40,44 @@ def finetune(
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the checkpoint's modalities [default: all with a store]."),
     epochs: int = typer.Option(30, "--epochs", min=1, help="Epochs of --mode full."),
     lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Learning rate of the head in --mode full (encoders: a tenth)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Patients per step and process in --mode full (under torchrun N processes with batch B train like one with N x B)."),
     c: Optional[float] = typer.Option(None, "--C", min=0.0, help="Inverse L2 strength of the logistic-regression head (scikit-learn's C) [default: chosen by 3-fold CV on the training patients]."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the split, the subsets and the baseline's initialisation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted --mode full run of this --out exactly where it stopped (its fits are kept in .OUT.partial beside --out; a stop signal, SIGTERM or SIGUSR1, saves them and exits 75)."),
     threads: Optional[int] = Threads,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from phenoclip.errors import UsageError
-    from phenoclip.train.finetune import FinetuneSettings, run_finetune
-    from phenoclip.train.finetune_heads import HeadSettings
-    from phenoclip.train.labels import parse_fractions
+    import contextlib
 
-    for name, value in (("--checkpoint", checkpoint), ("--labels", labels), ("--out", out)):
-        if value is None:
-            raise UsageError(f"{name} is required (or use 'phenoclip finetune predict')")
-    if not data:
-        raise UsageError("give at least one --data STORE")
-    settings = FinetuneSettings(
-        checkpoint=str(checkpoint), data=[str(d) for d in data], labels=labels, out=str(out), mode=mode,
-        fractions=parse_fractions(label_fractions), repeats=repeats, task=task, positive=positive,
-        test_fraction=test_fraction, seed=seed, baseline=baseline, fusion=fusion,
-        modalities=[m.strip() for m in modalities.split(",") if m.strip()] if modalities else None,
-        head=HeadSettings(mode=mode, c=c, epochs=capped_epochs(epochs), lr=lr))
-    with run_step("finetune", str(out) + "/", seed=seed, threads=threads) as log:
-        result = run_finetune(settings)
-        log.outputs.append(str(out))
-        metric = result["headline_metric"]
-        for row in result["summary"]:
-            log.note(f"fraction {row['fraction']} {row['model']}: {metric} {row[metric + '_mean']:.4f} "
-                     f"sd {row[metric + '_sd']:.4f}")
+    from phenoclip.train.stop import StopFlag
+
+    # --mode full listens for SLURM's/torchrun's stop signal before the slow imports; linear mode
+    # has no loop to checkpoint, so a signal keeps its usual meaning there
+    with StopFlag() if mode == "full" else contextlib.nullcontext():
+        from phenoclip.errors import UsageError
+        from phenoclip.train.finetune import FinetuneSettings, run_finetune
+        from phenoclip.train.finetune_heads import HeadSettings
+        from phenoclip.train.labels import parse_fractions
+
+        for name, value in (("--checkpoint", checkpoint), ("--labels", labels), ("--out", out)):
+            if value is None:
+                raise UsageError(f"{name} is required (or use 'phenoclip finetune predict')")
+        if not data:
+            raise UsageError("give at least one --data STORE")
+        settings = FinetuneSettings(
+            checkpoint=str(checkpoint), data=[str(d) for d in data], labels=labels, out=str(out), mode=mode,
+            fractions=parse_fractions(label_fractions), repeats=repeats, task=task, positive=positive,
+            test_fraction=test_fraction, seed=seed, baseline=baseline, fusion=fusion,
+            modalities=[m.strip() for m in modalities.split(",") if m.strip()] if modalities else None,
+            head=HeadSettings(mode=mode, c=c, epochs=capped_epochs(epochs), lr=lr, batch_size=batch_size), resume=resume)
+        with run_step("finetune", str(out) + "/", seed=seed, threads=threads) as log:
+            result = run_finetune(settings)
+            log.outputs.append(str(out))
+            metric = result["headline_metric"]
+            for row in result["summary"]:
+                log.note(f"fraction {row['fraction']} {row['model']}: {metric} {row[metric + '_mean']:.4f} "
+                         f"sd {row[metric + '_sd']:.4f}")
 
 
 @app.command("predict", help="Score patients with a fine-tuned model: one row per patient with the "

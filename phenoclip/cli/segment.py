@@ -47,23 +47,29 @@ def train(
     keep: Optional[Path] = typer.Option(None, "--keep", help="File of sample IDs (one a line): train and test on these only."),
     overlays: int = typer.Option(4, "--overlays", min=0, help="Test patients drawn as PNG overlays."),
     seed: int = Seed,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this --out exactly where it stopped (its training checkpoint is kept in .OUT.partial beside --out; a stop signal, SIGTERM or SIGUSR1, saves it and exits 75)."),
     threads: Optional[int] = Threads,
 ) -> None:
-    from phenoclip.train.segment import FitSettings, SegmentSettings, run_segment_train
+    from phenoclip.train.stop import StopFlag
 
-    settings = SegmentSettings(
-        images=str(images), out=str(out), checkpoint=str(checkpoint) if checkpoint else None,
-        genes=str(genes) if genes else None, decoder=decoder, preset=preset, init=init,
-        image_skips=not no_image_skips, keep=str(keep) if keep else None, test_fraction=test_fraction,
-        val_fraction=val_fraction, overlays=overlays,
-        fit=FitSettings(epochs=capped_epochs(epochs), batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        freeze_encoders=freeze_encoders, loss=loss, seed=seed, gene_dropout=gene_dropout))
-    with run_step("segment train", str(out) + "/", seed=seed, threads=threads) as log:
-        result = run_segment_train(settings)
-        log.outputs.append(str(out))
-        t = result["test"]
-        log.note(f"test Dice {t['dice_mean']:.4f} sd {t['dice_sd']:.4f}; HD95 {t['hd95_mm_mean']:.3f} mm; "
-                 f"{result['n']['test']} patients; best epoch {result['best_epoch']}")
+    with StopFlag():  # listen for SLURM's/torchrun's stop signal before the slow imports
+        from phenoclip.train.segment import FitSettings, SegmentSettings
+        from phenoclip.train.segment_run import run_segment_train
+
+        settings = SegmentSettings(
+            images=str(images), out=str(out), checkpoint=str(checkpoint) if checkpoint else None,
+            genes=str(genes) if genes else None, decoder=decoder, preset=preset, init=init,
+            image_skips=not no_image_skips, keep=str(keep) if keep else None, test_fraction=test_fraction,
+            val_fraction=val_fraction, overlays=overlays,
+            fit=FitSettings(epochs=capped_epochs(epochs), batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                            freeze_encoders=freeze_encoders, loss=loss, seed=seed, gene_dropout=gene_dropout),
+            resume=resume)
+        with run_step("segment train", str(out) + "/", seed=seed, threads=threads) as log:
+            result = run_segment_train(settings)
+            log.outputs.append(str(out))
+            t = result["test"]
+            log.note(f"test Dice {t['dice_mean']:.4f} sd {t['dice_sd']:.4f}; HD95 {t['hd95_mm_mean']:.3f} mm; "
+                     f"{result['n']['test']} patients; best epoch {result['best_epoch']}")
 
 
 @app.command("predict", help="Write one NIfTI lesion mask per patient, in the patient's original space "

@@ -17,85 +17,58 @@ metrics on the test split -> the output folder:
   (regression), and the label-fraction curve.
 
 The folder is assembled under a temporary name and renamed at the end: a failed run leaves none.
+``--mode full`` trains through the one training loop (:mod:`phenoclip.train.loop`), each fit
+checkpointing into ``.OUT.partial/fits/`` beside ``--out``: a stop signal (SIGTERM, SIGUSR1)
+saves and exits 75, ``--resume`` continues exactly where it stopped (finished fits are
+reloaded, not retrained; the linear fits are recomputed, they are deterministic and cheap),
+and under torchrun every fit is data-parallel while rank 0 alone writes.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import contextlib
 
-import numpy as np
-
-from phenoclip.errors import UsageError
-from phenoclip.models.finetune import FUSIONS
 from phenoclip.progress import info, track
 from phenoclip.staging import staged_folder
-from phenoclip.train.finetune_heads import MODES, HeadSettings
-from phenoclip.train.labels import TaskLabels
+from phenoclip.train import distributed as dist_utils
+from phenoclip.train import workdir
+from phenoclip.train.finetune_run import Experiment
+from phenoclip.train.finetune_settings import FinetuneSettings
+from phenoclip.train.loop import Preempted
 
-#: what each fit is held against: the same architecture at random initialisation, and logistic
-#: regression / elastic net on the standardised raw features of the same modalities and patients
-BASELINES = ("scratch", "logistic", "elasticnet")
-#: rows of metrics.tsv written by the raw-feature baselines (the ``model`` column)
-RAW_MODELS = {"logistic": "logistic_raw", "elasticnet": "elasticnet_raw"}
-
-
-@dataclass
-class FinetuneSettings:
-    """Everything ``phenoclip finetune`` needs (the CLI builds one)."""
-
-    checkpoint: str
-    data: list[str]
-    labels: str
-    out: str
-    mode: str = "linear"
-    fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
-    repeats: int = 3
-    task: str = "auto"
-    positive: str | None = None
-    test_fraction: float = 0.2
-    seed: int = 0
-    #: comma-separated subset of BASELINES, or "none"
-    baseline: str = "scratch,logistic"
-    #: concat | mean | stack, or auto: stack for a class label over two or more modalities, else concat
-    fusion: str = "auto"
-    modalities: list[str] | None = None
-    head: HeadSettings = field(default_factory=HeadSettings)
-
-    @property
-    def baselines(self) -> list[str]:
-        names = [b.strip() for b in self.baseline.split(",") if b.strip()]
-        return [] if names == ["none"] else names
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"unknown --mode '{self.mode}': use {' or '.join(MODES)}")
-        for b in self.baselines:
-            if b not in BASELINES:
-                raise UsageError(f"unknown --baseline '{b}': use a comma-separated list of {', '.join(BASELINES)}, "
-                                 "or none")
-        if self.fusion not in ("auto", *FUSIONS):
-            raise UsageError(f"unknown --fusion '{self.fusion}': use auto, {', '.join(FUSIONS)}")
-        if self.repeats < 1:
-            raise UsageError("--repeats must be at least 1")
-        if not self.data:
-            raise UsageError("give at least one --data STORE")
+__all__ = ["FinetuneSettings", "run_finetune"]
 
 
 def run_finetune(s: FinetuneSettings) -> dict:
     """Run the label-fraction experiment and write the output folder ``s.out``; return metrics.json."""
-    from phenoclip.train.finetune_run import Experiment
 
     s.validate()
-    with staged_folder(s.out) as tmp:
+    dist_utils.init_from_env("cpu")
+    try:
+        result = _run(s)
+    except Preempted:
+        dist_utils.shutdown()  # every rank stopped at the same step (the loop decides together)
+        raise
+    dist_utils.shutdown()
+    return result
+
+
+def _run(s: FinetuneSettings) -> dict:
+    writer = dist_utils.rank() == 0
+    if s.mode == "full":
+        workdir.prepare(s.out, s.fingerprint(), s.resume)
+    # under torchrun every rank runs the experiment (the fits are data-parallel); rank 0 writes
+    with (staged_folder(s.out) if writer else contextlib.nullcontext()) as tmp:
         exp = Experiment(s)
         rows = []
         runs = [(f, r, m) for r in range(s.repeats) for f in s.fractions for m in exp.model_names]
         for fraction, repeat, name in track(runs, "fine-tuning", unit="fits"):
             rows.append(exp.fit_and_score(fraction, repeat, name))
-        result = exp.write_outputs(tmp, rows)
-    _print_summary(result)
+        result = exp.write_outputs(tmp, rows) if writer else exp.summarise(rows)
+    if s.mode == "full":
+        workdir.finish(s.out)
+    if writer:
+        _print_summary(result)
     return result
 
 
@@ -104,19 +77,3 @@ def _print_summary(result: dict) -> None:
     for row in result["summary"]:
         info(f"fraction {row['fraction']:<5g} {row['model']:<10} {metric} {row[metric + '_mean']:.3f} "
              f"± {row[metric + '_sd']:.3f} (n_train {row['n_train_mean']:.0f}, {row['n_repeats']} repeats)")
-
-
-def describe_labels(labels: TaskLabels) -> dict:
-    return {"source": labels.source, "column": labels.column, "task": labels.task, "classes": labels.classes}
-
-
-def write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2, default=_json_default))
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)

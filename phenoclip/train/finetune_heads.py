@@ -8,16 +8,18 @@
   evaluated. Paper 002's linear evaluation.
 * ``full``: encoders and head are trained together with AdamW (the encoders at a tenth of the
   head's learning rate, so fine-tuning adjusts rather than overwrites the pretrained features),
-  cross-entropy or mean squared error on the standardised target, for a fixed number of epochs.
+  cross-entropy or mean squared error on the standardised target, for a fixed number of epochs,
+  through the one training loop (:mod:`phenoclip.train.loop`: exact resume, stop signals, torchrun).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from phenoclip.data.multimodal import MultimodalDataset, collate
 from phenoclip.models.finetune import FinetuneModel
@@ -117,51 +119,34 @@ def _fit_stacked_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classific
 
 
 def train_full(ft: FinetuneModel, dataset: MultimodalDataset, y: np.ndarray, classification: bool,
-               settings: HeadSettings, seed: int) -> None:
-    """Train encoders and head of ``ft`` end to end on ``dataset`` (targets ``y`` in its order)."""
-    torch.manual_seed(seed)
+               settings: HeadSettings, seed: int, folder: str | os.PathLike, *,
+               stop_after_steps: int | None = None) -> None:
+    """Train encoders and head of ``ft`` end to end on ``dataset`` (targets ``y`` in its order).
+
+    Through the one training loop (:mod:`phenoclip.train.loop`) with checkpoints in ``folder``:
+    a folder that already holds one is continued exactly where it stopped (a finished one only
+    loads its weights), a stop signal saves and raises :class:`~phenoclip.train.loop.Preempted`,
+    and under torchrun each rank takes its share of every global batch. AdamW at a constant
+    rate, no gradient clipping.
+    """
+    from phenoclip.train import checkpoint as ckpt
+    from phenoclip.train import distributed as dist_utils
+    from phenoclip.train.finetune_task import FinetuneTask
+    from phenoclip.train.loop import LoopSettings, train
+
     # standardise with the starting features, so the head's learning rate means the same for any encoder
     x0 = fused_features(ft, dataset)
     fit_linear_head(ft, x0, y, classification, settings, seed)  # a warm start: the linear solution
-    targets = torch.as_tensor(y if classification else (y - float(ft.target_mean)) / float(ft.target_scale))
-    head_params = [p for name, p in ft.named_parameters() if not name.startswith("model.")]
-    encoder_params = [p for p in ft.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": head_params, "lr": settings.lr},
-                                   {"params": encoder_params, "lr": settings.lr / 10}],
-                                  weight_decay=settings.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    indexed = _Indexed(dataset)
-    loader = DataLoader(indexed, batch_size=min(settings.batch_size, len(dataset)), shuffle=True,
-                        generator=generator, collate_fn=_collate_indexed, drop_last=len(dataset) > settings.batch_size)
-    for _ in range(settings.epochs):
-        ft.train()
-        for idx, batch in loader:
-            # head_output de-standardises a regression's value; the loss is on standardised targets
-            out = (ft.head_output(ft.features(batch)) if ft.fusion == "stack"
-                   else ft.head((ft.features(batch) - ft.feature_mean) / ft.feature_scale))
-            if classification:
-                loss = torch.nn.functional.cross_entropy(out, targets[idx].long())
-            else:
-                loss = torch.nn.functional.mse_loss(out[:, 0], targets[idx].float())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    targets = y if classification else (y - float(ft.target_mean)) / float(ft.target_scale)
+    task = FinetuneTask(ft, dict(zip(dataset.samples, targets.tolist())), classification, seed)
+    world = max(1, dist_utils.world_size())
+    loop = LoopSettings(epochs=settings.epochs, batch_size=max(1, min(settings.batch_size, len(dataset) // world)),
+                        lr=settings.lr, weight_decay=settings.weight_decay, warmup_fraction=0.0, grad_clip=0.0,
+                        seed=seed, schedule="constant", progress=None, stop_after_steps=stop_after_steps)
+    folder = Path(folder)
+    train(task, dataset, loop, folder, config={"kind": "finetune-fit", "n_patients": len(dataset)}, state={},
+          resume=(folder / ckpt.MODEL_FILE).exists(), log=lambda line: None)
     ft.eval()
-
-
-class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, dataset: MultimodalDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        return i, self.dataset[i]
-
-
-def _collate_indexed(items):
-    return torch.tensor([i for i, _ in items]), collate([it for _, it in items])
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from phenoclip.eval.encode import expr_stats, load_pretrained, random_init_like
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info
 from phenoclip.train import checkpoint as ckpt
-from phenoclip.train.finetune import RAW_MODELS, FinetuneSettings, describe_labels, write_json
+from phenoclip.train.finetune_settings import RAW_MODELS, FinetuneSettings, describe_labels, write_json
 from phenoclip.train.finetune_heads import (fit_linear_head, fused_features, predict_scores, scores_from_features,
                                             train_full)
 from phenoclip.train.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
@@ -139,7 +139,9 @@ class Experiment:
             scores = scores_from_features(ft, self.features[name][self.test_index], self.classification)
         else:
             ft = copy.deepcopy(self.models[name])
-            train_full(ft, self._subset(idx), y[idx], self.classification, self.s.head, seed)
+            train_full(ft, self._subset(idx), y[idx], self.classification, self.s.head, seed,
+                       self.s.work / "fits" / f"{fraction:g}-r{repeat}-{name}",
+                       stop_after_steps=self.s.stop_after_steps)
             scores = predict_scores(ft, self.test_dataset, self.classification)
         y_test = y[self.test_index]
         metrics = (classification_metrics(y_test, scores, self.labels.classes) if self.classification
@@ -151,12 +153,17 @@ class Experiment:
         return {"fraction": fraction, "repeat": repeat, "model": name, "n_train": int(len(idx)), **metrics}
 
     # ------------------------------------------------------------------ outputs
-    def write_outputs(self, folder: Path, rows: list[dict]) -> dict:
+    def summarise(self, rows: list[dict]) -> dict:
+        """Mean and sd over repeats per fraction and model (metrics.json's ``summary``)."""
         from phenoclip.eval.metrics import mean_sd
 
         metric_names = [k for k in rows[0] if k not in ("fraction", "repeat", "model", "n_train", "n")]
+        return {"summary": mean_sd(rows, ["fraction", "model"], ["n_train", *metric_names]), "rows": rows,
+                "headline_metric": "auroc" if self.classification else "r2"}
+
+    def write_outputs(self, folder: Path, rows: list[dict]) -> dict:
         _write_tsv(folder / "metrics.tsv", rows)
-        summary = mean_sd(rows, ["fraction", "model"], ["n_train", *metric_names])
+        summary = self.summarise(rows)["summary"]
         headline = "auroc" if self.classification else "r2"
         ft, scores, train_idx = self.saved
         by_modalities = self._held_out_by_modalities(ft)

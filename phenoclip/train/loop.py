@@ -54,7 +54,8 @@ class Task(Protocol):
     """What the loop needs of a task (see :mod:`phenoclip.train.pretrain_task`).
 
     ``forward(batch)`` is the training step: it returns the weighted total loss and every term
-    as a float, so that DistributedDataParallel (which calls forward) can wrap the task.
+    as a float, so that DistributedDataParallel (which calls forward) can wrap the task. A task
+    may also define ``param_groups(lr, weight_decay)`` (see :func:`parameter_groups`).
     """
 
     generators: dict[str, torch.Generator]
@@ -80,6 +81,10 @@ class LoopSettings:
     num_workers: int = 0
     stop_after_steps: int | None = None  # testing aid: simulate a kill after N optimizer steps
     device: str = "cpu"  # where the task lives; batches are moved there step by step
+    #: cosine (linear warm-up, then cosine decay to 0) | constant (``lr`` throughout)
+    schedule: str = "cosine"
+    #: the progress bar's name; None: no bar (a caller that shows its own, e.g. one per fit)
+    progress: str | None = "pretraining"
 
 
 def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
@@ -90,6 +95,35 @@ def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def constant_rate(optimizer):
+    """The learning rate as given, every step (a LambdaLR too, so checkpoints look alike)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def parameter_groups(task, settings: LoopSettings) -> list[dict]:
+    """AdamW's groups: the task's own (``task.param_groups(lr, weight_decay)``: fine-tuning gives its
+    encoders a smaller rate), else weight decay on matrices only (not on norms, biases, temperatures)."""
+    if hasattr(task, "param_groups"):
+        return task.param_groups(settings.lr, settings.weight_decay)
+    params = [p for p in task.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": settings.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def skip(self, n: float) -> None:
+        pass
+
+    def advance(self, n: float = 1) -> None:
+        pass
 
 
 def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: int) -> DataLoader:
@@ -108,7 +142,8 @@ def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: 
     batches = [order[(i * world + me) * b:(i * world + me + 1) * b] for i in range(n_steps)]
     # the loader draws its workers' base seed from `generator`: from the global RNG it would shift
     # the dropout stream of a resumed run (one more iterator is created) and break exact resume
-    return DataLoader(dataset, batch_sampler=batches[skip_batches:], collate_fn=collate,
+    # a dataset may bring its own collate (segmentation's volumes); the default is the multimodal one
+    return DataLoader(dataset, batch_sampler=batches[skip_batches:], collate_fn=getattr(dataset, "collate", collate),
                       num_workers=settings.num_workers, generator=g,
                       pin_memory=settings.device.startswith("cuda"))  # pinned pages copy asynchronously
 
@@ -133,13 +168,14 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
         raise UsageError(f"only {len(dataset)} training patients for batch size {settings.batch_size}",
                          hint="lower --batch-size")
     task.to(settings.device)  # before the optimizer is built: its state follows the parameters
-    params = [p for p in task.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]  # norms, biases, temperatures: no weight decay
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    groups = parameter_groups(task, settings)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
     total = n_steps * settings.epochs
-    scheduler = cosine_with_warmup(optimizer, total, int(settings.warmup_fraction * total))
+    if settings.schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {settings.schedule!r}")
+    scheduler = (cosine_with_warmup(optimizer, total, int(settings.warmup_fraction * total))
+                 if settings.schedule == "cosine" else constant_rate(optimizer))
     model = dist_utils.wrap(task, settings.device)
 
     epoch, step_in_epoch, history, carried = 0, 0, [], {}
@@ -162,7 +198,9 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
     steps_done = 0
     # patients per step, all ranks together (the epoch's last batch may be smaller)
     per_step = len(dataset) / max(1, n_steps)
-    with StopFlag() as stop, Progress("pretraining", total, "steps", per_unit=(per_step, "samples")) as bar:
+    bar = (Progress(settings.progress, total, "steps", per_unit=(per_step, "samples")) if settings.progress
+           else _NoBar())
+    with StopFlag() as stop, bar:
         bar.skip(epoch * n_steps + step_in_epoch)
         while epoch < settings.epochs:
             sums: dict[str, float] = dict(carried)

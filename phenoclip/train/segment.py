@@ -8,10 +8,11 @@
 * :func:`lesion_metrics`: Dice and the 95th-percentile Hausdorff distance (monai), in mm on the
   store's grid.
 * :func:`write_metrics`: ``metrics.tsv``.
-* :func:`run_segment_train`: ``phenoclip segment train`` as a library function.
 
-Model building and the training loop are in :mod:`phenoclip.train.segment_run`; prediction,
-the original-space NIfTI output and the PNG overlays in :mod:`phenoclip.train.segment_predict`.
+Model building, training and ``segment train`` as a library function (``run_segment_train``)
+are in :mod:`phenoclip.train.segment_run`; scoring patients in
+:mod:`phenoclip.train.segment_inference`; prediction, the original-space NIfTI output and the
+PNG overlays in :mod:`phenoclip.train.segment_predict`.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import numpy as np
 
 from phenoclip.data.batch import IMAGES, MASKS, VALUES
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
-from phenoclip.progress import info, warn
-from phenoclip.staging import staged_folder
+from phenoclip.progress import warn
 from phenoclip.store import open_store
 
 #: the checkpoint kind written into config.json (``segment predict`` checks it)
@@ -243,6 +243,16 @@ class SegmentSettings:
     val_fraction: float = 0.15
     overlays: int = 4
     fit: FitSettings = field(default_factory=FitSettings)
+    #: continue the interrupted run of ``out`` (its ``.OUT.partial`` folder)
+    resume: bool = False
+    #: testing aid: stop (as a signal would) after this many optimizer steps
+    stop_after_steps: int | None = None
+
+    def fingerprint(self) -> dict:
+        """What must not change between a run and its ``--resume``."""
+        from dataclasses import asdict
+
+        return {k: v for k, v in asdict(self).items() if k not in ("resume", "stop_after_steps", "overlays")}
 
     def validate(self) -> None:
         from phenoclip.models.segmentation import DECODER_PRESETS, DECODERS
@@ -266,13 +276,3 @@ class SegmentSettings:
         if not (0 < self.test_fraction < 1 and 0 < self.val_fraction < 1
                 and self.test_fraction + self.val_fraction < 1):
             raise UsageError("--test-fraction and --val-fraction must be in (0, 1) and sum to less than 1")
-
-
-def run_segment_train(s: SegmentSettings, log=info) -> dict:
-    """Split, train, test and write the model folder ``s.out``; return what metrics.json holds."""
-    s.validate()
-    from phenoclip.train.segment_run import train_into
-
-    with staged_folder(s.out) as tmp:
-        result = train_into(s, tmp, log)
-    return result

@@ -31,6 +31,7 @@ from phenoclip.errors import InconsistentInputError, OutputError, UsageError
 from phenoclip.progress import info, track, warn
 from phenoclip.staging import staged_folder
 from phenoclip.train.segment import KIND, SegmentData, describe, lesion_metrics, summarise, write_metrics
+from phenoclip.train.segment_inference import predict_probabilities
 
 
 def load_segmenter(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict, tuple | None]:
@@ -176,7 +177,6 @@ def _predict_into(model, data: SegmentData, samples: list[str], folder: Path, li
     from phenoclip.io.nifti import write_label_volume
     from phenoclip.preprocess.mri import row_info, to_original_space
     from phenoclip.store import open_store
-    from phenoclip.train.segment_run import predict_probabilities
 
     truth = set(data.with_masks())
     n_genes = model.gene_encoder.tokens.n_genes if genes else 0
@@ -248,7 +248,6 @@ def overlay_samples(rows: list[dict], n: int = 4) -> list[str]:
 def write_overlays(model, data: SegmentData, rows: list[dict], folder: Path, genes: bool, n: int) -> list[str]:
     """PNG overlays of a few patients of ``rows`` (best, median, worst Dice); returns their paths relative
     to ``folder``'s parent."""
-    from phenoclip.train.segment_run import predict_probabilities
 
     if n <= 0 or not rows:
         return []

@@ -2,24 +2,24 @@
 
 * :func:`build_for_training`: the fusion decoder on a pretraining checkpoint's ViT (+ Mamba)
   encoders (pretrained or re-initialised), or a monai U-Net, with its JSON description.
-* :func:`fit`: AdamW with a warm-up + cosine schedule, Dice-CE, the encoders at a tenth of the
-  decoder's learning rate (or frozen); the state with the best validation Dice is kept.
+* :func:`fit`: through the one training loop (exact resume, stop signals, torchrun): AdamW with
+  a warm-up + cosine schedule, Dice-CE, the encoders at a tenth of the decoder's learning rate
+  (or frozen); the state with the best validation Dice is kept.
 * :func:`train_into`: ``segment train``'s split, training, test metrics and model folder.
-* :func:`predict_probabilities`: lesion probabilities on a patient's grid; monai's
-  ``sliding_window_inference`` (Gaussian-weighted, 25 % overlap) when the grid differs from the
-  model's training patch.
+* :func:`run_segment_train`: the step: work folder, staged output, torchrun ranks.
+
+Applying a model is :mod:`phenoclip.train.segment_inference`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
-import math
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +28,16 @@ from torch import nn
 from phenoclip.errors import InconsistentInputError
 from phenoclip.models.segmentation import build_segmenter, count_parameters, fusion_config, monai_config
 from phenoclip.progress import info, warn
+from phenoclip.staging import staged_folder
 from phenoclip.train import checkpoint as ckpt
-from phenoclip.train.segment import (KIND, FitSettings, SegmentData, SegmentSettings, describe, lesion_metrics,
-                                     summarise, three_way_split, write_metrics)
+from phenoclip.train import distributed as dist_utils
+from phenoclip.train import workdir
+from phenoclip.train.loop import LoopSettings, Preempted, train
+from phenoclip.train.segment import (KIND, FitSettings, SegmentData, SegmentSettings, describe, summarise,
+                                     three_way_split, write_metrics)
+from phenoclip.train.segment_inference import evaluate
+from phenoclip.train.segment_predict import write_overlays
+from phenoclip.train.segment_task import SegmentDataset, SegmentTask
 
 #: a best validation Dice below this means the model has not started to segment (a warning says so)
 UNTRAINED_DICE = 0.05
@@ -70,152 +77,63 @@ def build_for_training(decoder: str, preset: str, data: SegmentData, pre=None, i
     return model, {"decoder": "fusion", "decoder_config": cfg, "encoders": list(encoders), "genes": use_genes}
 
 
-def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
-    mods = [getattr(model, n) for n in ("image_encoder", "gene_encoder") if getattr(model, n, None) is not None]
-    return [p for m in mods for p in m.parameters()]
-
-
-def _random_crop(x: torch.Tensor, y: torch.Tensor, patch: Sequence[int], g: torch.Generator):
-    """The same random ``patch`` window of images ``(B, C, ...)`` and masks, per patient."""
-    if tuple(x.shape[2:]) == tuple(patch):
-        return x, y
-    xs, ys = [], []
-    for i in range(x.shape[0]):
-        o = [int(torch.randint(0, s - p + 1, (1,), generator=g)) for s, p in zip(x.shape[2:], patch)]
-        sl = (i, slice(None), *(slice(a, a + p) for a, p in zip(o, patch)))
-        xs.append(x[sl])
-        ys.append(y[sl])
-    return torch.stack(xs), torch.stack(ys)
-
-
-def _batches(data: SegmentData, samples: list[str], batch_size: int, genes: bool,
-             g: torch.Generator | None) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None, torch.Tensor]]:
-    """``(ids, images (B, C, D, H, W), values (B, G) or None, masks (B, 1, D, H, W))``, shuffled when ``g``."""
-    order = torch.randperm(len(samples), generator=g).tolist() if g is not None else list(range(len(samples)))
-    n = len(order)
-    stop = n - n % batch_size if g is not None and n > batch_size else n  # drop a ragged last training batch
-    for start in range(0, stop, batch_size):
-        ids = [samples[i] for i in order[start:start + batch_size]]
-        x = torch.from_numpy(np.stack([data.image(s) for s in ids]))
-        v = torch.from_numpy(np.stack([data.values(s) for s in ids])) if genes else None
-        y = torch.from_numpy(np.stack([data.mask(s) for s in ids]))
-        yield ids, x, v, y
-
-
-def _schedule(total_steps: int, warmup: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-    return factor
+BEST_FILE = "best.safetensors"
 
 
 def fit(model: nn.Module, data: SegmentData, train_ids: list[str], val_ids: list[str], s: FitSettings,
-        log=info) -> dict:
-    """Train ``model`` in place; it ends with the weights of its best validation-Dice epoch."""
+        folder: str | os.PathLike, log=info, stop_after_steps: int | None = None) -> dict:
+    """Train ``model`` in place through the one training loop, checkpointing into ``folder`` (a
+    folder holding a checkpoint is continued exactly); it ends with the weights of its best
+    validation-Dice epoch (kept in ``folder/best.safetensors`` as training goes)."""
+    from safetensors.torch import load_file, save_file
+
     from phenoclip.objectives.segmentation import build_loss
 
-    torch.manual_seed(s.seed)
-    g = torch.Generator().manual_seed(s.seed)
-    loss_fn = build_loss(s.loss)
-    enc = encoder_parameters(model)
-    enc_ids = {id(p) for p in enc}
-    dec = [p for p in model.parameters() if id(p) not in enc_ids]
-    for p in enc:
-        p.requires_grad_(not s.freeze_encoders)
-    groups = [{"params": dec, "lr": s.lr}]
-    if enc and not s.freeze_encoders:
-        groups.append({"params": enc, "lr": s.lr * s.encoder_lr_scale})
-    opt = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
-    batch = min(s.batch_size, len(train_ids))
-    steps_per_epoch = max(1, len(train_ids) // batch)
-    total = s.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, max(1, int(s.warmup_fraction * total))))
     genes = bool(getattr(model, "needs_genes", False))
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
-    history = []
-    t0 = time.perf_counter()
-    for epoch in range(1, s.epochs + 1):
-        model.train()
-        if s.freeze_encoders:
-            for n in ("image_encoder", "gene_encoder"):
-                if getattr(model, n, None) is not None:
-                    getattr(model, n).eval()
-        sums = {"loss": 0.0, "dice": 0.0, "ce": 0.0}
-        n = 0
-        for _, x, v, y in _batches(data, train_ids, batch, genes, g):
-            x, y = _random_crop(x, y, model.patch_shape, g)
-            if v is not None and s.gene_dropout > 0:  # blank some patients' genes: the image must carry the mask
-                v = v * (torch.rand(v.shape[0], 1, generator=g) >= s.gene_dropout)
-            terms = loss_fn(model.forward_volumes(x, v), y)
-            opt.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            opt.step()
-            sched.step()
-            for k in sums:
-                sums[k] += float(getattr(terms, k).detach())
-            n += 1
+    task = SegmentTask(model, build_loss(s.loss), lr_scale=s.encoder_lr_scale, freeze_encoders=s.freeze_encoders,
+                       gene_dropout=s.gene_dropout, seed=s.seed)
+    dataset = SegmentDataset(data, train_ids, genes)
+    world = max(1, dist_utils.world_size())
+    loop = LoopSettings(epochs=s.epochs, batch_size=max(1, min(s.batch_size, len(train_ids)) // world), lr=s.lr,
+                        weight_decay=s.weight_decay, warmup_fraction=s.warmup_fraction, grad_clip=0.0, seed=s.seed,
+                        progress="segment training")
+    folder = Path(folder)
+    best_val = max((h["val_dice"] for h in ckpt.read_state(folder).get("history", [])), default=-1.0) \
+        if (folder / ckpt.STATE_FILE).exists() else -1.0
+
+    def on_epoch_end(epoch: int, logged: dict) -> dict:
+        nonlocal best_val
         val = float(np.mean([r["dice"] for r in evaluate(model, data, val_ids, genes, hd95=False)]))
-        row = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()}, "val_dice": val,
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if val > best[0]:
-            best = (val, epoch, copy.deepcopy(model.state_dict()))
-        log(f"epoch {epoch}/{s.epochs}: loss {row['loss']:.3f} (dice {row['dice']:.3f}, ce {row['ce']:.4f}), "
-            f"validation Dice {val:.3f}")
-    model.load_state_dict(best[2])
+        if val > best_val and dist_utils.rank() == 0:
+            # written before the epoch's checkpoint: a kill in between repeats the epoch, which
+            # writes the same weights again
+            tmp = folder / f".{BEST_FILE}.tmp"
+            save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            tmp.replace(folder / BEST_FILE)
+        best_val = max(best_val, val)
+        task.train()
+        log(f"epoch {epoch + 1}/{s.epochs}: loss {logged['loss']:.3f} (dice {logged['dice']:.3f}, "
+            f"ce {logged['ce']:.4f}), validation Dice {val:.3f}")
+        return {"val_dice": val}
+
+    t0 = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    result = train(task, dataset, loop, folder, config={"kind": "segment-fit"}, state={},
+                   resume=(folder / ckpt.MODEL_FILE).exists(), on_epoch_end=on_epoch_end, log=lambda line: None)
+    dist_utils.barrier()
+    history = [{k: h[k] for k in ("epoch", "loss", "dice", "ce", "val_dice")} for h in result["history"]]
+    best = max(history, key=lambda h: h["val_dice"])  # the first epoch reaching the best Dice
+    model.load_state_dict(load_file(str(folder / BEST_FILE)))
     model.eval()
-    return {"history": history, "best_epoch": best[1], "best_val_dice": best[0],
+    return {"history": history, "best_epoch": best["epoch"], "best_val_dice": best["val_dice"],
             "train_seconds": time.perf_counter() - t0}
 
 
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, images: torch.Tensor, values: torch.Tensor | None,
-                          sw_batch_size: int = 4, overlap: float = 0.25) -> torch.Tensor:
-    """``images (B, C, D, H, W)`` -> probabilities ``(B, D, H, W)``; sliding windows of the model's
-    patch when the volume has another shape (larger, or smaller: then padded)."""
-    model.eval()
-    patch = tuple(model.patch_shape)
-    if tuple(images.shape[2:]) == patch:
-        return torch.sigmoid(model.forward_volumes(images, values))[:, 0]
-    from monai.inferers import sliding_window_inference
-
-    out = []
-    for i in range(images.shape[0]):
-        v = None if values is None else values[i:i + 1]
-        logits = sliding_window_inference(
-            images[i:i + 1], patch, sw_batch_size,
-            lambda w: model.forward_volumes(w, None if v is None else v.expand(w.shape[0], -1)),
-            overlap=overlap, mode="gaussian")
-        out.append(torch.sigmoid(logits)[0, 0])
-    return torch.stack(out)
-
-
-def evaluate(model: nn.Module, data: SegmentData, samples: list[str], genes: bool, hd95: bool = True,
-             keep: Sequence[str] = (), batch_size: int = 8) -> list[dict]:
-    """Per patient Dice (and HD95) of the thresholded prediction; ``prob`` kept for ``keep`` patients."""
-    rows = []
-    for ids, x, v, y in _batches(data, samples, batch_size, genes, None):
-        prob = predict_probabilities(model, x, v).numpy()
-        for i, s in enumerate(ids):
-            pred = prob[i] > 0.5
-            if hd95:
-                row = {"sample": s, **lesion_metrics(pred, y[i, 0].numpy(), data.spacing)}
-            else:  # validation: Dice only, cheaply
-                t = y[i, 0].numpy() > 0
-                inter, total = float((pred & t).sum()), float(pred.sum() + t.sum())
-                row = {"sample": s, "dice": 1.0 if total == 0 else 2 * inter / total}
-            if s in keep:
-                row["prob"] = prob[i]
-            rows.append(row)
-    return rows
-
-
-def train_into(s: SegmentSettings, folder: Path, log=info) -> dict:
-    """Everything of ``segment train`` written into ``folder`` (the temporary output folder)."""
+def train_into(s: SegmentSettings, folder: Path | None, log=info) -> dict:
+    """Everything of ``segment train`` written into ``folder`` (the temporary output folder; None
+    on the ranks of a torchrun job that do not write)."""
     from phenoclip.eval.encode import expr_stats, load_pretrained
     from phenoclip.io.tables import read_id_list
-    from phenoclip.train.segment_predict import write_overlays
 
     # a monai decoder uses the checkpoint only to put its held-out patients into the test split
     pre = load_pretrained(s.checkpoint) if s.checkpoint else None
@@ -240,11 +158,15 @@ def train_into(s: SegmentSettings, folder: Path, log=info) -> dict:
     data.expr_stats = stats
     log(f"segment train: {s.decoder} decoder{' with genes' if use_genes else ''}, {len(split['train'])} train / "
         f"{len(split['validation'])} validation / {len(split['test'])} test patients")
-    trained = fit(model, data, split["train"], split["validation"], s.fit, log=log)
+    trained = fit(model, data, split["train"], split["validation"], s.fit, workdir.work_folder(s.out) / "fit",
+                  log=log, stop_after_steps=s.stop_after_steps)
     rows = evaluate(model, data, split["test"], use_genes)
     for r in rows:
         r.pop("prob", None)
     summary = summarise(rows)
+    if folder is None:  # another rank of a torchrun job: rank 0 writes
+        return {"test": summary, "best_epoch": trained["best_epoch"], "best_val_dice": trained["best_val_dice"],
+                "n": {k: len(v) for k, v in split.items()}}
     write_metrics(folder / "metrics.tsv", rows)
     fusion = s.decoder == "fusion"
     config = {"kind": KIND, **described, "preset": preset, "init": s.init if fusion else None,
@@ -273,4 +195,25 @@ def train_into(s: SegmentSettings, folder: Path, log=info) -> dict:
         warn(f"validation Dice stayed at {trained['best_val_dice']:.3f} over {s.fit.epochs} epoch(s): the model has "
              f"not learnt the lesions yet; train longer (the default is --epochs {FitSettings().epochs}) "
              "or check that the masks match the images")
+    return result
+
+
+def run_segment_train(s: SegmentSettings, log=info) -> dict:
+    """Split, train, test and write the model folder ``s.out``; return what metrics.json holds.
+
+    Training checkpoints go to ``.OUT.partial`` beside ``--out`` (:mod:`phenoclip.train.workdir`):
+    a stop signal saves and exits 75, ``--resume`` continues exactly. Under torchrun the ranks
+    train data-parallel and rank 0 alone writes.
+    """
+    s.validate()
+    dist_utils.init_from_env("cpu")
+    try:
+        workdir.prepare(s.out, s.fingerprint(), s.resume)
+        with staged_folder(s.out) if dist_utils.rank() == 0 else contextlib.nullcontext() as tmp:
+            result = train_into(s, tmp, log)
+        workdir.finish(s.out)
+    except Preempted:
+        dist_utils.shutdown()  # every rank stopped at the same step (the loop decides together)
+        raise
+    dist_utils.shutdown()
     return result

@@ -1,0 +1,71 @@
+"""The work folder of a resumable step whose output folder appears whole (finetune, segment train).
+
+Their ``--out`` folder is staged and renamed at the end (:mod:`phenoclip.staging`), so it cannot
+hold a checkpoint of unfinished training. Their training checkpoints go to ``.OUT.partial``
+beside ``--out`` instead, with ``settings.json`` (what must not change before ``--resume``); a
+stop signal leaves it for ``--resume``, success removes it. Under torchrun every rank checks and
+rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from phenoclip.errors import InconsistentInputError, UsageError
+from phenoclip.progress import info
+from phenoclip.train import distributed as dist_utils
+
+SETTINGS_FILE = "settings.json"
+
+
+def work_folder(out: str | Path) -> Path:
+    """``.OUT.partial`` beside ``out``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def _occupied(out: Path) -> bool:
+    return out.exists() and (not out.is_dir() or any(out.iterdir()))
+
+
+def prepare(out: str | Path, fingerprint: dict, resume: bool) -> Path:
+    """Check ``--resume`` (or its absence) against ``out``'s work folder; create it on a first run.
+
+    ``fingerprint`` is JSON-able: the settings a resumed run must share with the stopped one.
+    """
+    out, work = Path(out), work_folder(out)
+    saved = work / SETTINGS_FILE
+    if resume:
+        if not saved.exists():
+            raise InconsistentInputError("--resume but no interrupted run of this --out", work,
+                                         "run once without --resume")
+        before, now = json.loads(saved.read_text()), json.loads(json.dumps(fingerprint))
+        for name in sorted(set(before) | set(now)):
+            if before.get(name) != now.get(name):
+                raise InconsistentInputError(f"--resume with other settings: {name} was {before.get(name)!r}, "
+                                             f"now {now.get(name)!r}", work,
+                                             "resume with the same options, or remove the folder to start again")
+        info(f"resuming the interrupted run kept in {work}")
+        return work
+    if _occupied(out):
+        raise UsageError(f"{out} already exists", hint="choose a new --out or remove it")
+    if saved.exists():
+        raise UsageError(f"an interrupted run of {out} is kept in {work}",
+                         hint="add --resume to continue it, or remove that folder to start again")
+    dist_utils.barrier()  # every rank has checked before rank 0 writes what they check
+    if dist_utils.rank() == 0:
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = work / f".{SETTINGS_FILE}.tmp"
+        tmp.write_text(json.dumps(fingerprint, indent=2))
+        tmp.replace(saved)
+    dist_utils.barrier()
+    return work
+
+
+def finish(out: str | Path) -> None:
+    """Remove the work folder once the output folder is in place (rank 0; the others wait)."""
+    dist_utils.barrier()
+    if dist_utils.rank() == 0:
+        shutil.rmtree(work_folder(out), ignore_errors=True)
