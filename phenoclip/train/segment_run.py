@@ -96,7 +96,7 @@ def fit(model: nn.Module, data: SegmentData, train_ids: list[str], val_ids: list
     world = max(1, dist_utils.world_size())
     loop = LoopSettings(epochs=s.epochs, batch_size=max(1, min(s.batch_size, len(train_ids)) // world), lr=s.lr,
                         weight_decay=s.weight_decay, warmup_fraction=s.warmup_fraction, grad_clip=0.0, seed=s.seed,
-                        progress="segment training")
+                        progress="segment training", stop_after_steps=stop_after_steps)
     folder = Path(folder)
     best_val = max((h["val_dice"] for h in ckpt.read_state(folder).get("history", [])), default=-1.0) \
         if (folder / ckpt.STATE_FILE).exists() else -1.0
