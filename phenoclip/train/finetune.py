@@ -41,13 +41,18 @@ __all__ = ["FinetuneSettings", "run_finetune"]
 
 def run_finetune(s: FinetuneSettings) -> dict:
     """Run the label-fraction experiment and write the output folder ``s.out``; return metrics.json."""
-
     s.validate()
     dist_utils.init_from_env("cpu")
+    if s.mode == "full":
+        workdir.prepare(s.out, s.fingerprint(), s.resume)
     try:
         result = _run(s)
     except Preempted:
         dist_utils.shutdown()  # every rank stopped at the same step (the loop decides together)
+        raise
+    except BaseException:
+        if s.mode == "full":
+            workdir.discard_if_unused(s.out)
         raise
     dist_utils.shutdown()
     return result
@@ -55,8 +60,6 @@ def run_finetune(s: FinetuneSettings) -> dict:
 
 def _run(s: FinetuneSettings) -> dict:
     writer = dist_utils.rank() == 0
-    if s.mode == "full":
-        workdir.prepare(s.out, s.fingerprint(), s.resume)
     # under torchrun every rank runs the experiment (the fits are data-parallel); rank 0 writes
     with (staged_folder(s.out) if writer else contextlib.nullcontext()) as tmp:
         exp = Experiment(s)

@@ -207,13 +207,16 @@ def run_segment_train(s: SegmentSettings, log=info) -> dict:
     """
     s.validate()
     dist_utils.init_from_env("cpu")
+    workdir.prepare(s.out, s.fingerprint(), s.resume)
     try:
-        workdir.prepare(s.out, s.fingerprint(), s.resume)
         with staged_folder(s.out) if dist_utils.rank() == 0 else contextlib.nullcontext() as tmp:
             result = train_into(s, tmp, log)
         workdir.finish(s.out)
     except Preempted:
         dist_utils.shutdown()  # every rank stopped at the same step (the loop decides together)
+        raise
+    except BaseException:
+        workdir.discard_if_unused(s.out)
         raise
     dist_utils.shutdown()
     return result

@@ -69,3 +69,11 @@ def finish(out: str | Path) -> None:
     dist_utils.barrier()
     if dist_utils.rank() == 0:
         shutil.rmtree(work_folder(out), ignore_errors=True)
+
+
+def discard_if_unused(out: str | Path) -> None:
+    """After a failure: remove the work folder when it holds no training checkpoint yet (bad
+    input found before training leaves nothing behind); one with a checkpoint stays for --resume."""
+    work = work_folder(out)
+    if dist_utils.rank() == 0 and work.is_dir() and not any(work.rglob("model.safetensors")):
+        shutil.rmtree(work, ignore_errors=True)
