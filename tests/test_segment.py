@@ -483,10 +483,6 @@ def test_segment_resume_is_refused_in_one_line_without_a_stopped_run(seg, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="segment train runs under torchrun but is not yet exact: after 2 epochs the largest "
-                          "relative weight difference to one process at batch 8 is 1.27 (not found yet: attention "
-                          "dropout inside the ViT/interaction modules draws per rank, or a different best epoch)",
-                   strict=False)
 def test_two_processes_with_batch_b_segment_like_one_with_batch_2b(seg, tmp_path):
     """torchrun with 2 CPU processes at batch 4 ends with the weights of one process at batch 8
     (crops, gene dropout and dropout drawn per patient; batch norm over the global batch)."""

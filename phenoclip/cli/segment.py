@@ -39,7 +39,7 @@ def train(
     init: str = typer.Option("pretrained", "--init", help="pretrained | random: the fusion decoder on re-initialised encoders (the baseline)."),
     no_image_skips: bool = typer.Option(False, "--no-image-skips", help="Upsample the ViT tokens alone, as in the paper (default: the raw image also feeds each upsampling stage)."),
     gene_dropout: float = typer.Option(0.0, "--gene-dropout", help="Share of training patients whose expression is blanked at each step (modality dropout), so the decoder keeps reading the image."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Patients per step."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Patients per step and process (under torchrun N processes with batch B train like one with N x B)."),
     lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Learning rate of the decoder (AdamW, warm-up then cosine)."),
     weight_decay: float = typer.Option(1e-4, "--weight-decay", min=0.0, help="AdamW weight decay."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out test patients (the pretraining run's validation patients first)."),

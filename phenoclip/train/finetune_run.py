@@ -163,8 +163,8 @@ class Experiment:
 
     def write_outputs(self, folder: Path, rows: list[dict]) -> dict:
         _write_tsv(folder / "metrics.tsv", rows)
-        summary = self.summarise(rows)["summary"]
-        headline = "auroc" if self.classification else "r2"
+        summarised = self.summarise(rows)
+        summary, headline = summarised["summary"], summarised["headline_metric"]
         ft, scores, train_idx = self.saved
         by_modalities = self._held_out_by_modalities(ft)
         self._write_checkpoint(folder, ft, train_idx)

@@ -94,7 +94,7 @@ def fit(model: nn.Module, data: SegmentData, train_ids: list[str], val_ids: list
                        gene_dropout=s.gene_dropout, seed=s.seed)
     dataset = SegmentDataset(data, train_ids, genes)
     world = max(1, dist_utils.world_size())
-    loop = LoopSettings(epochs=s.epochs, batch_size=max(1, min(s.batch_size, len(train_ids)) // world), lr=s.lr,
+    loop = LoopSettings(epochs=s.epochs, batch_size=max(1, min(s.batch_size, len(train_ids) // world)), lr=s.lr,
                         weight_decay=s.weight_decay, warmup_fraction=s.warmup_fraction, grad_clip=0.0, seed=s.seed,
                         progress="segment training", stop_after_steps=stop_after_steps)
     folder = Path(folder)
