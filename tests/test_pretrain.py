@@ -181,7 +181,7 @@ def test_sigusr1_saves_checkpoint_and_exits_75_then_resumes(small_cohort, tmp_pa
 
 
 def test_bad_inputs(small_cohort, tmp_path):
-    g, e, m = small_cohort["gene"], small_cohort["expr"], small_cohort["mri"]
+    g, e = small_cohort["gene"], small_cohort["expr"]
     # a modality named that no store provides
     proc = run_cli("pretrain", "--modalities", "gene,mri", "--data", g, "--data", e, "--out", tmp_path / "a")
     assert proc.returncode == 5 and "modality 'mri'" in proc.stderr and len(error_lines(proc)) == 1

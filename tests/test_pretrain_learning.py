@@ -12,7 +12,6 @@ import torch
 
 from phenoclip.config import PretrainConfig
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
-from phenoclip.eval.probe import linear_probe
 from phenoclip.preprocess.phenotypes import read_phenotype_store
 from phenoclip.train import checkpoint as ckpt
 from phenoclip.train.pretrain import _initialisation, run_pretrain

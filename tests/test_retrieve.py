@@ -181,7 +181,7 @@ def test_hits_file_format_and_topk_match_embeddings(full_run, sample_stores):
         queries = st.samples
     with open_store(d / "emb.h5") as st:
         samples = st.samples
-        qe, qp = st["embeddings/gene"][...], st["present/gene"][...]
+        qe = st["embeddings/gene"][...]
         ge, gp = st["embeddings/expr"][...], st["present/expr"][...]
     gallery_ids = [s for s, p in zip(samples, gp) if p]
     assert len(rows) == K * len(queries)

@@ -10,7 +10,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pysam
-import pytest
 from conftest import SAMPLE, error_lines, needs, run_cli
 
 from phenoclip.errors import EXIT_INCONSISTENT, EXIT_USAGE
