@@ -10,6 +10,7 @@ Skipped where the daemons are not installed or cannot start (they need root).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "docs" / "slurm" / "pretrain.sbatch"
+#: fine-tuning epochs of the finetune job: long enough (one and a half to two minutes on 2 cores) that SLURM's
+#: signal, 20-50 s into the job, comes during training
+FINETUNE_EPOCHS = 600
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scontrol")
 
 pytestmark = pytest.mark.slow
@@ -112,29 +116,27 @@ def _job_field(env: dict, job: str, field: str) -> str | None:
     return None
 
 
-def test_the_sbatch_recipe_is_signalled_requeued_and_ends_with_uninterrupted_weights(slurm, small_cohort, tmp_path):
-    from safetensors.numpy import load_file
-
-    venv = Path(sys.executable).parent.parent
-    args = (f"--modalities gene,expr --data {small_cohort['gene']} --data {small_cohort['expr']} --arch gene=mlp "
-            "--arch expr=mlp --epochs 300 --batch-size 8 --seed 5")
+def _torchrun(*args: str, out: Path) -> None:
+    """The uninterrupted run: the same torchrun command as the job's, straight through."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    # the uninterrupted run: the same torchrun command, straight through
-    ref = tmp_path / "ref"
-    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "phenoclip", "pretrain",
-                           *args.split(), "--threads", "1", "--out", str(ref)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "phenoclip", *args,
+                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    out, log = tmp_path / "slurm_run", tmp_path / "job.log"
+
+def _submit_and_follow(slurm: dict, tmp_path: Path, step: str, args: str, out: Path) -> str:
+    """Submit the recipe with a 2-minute limit and SLURM's signal 100 s before it; follow the job
+    to its end and return the job's log, asserting that it completed after one requeue."""
+    venv = Path(sys.executable).parent.parent
+    log = tmp_path / "job.log"
     # values holding commas cannot go through --export (it splits on them): the environment carries them
-    env = {**slurm["env"], "VENV": str(venv), "OUT": str(out), "NPROC": "2", "PRETRAIN_ARGS": args}
-    submit = subprocess.run(["sbatch", "--parsable", "--time=2", "--signal=B:USR1@100", f"--cpus-per-task={min(2, os.cpu_count())}",
-                             f"--chdir={tmp_path}", f"--output={log}", str(RECIPE)],
-                            env=env, capture_output=True, text=True, timeout=60)
+    env = {**slurm["env"], "VENV": str(venv), "OUT": str(out), "NPROC": "2", "STEP": step, "ARGS": args}
+    submit = subprocess.run(["sbatch", "--parsable", "--time=2", "--signal=B:USR1@100",
+                             f"--cpus-per-task={min(2, os.cpu_count())}", f"--chdir={tmp_path}", f"--output={log}",
+                             str(RECIPE)], env=env, capture_output=True, text=True, timeout=60)
     assert submit.returncode == 0, submit.stderr
     job = submit.stdout.strip().split(";")[0]
-    deadline, ended, history = time.time() + 900, 0, []
+    deadline, ended, history, state = time.time() + 900, 0, [], None
     while time.time() < deadline:
         state, reason = _job_field(env, job, "JobState"), _job_field(env, job, "Reason")
         queued = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True).stdout.strip()
@@ -145,7 +147,7 @@ def test_the_sbatch_recipe_is_signalled_requeued_and_ends_with_uninterrupted_wei
         # shell and puts it back (seconds when the machine is loaded): ended means out of the queue in
         # an end state for 30 s on end, or the recipe's own last line ("ended ...") in the log
         last = [line for line in (log.read_text() if log.exists() else "").splitlines()
-                if line.startswith("phenoclip-pretrain:")][-1:]
+                if line.startswith("phenoclip-train:")][-1:]
         finished = bool(last) and " ended " in last[0]
         ended = ended + 1 if not queued and state not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED") else 0
         if (finished and ended) or ended >= 15:
@@ -164,11 +166,50 @@ def test_the_sbatch_recipe_is_signalled_requeued_and_ends_with_uninterrupted_wei
                                   f"{history}\nslurmctld.log:\n{ctld_tail}\njob log:\n{text[-3000:]}")
     print(f"{slurm['version']}:", "\n".join(line for line in text.splitlines() if line.startswith("phenoclip")))
     print("states seen (s, state, reason, restarts, queued):", history)
-    # it was stopped by SLURM's signal at least once, requeued itself and resumed from a checkpoint
+    # it was stopped by SLURM's signal, requeued itself and resumed from a checkpoint
     assert "stop signal" in text and "requeueing job" in text and "restart 1," in text, text[-4000:]
     assert ", --resume" in text and "stopped (preempted)" in text, text[-4000:]
     assert "training finished, exit 0" in text
-    a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    return text
+
+
+def _max_rel_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
-    worst = max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a)
+    return max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a)
+
+
+def test_the_sbatch_recipe_is_signalled_requeued_and_ends_with_uninterrupted_weights(slurm, small_cohort, tmp_path):
+    from safetensors.numpy import load_file
+
+    args = (f"--modalities gene,expr --data {small_cohort['gene']} --data {small_cohort['expr']} --arch gene=mlp "
+            "--arch expr=mlp --epochs 300 --batch-size 8 --seed 5")
+    _torchrun("pretrain", *args.split(), out=tmp_path / "ref")
+    _submit_and_follow(slurm, tmp_path, "pretrain", args, tmp_path / "slurm_run")
+    worst = _max_rel_diff(load_file(str(tmp_path / "ref" / "model.safetensors")),
+                          load_file(str(tmp_path / "slurm_run" / "model.safetensors")))
     assert worst <= 1e-6, worst
+
+
+def test_the_recipe_requeues_a_full_finetune_that_ends_like_an_uninterrupted_one(slurm, small_cohort, tmp_path):
+    """STEP=finetune: the checkpoints live in .OUT.partial until OUT appears whole; the recipe
+    resumes from there and reads the outcome from there."""
+    from safetensors.numpy import load_file
+
+    pre = tmp_path / "pre"
+    proc = subprocess.run([sys.executable, "-m", "phenoclip", "pretrain", "--modalities", "gene,expr", "--data",
+                           str(small_cohort["gene"]), "--data", str(small_cohort["expr"]), "--arch", "gene=mlp",
+                           "--arch", "expr=mlp", "--epochs", "2", "--batch-size", "16", "--out", str(pre)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = (f"--checkpoint {pre} --labels {small_cohort['dir'] / 'labels.tsv'}:disease --data {small_cohort['gene']} "
+            f"--data {small_cohort['expr']} --mode full --label-fractions 1 --repeats 1 --baseline none "
+            f"--epochs {FINETUNE_EPOCHS} --batch-size 8 --seed 2")
+    _torchrun("finetune", *args.split(), out=tmp_path / "ref")
+    out = tmp_path / "slurm_run"
+    _submit_and_follow(slurm, tmp_path, "finetune", args, out)
+    assert not (tmp_path / ".slurm_run.partial").exists()
+    worst = _max_rel_diff(load_file(str(tmp_path / "ref" / "model.safetensors")),
+                          load_file(str(out / "model.safetensors")))
+    assert worst <= 1e-6, worst
+    rows = [json.loads((d / "metrics.json").read_text())["rows"] for d in (tmp_path / "ref", out)]
+    assert rows[0] == rows[1]
