@@ -112,3 +112,22 @@ def test_raw_mri_features_are_the_images_without_the_lesion_masks(sample_stores)
     ids, x = raw_features(stores, "mri", samples)
     assert ids == samples and x.shape == (5, images[0].size)
     np.testing.assert_allclose(x, images.reshape(5, -1).astype(np.float64))
+
+
+def test_probe_scaling_z_scores_by_default_and_common_keeps_the_geometry(monkeypatch):
+    from phenoclip.eval import linear_models
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(50, 3)) * [5.0, 1.0, 0.1] + [1.0, 2.0, 3.0]
+    x = np.c_[x, np.full(50, 7.0)]                 # a constant column (an absent modality)
+    mean, scale = linear_models.probe_scaling(x)
+    z = (x - mean) / scale
+    np.testing.assert_allclose(z[:, :3].std(axis=0), 1.0)
+    assert np.all(z[:, 3] == 0)
+    monkeypatch.setattr(linear_models, "PROBE_SCALING", "common")
+    mean, scale = linear_models.probe_scaling(x)
+    z = (x - mean) / scale
+    assert np.all(scale == scale[0]) and np.mean(z.var(axis=0)) == pytest.approx(1.0)
+    # the variance ratios between dimensions are kept: 5 : 1 : 0.1 in standard deviation
+    sd = z.std(axis=0)
+    assert sd[0] / sd[1] == pytest.approx(x[:, 0].std() / x[:, 1].std())

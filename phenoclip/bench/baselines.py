@@ -114,7 +114,7 @@ def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarr
 def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) -> dict:
     """``{row: {fraction: {method: mean AUROC over repeats}}}`` for every modality but hpo, and fused."""
     from phenoclip.eval.encode import embed_samples
-    from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic
+    from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, probe_scaling
     from phenoclip.eval.metrics import classification_metrics
     from phenoclip.eval.raw_features import fuse, standardise
     from phenoclip.eval.stacking import fit_stacked
@@ -152,7 +152,8 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 fit = np.zeros(len(samples), bool)
                 fit[idx] = True
                 xr = fuse(blocks, fit)
-                xe = standardise(x_emb, fit)
+                mean, scale = probe_scaling(x_emb[fit])  # as finetune --mode linear scales them
+                xe = (x_emb - mean) / scale
                 # fused: as `finetune --fusion auto` does for a class label, per-modality probes stacked
                 probe = ((fit_stacked(x_emb[idx], widths, y[idx], k, seed + r), x_emb) if target == "fused"
                          else (fit_logistic(xe[idx], y[idx], k, seed + r), xe))
@@ -160,7 +161,8 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 if run_enet:
                     fits[ENET] = (fit_elasticnet(xr[idx], y[idx], k, seed + r), xr)
                 if target == "fused" and mofa is not None:
-                    xm = standardise(mofa, fit)
+                    xm = standardise(mofa, fit, scale=False)  # NaN at the training mean, centred
+                    xm = xm / probe_scaling(xm[fit])[1]  # then scaled as the embeddings are
                     fits[MOFA] = (fit_logistic(xm[idx], y[idx], k, seed + r), xm)
                 for name, (model, x) in fits.items():
                     m = classification_metrics(y[te], model.predict(x[te]), labels.classes)

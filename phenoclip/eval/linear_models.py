@@ -32,6 +32,25 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 13))
 FOLDS = 3
 
 
+#: how a probe scales frozen embeddings before its penalised fit: "common" centres each dimension
+#: and divides the block by one scale, so the L2 penalty keeps the embedding's own geometry and
+#: favours the directions pretraining spread out; "dimension" z-scores every dimension, which
+#: lifts the near-constant ones to the same footing (see docs/experiments.md, 2026-12-04)
+PROBE_SCALING = "dimension"
+
+
+def probe_scaling(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, scale)``, each ``(F,)``, that a probe standardises embedding rows ``x`` with
+    (:data:`PROBE_SCALING`); a constant column (an absent modality) is centred to 0."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+    sd = x.std(axis=0) if len(x) else np.ones(x.shape[1])
+    if PROBE_SCALING == "dimension":
+        return mean, np.where(sd > 1e-8, sd, 1.0)
+    common = float(np.sqrt(np.mean(sd ** 2))) if sd.size else 1.0
+    return mean, np.full(x.shape[1], common if common > 1e-8 else 1.0)
+
+
 @dataclass
 class LinearFit:
     """A fitted linear model: ``predict(x)`` gives class probabilities ``(N, n_classes)`` or values ``(N,)``.

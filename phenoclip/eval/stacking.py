@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from phenoclip.eval.linear_models import FOLDS, as_logits, fit_logistic
+from phenoclip.eval.linear_models import FOLDS, as_logits, fit_logistic, probe_scaling
 
 #: block log-probabilities are floored here (a class unseen by a block's probe has probability 0)
 LOG_FLOOR = math.log(1e-6)
@@ -100,8 +100,7 @@ def _fit_blocks(x: np.ndarray, y: np.ndarray, widths: list[int], k: int, seed: i
             out.append(None)
             continue
         xb = x[here, s]
-        mean, scale = xb.mean(axis=0), xb.std(axis=0)
-        scale = np.where(scale > 1e-8, scale, 1.0)
+        mean, scale = probe_scaling(xb)
         fit = fit_logistic((xb - mean) / scale, y[here], k, seed, c=c)
         weight, bias = as_logits(fit, k)
         out.append(BlockProbe(mean, scale, weight, bias, fit.chosen))

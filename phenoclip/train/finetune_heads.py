@@ -58,13 +58,11 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
     The penalty (``C`` or ridge ``alpha``) is chosen by inner cross-validation on these
     patients unless ``settings.c`` fixes ``C``; returns what was chosen.
     """
-    from phenoclip.eval.linear_models import as_logits, fit_logistic, fit_ridge
+    from phenoclip.eval.linear_models import as_logits, fit_logistic, fit_ridge, probe_scaling
 
     if ft.fusion == "stack":
         return _fit_stacked_head(ft, x, y, classification, settings, seed)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 1e-8, scale, 1.0)  # constant features (an absent modality) stay at 0
+    mean, scale = probe_scaling(x)  # constant features (an absent modality) stay at 0
     z = (x - mean) / scale
     n_out = ft.head.out_features
     weight = np.zeros((n_out, x.shape[1]))
