@@ -108,12 +108,10 @@ def _stop(pid_files: list[Path]) -> None:
             pass
 
 
-def _job_field(env: dict, job: str, field: str) -> str | None:
+def _job_fields(env: dict, job: str) -> dict[str, str]:
+    """``scontrol show job``'s NAME=value fields of one job (empty once Slurm has forgotten it)."""
     out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
-    for word in out.split():
-        if word.startswith(field + "="):
-            return word.split("=", 1)[1]
-    return None
+    return dict(word.split("=", 1) for word in out.split() if "=" in word)
 
 
 def _torchrun(*args: str, out: Path) -> None:
@@ -138,9 +136,10 @@ def _submit_and_follow(slurm: dict, tmp_path: Path, step: str, args: str, out: P
     job = submit.stdout.strip().split(";")[0]
     deadline, ended, history, state = time.time() + 900, 0, [], None
     while time.time() < deadline:
-        state, reason = _job_field(env, job, "JobState"), _job_field(env, job, "Reason")
+        fields = _job_fields(env, job)
+        state, reason = fields.get("JobState"), fields.get("Reason")
         queued = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True).stdout.strip()
-        seen = (state, reason, _job_field(env, job, "Restarts"), bool(queued))
+        seen = (state, reason, fields.get("Restarts"), bool(queued))
         if not history or history[-1][1:] != seen:
             history.append((round(time.time() - deadline + 900), *seen))
         # a job that requeues itself passes through FAILED/CANCELLED while Slurm kills its batch

@@ -114,9 +114,9 @@ def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarr
 def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) -> dict:
     """``{row: {fraction: {method: mean AUROC over repeats}}}`` for every modality but hpo, and fused."""
     from phenoclip.eval.encode import embed_samples
-    from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, probe_scaling
+    from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic
     from phenoclip.eval.metrics import classification_metrics
-    from phenoclip.eval.raw_features import fuse, standardise
+    from phenoclip.eval.raw_features import fuse
     from phenoclip.eval.stacking import fit_stacked
     from phenoclip.train.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                         restrict_to)
@@ -152,8 +152,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 fit = np.zeros(len(samples), bool)
                 fit[idx] = True
                 xr = fuse(blocks, fit)
-                mean, scale = probe_scaling(x_emb[fit])  # as finetune --mode linear scales them
-                xe = (x_emb - mean) / scale
+                xe = _probe_inputs(x_emb, fit)
                 # fused: as `finetune --fusion auto` does for a class label, per-modality probes stacked
                 probe = ((fit_stacked(x_emb[idx], widths, y[idx], k, seed + r), x_emb) if target == "fused"
                          else (fit_logistic(xe[idx], y[idx], k, seed + r), xe))
@@ -161,8 +160,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 if run_enet:
                     fits[ENET] = (fit_elasticnet(xr[idx], y[idx], k, seed + r), xr)
                 if target == "fused" and mofa is not None:
-                    xm = standardise(mofa, fit, scale=False)  # NaN at the training mean, centred
-                    xm = xm / probe_scaling(xm[fit])[1]  # then scaled as the embeddings are
+                    xm = _probe_inputs(mofa, fit)  # its factors probed like the embeddings
                     fits[MOFA] = (fit_logistic(xm[idx], y[idx], k, seed + r), xm)
                 for name, (model, x) in fits.items():
                     m = classification_metrics(y[te], model.predict(x[te]), labels.classes)
@@ -170,6 +168,16 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
             by_fraction[str(f)] = {name: float(np.mean(v)) for name, v in scores.items()}
         result[target] = {"n_features_raw": int(n_raw), "elasticnet_run": bool(run_enet), "auroc": by_fraction}
     return result
+
+
+def _probe_inputs(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """``x`` as ``finetune --mode linear`` scales a probe's inputs, fitted on the ``fit`` rows (NaN,
+    a MOFA+ factor of a patient without views, at their mean)."""
+    from phenoclip.eval.linear_models import probe_scaling
+
+    x = np.where(np.isnan(x), np.nan_to_num(np.nanmean(x[fit], axis=0)), x)
+    mean, scale = probe_scaling(x[fit])
+    return (x - mean) / scale
 
 
 def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray | None:

@@ -67,13 +67,10 @@ def on_patients(ids: Sequence[str], x: np.ndarray, samples: Sequence[str]) -> tu
     return out, present
 
 
-def standardise(x: np.ndarray, fit: np.ndarray, scale: bool = True) -> np.ndarray:
-    """Impute NaN with the mean of the ``fit`` rows, then z-score with their mean and SD (constant
-    columns: 0); with ``scale=False`` only centre."""
+def standardise(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """Impute NaN with the mean of the ``fit`` rows, then z-score with their mean and SD (constant columns: 0)."""
     mean = np.nan_to_num(np.nanmean(x[fit], axis=0)) if fit.any() else np.zeros(x.shape[1])
     x = np.where(np.isnan(x), mean, x)
-    if not scale:
-        return x - mean
     sd = x[fit].std(axis=0) if fit.any() else np.ones(x.shape[1])
     return (x - mean) / np.where(sd > 1e-8, sd, 1.0)
 
