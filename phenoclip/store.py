@@ -44,7 +44,7 @@ SCHEMAS: dict[str, int] = {
     "embeddings": 1,
     "attributions": 1,
     "predictions": 1,
-    "retrieval": 1,  # a part of a sharded retrieve (phenoclip.eval.retrieve_parts)
+    "retrieval": 1,  # a part of a sharded retrieve (phenoclip.retrieve.parts)
 }
 
 #: which modality name (CLI ``--modalities``) each data schema provides

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +35,23 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 def needs(tool: str):
     """Skip a test when a reference tool (bcftools, plink2) is absent; scripts/setup.sh installs them."""
     return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed")
+
+
+def bcftools_dosage(vcf):
+    """Independent decoding: bcftools splits multi-allelics, prints GT strings; we count '1's."""
+    norm = subprocess.run(["bcftools", "norm", "-m-", "-Ov", str(vcf)], capture_output=True, check=True)
+    out = subprocess.run(["bcftools", "query", "-f", "%CHROM\t%POS\t%ALT[\t%GT]\n", "-"],
+                         input=norm.stdout, capture_output=True, check=True).stdout.decode()
+    rows, keys = [], []
+    for line in out.splitlines():
+        f = line.split("\t")
+        keys.append((f[0], int(f[1]), f[2]))
+        dos = []
+        for gt in f[3:]:
+            alleles = gt.replace("|", "/").split("/")
+            dos.append(-1 if "." in alleles else sum(a == "1" for a in alleles))
+        rows.append(dos)
+    return keys, np.array(rows, dtype=np.int8).T
 
 
 KNOWN_VCF = """##fileformat=VCFv4.2
@@ -90,11 +108,11 @@ def sample_checkpoint(sample_stores, tmp_path_factory) -> Path:
     """``phenoclip pretrain`` defaults (tiny preset, 100 epochs, CLIP) on all five modalities of the
     sample cohort, as ``make sample`` runs it: about two minutes, shared by the learning tests of
     pretrain, finetune and retrieve."""
-    from phenoclip.config import PretrainConfig
-    from phenoclip.train.pretrain import run_pretrain
+    from phenoclip.pretrain.settings import PretrainSettings
+    from phenoclip.pretrain.run import run_pretrain
 
     modalities = ["gene", "expr", "mri", "signal", "hpo"]
     data = [str(sample_stores[m if m != "hpo" else "pheno"]) for m in modalities]
     out = tmp_path_factory.mktemp("sample_checkpoint") / "clip"
-    run_pretrain(PretrainConfig(modalities=modalities, data=data, seed=0), out, log=lambda s: None)
+    run_pretrain(PretrainSettings(modalities=modalities, data=data, seed=0), out, log=lambda s: None)
     return out

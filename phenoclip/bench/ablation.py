@@ -98,7 +98,7 @@ def run(ctx: BenchContext) -> SuiteResult:
                                                     term_pairs)
     from phenoclip.bench.retrieve_quality import read_labels
     from phenoclip.data.multimodal import CohortStores
-    from phenoclip.eval.encode import load_pretrained, random_init_like
+    from phenoclip.pretrained import load_pretrained, random_init_like
     from phenoclip.eval.zero_shot import resolve_ontology
 
     result = SuiteResult(name="ablation")

@@ -90,7 +90,7 @@ def _run(ctx: BenchContext) -> SuiteResult:
 def evaluate(folder, cohort, seed: int, cfg: dict) -> dict:
     """Classification and retrieval of one pretraining run against the baselines, on its held-out patients."""
     from phenoclip.data.multimodal import CohortStores
-    from phenoclip.eval.encode import expr_stats, load_pretrained
+    from phenoclip.pretrained import expr_stats, load_pretrained
 
     pre = load_pretrained(folder)
     stores = CohortStores(cohort.data())
@@ -113,12 +113,12 @@ def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) -> dict:
     """``{row: {fraction: {method: mean AUROC over repeats}}}`` for every modality but hpo, and fused."""
-    from phenoclip.eval.encode import embed_samples
+    from phenoclip.pretrained import embed_samples
     from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic
     from phenoclip.eval.metrics import classification_metrics
     from phenoclip.eval.raw_features import fuse
     from phenoclip.eval.stacking import fit_stacked
-    from phenoclip.train.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
+    from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                         restrict_to)
 
     rows = [m for m in mods if m != "hpo"]

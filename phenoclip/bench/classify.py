@@ -2,7 +2,7 @@
 
 One cohort (``bench_cohort``), the shared pretrained multimodal model (``pretrained`` with its
 defaults), the ``disease`` label (control / neuro / cardio) and ONE fixed, stratified test split
-by patient (:func:`phenoclip.train.labels.held_out_split`, which takes the pretraining run's
+by patient (:func:`phenoclip.finetune.labels.held_out_split`, which takes the pretraining run's
 validation patients first, so the encoders never saw the test patients). Every method is fitted
 on the remaining (training) patients only; a modality's row uses the split's patients that have
 that modality. Methods:
@@ -10,7 +10,7 @@ that modality. Methods:
 1. pretrained model, linear probe: logistic regression on the frozen embeddings of the modality
    (for "all": the embeddings concatenated, zeros where absent, as ``phenoclip finetune --fusion
    concat``), standardised, with C chosen by 3-fold CV on the training patients. The "all" row is
-   re-run through :func:`phenoclip.train.finetune.run_finetune` (the CLI's code path) and the two
+   re-run through :func:`phenoclip.finetune.run.run_finetune` (the CLI's code path) and the two
    must agree;
 2. ElasticNet early fusion on hand-made features (:mod:`phenoclip.bench.classify_features`);
 3. single-modality networks from scratch (:mod:`phenoclip.bench.classify_scratch`): an MLP on
@@ -87,8 +87,8 @@ def _run(ctx: BenchContext) -> SuiteResult:
     from phenoclip.bench.classify_features import BUILDERS, early_fusion, fit_elasticnet, fit_probe, full_proba
     from phenoclip.bench.cohort import bench_cohort, pretrained
     from phenoclip.data.multimodal import CohortStores
-    from phenoclip.eval.encode import embed_samples, expr_stats, load_pretrained
-    from phenoclip.train.labels import held_out_split, load_task_labels, restrict_to
+    from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained
+    from phenoclip.finetune.labels import held_out_split, load_task_labels, restrict_to
 
     t_start = time.perf_counter()
     mode = _mode(ctx)
@@ -172,8 +172,8 @@ def _finetune_all(ctx: BenchContext, cohort, ckpt_dir: Path, c: float, samples: 
     import json
     import shutil
 
-    from phenoclip.train.finetune import FinetuneSettings, run_finetune
-    from phenoclip.train.finetune_heads import HeadSettings
+    from phenoclip.finetune.run import FinetuneSettings, run_finetune
+    from phenoclip.finetune.heads import HeadSettings
 
     out = ctx.work / "classify_finetune"
     shutil.rmtree(out, ignore_errors=True)

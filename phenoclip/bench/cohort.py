@@ -147,10 +147,10 @@ def pretrained(ctx: BenchContext, cohort: BenchCohort, modalities: list[str] | N
     """A checkpoint pretrained on ``cohort`` (cached by its settings); returns (folder, equivalent command).
 
     Defaults: every modality of the cohort, :data:`FULL_OBJECTIVES` (ontology only with an hpo store),
-    :data:`PRETRAIN_EPOCHS`. ``overrides`` go to :class:`~phenoclip.config.PretrainConfig`.
+    :data:`PRETRAIN_EPOCHS`. ``overrides`` go to :class:`~phenoclip.pretrain.settings.PretrainSettings`.
     """
-    from phenoclip.config import PretrainConfig
-    from phenoclip.train.pretrain import run_pretrain
+    from phenoclip.pretrain.settings import PretrainSettings
+    from phenoclip.pretrain.run import run_pretrain
 
     modalities = [m for m in (modalities or MODALITIES) if m in cohort.stores]
     if objectives is None:
@@ -175,7 +175,7 @@ def pretrained(ctx: BenchContext, cohort: BenchCohort, modalities: list[str] | N
         return out, command
     shutil.rmtree(out, ignore_errors=True)
     needed = modalities + (["hpo"] if "ontology" in objectives and "hpo" not in modalities else [])
-    cfg = PretrainConfig(modalities=modalities, data=cohort.data(needed), objectives=objectives, epochs=epochs,
+    cfg = PretrainSettings(modalities=modalities, data=cohort.data(needed), objectives=objectives, epochs=epochs,
                          preset=preset, seed=ctx.seed, device=ctx.device, **overrides)
     info(f"pretraining {','.join(modalities)} ({','.join(objectives)}, {epochs} epochs)")
     run_pretrain(cfg, out, log=lambda line: None)

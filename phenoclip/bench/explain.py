@@ -144,11 +144,11 @@ def simulate_stores(folder: Path, patients: int, variants: int, genes: int, seed
 
 def pretrain_pair(stores: dict, out: Path, epochs: int, seed: int) -> dict:
     """gene + expr CLIP pretraining (tiny preset, expression MLP); returns the final held-out retrieval."""
-    from phenoclip.config import PretrainConfig
-    from phenoclip.train.pretrain import run_pretrain
+    from phenoclip.pretrain.settings import PretrainSettings
+    from phenoclip.pretrain.run import run_pretrain
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = PretrainConfig(modalities=["gene", "expr"], data=[str(stores["gene"]), str(stores["expr"])], epochs=epochs,
+    cfg = PretrainSettings(modalities=["gene", "expr"], data=[str(stores["gene"]), str(stores["expr"])], epochs=epochs,
                          seed=seed, architectures={"expr": "mlp"}, device="cpu")
     run_pretrain(cfg, out, log=lambda line: None)
     state = json.loads((out / "state.json").read_text())

@@ -18,8 +18,8 @@ from phenoclip.progress import info
 
 
 def run(ctx: BenchContext) -> SuiteResult:
-    from phenoclip.config import PretrainConfig
-    from phenoclip.train.pretrain import run_pretrain
+    from phenoclip.pretrain.settings import PretrainSettings
+    from phenoclip.pretrain.run import run_pretrain
 
     result = scan_bench.run(ctx)
     result.name = "pretrain"
@@ -35,7 +35,7 @@ def run(ctx: BenchContext) -> SuiteResult:
         out = ctx.work / f"pretrain_{preset}"
         shutil.rmtree(out, ignore_errors=True)
         data = cohort.data(MODALITIES)
-        cfg = PretrainConfig(modalities=list(MODALITIES), data=data, preset=preset, epochs=2, seed=ctx.seed,
+        cfg = PretrainSettings(modalities=list(MODALITIES), data=data, preset=preset, epochs=2, seed=ctx.seed,
                              device=ctx.device)
         info(f"pretrain: preset {preset}, 2 epochs")
         run_pretrain(cfg, out, log=lambda s: None)

@@ -34,7 +34,7 @@ def embed_modalities(model, pre, stores, modalities: Sequence[str], samples: Seq
     ``pre`` (the checkpoint) gives the expression scaling the model was trained with, so a
     random-initialised twin sees the data exactly as the trained model does.
     """
-    from phenoclip.eval.encode import embed_samples, expr_stats
+    from phenoclip.pretrained import embed_samples, expr_stats
 
     stats = expr_stats(pre, stores) if "expr" in modalities else None
     out: dict[str, Embedded] = {}

@@ -7,7 +7,7 @@ embeddings of all held-out patients having both (cosine); Recall@1/5/10 and MRR 
 the two directions (a -> b and b -> a). Beside it:
 
 * chance level (Recall@K = K / n, MRR = H(n) / n) and the ratio of Recall@1 to it;
-* the same architecture at random initialisation (:func:`~phenoclip.eval.encode.random_init_like`):
+* the same architecture at random initialisation (:func:`~phenoclip.pretrained.random_init_like`):
   what the architecture gives with no training;
 * a supervised linear ceiling: per modality a PCA of the raw input features (32 components),
   then CCA (8 components) fitted on the *training* patients' paired features, scored on the same
@@ -57,7 +57,7 @@ def read_labels(cohort, column: str = "disease") -> dict[str, str]:
 
 def reduced_inputs(stores, pre, modalities, train, test, seed) -> dict[str, Embedded]:
     """Per modality the PCA-reduced raw input features of the train and test patients."""
-    from phenoclip.eval.encode import expr_stats
+    from phenoclip.pretrained import expr_stats
 
     scaling = expr_stats(pre, stores) if "expr" in modalities else None
     return {m: reduce_features(raw_features(stores, m, list(train) + list(test), scaling if m == "expr" else None),
@@ -186,7 +186,7 @@ def run(ctx: BenchContext) -> SuiteResult:
     from phenoclip.bench.cohort import bench_cohort, pretrained
     from phenoclip.data.multimodal import CohortStores
     from phenoclip.eval.embedding_map import cluster_scores, plot_map, points_from
-    from phenoclip.eval.encode import load_pretrained, random_init_like
+    from phenoclip.pretrained import load_pretrained, random_init_like
 
     result = SuiteResult(name="retrieve")
     cohort = bench_cohort(ctx)

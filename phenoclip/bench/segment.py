@@ -63,7 +63,7 @@ def faint_stores(folder: Path, patients: int, seed: int, contrast: float) -> dic
 
 def _keep_file(folder: Path, stores: dict) -> Path:
     """Patients with a mask and expression: every method trains and tests on these."""
-    from phenoclip.train.segment import SegmentData
+    from phenoclip.segment.data import SegmentData
 
     data = SegmentData(stores["mri"], stores["expr"])
     path = folder / "keep.txt"
@@ -73,13 +73,13 @@ def _keep_file(folder: Path, stores: dict) -> Path:
 
 def pretrain_mri_expr(folder: Path, stores: dict, epochs: int, seed: int) -> tuple[Path, str]:
     """MGI's pretraining: the ViT against the Mamba gene encoder (CLIP), for a cohort of its own."""
-    from phenoclip.config import PretrainConfig
-    from phenoclip.train.pretrain import run_pretrain
+    from phenoclip.pretrain.settings import PretrainSettings
+    from phenoclip.pretrain.run import run_pretrain
 
     pre = folder / "pretrain"
     shutil.rmtree(pre, ignore_errors=True)
     info(f"segment: pretraining mri + expr ({epochs} epochs)")
-    run_pretrain(PretrainConfig(modalities=["mri", "expr"], data=[str(stores["mri"]), str(stores["expr"])],
+    run_pretrain(PretrainSettings(modalities=["mri", "expr"], data=[str(stores["mri"]), str(stores["expr"])],
                                 epochs=epochs, seed=seed, device="cpu"), pre, log=lambda s: None)
     return pre, (f"phenoclip pretrain --modalities mri,expr --data {stores['mri']} --data {stores['expr']} "
                  f"--epochs {epochs} --seed {seed} --out {pre}")
@@ -90,8 +90,8 @@ def compare(folder: Path, stores: dict, methods: list, pre: Path, pre_command: s
     """Train every method on one split from checkpoint ``pre``; add the table, metrics and commands to ``result``."""
     from scipy.stats import wilcoxon
 
-    from phenoclip.train.segment import FitSettings, SegmentSettings
-    from phenoclip.train.segment_run import run_segment_train
+    from phenoclip.segment.settings import FitSettings, SegmentSettings
+    from phenoclip.segment.run import run_segment_train
 
     keep = _keep_file(folder, stores)
     result.commands.append(pre_command)

@@ -45,7 +45,7 @@ def feasible_fractions(store: Path, labels: Path, fractions: list[float] = FRACT
 
     The per-class pool sizes do not depend on the seed: the test split takes a fixed share of each class.
     """
-    from phenoclip.train.labels import held_out_split
+    from phenoclip.finetune.labels import held_out_split
 
     samples, _ = raw_features(store)
     task = labels_in(labels, samples)
@@ -58,9 +58,9 @@ def feasible_fractions(store: Path, labels: Path, fractions: list[float] = FRACT
 def labels_in(labels: Path, samples: list[str]):
     """The ``disease`` labels (TaskLabels) of the patients in ``samples``, as ``run_finetune`` keeps them.
 
-    Unlike :func:`~phenoclip.train.labels.restrict_to` it does not warn: ``run_finetune`` already did.
+    Unlike :func:`~phenoclip.finetune.labels.restrict_to` it does not warn: ``run_finetune`` already did.
     """
-    from phenoclip.train.labels import TaskLabels, load_task_labels
+    from phenoclip.finetune.labels import TaskLabels, load_task_labels
 
     task = load_task_labels(f"{labels}:{LABEL_COLUMN}")
     keep = np.isin(task.samples, samples)
@@ -95,8 +95,8 @@ def finetune_all(ctx: BenchContext, modality: str, store: Path, labels: Path, ch
     Returns ({method: summary rows}, commands, split facts). Raises if the runs' test splits differ
     (the shared baseline would not be comparable then).
     """
-    from phenoclip.train.finetune import FinetuneSettings, run_finetune
-    from phenoclip.train.finetune_heads import HeadSettings
+    from phenoclip.finetune.run import FinetuneSettings, run_finetune
+    from phenoclip.finetune.heads import HeadSettings
 
     results: dict[str, list[dict]] = {}
     commands, splits, facts = [], {}, {}

@@ -56,9 +56,9 @@ def finetune(
     # has no loop to checkpoint, so a signal keeps its usual meaning there
     with StopFlag() if mode == "full" else contextlib.nullcontext():
         from phenoclip.errors import UsageError
-        from phenoclip.train.finetune import FinetuneSettings, run_finetune
-        from phenoclip.train.finetune_heads import HeadSettings
-        from phenoclip.train.labels import parse_fractions
+        from phenoclip.finetune.run import FinetuneSettings, run_finetune
+        from phenoclip.finetune.heads import HeadSettings
+        from phenoclip.finetune.labels import parse_fractions
 
         for name, value in (("--checkpoint", checkpoint), ("--labels", labels), ("--out", out)):
             if value is None:
@@ -88,7 +88,7 @@ def predict(
     out: str = typer.Option(..., "--out", help="Predictions TSV ('-' for stdout)."),
     threads: Optional[int] = Threads,
 ) -> None:
-    from phenoclip.train.finetune_predict import run_predict
+    from phenoclip.finetune.predict import run_predict
 
     with run_step("finetune predict", out, threads=threads) as log:
         n = run_predict(model, [str(d) for d in data], out)

@@ -1,7 +1,7 @@
 """Generate roff man pages from the CLI itself: ``python -m phenoclip.cli.manpages man/``.
 
 One page for ``phenoclip`` and one per (sub)command, named ``phenoclip-preprocess-variants.1``
-and so on. ``tests/test_cli.py`` regenerates them in memory and fails when ``man/`` is stale.
+and so on. ``tests/cli/test_cli.py`` regenerates them in memory and fails when ``man/`` is stale.
 """
 
 from __future__ import annotations

@@ -57,10 +57,10 @@ def pretrain(
 
     # listen for SLURM's/torchrun's stop signal before the slow imports (torch, the stores)
     with StopFlag():
-        from phenoclip.config import PretrainConfig, merge, read_sample_ids, read_toml
+        from phenoclip.pretrain.settings import PretrainSettings, merge, read_sample_ids, read_toml
         from phenoclip.errors import UsageError
         from phenoclip.progress import info
-        from phenoclip.train.pretrain import run_pretrain
+        from phenoclip.pretrain.run import run_pretrain
 
         file_values = read_toml(config, "pretrain") if config else {}
         weights = {k: float(v) for k, v in _pairs(weight, "--weight").items()} if weight else None
@@ -75,7 +75,7 @@ def pretrain(
         if not values.get("data"):
             raise UsageError("give at least one --data STORE")
         try:
-            cfg = PretrainConfig.from_dict(values)
+            cfg = PretrainSettings.from_dict(values)
         except TypeError as e:
             raise UsageError(f"bad configuration: {e}") from None
         cfg.epochs = capped_epochs(cfg.epochs)

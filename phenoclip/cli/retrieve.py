@@ -50,8 +50,8 @@ def retrieve(
     if ctx.invoked_subcommand is not None:
         return
     from phenoclip.errors import UsageError
-    from phenoclip.eval.retrieve import run_retrieve
-    from phenoclip.eval.retrieve_outputs import output_prefix
+    from phenoclip.retrieve.run import run_retrieve
+    from phenoclip.retrieve.outputs import output_prefix
     from phenoclip.parts import part_path
 
     for name, value in (("--checkpoint", checkpoint), ("--query", query), ("--gallery", gallery), ("--out", out)):
@@ -87,8 +87,8 @@ def merge(
     metrics_out: Optional[Path] = typer.Option(None, "--metrics-out", help="Metrics JSON (default: OUT with .tsv replaced by .metrics.json)."),
     threads: Optional[int] = Threads,
 ) -> None:
-    from phenoclip.eval.retrieve_outputs import output_prefix
-    from phenoclip.eval.retrieve_parts import merge as merge_parts
+    from phenoclip.retrieve.outputs import output_prefix
+    from phenoclip.retrieve.parts import merge as merge_parts
 
     if out == "-" and metrics_out is None:
         set_threads(threads)

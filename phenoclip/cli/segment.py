@@ -53,8 +53,8 @@ def train(
     from phenoclip.train.stop import StopFlag
 
     with StopFlag():  # listen for SLURM's/torchrun's stop signal before the slow imports
-        from phenoclip.train.segment import FitSettings, SegmentSettings
-        from phenoclip.train.segment_run import run_segment_train
+        from phenoclip.segment.settings import FitSettings, SegmentSettings
+        from phenoclip.segment.run import run_segment_train
 
         settings = SegmentSettings(
             images=str(images), out=str(out), checkpoint=str(checkpoint) if checkpoint else None,
@@ -84,7 +84,7 @@ def predict(
     overlays: int = typer.Option(4, "--overlays", min=0, help="Patients with a mask drawn as PNG overlays."),
     threads: Optional[int] = Threads,
 ) -> None:
-    from phenoclip.train.segment_predict import run_segment_predict
+    from phenoclip.segment.predict import run_segment_predict
 
     with run_step("segment predict", str(out) + "/", threads=threads) as log:
         result = run_segment_predict(model, str(images), str(out), genes=str(genes) if genes else None,

@@ -15,11 +15,11 @@ import torch
 
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
 from phenoclip.errors import InconsistentInputError, UsageError
-from phenoclip.eval.encode import Pretrained, checkpoint_kind, load_pretrained
+from phenoclip.pretrained import Pretrained, checkpoint_kind, load_pretrained
 from phenoclip.explain.attribution import INPUT_KEY, DenseEncoder
 from phenoclip.progress import warn
 from phenoclip.store import SCHEMA_MODALITY, open_store
-from phenoclip.train import checkpoint as ckpt
+from phenoclip import checkpoint as ckpt
 
 #: rows (individuals x steps) of one forward/backward pass are sized to about this many bytes
 AUTO_BATCH_BYTES = 256 << 20
@@ -36,7 +36,7 @@ def open_checkpoint(path: str | os.PathLike) -> tuple[str, Pretrained, object | 
     if kind == "pretrain":
         return kind, load_pretrained(path), None, {}
     if kind == "finetune":
-        from phenoclip.train.finetune_predict import load_finetuned
+        from phenoclip.finetune.predict import load_finetuned
 
         ft, config = load_finetuned(path)
         pre = Pretrained(Path(path), config["pretrain_config"], ckpt.read_state(path), ft.model,

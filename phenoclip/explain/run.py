@@ -42,7 +42,7 @@ from torch import nn
 
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, UsageError, require_writable_parent
-from phenoclip.eval.encode import expr_stats
+from phenoclip.pretrained import expr_stats
 from phenoclip.explain import shards
 from phenoclip.explain.attribution import INPUT_KEY, METHODS, DenseEncoder, MethodSettings, attribute_batch
 from phenoclip.explain.inputs import (INPUT_SPACE, auto_internal_batch_size, input_mean, input_rows, open_checkpoint,
@@ -50,7 +50,7 @@ from phenoclip.explain.inputs import (INPUT_SPACE, auto_internal_batch_size, inp
 from phenoclip.explain.targets import contrastive_target, model_target
 from phenoclip.progress import Progress, info, warn
 from phenoclip.store import SCHEMA_MODALITY, create_store, open_store
-from phenoclip.train import checkpoint as ckpt
+from phenoclip import checkpoint as ckpt
 
 TARGETS = ("contrastive", "model")
 SIGN = {"contrastive": "positive attribution raises the contrastive loss (pulls the individual away from their "

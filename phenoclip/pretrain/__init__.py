@@ -1,0 +1,1 @@
+"""The ``pretrain`` step (see docs/architecture.md)."""

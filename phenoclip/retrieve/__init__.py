@@ -1,0 +1,1 @@
+"""The ``retrieve`` step (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""The ``segment`` step (see docs/architecture.md)."""
