@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from phenoclip import __version__
+from phenoclip.store_layout import COMPRESSION, chunks_for, compression_for
 from phenoclip.errors import (
     InconsistentInputError,
     MalformedInputError,
@@ -57,15 +58,6 @@ SCHEMA_MODALITY: dict[str, str] = {
 }
 
 STR_DTYPE = h5py.string_dtype("utf-8")
-# gzip (not lzf) so that R's rhdf5, HDFView and h5dump read our stores too; level 1: higher
-# levels cost ingest time for a few percent of size on genotype matrices.
-_COMPRESSION = dict(compression="gzip", compression_opts=1)
-
-
-def _compression_for(itemsize: int) -> dict:
-    # byte shuffle helps multi-byte numbers compress and does nothing for int8 but cost time
-    return {**_COMPRESSION, "shuffle": itemsize > 1}
-_MAX_CHUNK_BYTES = 4 << 20
 
 #: errno values of a disk that cannot take more data
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -74,21 +66,6 @@ _ABANDONED: list = []
 
 #: the command line recorded in every store; the CLI sets it to the full invocation.
 current_command: str = " ".join(sys.argv)
-
-
-def _chunks_for(shape: Sequence[int], itemsize: int) -> tuple[int, ...] | None:
-    """One sample per chunk; very wide rows are split so a chunk stays under 4 MiB."""
-    if len(shape) == 0 or shape[0] == 0:
-        return None
-    chunk = [1] + [max(1, int(s)) for s in shape[1:]]
-    # split the last axes until the chunk is small enough
-    axis = len(chunk) - 1
-    while int(np.prod(chunk)) * itemsize > _MAX_CHUNK_BYTES and axis >= 1:
-        if chunk[axis] > 1:
-            chunk[axis] = max(1, chunk[axis] // 2)
-        else:
-            axis -= 1
-    return tuple(chunk)
 
 
 def _frees_disk_on_error(method):
@@ -138,8 +115,8 @@ class StoreWriter:
             # contiguous, which readers see as the same empty array
             ds = self.h5.create_dataset(name, shape=tuple(shape), dtype=dt, fillvalue=fillvalue)
         else:
-            ds = self.h5.create_dataset(name, shape=tuple(shape), dtype=dt, chunks=_chunks_for(shape, dt.itemsize),
-                                        fillvalue=fillvalue, **_compression_for(dt.itemsize))
+            ds = self.h5.create_dataset(name, shape=tuple(shape), dtype=dt, chunks=chunks_for(shape, dt.itemsize),
+                                        fillvalue=fillvalue, **compression_for(dt.itemsize))
         if data is not None:
             ds[...] = data
         for k, v in (attrs or {}).items():
@@ -179,10 +156,10 @@ class StoreWriter:
         """
         if _is_str_seq(data):
             ds = self.h5.create_dataset(name, data=np.asarray(list(data), dtype=object), dtype=STR_DTYPE,
-                                        **(_COMPRESSION if len(data) > 1024 else {}))
+                                        **(COMPRESSION if len(data) > 1024 else {}))
         else:
             arr = np.asarray(data)
-            kw = _compression_for(arr.dtype.itemsize) if arr.size > 1024 else {}
+            kw = compression_for(arr.dtype.itemsize) if arr.size > 1024 else {}
             ds = self.h5.create_dataset(name, data=arr, **kw)
         for k, v in (attrs or {}).items():
             ds.attrs[k] = v

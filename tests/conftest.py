@@ -84,12 +84,12 @@ def known_vcf(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory) -> dict:
     """A 64-patient simulated cohort preprocessed into stores: {'dir', 'gene', 'expr', 'mri', 'signal', 'pheno'}."""
-    from phenoclip.data.simulate import SimulationConfig, simulate_cohort
+    from phenoclip.data.simulate import SimulationSettings, simulate_cohort
     from phenoclip.preprocess.cohort import preprocess_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     cohort = root / "sim"
-    simulate_cohort(cohort, SimulationConfig(patients=64, seed=3, variants=400, genes=60, volume_shape=(32, 40, 32),
+    simulate_cohort(cohort, SimulationSettings(patients=64, seed=3, variants=400, genes=60, volume_shape=(32, 40, 32),
                                              signal_seconds=6.0, signal_rate=100.0))
     stores = {"dir": cohort, **preprocess_cohort(cohort, root, signal_window=5.0)}
     return stores

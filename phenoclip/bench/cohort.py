@@ -63,7 +63,7 @@ def _stores_in(folder: Path) -> dict[str, Path]:
 
 
 def simulate_into(folder: Path, config, what: str = "") -> Path:
-    """``folder/cohort``: a fresh ``phenoclip simulate`` cohort of ``config`` (a SimulationConfig)."""
+    """``folder/cohort``: a fresh ``phenoclip simulate`` cohort of ``config`` (a SimulationSettings)."""
     from phenoclip.data.simulate import simulate_cohort
 
     cohort = folder / "cohort"
@@ -117,9 +117,9 @@ def bench_cohort(ctx: BenchContext) -> BenchCohort:
         patients = ctx.patients or DEFAULT_PATIENTS
         raw, description = ctx.work / "cohort", f"{patients} patients simulated with seed {ctx.seed}"
         if not (raw / "truth.json").exists():
-            from phenoclip.data.simulate import SimulationConfig
+            from phenoclip.data.simulate import SimulationSettings
 
-            simulate_into(ctx.work, SimulationConfig(patients=patients, seed=ctx.seed))
+            simulate_into(ctx.work, SimulationSettings(patients=patients, seed=ctx.seed))
     done = cached / "done.json"
     if not done.exists():
         from phenoclip.preprocess.cohort import preprocess_cohort

@@ -127,17 +127,17 @@ def simulate_stores(folder: Path, patients: int, variants: int, genes: int, seed
                     **knobs) -> dict[str, Path]:
     """gene.h5 and expr.h5 (and truth.json) of ``cohort`` or of a freshly simulated one in ``folder``."""
     from phenoclip.bench.cohort import simulate_into
-    from phenoclip.data.simulate import SimulationConfig
+    from phenoclip.data.simulate import SimulationSettings
     from phenoclip.preprocess.expression import convert_expression
-    from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+    from phenoclip.preprocess.variants import VariantSettings, convert_vcf
 
     folder.mkdir(parents=True, exist_ok=True)
     if cohort is None:
-        cohort = simulate_into(folder, SimulationConfig(patients=patients, seed=seed, variants=variants, genes=genes,
+        cohort = simulate_into(folder, SimulationSettings(patients=patients, seed=seed, variants=variants, genes=genes,
                                                         volume_shape=(16, 16, 16), signal_seconds=2.0,
                                                         signal_rate=50.0, **knobs), f"{variants} variants")
     paths = {"gene": folder / "gene.h5", "expr": folder / "expr.h5", "truth": cohort / "truth.json"}
-    convert_vcf(cohort / "variants.vcf.gz", paths["gene"], VariantOptions())
+    convert_vcf(cohort / "variants.vcf.gz", paths["gene"], VariantSettings())
     convert_expression(cohort / "expression.tsv.gz", paths["expr"], transform="cpm-log1p")
     return paths
 

@@ -45,7 +45,7 @@ PAPER_TABLE_1 = "U-Net 0.735, ResU-Net 0.772, DeepLabv3+ 0.840, Attention U-Net 
 
 def faint_stores(folder: Path, patients: int, seed: int, contrast: float) -> dict:
     """``mri.h5`` (32^3 at 1.5 mm, with masks) and ``expr.h5`` of a simulated cohort with lesions of ``contrast``."""
-    from phenoclip.data.simulate import SimulationConfig
+    from phenoclip.data.simulate import SimulationSettings
     from phenoclip.preprocess.expression import convert_expression
     from phenoclip.preprocess.mri import convert_mri
 
@@ -53,7 +53,7 @@ def faint_stores(folder: Path, patients: int, seed: int, contrast: float) -> dic
     if all(p.exists() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
-    cohort = simulate_into(folder, SimulationConfig(patients=patients, seed=seed, variants=200, signal_seconds=2.0,
+    cohort = simulate_into(folder, SimulationSettings(patients=patients, seed=seed, variants=200, signal_seconds=2.0,
                                                     signal_rate=100.0, lesion_contrast=contrast),
                            f"lesion contrast {contrast:+.0%}")
     convert_mri(cohort / "mri" / "manifest.tsv", paths["mri"], spacing=(1.5, 1.5, 1.5), shape=(32, 32, 32))

@@ -77,9 +77,9 @@ def variants(
     if bgen is not None and bgen_ref not in ("first", "last"):
         raise UsageError("a BGEN file does not say which allele is REF: add --bgen-ref first (UK Biobank, QCTOOL) "
                          "or --bgen-ref last (plink2 --export bgen-1.2's default)")
-    from phenoclip.preprocess.variants import VariantOptions, convert_bgen, convert_plink, convert_vcf
+    from phenoclip.preprocess.variants import VariantSettings, convert_bgen, convert_plink, convert_vcf
 
-    opts = VariantOptions(regions=list(region), keep=keep, remove=remove, maf=maf, max_missing=max_missing,
+    opts = VariantSettings(regions=list(region), keep=keep, remove=remove, maf=maf, max_missing=max_missing,
                           every_kth=every_kth, pgs_files=list(pgs), genes_file=genes, burden_maf=burden_maf,
                           threads=threads, expected_dosage=expected_dosage, part=part, num_parts=num_parts)
     from phenoclip.io.stdin import readable_input

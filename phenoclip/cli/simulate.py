@@ -31,8 +31,8 @@ def simulate(
                                        "neutral allele frequencies)."),
     threads: Optional[int] = Threads,
 ) -> None:
-    from phenoclip.data.simulate import SimulationConfig, simulate_cohort
-    from phenoclip.data.simulate.config import GENOTYPE_MODELS
+    from phenoclip.data.simulate import SimulationSettings, simulate_cohort
+    from phenoclip.data.simulate.settings import GENOTYPE_MODELS
     from phenoclip.errors import UsageError
 
     if genotypes not in GENOTYPE_MODELS:
@@ -43,7 +43,7 @@ def simulate(
         raise UsageError(f"--volume-shape must be X,Y,Z integers, got '{volume_shape}'") from None
     if len(shape) != 3 or min(shape) < 16:
         raise UsageError(f"--volume-shape needs three sizes of at least 16, got '{volume_shape}'")
-    cfg = SimulationConfig(patients=patients, seed=seed, variants=variants, genes=genes, volume_shape=shape,
+    cfg = SimulationSettings(patients=patients, seed=seed, variants=variants, genes=genes, volume_shape=shape,
                            signal_seconds=signal_seconds, signal_rate=signal_rate, missing_rate=missing_rate,
                            genotypes=genotypes)
     with run_step("simulate", str(out), seed=seed, threads=threads) as log:

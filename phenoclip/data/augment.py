@@ -20,7 +20,7 @@ from phenoclip.ops.draws import Draws, as_draws
 
 
 @dataclass
-class AugmentConfig:
+class AugmentSettings:
     # strong corruption of genotypes and expression: their encoders memorise a few hundred
     # training patients within a few dozen epochs (training gene-expr InfoNCE fell to 0.03 at
     # 0.1/0.2/0.1); at 0.5/0.5/0.3 held-out retrieval on the sample cohort rose from 3.2x/2.95x to
@@ -45,7 +45,7 @@ def _uniform(shape, lo: float, hi: float, draws: Draws, device) -> torch.Tensor:
     return (lo + (hi - lo) * draws.rand(shape)).to(device)
 
 
-def augment_batch(batch: dict, cfg: AugmentConfig, g: torch.Generator | Draws | None) -> dict:
+def augment_batch(batch: dict, cfg: AugmentSettings, g: torch.Generator | Draws | None) -> dict:
     """A new batch dict with each present modality perturbed (inputs are not modified in place).
 
     ``g``: a generator for the whole batch, or per-row draws (:mod:`phenoclip.ops.draws`). Draws

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from phenoclip.errors import MalformedInputError, UsageError
+from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
 
 _REGION_RE = re.compile(r"^([^:]+?)(?::([\d,]+)?(?:-([\d,]*))?)?$")
 
@@ -172,3 +172,22 @@ class GenotypeSource:
         """Release the file."""
         if self._reader is not None:
             self._reader.close()
+
+
+def check_samples_subset(vcf_samples: Sequence[str], keep: Sequence[str] | None, remove: Sequence[str] | None,
+                         path: str) -> tuple[list[str], list[str]]:
+    """Apply ``--keep``/``--remove`` (VCF order kept). Returns (selected, IDs asked for but absent)."""
+    selected = list(vcf_samples)
+    absent: list[str] = []
+    if keep is not None:
+        keep_set = set(keep)
+        absent += [s for s in keep if s not in set(vcf_samples)]
+        selected = [s for s in selected if s in keep_set]
+    if remove is not None:
+        rm = set(remove)
+        absent += [s for s in remove if s not in set(vcf_samples)]
+        selected = [s for s in selected if s not in rm]
+    if not selected:
+        raise InconsistentInputError("no samples left after --keep/--remove", path,
+                                     "check that the IDs match the VCF header")
+    return selected, absent

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError, require_readable
+from phenoclip.errors import MalformedInputError, UsageError, require_readable
 from phenoclip.io.genotype_source import (PART_RULE, GenotypeSource, Region, SkipCounts,  # noqa: F401
                                           VariantBlock, in_regions, merge_regions, parse_region, require_unique_ids)
 from phenoclip.io.vcf_text import TextBatch, gt_only, iter_text_records
@@ -328,25 +328,6 @@ def _cyvcf2_records(sources) -> Iterator[tuple[str, int, str | None, str, list[s
                     if "genotypes" not in str(e):
                         raise
             yield rec.CHROM, rec.POS, rec.ID, rec.REF, alts, gt
-
-
-def check_samples_subset(vcf_samples: Sequence[str], keep: Sequence[str] | None, remove: Sequence[str] | None,
-                         path: str) -> tuple[list[str], list[str]]:
-    """Apply ``--keep``/``--remove`` (VCF order kept). Returns (selected, IDs asked for but absent)."""
-    selected = list(vcf_samples)
-    absent: list[str] = []
-    if keep is not None:
-        keep_set = set(keep)
-        absent += [s for s in keep if s not in set(vcf_samples)]
-        selected = [s for s in selected if s in keep_set]
-    if remove is not None:
-        rm = set(remove)
-        absent += [s for s in remove if s not in set(vcf_samples)]
-        selected = [s for s in selected if s not in rm]
-    if not selected:
-        raise InconsistentInputError("no samples left after --keep/--remove", path,
-                                     "check that the IDs match the VCF header")
-    return selected, absent
 
 
 def genome_part(contigs: Sequence[tuple[str, int]], part: tuple[int, int], path: str) -> list[Region]:

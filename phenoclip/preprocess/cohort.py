@@ -15,12 +15,12 @@ def preprocess_cohort(cohort: str | Path, out: str | Path, *, mri_spacing=(1.5, 
     from phenoclip.preprocess.mri import convert_mri
     from phenoclip.preprocess.phenotypes import convert_phenotypes
     from phenoclip.preprocess.signals import convert_signals
-    from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+    from phenoclip.preprocess.variants import VariantSettings, convert_vcf
 
     cohort, out = Path(cohort), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {m: out / f"{m}.h5" for m in ("gene", "expr", "mri", "signal", "pheno")}
-    convert_vcf(cohort / "variants.vcf.gz", paths["gene"], VariantOptions())
+    convert_vcf(cohort / "variants.vcf.gz", paths["gene"], VariantSettings())
     convert_expression(cohort / "expression.tsv.gz", paths["expr"], transform="cpm-log1p")
     convert_mri(cohort / "mri" / "manifest.tsv", paths["mri"], spacing=mri_spacing, shape=mri_shape)
     convert_signals(cohort / "signals" / "manifest.tsv", paths["signal"], rate=signal_rate, window=signal_window,

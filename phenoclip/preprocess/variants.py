@@ -20,12 +20,13 @@ from typing import Sequence
 import numpy as np
 
 from phenoclip.errors import UsageError
-from phenoclip.io.annotations import (GeneIntervals, ScoringFile, normalise_chrom, read_gene_annotation,
-                                     read_pgs_scoring_file)
+from phenoclip.io.annotations import read_gene_annotation, read_pgs_scoring_file
 from phenoclip.io.stdin import STDIN, display_name, source_attr
 from phenoclip.io.tables import read_id_list
-from phenoclip.io.vcf import SkipCounts, VariantBlock, check_samples_subset, has_index, parse_region
+from phenoclip.io.genotype_source import check_samples_subset
+from phenoclip.io.vcf import SkipCounts, VariantBlock, has_index, parse_region
 from phenoclip.parts import check_part
+from phenoclip.preprocess.variant_scores import BurdenAccumulator, PgsAccumulator
 from phenoclip.progress import Progress, warn
 from phenoclip.store import create_store
 
@@ -33,7 +34,7 @@ _WRITE_BATCH = 256  # samples per HDF5 write: bounds the transpose buffer
 
 
 @dataclass
-class VariantOptions:
+class VariantSettings:
     """What ``preprocess variants`` was asked to do (saved as store attributes)."""
 
     regions: list[str] = field(default_factory=list)
@@ -52,87 +53,6 @@ class VariantOptions:
     num_parts: int | None = None
 
 
-class _PgsAccumulator:
-    """Sums effect-allele dosages x weights per sample; missing calls are mean-imputed (plink2's default).
-
-    Each scoring-file row is scored at most once per site. A multi-allelic site arrives split into
-    one variant per ALT with the same REF, so an effect allele equal to REF (and no
-    ``other_allele`` to pick one split row) matches every split row; counting it each time would
-    multiply its weight by the number of ALTs. Split rows are adjacent, so remembering the rows
-    already scored at the current site is enough.
-    """
-
-    def __init__(self, scores: Sequence[ScoringFile], n_samples: int):
-        self.scores = list(scores)
-        self.values = np.zeros((n_samples, len(scores)), dtype=np.float64)
-        self.matched = np.zeros(len(scores), dtype=np.int64)
-        self._site: list[tuple] = [()] * len(scores)          # (chrom, pos, ref) of the last site seen
-        self._done: list[set[int]] = [set() for _ in scores]  # entries already scored there
-
-    def add(self, block: VariantBlock) -> None:
-        for j, score in enumerate(self.scores):
-            for v in range(len(block)):
-                entries = score.by_pos.get((normalise_chrom(block.chrom[v]), block.pos[v]))
-                if entries is None and score.by_id:
-                    entries = score.by_id.get(block.id[v])
-                if not entries:
-                    continue
-                site = (block.chrom[v], block.pos[v], block.ref[v])
-                if site != self._site[j]:
-                    self._site[j], self._done[j] = site, set()
-                for e, (effect, other, weight) in enumerate(entries):
-                    if e in self._done[j]:
-                        continue
-                    if effect == block.alt[v].upper() and other in ("", block.ref[v].upper()):
-                        counts = block.dosage[v]
-                    elif effect == block.ref[v].upper() and other in ("", block.alt[v].upper()):
-                        counts = block.ref_count[v]
-                    else:
-                        continue
-                    called = counts >= 0
-                    mean = counts[called].mean() if called.any() else 0.0
-                    self.values[:, j] += weight * np.where(called, counts, mean)
-                    self.matched[j] += 1
-                    self._done[j].add(e)
-
-
-class _BurdenAccumulator:
-    """Per-gene count of rare ALT alleles (ALT frequency < ``max_af``); missing calls count 0."""
-
-    def __init__(self, genes: GeneIntervals, n_samples: int, max_af: float):
-        self.genes = genes
-        self.max_af = max_af
-        self.values = np.zeros((n_samples, len(genes.names)), dtype=np.int32)
-        self.n_rare = np.zeros(len(genes.names), dtype=np.int64)
-        self._by_chrom: dict[str, np.ndarray] = {}
-
-    def add(self, block: VariantBlock, alt_freq: np.ndarray) -> None:
-        chroms = np.asarray(block.chrom)
-        pos = np.asarray(block.pos, dtype=np.int64)
-        for chrom in dict.fromkeys(block.chrom):
-            key = normalise_chrom(chrom)
-            if key not in self._by_chrom:
-                self._by_chrom[key] = self.genes.on(chrom)
-            gene_idx = self._by_chrom[key]
-            if gene_idx.size == 0:
-                continue
-            rows = np.flatnonzero((chroms == chrom) & (alt_freq < self.max_af) & (alt_freq > 0))
-            if rows.size == 0:
-                continue
-            order = np.argsort(pos[rows], kind="stable")
-            rows, p = rows[order], pos[rows][order]
-            # prefix sums over the rare variants of this contig: each gene is one subtraction
-            dos = np.clip(block.dosage[rows].astype(np.int32), 0, None)
-            csum = np.vstack([np.zeros((1, dos.shape[1]), np.int32), np.cumsum(dos, axis=0)])
-            lo = np.searchsorted(p, self.genes.start[gene_idx], side="left")
-            hi = np.searchsorted(p, self.genes.end[gene_idx], side="right")
-            hit = hi > lo
-            if hit.any():
-                g = gene_idx[hit]
-                self.values[:, g] += (csum[hi[hit]] - csum[lo[hit]]).T
-                self.n_rare[g] += hi[hit] - lo[hit]
-
-
 def _frequencies(block: VariantBlock) -> tuple[np.ndarray, np.ndarray]:
     """ALT allele frequency and missing-call rate per variant of a block.
 
@@ -149,7 +69,7 @@ def _frequencies(block: VariantBlock) -> tuple[np.ndarray, np.ndarray]:
     return freq, miss_rate
 
 
-def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: VariantOptions) -> dict:
+def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: VariantSettings) -> dict:
     """Convert a VCF/BCF to a genotype store; see the module docstring for the filter order.
 
     Returns a summary (samples, sites read, variants written, multi-allelic sites split, phased).
@@ -165,7 +85,7 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
     return convert_genotypes(source, out, opts, {"input_format": "vcf"})
 
 
-def convert_plink(prefix: str | os.PathLike, kind: str, out: str | os.PathLike, opts: VariantOptions) -> dict:
+def convert_plink(prefix: str | os.PathLike, kind: str, out: str | os.PathLike, opts: VariantSettings) -> dict:
     """Convert a PLINK 1 (``kind='bfile'``) or PLINK 2 (``'pfile'``) fileset to a genotype store."""
     from phenoclip.io.plink import PlinkGenotypes
 
@@ -175,7 +95,7 @@ def convert_plink(prefix: str | os.PathLike, kind: str, out: str | os.PathLike, 
 
 
 def convert_bgen(path: str | os.PathLike, sample_file: str | os.PathLike | None, ref: str,
-                 out: str | os.PathLike, opts: VariantOptions) -> dict:
+                 out: str | os.PathLike, opts: VariantSettings) -> dict:
     """Convert a BGEN file (biallelic, ``ref`` = which listed allele is REF) to a genotype store."""
     from phenoclip.io.bgen import HARD_CALL_THRESHOLD, BgenGenotypes
 
@@ -197,7 +117,7 @@ def block_size_for(n_samples: int) -> int:
     return int(min(2048, max(8, BLOCK_BYTES // (12 * max(1, n_samples)))))
 
 
-def _check_options(opts: VariantOptions) -> None:
+def _check_options(opts: VariantSettings) -> None:
     if opts.every_kth < 1:
         raise UsageError("--every-kth must be >= 1")
     check_part(opts.part, opts.num_parts)
@@ -208,7 +128,7 @@ def _check_options(opts: VariantOptions) -> None:
         parse_region(r)
 
 
-def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extra_attrs: dict | None = None) -> dict:
+def convert_genotypes(source, out: str | os.PathLike, opts: VariantSettings, extra_attrs: dict | None = None) -> dict:
     """Genotype source (VCF, PLINK or BGEN reader) -> genotype store; shared by every input format.
 
     ``source`` offers ``path``, ``samples`` and ``iter_blocks`` (see :class:`phenoclip.io.vcf.VcfGenotypes`).
@@ -231,8 +151,8 @@ def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extr
             warn(f"{len(absent)} sample ID(s) from --keep/--remove are not in {name} (first: {absent[0]})")
         subset = samples
 
-    pgs = _PgsAccumulator(scores, len(samples)) if scores else None
-    burden = _BurdenAccumulator(genes, len(samples), opts.burden_maf) if genes else None
+    pgs = PgsAccumulator(scores, len(samples)) if scores else None
+    burden = BurdenAccumulator(genes, len(samples), opts.burden_maf) if genes else None
     kept_blocks: list[VariantBlock] = []
     kept_freq, kept_miss = [], []
     n_sites = n_split = n_read = n_unphased = 0
@@ -322,7 +242,7 @@ def convert_genotypes(source, out: str | os.PathLike, opts: VariantOptions, extr
     return summary
 
 
-def part_fingerprint(src_path: str, samples: Sequence[str], attrs: dict, opts: VariantOptions) -> str:
+def part_fingerprint(src_path: str, samples: Sequence[str], attrs: dict, opts: VariantSettings) -> str:
     """SHA-256 over what makes parts belong to one run: the input (name and size), the samples,
     the filters, the PGS and gene files and the input's reading options. ``preprocess merge``
     refuses parts whose fingerprints differ."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from phenoclip.pretrain.settings import TABULAR_OBJECTIVES, PretrainSettings
-from phenoclip.data.augment import AugmentConfig, augment_batch
+from phenoclip.data.augment import AugmentSettings, augment_batch
 from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, SAMPLE_IDS, TERMS, VALUES
 from phenoclip.models.heads import (VariantMaskingHead, VolumeReconstructionHead, freeze_attention_key_bias,
                                     freeze_bias_before_batch_norm, haplotype_block_mask, random_patch_mask)
@@ -141,7 +141,7 @@ class PretrainTask(nn.Module):
         g = RowDraws.for_batch(step_key, batch[SAMPLE_IDS])
         emb = {}
         if self.training and cfg.augment and ("clip" in cfg.objectives or "ontology" in cfg.objectives):
-            batch = augment_batch(batch, AugmentConfig(), g)
+            batch = augment_batch(batch, AugmentSettings(), g)
         if "clip" in cfg.objectives or "ontology" in cfg.objectives:
             with drawing(g):
                 emb = {m: self.model.encode(m, batch[m]) for m in cfg.modalities

@@ -47,10 +47,10 @@ def test_volume_features_see_the_lateral_lesion():
 
 
 def test_gene_features_impute_with_training_means_and_mark_absent(known_vcf, tmp_path):
-    from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+    from phenoclip.preprocess.variants import VariantSettings, convert_vcf
 
     store = tmp_path / "gene.h5"
-    convert_vcf(known_vcf, store, VariantOptions())
+    convert_vcf(known_vcf, store, VariantSettings())
     samples = ["s1", "s2", "s3", "s4", "absent"]
     train = np.array([True, True, True, False, True])
     x, present, names = gene_features(store, samples, train)

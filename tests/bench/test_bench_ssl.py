@@ -149,10 +149,10 @@ def test_raw_dosages_keep_missing_calls_for_the_training_imputer(known_vcf, tmp_
     """Missing and half-missing calls stay NaN: only the training subset may set their imputed value."""
     from conftest import KNOWN_DOSAGE
 
-    from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+    from phenoclip.preprocess.variants import VariantSettings, convert_vcf
 
     store = tmp_path / "gene.h5"
-    convert_vcf(known_vcf, store, VariantOptions())
+    convert_vcf(known_vcf, store, VariantSettings())
     samples, x = raw_features(store)
     assert samples == ["s1", "s2", "s3", "s4"]
     expected = np.array(KNOWN_DOSAGE, dtype=np.float64)

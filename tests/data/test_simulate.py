@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from phenoclip.data.simulate import SimulationConfig, simulate_cohort
+from phenoclip.data.simulate import SimulationSettings, simulate_cohort
 from phenoclip.errors import OutputError, UsageError
 
-CFG = SimulationConfig(patients=60, seed=3, variants=600, genes=60, signal_seconds=10.0)
+CFG = SimulationSettings(patients=60, seed=3, variants=600, genes=60, signal_seconds=10.0)
 
 
 @pytest.fixture(scope="module")
@@ -436,7 +436,7 @@ def test_same_seed_same_cohort(cohort, tmp_path):
     first_edf = sorted((out / "signals").glob("*.edf"))[0].name
     assert (again / "signals" / first_edf).read_bytes() == (out / "signals" / first_edf).read_bytes()
     other = tmp_path / "other"
-    simulate_cohort(other, SimulationConfig(**{**CFG.to_dict(), "seed": 4}))
+    simulate_cohort(other, SimulationSettings(**{**CFG.to_dict(), "seed": 4}))
     assert (other / "truth.json").read_bytes() != (out / "truth.json").read_bytes()
 
 
@@ -460,14 +460,14 @@ def test_failure_midway_removes_temporary_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(output, "write_signals", boom)
     with pytest.raises(RuntimeError):
-        simulate_cohort(tmp_path / "out", SimulationConfig(patients=12, variants=200, genes=30))
+        simulate_cohort(tmp_path / "out", SimulationSettings(patients=12, variants=200, genes=30))
     assert os.listdir(tmp_path) == []
 
 
 def test_empty_existing_folder_is_accepted(tmp_path):
     target = tmp_path / "empty"
     target.mkdir()
-    summary = simulate_cohort(target, SimulationConfig(patients=10, variants=150, genes=25, signal_seconds=3))
+    summary = simulate_cohort(target, SimulationSettings(patients=10, variants=150, genes=25, signal_seconds=3))
     assert summary["patients"] == 10 and (target / "truth.json").is_file()
 
 
@@ -476,14 +476,14 @@ def test_empty_existing_folder_is_accepted(tmp_path):
                                          ("trait_head_scale", 0.5), ("trait_hpo_threshold", 0.0)])
 def test_config_rejects_impossible_settings(field, value):
     with pytest.raises(UsageError):
-        SimulationConfig(**{field: value})
+        SimulationSettings(**{field: value})
 
 
 # ---------------------------------------------------------------- patient-specific traits
 # One 200-patient cohort at the sample's defaults (2000 variants, 200 genes, 32x40x32 MRI): the
 # planted traits must be measurable from the written files, as a small model would see them.
 
-TRAIT_CFG = SimulationConfig(patients=200, seed=5, signal_seconds=10.0)
+TRAIT_CFG = SimulationSettings(patients=200, seed=5, signal_seconds=10.0)
 
 
 @pytest.fixture(scope="module")
@@ -660,7 +660,7 @@ def test_traits_leave_disease_and_genotypes_alone():
     from phenoclip.data.simulate.cohort import draw_cohort
 
     base = dict(patients=40, seed=9, variants=400, genes=40)
-    with_traits, without = draw_cohort(SimulationConfig(**base)), draw_cohort(SimulationConfig(**base, n_traits=0))
+    with_traits, without = draw_cohort(SimulationSettings(**base)), draw_cohort(SimulationSettings(**base, n_traits=0))
     assert np.array_equal(with_traits.variants.calls, without.variants.calls)
     assert np.array_equal(with_traits.disease, without.disease)
     assert np.array_equal(with_traits.severity, without.severity)
@@ -669,7 +669,7 @@ def test_traits_leave_disease_and_genotypes_alone():
     assert without.traits.values.shape == (40, 0) and not without.layout.trait_snps
     assert np.all(without.ventricle_scale == 1) and np.allclose(without.white_level, 0.85)
     # a tiny genome still places every trait (blocks shared between traits, never within one)
-    tiny = draw_cohort(SimulationConfig(patients=20, seed=1, variants=120, genes=20))
+    tiny = draw_cohort(SimulationSettings(patients=20, seed=1, variants=120, genes=20))
     for k in range(4):
         blocks = [z["block"] for z in tiny.layout.trait_snps if z["trait"] == k]
         assert blocks and len(set(blocks)) == len(blocks)

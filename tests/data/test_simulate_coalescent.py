@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE
-from phenoclip.data.simulate import SimulationConfig, simulate_cohort
+from phenoclip.data.simulate import SimulationSettings, simulate_cohort
 from phenoclip.errors import UsageError
 
 pytest.importorskip("msprime")
@@ -184,7 +184,7 @@ def test_blocks_model_fails_the_neutral_spectrum():
     """The same check on the founder-block model (what it must not pass): almost no rare sites."""
     from phenoclip.data.simulate.cohort import draw_cohort
 
-    c = draw_cohort(SimulationConfig(patients=PATIENTS, variants=VARIANTS, seed=SEED, genes=40))
+    c = draw_cohort(SimulationSettings(patients=PATIENTS, variants=VARIANTS, seed=SEED, genes=40))
     t = c.variants
     cols = np.flatnonzero((t.kind == "block") & (t.chrom != "chrX"))
     calls = t.calls[c.has("variants")][:, :, cols]
@@ -257,7 +257,7 @@ def test_other_seed_other_genome():
     from phenoclip.data.simulate.genome import build_layout
 
     cfg = dict(patients=20, variants=300, genes=20, genotypes="coalescent")
-    a, b = build_layout(SimulationConfig(seed=1, **cfg)), build_layout(SimulationConfig(seed=2, **cfg))
+    a, b = build_layout(SimulationSettings(seed=1, **cfg)), build_layout(SimulationSettings(seed=2, **cfg))
     assert not np.array_equal(a.snp_pos, b.snp_pos)
     assert [x.seeds for x in a.blocks] != [x.seeds for x in b.blocks]
 
@@ -268,7 +268,7 @@ def test_short_segments_grow_and_causal_snps_fall_back(monkeypatch):
     from phenoclip.data.simulate import coalescent
     from phenoclip.data.simulate.genome import build_layout
 
-    cfg = SimulationConfig(patients=20, variants=300, genes=20, seed=3, genotypes="coalescent")
+    cfg = SimulationSettings(patients=20, variants=300, genes=20, seed=3, genotypes="coalescent")
     monkeypatch.setattr(coalescent, "SEGMENT_BP", (5_000, 5_000))     # ~11 sites for budgets of ~34
     lay = build_layout(cfg)
     assert all(b.segment[1] - b.segment[0] + 1 > 5_000 for b in lay.blocks)
@@ -286,7 +286,7 @@ def test_unknown_genotype_model_is_refused(tmp_path):
     assert "--genotypes" in err[0] and "blocks or coalescent" in err[0] and "founders" in err[0]
     assert not (tmp_path / "x").exists()
     with pytest.raises(UsageError, match="genotype model"):
-        SimulationConfig(genotypes="founders")
+        SimulationSettings(genotypes="founders")
 
 
 # ---------------------------------------------------------------- the default stays as published
@@ -296,7 +296,7 @@ def test_blocks_model_still_reproduces_data_sample(tmp_path):
     """The default model regenerates data/sample exactly (published numbers are made from it)."""
     truth = json.loads((SAMPLE / "truth.json").read_text())
     assert "genotypes" not in truth["config"]
-    cfg = SimulationConfig(**truth["config"])
+    cfg = SimulationSettings(**truth["config"])
     assert cfg.genotypes == "blocks"
     simulate_cohort(tmp_path / "sample", cfg)
     for name in ("truth.json", "labels.tsv", "genes.bed", "pgs/PGS_SIM001.txt", "phenotypes/hpo.tsv"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from phenoclip.data.augment import AugmentConfig, augment_batch
+from phenoclip.data.augment import AugmentSettings, augment_batch
 from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, SIGNALS, TERMS, VALUES
 from phenoclip.errors import UsageError
 from phenoclip.models.heads import haplotype_block_mask, random_patch_mask
@@ -68,7 +68,7 @@ def _meta_batch() -> dict:
 
 def test_augmentations_follow_the_batch_device():
     """CPU-generator draws land on the batch's device (they raised on a GPU before)."""
-    out = augment_batch(_meta_batch(), AugmentConfig(mri_intensity=0.1), torch.Generator().manual_seed(0))
+    out = augment_batch(_meta_batch(), AugmentSettings(mri_intensity=0.1), torch.Generator().manual_seed(0))
     for m, key in (("gene", DOSAGE), ("expr", VALUES), ("mri", IMAGES), ("signal", SIGNALS), ("hpo", TERMS)):
         assert out[m][key].device == META, m
 

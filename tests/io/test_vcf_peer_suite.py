@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import bcftools_dosage, needs
-from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+from phenoclip.preprocess.variants import VariantSettings, convert_vcf
 from phenoclip.store import open_store
 
 META = ("##fileformat=VCFv4.2\n##contig=<ID=1,length=1000000>\n##contig=<ID=2,length=1000000>\n"
@@ -97,7 +97,7 @@ def test_every_form_reads_as_bcftools_reads_it(tmp_path, name):
     keys, expected = [keys[i] for i in keep], expected[:, keep]
     for path in forms:
         out = tmp_path / f"{path.name}.h5"
-        convert_vcf(path, out, VariantOptions())
+        convert_vcf(path, out, VariantSettings())
         with open_store(out, expect="genotypes") as s:
             ours = list(zip(s.strings("variants/chrom"), s["variants/pos"][:].tolist(), s.strings("variants/alt")))
             assert [(c, p, a.upper()) for c, p, a in ours] == [(c, p, a.upper()) for c, p, a in keys], path.name
@@ -118,7 +118,7 @@ def test_the_text_reader_and_htslib_give_the_same_store(tmp_path, name, monkeypa
     for reader, use_text in (("text", True), ("htslib", False)):
         monkeypatch.setattr(vcf_module, "gt_only", lambda path, use=use_text: use)
         stores[reader] = tmp_path / f"{reader}.h5"
-        convert_vcf(gz, stores[reader], VariantOptions(keep=None))
+        convert_vcf(gz, stores[reader], VariantSettings(keep=None))
     with h5py.File(stores["text"], "r") as a, h5py.File(stores["htslib"], "r") as b:
         names: list[str] = []
         b.visititems(lambda k, o: names.append(k) if isinstance(o, h5py.Dataset) else None)
@@ -146,7 +146,7 @@ def test_the_text_reader_equals_htslib_on_the_sample_vcf_with_samples_regions_an
     shutil.copy(SAMPLE / "variants.vcf.gz", vcf)
     keep = tmp_path / "keep.txt"
     keep.write_text("P0100\nP0003\nP0051\nP0200\nP0007\n")
-    opts = VariantOptions(keep=keep, regions=["chr2", "chrX:1-60000000", "chr1:3000000-"], block_size=block_size,
+    opts = VariantSettings(keep=keep, regions=["chr2", "chrX:1-60000000", "chr1:3000000-"], block_size=block_size,
                           pgs_files=[SAMPLE / "pgs" / "PGS_SIM001.txt"])
     for reader, use_text in (("text", True), ("htslib", False)):
         monkeypatch.setattr(vcf_module, "gt_only", lambda path, use=use_text: use)

@@ -8,7 +8,7 @@ import pysam
 import pytest
 
 from conftest import KNOWN_DOSAGE, bcftools_dosage, error_lines, needs, run_cli
-from phenoclip.preprocess.variants import VariantOptions, convert_vcf
+from phenoclip.preprocess.variants import VariantSettings, convert_vcf
 from phenoclip.store import open_store
 
 HEADER = ("##fileformat=VCFv4.2\n##contig=<ID=chr1,length=10000000>\n##contig=<ID=chr2,length=10000000>\n"
@@ -47,7 +47,7 @@ def random_vcf(path, n_samples=40, n_sites=300, seed=0, phased=True):
 
 
 def convert(vcf, out, **kw):
-    convert_vcf(vcf, out, VariantOptions(**kw))
+    convert_vcf(vcf, out, VariantSettings(**kw))
     return open_store(out, expect="genotypes")
 
 
@@ -177,7 +177,7 @@ def test_memory_stays_near_the_output_matrix(tmp_path):
 
     vcf = random_vcf(tmp_path / "m.vcf", n_samples=200, n_sites=3000, seed=3)
     tracemalloc.start()
-    convert_vcf(vcf, tmp_path / "m.h5", VariantOptions(block_size=512))
+    convert_vcf(vcf, tmp_path / "m.h5", VariantSettings(block_size=512))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     with open_store(tmp_path / "m.h5") as s:

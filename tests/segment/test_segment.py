@@ -169,13 +169,13 @@ def seg(tmp_path_factory):
     and the patients with a mask and expression."""
     import h5py
 
-    from phenoclip.data.simulate import SimulationConfig, simulate_cohort
+    from phenoclip.data.simulate import SimulationSettings, simulate_cohort
     from phenoclip.preprocess.expression import convert_expression
     from phenoclip.preprocess.mri import convert_mri
 
     root = tmp_path_factory.mktemp("segment")
     cohort = root / "cohort"
-    simulate_cohort(cohort, SimulationConfig(patients=200, seed=11, variants=200, signal_seconds=2.0,
+    simulate_cohort(cohort, SimulationSettings(patients=200, seed=11, variants=200, signal_seconds=2.0,
                                              signal_rate=100.0, lesion_contrast=CONTRAST))
     mri, expr = root / "mri.h5", root / "expr.h5"
     convert_mri(cohort / "mri" / "manifest.tsv", mri, spacing=(1.5, 1.5, 1.5), shape=(32, 32, 32))

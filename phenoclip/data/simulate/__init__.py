@@ -25,12 +25,12 @@ from __future__ import annotations
 import os
 import time
 
-from phenoclip.data.simulate.config import SimulationConfig
+from phenoclip.data.simulate.settings import SimulationSettings
 
-__all__ = ["SimulationConfig", "simulate_cohort"]
+__all__ = ["SimulationSettings", "simulate_cohort"]
 
 
-def simulate_cohort(out_dir: str | os.PathLike, cfg: SimulationConfig | None = None) -> dict:
+def simulate_cohort(out_dir: str | os.PathLike, cfg: SimulationSettings | None = None) -> dict:
     """Simulate a cohort into ``out_dir`` and return a short summary of counts for the log.
 
     ``out_dir`` must not exist or be empty and its parent must exist
@@ -44,7 +44,7 @@ def simulate_cohort(out_dir: str | os.PathLike, cfg: SimulationConfig | None = N
     from phenoclip.data.simulate.truth import build_truth
     from phenoclip.progress import info
 
-    cfg = cfg or SimulationConfig()
+    cfg = cfg or SimulationSettings()
     t0 = time.perf_counter()
     with writers.staged_folder(out_dir) as tmp:
         info(f"simulate: drawing {cfg.patients} patients (seed {cfg.seed})")

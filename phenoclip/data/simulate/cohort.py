@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from phenoclip.data.simulate import expression, genotypes, latent, mri, phenotypes, signals, traits
-from phenoclip.data.simulate.config import SimulationConfig, rng_for, sample_ids
+from phenoclip.data.simulate.settings import SimulationSettings, rng_for, sample_ids
 from phenoclip.data.simulate.genome import DISEASES, Layout, build_layout
 
 AF_SEVERITY_BONUS = 0.1   # P(AF | cardio) rises by this per unit of severity (capped at 0.97)
@@ -21,7 +21,7 @@ AF_SEVERITY_BONUS = 0.1   # P(AF | cardio) rises by this per unit of severity (c
 class Cohort:
     """Every drawn quantity, per patient in sample order (``N`` rows)."""
 
-    cfg: SimulationConfig
+    cfg: SimulationSettings
     samples: list[str]
     layout: Layout
     male: np.ndarray
@@ -58,13 +58,13 @@ class Cohort:
         return self.present[:, latent.MODALITIES.index(modality)]
 
 
-def draw_af(disease: np.ndarray, severity: np.ndarray, cfg: SimulationConfig, rng: np.random.Generator) -> np.ndarray:
+def draw_af(disease: np.ndarray, severity: np.ndarray, cfg: SimulationSettings, rng: np.random.Generator) -> np.ndarray:
     """AF rhythm: most cardio patients (more with severity), a few others."""
     p = np.where(disease == 2, np.minimum(0.97, cfg.af_rate_cardio + AF_SEVERITY_BONUS * severity), cfg.af_rate_other)
     return rng.random(len(disease)) < p
 
 
-def draw_cohort(cfg: SimulationConfig) -> Cohort:
+def draw_cohort(cfg: SimulationSettings) -> Cohort:
     """Everything except the rendered images and waveforms (those are made while writing)."""
     n = cfg.patients
     layout = build_layout(cfg)
@@ -118,11 +118,11 @@ def draw_cohort(cfg: SimulationConfig) -> Cohort:
                   ppg_scale=traits.ppg_scale(tr, cfg), dicrotic_ratio=traits.dicrotic_ratio(tr, cfg))
 
 
-def mri_rng(cfg: SimulationConfig, i: int) -> np.random.Generator:
+def mri_rng(cfg: SimulationSettings, i: int) -> np.random.Generator:
     """Patient ``i``'s rendering stream (separate from its lesion-geometry stream)."""
     return rng_for(cfg, "mri", i, 1)
 
 
-def signal_rng(cfg: SimulationConfig, i: int) -> np.random.Generator:
+def signal_rng(cfg: SimulationSettings, i: int) -> np.random.Generator:
     """Patient ``i``'s waveform stream (separate from its beat-time stream)."""
     return rng_for(cfg, "signals", i, 1)

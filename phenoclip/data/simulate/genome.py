@@ -1,7 +1,7 @@
 """The simulated genome: haplotype blocks, causal SNPs, special sites and gene positions.
 
 Everything here is drawn once per cohort from the ``layout`` stream, before any patient exists.
-Two genotype models fill the blocks (``SimulationConfig.genotypes``): ``blocks`` (founder
+Two genotype models fill the blocks (``SimulationSettings.genotypes``): ``blocks`` (founder
 haplotypes copied into everyone) and ``coalescent`` (each block an independent msprime segment
 holding every patient's haplotypes, see :mod:`coalescent`). Coordinates are 1-based VCF
 positions on GRCh38-sized contigs (the sequence itself is not simulated; REF/ALT are random
@@ -16,7 +16,7 @@ from itertools import combinations
 import numpy as np
 
 from phenoclip.data.simulate import coalescent
-from phenoclip.data.simulate.config import SimulationConfig, rng_for
+from phenoclip.data.simulate.settings import SimulationSettings, rng_for
 from phenoclip.errors import UsageError
 
 CHROM_LENGTHS = {"chr1": 248_956_422, "chr2": 242_193_529, "chrX": 156_040_895}
@@ -213,7 +213,7 @@ def _place_segments(sizes: list[int], individuals: int, rng: np.random.Generator
     return blocks
 
 
-def _causal_founder_blocks(blocks: list[Block], cfg: SimulationConfig, rng: np.random.Generator) -> list[dict]:
+def _causal_founder_blocks(blocks: list[Block], cfg: SimulationSettings, rng: np.random.Generator) -> list[dict]:
     """Blocks model: six causal SNPs, three per disease, each in its own autosomal block, common by
     construction (its founder column is rewritten so the ALT carriers sum to 0.3-0.5)."""
     autosomal = [i for i, b in enumerate(blocks) if b.chrom != "chrX"]
@@ -227,7 +227,7 @@ def _causal_founder_blocks(blocks: list[Block], cfg: SimulationConfig, rng: np.r
     return causal
 
 
-def _causal_common_sites(blocks: list[Block], cfg: SimulationConfig, rng: np.random.Generator) -> list[dict]:
+def _causal_common_sites(blocks: list[Block], cfg: SimulationSettings, rng: np.random.Generator) -> list[dict]:
     """Coalescent model: six causal SNPs, each in its own autosomal segment, picked among the segment's
     common sites (minor allele frequency >= :data:`coalescent.MIN_CAUSAL_MAF`).
 
@@ -253,7 +253,7 @@ def _causal_common_sites(blocks: list[Block], cfg: SimulationConfig, rng: np.ran
     return causal
 
 
-def _causal_entry(k: int, bi: int, b: Block, s: int, cfg: SimulationConfig) -> dict:
+def _causal_entry(k: int, bi: int, b: Block, s: int, cfg: SimulationSettings) -> dict:
     """Causal SNP ``k`` (three per disease) at site ``s`` of block ``bi``."""
     return {"disease": DISEASES[1 + k // 3], "effect": cfg.causal_effects[k % 3], "block": bi,
             "snp": b.first_site + s, "chrom": b.chrom, "pos": int(b.positions[s]), "alt_freq": float(b.alt_freqs[s])}
@@ -272,7 +272,7 @@ def _multi_pos(blocks: list[Block], coalescent_model: bool) -> int:
     return pos
 
 
-def _place_genes(cfg: SimulationConfig, causal: list[dict], snp_pos: np.ndarray,
+def _place_genes(cfg: SimulationSettings, causal: list[dict], snp_pos: np.ndarray,
                  rng: np.random.Generator) -> tuple[list[Gene], dict]:
     n = cfg.genes
     names = [f"G{i + 1:04d}" for i in range(n)]
@@ -304,7 +304,7 @@ def _place_genes(cfg: SimulationConfig, causal: list[dict], snp_pos: np.ndarray,
     return genes, eqtl
 
 
-def build_layout(cfg: SimulationConfig) -> Layout:
+def build_layout(cfg: SimulationSettings) -> Layout:
     """Draw the cohort's genome from the ``layout`` stream of ``cfg.seed``."""
     rng = rng_for(cfg, "layout")
     n_rare = N_RARE_BURDEN + N_RARE_OTHER_GENES * N_RARE_PER_OTHER

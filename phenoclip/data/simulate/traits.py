@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phenoclip.data.simulate.config import SimulationConfig, rng_for
+from phenoclip.data.simulate.settings import SimulationSettings, rng_for
 from phenoclip.data.simulate.genome import Layout
 from phenoclip.data.simulate.signals import DICROTIC_RATIO, T_WAVE_RATIO
 
@@ -72,7 +72,7 @@ class Traits:
 
 # ---------------------------------------------------------------- genome: trait SNPs and genes
 
-def place(layout: Layout, cfg: SimulationConfig) -> None:
+def place(layout: Layout, cfg: SimulationSettings) -> None:
     """Choose trait SNPs, their effects and the trait genes; stored on ``layout``.
 
     Drawn from a stream of its own (``layout``, 2) after the rest of the genome, so the
@@ -152,7 +152,7 @@ def genetic_values(layout: Layout, block_haps: np.ndarray, k: int) -> np.ndarray
     return out
 
 
-def draw(layout: Layout, block_haps: np.ndarray, cfg: SimulationConfig) -> Traits:
+def draw(layout: Layout, block_haps: np.ndarray, cfg: SimulationSettings) -> Traits:
     """Traits of every patient (stream ``traits``), and the HPO terms of their extremes."""
     n, k = block_haps.shape[0], cfg.n_traits
     rng = rng_for(cfg, "traits")
@@ -183,37 +183,37 @@ def hpo_terms(values: np.ndarray, threshold: float) -> list[list[str]]:
 
 # ---------------------------------------------------------------- what the traits set
 
-def ventricle_scale(tr: Traits, cfg: SimulationConfig) -> np.ndarray:
+def ventricle_scale(tr: Traits, cfg: SimulationSettings) -> np.ndarray:
     """T1: lateral-ventricle semi-axes x (1 + trait_ventricle) ** trait (1.25 ** t by default)."""
     return (1.0 + cfg.trait_ventricle) ** tr.col(0)
 
 
-def head_scale(tr: Traits, cfg: SimulationConfig) -> np.ndarray:
+def head_scale(tr: Traits, cfg: SimulationSettings) -> np.ndarray:
     """T2: head (scalp to white matter) semi-axes x (1 + trait_head_scale x trait)."""
     return 1.0 + cfg.trait_head_scale * tr.col(1)
 
 
-def white_level(tr: Traits, cfg: SimulationConfig, base: float) -> np.ndarray:
+def white_level(tr: Traits, cfg: SimulationSettings, base: float) -> np.ndarray:
     """T4: white-matter T1 level x (1 + trait_white_matter x trait); grey matter stays."""
     return base * (1.0 + cfg.trait_white_matter * tr.col(3))
 
 
-def t_wave_scale(tr: Traits, cfg: SimulationConfig) -> np.ndarray:
+def t_wave_scale(tr: Traits, cfg: SimulationSettings) -> np.ndarray:
     """T2: ECG T-wave amplitude (relative to the R wave) x (1 + trait_t_wave x trait)."""
     return 1.0 + cfg.trait_t_wave * tr.col(1)
 
 
-def ppg_scale(tr: Traits, cfg: SimulationConfig) -> np.ndarray:
+def ppg_scale(tr: Traits, cfg: SimulationSettings) -> np.ndarray:
     """T4: PPG pulse amplitude x (1 + trait_ppg x trait)."""
     return 1.0 + cfg.trait_ppg * tr.col(3)
 
 
-def dicrotic_ratio(tr: Traits, cfg: SimulationConfig) -> np.ndarray:
+def dicrotic_ratio(tr: Traits, cfg: SimulationSettings) -> np.ndarray:
     """T4: PPG dicrotic / systolic amplitude, 0.35 x (1 - trait_ppg x trait) (stiffer vessels reflect more)."""
     return DICROTIC_RATIO * (1.0 - cfg.trait_ppg * tr.col(3))
 
 
-def heart_rates(tr: Traits, af: np.ndarray, cfg: SimulationConfig) -> np.ndarray | None:
+def heart_rates(tr: Traits, af: np.ndarray, cfg: SimulationSettings) -> np.ndarray | None:
     """T3: mean heart rate per patient (bpm), or None when trait 3 is not simulated (then the rate
     is drawn as before: sinus U(55, 90), AF U(75, 115))."""
     if tr.k < 3:
@@ -224,7 +224,7 @@ def heart_rates(tr: Traits, af: np.ndarray, cfg: SimulationConfig) -> np.ndarray
     return np.where(af, fib, sinus)
 
 
-def drives(cfg: SimulationConfig, layout: Layout) -> list[dict]:
+def drives(cfg: SimulationSettings, layout: Layout) -> list[dict]:
     """What each simulated trait drives, per modality, with its strength (for truth.json)."""
     from phenoclip.data.simulate.phenotypes import TRAIT_TERMS
 

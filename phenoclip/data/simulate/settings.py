@@ -28,7 +28,7 @@ STREAMS = {
 
 
 @dataclass
-class SimulationConfig:
+class SimulationSettings:
     """Everything that shapes a simulated cohort; the same config and seed give the same files.
 
     The first nine fields are the ``phenoclip simulate`` options; the rest are knobs for
@@ -139,7 +139,7 @@ class SimulationConfig:
         return d
 
 
-def rng_for(cfg: SimulationConfig, stream: str, *index: int) -> np.random.Generator:
+def rng_for(cfg: SimulationSettings, stream: str, *index: int) -> np.random.Generator:
     """The generator of one component (and optionally one patient) for ``cfg.seed``."""
     # SeedSequence needs non-negative entries; the modulo keeps every int seed distinct in practice
     return np.random.default_rng(np.random.SeedSequence([cfg.seed % (2**63), STREAMS[stream], *index]))
