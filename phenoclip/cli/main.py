@@ -104,7 +104,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     except PhenoclipError as e:
         if debug:
             raise
-        print(f"phenoclip: error: {e.line()}", file=sys.stderr)
+        # every torchrun worker raises a collective stop: each line names its rank (which one
+        # was signalled shows), so the job log does not hold the same line twice
+        rank = os.environ.get("RANK") if getattr(e, "collective", False) and os.environ.get("WORLD_SIZE", "1") != "1" \
+            else None
+        print(f"phenoclip: error{f' (rank {rank})' if rank else ''}: {e.line()}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("phenoclip: interrupted (Ctrl-C); no partial output kept (pretrain keeps its last whole "

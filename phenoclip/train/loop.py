@@ -48,6 +48,8 @@ class Preempted(PhenoclipError):
     """A stop signal arrived; a checkpoint was saved (exit 75: rerun with --resume)."""
 
     exit_code = EXIT_PREEMPTED
+    #: every rank stops at the same step and raises this (the CLI names the rank in its line)
+    collective = True
 
 
 class Task(Protocol):

@@ -28,6 +28,8 @@ RECIPE = ROOT / "docs" / "slurm" / "pretrain.sbatch"
 #: fine-tuning epochs of the finetune job: long enough (one and a half to two minutes on 2 cores) that SLURM's
 #: signal, 20-50 s into the job, comes during training
 FINETUNE_EPOCHS = 600
+#: epochs of the segment job (a U-Net on 64 small volumes): 200 took 60-100 s on 2 cores
+SEGMENT_EPOCHS = 300
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scontrol")
 
 pytestmark = pytest.mark.slow
@@ -212,3 +214,22 @@ def test_the_recipe_requeues_a_full_finetune_that_ends_like_an_uninterrupted_one
     assert worst <= 1e-6, worst
     rows = [json.loads((d / "metrics.json").read_text())["rows"] for d in (tmp_path / "ref", out)]
     assert rows[0] == rows[1]
+
+
+def test_the_recipe_requeues_segment_train_that_ends_like_an_uninterrupted_one(slurm, small_cohort, tmp_path):
+    """STEP="segment train": like finetune, its checkpoints live in .OUT.partial (under fit/) until
+    OUT appears whole; the requeued job resumes and ends with the best-epoch weights and test
+    metrics of the same torchrun command run straight through."""
+    from safetensors.numpy import load_file
+
+    args = (f"--decoder unet --images {small_cohort['mri']} --epochs {SEGMENT_EPOCHS} --batch-size 4 "
+            "--overlays 0 --seed 2")
+    _torchrun("segment", "train", *args.split(), out=tmp_path / "ref")
+    out = tmp_path / "slurm_run"
+    _submit_and_follow(slurm, tmp_path, "segment train", args, out)
+    assert not (tmp_path / ".slurm_run.partial").exists()
+    worst = _max_rel_diff(load_file(str(tmp_path / "ref" / "model.safetensors")),
+                          load_file(str(out / "model.safetensors")))
+    assert worst <= 1e-6, worst
+    ref, run = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "ref", out))
+    assert (ref["best_epoch"], ref["test"]) == (run["best_epoch"], run["test"])

@@ -311,6 +311,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resumes_exac
     assert len(stopped) == 2 and len({line.split("checkpoint saved at ")[1] for line in stopped}) == 1, stopped
     assert any("signal SIGUSR1" in line for line in stopped)
     assert any("another rank was asked to stop" in line for line in stopped)
+    assert sorted(line.split(":")[1] for line in stopped) == [" error (rank 0)", " error (rank 1)"], stopped
 
     proc = subprocess.run([*launch, *args, "--out", str(run), "--resume"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
