@@ -174,28 +174,27 @@ def _submit_and_follow(slurm: dict, tmp_path: Path, step: str, args: str, out: P
     return text
 
 
-def _max_rel_diff(a: dict, b: dict) -> float:
+def _assert_same_weights(ref: Path, run: Path) -> None:
+    """The model.safetensors of two runs agree to a relative 1e-6 (float32 reductions in another order)."""
+    from safetensors.numpy import load_file
+
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert a.keys() == b.keys()
-    return max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a)
+    worst = max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a)
+    assert worst <= 1e-6, worst
 
 
 def test_the_sbatch_recipe_is_signalled_requeued_and_ends_with_uninterrupted_weights(slurm, small_cohort, tmp_path):
-    from safetensors.numpy import load_file
-
     args = (f"--modalities gene,expr --data {small_cohort['gene']} --data {small_cohort['expr']} --arch gene=mlp "
             "--arch expr=mlp --epochs 300 --batch-size 8 --seed 5")
     _torchrun("pretrain", *args.split(), out=tmp_path / "ref")
     _submit_and_follow(slurm, tmp_path, "pretrain", args, tmp_path / "slurm_run")
-    worst = _max_rel_diff(load_file(str(tmp_path / "ref" / "model.safetensors")),
-                          load_file(str(tmp_path / "slurm_run" / "model.safetensors")))
-    assert worst <= 1e-6, worst
+    _assert_same_weights(tmp_path / "ref", tmp_path / "slurm_run")
 
 
 def test_the_recipe_requeues_a_full_finetune_that_ends_like_an_uninterrupted_one(slurm, small_cohort, tmp_path):
     """STEP=finetune: the checkpoints live in .OUT.partial until OUT appears whole; the recipe
     resumes from there and reads the outcome from there."""
-    from safetensors.numpy import load_file
-
     pre = tmp_path / "pre"
     proc = subprocess.run([sys.executable, "-m", "phenoclip", "pretrain", "--modalities", "gene,expr", "--data",
                            str(small_cohort["gene"]), "--data", str(small_cohort["expr"]), "--arch", "gene=mlp",
@@ -209,9 +208,7 @@ def test_the_recipe_requeues_a_full_finetune_that_ends_like_an_uninterrupted_one
     out = tmp_path / "slurm_run"
     _submit_and_follow(slurm, tmp_path, "finetune", args, out)
     assert not (tmp_path / ".slurm_run.partial").exists()
-    worst = _max_rel_diff(load_file(str(tmp_path / "ref" / "model.safetensors")),
-                          load_file(str(out / "model.safetensors")))
-    assert worst <= 1e-6, worst
+    _assert_same_weights(tmp_path / "ref", out)
     rows = [json.loads((d / "metrics.json").read_text())["rows"] for d in (tmp_path / "ref", out)]
     assert rows[0] == rows[1]
 
@@ -220,16 +217,12 @@ def test_the_recipe_requeues_segment_train_that_ends_like_an_uninterrupted_one(s
     """STEP="segment train": like finetune, its checkpoints live in .OUT.partial (under fit/) until
     OUT appears whole; the requeued job resumes and ends with the best-epoch weights and test
     metrics of the same torchrun command run straight through."""
-    from safetensors.numpy import load_file
-
     args = (f"--decoder unet --images {small_cohort['mri']} --epochs {SEGMENT_EPOCHS} --batch-size 4 "
             "--overlays 0 --seed 2")
     _torchrun("segment", "train", *args.split(), out=tmp_path / "ref")
     out = tmp_path / "slurm_run"
     _submit_and_follow(slurm, tmp_path, "segment train", args, out)
     assert not (tmp_path / ".slurm_run.partial").exists()
-    worst = _max_rel_diff(load_file(str(tmp_path / "ref" / "model.safetensors")),
-                          load_file(str(out / "model.safetensors")))
-    assert worst <= 1e-6, worst
+    _assert_same_weights(tmp_path / "ref", out)
     ref, run = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "ref", out))
     assert (ref["best_epoch"], ref["test"]) == (run["best_epoch"], run["test"])
