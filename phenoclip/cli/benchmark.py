@@ -28,7 +28,7 @@ def benchmark(
     seed: int = Seed,
     threads: Optional[int] = Threads,
 ) -> None:
-    from phenoclip.bench import run_suites
+    from phenoclip_bench import run_suites
 
     with run_step("benchmark", str(out) + "/", seed=seed, threads=threads) as log:
         run_suites(suite, out, cohort=cohort, patients=patients, variants=variants, quick=quick, seed=seed,

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from phenoclip.bench import baselines
+from phenoclip_bench import baselines
 
 
 def _seed_result(probe, logistic, enet=np.nan, ours=(3.0, 0.3), cca=(2.5, 0.25), mofa=(1.0, 0.1)):
@@ -35,7 +35,7 @@ def test_tables_state_wins_and_losses_over_seeds():
 
 def test_suite_runs_on_a_small_cohort(small_cohort, tmp_path, monkeypatch):
     """Two seeds of a few pretraining epochs: every figure exists and is measured, not copied."""
-    from phenoclip.bench import BenchContext
+    from phenoclip_bench import BenchContext
 
     monkeypatch.setattr(baselines, "EPOCHS", 3)
     monkeypatch.setitem(baselines.SETTINGS, "quick", {"seeds": 2, "repeats": 1, "enet_max_features": 500})
@@ -66,7 +66,7 @@ def test_real_cohort_gse7390_is_written_from_the_package(tmp_path):
     """198 breast tumours of scikit-survival's GSE7390 table: 76 genes, ER first among the labels."""
     import h5py
 
-    from phenoclip.bench.real_data import write_cohort
+    from phenoclip_bench.real_data import write_cohort
     from phenoclip.finetune.labels import load_task_labels
 
     folder = write_cohort("gse7390", tmp_path / "gse7390")

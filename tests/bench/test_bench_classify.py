@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phenoclip.bench import classify
-from phenoclip.bench.classify_features import (channel_features, early_fusion, fit_elasticnet, full_proba,
+from phenoclip_bench import classify
+from phenoclip_bench.classify_features import (channel_features, early_fusion, fit_elasticnet, full_proba,
                                                gene_features, volume_features)
-from phenoclip.bench.classify_scratch import (TrainSettings, predict_proba, signal_cnn1d, train_classifier,
+from phenoclip_bench.classify_scratch import (TrainSettings, predict_proba, signal_cnn1d, train_classifier,
                                               validation_slice)
 from phenoclip.eval.metrics import classification_metrics
 

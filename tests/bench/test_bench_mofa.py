@@ -1,4 +1,4 @@
-"""The MOFA+ baseline (:mod:`phenoclip.bench.mofa`) on planted low-rank data with missing views."""
+"""The MOFA+ baseline (:mod:`phenoclip_bench.mofa`) on planted low-rank data with missing views."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from phenoclip.bench.mofa import fit_mofa
+from phenoclip_bench.mofa import fit_mofa
 from phenoclip.eval.retrieval import metrics_from_rank_bounds, paired_retrieval, rank_bounds
 
 N, N_TRAIN, K_TRUE, DIMS = 200, 150, 3, {"a": 40, "b": 60, "c": 300}

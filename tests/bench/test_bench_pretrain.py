@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from phenoclip.bench import BenchContext
-from phenoclip.bench.pretrain_speed import data_parallel_table
+from phenoclip_bench import BenchContext
+from phenoclip_bench.pretrain_speed import data_parallel_table
 
 
 @pytest.mark.slow

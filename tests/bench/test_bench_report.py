@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from phenoclip import bench
-from phenoclip.bench import BenchContext, SuiteFailed, SuiteResult, Table
-from phenoclip.bench.cohort import bench_cohort
-from phenoclip.bench.report import bold_sentences, speed_ratio_rows
+import phenoclip_bench as bench
+from phenoclip_bench import BenchContext, SuiteFailed, SuiteResult, Table
+from phenoclip_bench.cohort import bench_cohort
+from phenoclip_bench.report import bold_sentences, speed_ratio_rows
 from phenoclip.errors import InconsistentInputError, UsageError
 from conftest import SAMPLE, error_lines, run_cli
 
@@ -35,7 +35,7 @@ def _fake_suites(monkeypatch):
         return lambda ctx: SuiteResult(name="p", metrics={"seconds": value}, tables=[Table(f"P{value}", ["v"], [[value]])])
 
     for name, fn in {"good": good, "bad": bad, "p1": part(1.0), "p2": part(2.0)}.items():
-        module = types.ModuleType(f"phenoclip.bench._fake_{name}")
+        module = types.ModuleType(f"phenoclip_bench._fake_{name}")
         module.run = fn
         monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setattr(bench, "SUITE_MODULES", {"good": ["_fake_good"], "bad": ["_fake_bad"],

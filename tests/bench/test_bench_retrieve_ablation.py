@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from phenoclip.bench import ablation, retrieve_quality
-from phenoclip.bench.ontology_distance import (binned, graph_distances, plot_distance, spearman, term_pairs)
-from phenoclip.bench.retrieval_eval import (cca_pair_metrics, chance_levels, concat_embeddings, cross_modal_metrics,
+from phenoclip_bench import ablation, retrieve_quality
+from phenoclip_bench.ontology_distance import (binned, graph_distances, plot_distance, spearman, term_pairs)
+from phenoclip_bench.retrieval_eval import (cca_pair_metrics, chance_levels, concat_embeddings, cross_modal_metrics,
                                             mean_over, own_term_ranking, paired_metrics, reduce_features)
 from phenoclip.eval.retrieval import paired_retrieval
 from phenoclip.io.ontology import Ontology
@@ -183,7 +183,7 @@ def _truth_file(path, n, rng):
 
 
 def test_planted_genetics_reads_every_genetic_path_of_the_simulator(tmp_path):
-    from phenoclip.bench.retrieval_eval import planted_genetics
+    from phenoclip_bench.retrieval_eval import planted_genetics
 
     patients = _truth_file(tmp_path / "truth.json", 5, np.random.default_rng(0))
     ids, x = planted_genetics(tmp_path / "truth.json", ["p003", "p001", "no_genotype", "unknown"])

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from phenoclip.bench import BenchContext
-from phenoclip.bench.ssl import (feasible_fractions, finetune_all, labels_in,
+from phenoclip_bench import BenchContext
+from phenoclip_bench.ssl import (feasible_fractions, finetune_all, labels_in,
                                  raw_features)
-from phenoclip.bench.ssl_plots import RANDOM, RAW, compare_to_random, plot_ssl_curves, table_note, tables_for
+from phenoclip_bench.ssl_plots import RANDOM, RAW, compare_to_random, plot_ssl_curves, table_note, tables_for
 
 CLASSES = ["control", "neuro", "cardio"]
 

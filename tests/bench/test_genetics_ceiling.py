@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from phenoclip.bench import genetics_ceiling as gc
+from phenoclip_bench import genetics_ceiling as gc
 
 
 def _truth(tmp_path, n=160, snps=300, seed=0):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from phenoclip.bench import genetics_limits as gl
+from phenoclip_bench import genetics_limits as gl
 
 
 def _ids(n):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from phenoclip.bench.explain import hit_masks, marginal_order, precision_at, tsv_order
+from phenoclip_bench.explain import hit_masks, marginal_order, precision_at, tsv_order
 from phenoclip.data.batch import DOSAGE, VALUES
 from phenoclip.explain.attribution import DenseEncoder, MethodSettings, attribute_batch, soft_variant_tokens
 from phenoclip.explain.targets import ContrastiveTarget, ModelTarget
@@ -31,7 +31,7 @@ def cohort(tmp_path_factory):
     """300 simulated patients x 3,000 variants, 80 genes, 16^3 volumes: gene, expr and mri stores."""
     import json
 
-    from phenoclip.bench.explain import simulate_stores
+    from phenoclip_bench.explain import simulate_stores
     from phenoclip.preprocess.mri import convert_mri
 
     root = tmp_path_factory.mktemp("explain_cohort")
@@ -48,7 +48,7 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pre(cohort, tmp_path_factory):
     """gene + expr CLIP pretraining, 100 epochs as by default (about 15 s on 2 cores)."""
-    from phenoclip.bench.explain import pretrain_pair
+    from phenoclip_bench.explain import pretrain_pair
 
     out = tmp_path_factory.mktemp("explain_pre") / "pre"
     pretrain_pair(cohort, out, 100, seed=0)

@@ -181,13 +181,13 @@ def test_cpu_install_uses_pytorch_scan_and_says_so_once(capsys):
 
 def test_importing_phenoclip_does_not_import_mamba_ssm():
     """mamba-ssm pulls triton and transformers (~10 s): only a CUDA call may import it."""
-    code = ("import sys, phenoclip.ops.scan, phenoclip.models.mamba, phenoclip.bench.scan; "
+    code = ("import sys, phenoclip.ops.scan, phenoclip.models.mamba, phenoclip_bench.scan; "
             "sys.exit('mamba_ssm' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_benchmark_case_and_ratios():
-    from phenoclip.bench.scan import _measure, _ratios
+    from phenoclip_bench.scan import _measure, _ratios
 
     seconds, peak_mb, note = _measure("ours", 64, 1, 4, timeout=120)
     assert note == "" and seconds > 0 and peak_mb >= 0

@@ -361,7 +361,7 @@ def test_missing_query_store_exit_3(ckpt, sample_stores, tmp_path, capsys):
 
 
 def test_benchmark_methods_agree_on_a_tiny_gallery(tmp_path):
-    from phenoclip.bench.retrieve_speed import Searcher, agreement, make_data, retrieve_benchmark
+    from phenoclip_bench.retrieve_speed import Searcher, agreement, make_data, retrieve_benchmark
 
     q, g = make_data(5000, 37, 32, seed=1)
     np.testing.assert_allclose(np.linalg.norm(g, axis=1), 1, atol=1e-5)

@@ -87,7 +87,7 @@ def _run_suite(name: str, ctx: BenchContext) -> SuiteResult:
     """Import the suite's modules only now: a suite's heavy imports must not slow or break the others."""
     import importlib
 
-    parts = [importlib.import_module(f"phenoclip.bench.{m}").run(ctx) for m in SUITE_MODULES[name]]
+    parts = [importlib.import_module(f"phenoclip_bench.{m}").run(ctx) for m in SUITE_MODULES[name]]
     return parts[0] if len(parts) == 1 else _merge(name, parts)
 
 
@@ -98,7 +98,7 @@ def run_suites(suite: str, out: Path, *, cohort: Path | None, patients: int | No
     Scratch files (simulated cohorts, stores, checkpoints) go to ``out/work/`` and are removed at
     the end unless ``keep_work``; the cohorts' truth files are copied into ``out/truth/`` first.
     """
-    from phenoclip.bench.report import now_iso, write_report
+    from phenoclip_bench.report import now_iso, write_report
 
     names = list(SUITE_MODULES) if suite == "all" else [s.strip() for s in suite.split(",")]
     unknown = [n for n in names if n not in SUITE_MODULES]
@@ -107,10 +107,10 @@ def run_suites(suite: str, out: Path, *, cohort: Path | None, patients: int | No
     from phenoclip.ops.devices import resolve_device
 
     device = resolve_device(device)  # before any suite: 'cuda' on a machine without one is one line
-    from phenoclip.bench.real_data import DATASETS
+    from phenoclip_bench.real_data import DATASETS
 
     if cohort is not None and str(cohort) not in DATASETS:
-        from phenoclip.bench.cohort import check_cohort
+        from phenoclip_bench.cohort import check_cohort
 
         check_cohort(Path(cohort))
     out = Path(out)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from phenoclip.bench import BenchContext, SuiteResult, Table
-from phenoclip.bench.cohort import bench_cohort, pretrained, simulate_into
+from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench.cohort import bench_cohort, pretrained, simulate_into
 from phenoclip.progress import info
 
 #: (label, decoder, init, with genes)

@@ -26,7 +26,7 @@ from itertools import combinations
 
 import numpy as np
 
-from phenoclip.bench import BenchContext, SuiteResult, Table
+from phenoclip_bench import BenchContext, SuiteResult, Table
 from phenoclip.progress import info
 
 FRACTIONS = [0.1, 0.2, 0.5, 1.0]
@@ -56,7 +56,7 @@ def default_objectives(modalities: list[str]) -> list[str]:
 
 
 def _run(ctx: BenchContext) -> SuiteResult:
-    from phenoclip.bench.cohort import bench_cohort, pretrained
+    from phenoclip_bench.cohort import bench_cohort, pretrained
 
     cfg = SETTINGS["quick" if ctx.quick else "full"]
     cohort = bench_cohort(ctx)
@@ -72,7 +72,7 @@ def _run(ctx: BenchContext) -> SuiteResult:
         info(f"baselines: seed {s}: classification and retrieval against the linear baselines")
         per_seed.append(evaluate(folder, cohort, s, cfg))
     result = SuiteResult(name="baselines", commands=commands + [
-        "# every baseline in-process (scikit-learn, mofapy2) on the same patients: phenoclip.bench.baselines"])
+        "# every baseline in-process (scikit-learn, mofapy2) on the same patients: phenoclip_bench.baselines"])
     cls_table, cls_short = classification_table(per_seed, cohort.labels)
     result.tables.append(cls_table)
     result.shortfalls += cls_short
@@ -183,7 +183,7 @@ def _probe_inputs(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
 def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray | None:
     """MOFA+ factors of every patient, fitted on the pretraining run's training patients' views."""
     try:
-        from phenoclip.bench.mofa import fit_mofa
+        from phenoclip_bench.mofa import fit_mofa
     except ImportError:  # pragma: no cover - mofapy2 is in the bench extra
         return None
     train = np.array([s in set(train_samples) for s in samples])
@@ -194,8 +194,8 @@ def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray | 
 
 def retrieval(pre, stores, mods, stats, seed: int) -> dict:
     """Per modality pair on the held-out patients: Recall@1 (x chance) and MRR of ours, PCA + CCA and MOFA+."""
-    from phenoclip.bench.mofa import fit_mofa
-    from phenoclip.bench.retrieval_eval import (cca_pair_metrics, cross_modal_metrics, embed_modalities,
+    from phenoclip_bench.mofa import fit_mofa
+    from phenoclip_bench.retrieval_eval import (cca_pair_metrics, cross_modal_metrics, embed_modalities,
                                                 paired_metrics, reduce_features)
     from phenoclip.eval.raw_features import raw_features
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from phenoclip.bench import BenchContext, SuiteResult
-from phenoclip.bench.ssl_plots import RANDOM, RAW
+from phenoclip_bench import BenchContext, SuiteResult
+from phenoclip_bench.ssl_plots import RANDOM, RAW
 from phenoclip.progress import info
 
 OBJECTIVES = ["scarf", "vime", "byol"]
@@ -151,8 +151,8 @@ def raw_features(store: Path) -> tuple[list[str], np.ndarray]:
 def run(ctx: BenchContext) -> SuiteResult:
     import torch
 
-    from phenoclip.bench.cohort import bench_cohort, pretrained
-    from phenoclip.bench.ssl_plots import compare_to_random, plot_ssl_curves, shortfall_lines, tables_for
+    from phenoclip_bench.cohort import bench_cohort, pretrained
+    from phenoclip_bench.ssl_plots import compare_to_random, plot_ssl_curves, shortfall_lines, tables_for
 
     torch.set_num_threads(1)  # the benchmark's CPU budget: two cores shared by every suite
     cfg = SETTINGS["quick" if ctx.quick else "full"]

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from phenoclip.bench import BenchContext
+from phenoclip_bench import BenchContext
 from phenoclip.errors import InconsistentInputError
 from phenoclip.progress import info
 
@@ -95,10 +95,10 @@ def check_cohort(cohort: Path) -> dict[str, Path]:
 def bench_cohort(ctx: BenchContext) -> BenchCohort:
     """The cohort of this benchmark run (see the module docstring); preprocessed once per report folder."""
     cached = ctx.work / "cohort_stores"
-    from phenoclip.bench.real_data import DATASETS
+    from phenoclip_bench.real_data import DATASETS
 
     if ctx.cohort is not None and str(ctx.cohort) in DATASETS:
-        from phenoclip.bench.real_data import write_cohort
+        from phenoclip_bench.real_data import write_cohort
 
         folder = ctx.work / f"real_{ctx.cohort}"
         if not (folder / "expr.h5").exists():

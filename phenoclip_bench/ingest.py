@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import sys
 
-from phenoclip.bench import BenchContext, SuiteResult, Table
-from phenoclip.bench.measure import best_of, measure, python_cmd
-from phenoclip.bench.vcfgen import write_benchmark_vcf
+from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench.measure import best_of, measure, python_cmd
+from phenoclip_bench.vcfgen import write_benchmark_vcf
 from phenoclip.progress import info
 
 #: threads every tool gets (the 2 cores of the machines this suite is reported from)

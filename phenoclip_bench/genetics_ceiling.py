@@ -18,7 +18,7 @@ marginal likelihood (the log-likelihood ratio Bayes' rule ranks by):
 Two genotype sides are scored:
 
 * **observed dosages**: each trait predicted by a lasso told the trait (as in
-  :func:`~phenoclip.bench.genetics_limits.trait_prediction`), the disease by a logistic
+  :func:`~phenoclip_bench.genetics_limits.trait_prediction`), the disease by a logistic
   regression; both supervised, fitted on the training patients only;
 * **planted genetics**: the noise-free trait genetic values and the planted disease probabilities,
   which no model of any genotype can pass.
@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from phenoclip.bench.retrieval_eval import Embedded
+from phenoclip_bench.retrieval_eval import Embedded
 
 #: the truth file's names for the modalities a trait drives -> ours
 TRUTH_MODALITY = {"expression": "expr", "mri": "mri", "signals": "signal", "hpo": "hpo"}
@@ -93,7 +93,7 @@ def dosage_predictions(x: np.ndarray, traits: np.ndarray, disease: np.ndarray, f
     One lasso per trait (penalty by 5-fold CV on an explicit path); an L2 logistic regression for
     the disease (penalty by 5-fold log loss). A class absent from the training rows gets probability 0.
     """
-    from phenoclip.bench.genetics_limits import fit_lasso
+    from phenoclip_bench.genetics_limits import fit_lasso
 
     fit_rows = list(fit_rows)
     pred = np.column_stack([fit_lasso(x[fit_rows], traits[fit_rows, k], seed).predict(x)
@@ -166,7 +166,7 @@ def decoded_partner(feats: np.ndarray, traits: np.ndarray, disease: np.ndarray, 
     (logistic regression) from the partner's features, fitted on ``fit_rows``; every row of ``feats``."""
     from sklearn.linear_model import RidgeCV
 
-    from phenoclip.bench.genetics_limits import DECODE_ALPHAS
+    from phenoclip_bench.genetics_limits import DECODE_ALPHAS
 
     fit_rows = list(fit_rows)
     values = RidgeCV(alphas=DECODE_ALPHAS).fit(feats[fit_rows], traits[fit_rows]).predict(feats)
@@ -303,7 +303,7 @@ def retrieval_ceiling(truth_path, dosages: Embedded, partner_ids: dict[str, Sequ
 
 def ceiling_table(ceiling: dict[str, dict], ours: dict[str, dict], target: float):
     """The report table: ours against both ceilings per genetics pair; pairs no model can lift to ``target`` in bold."""
-    from phenoclip.bench import Table
+    from phenoclip_bench import Table
 
     rows, capped = [], []
     for p, c in ceiling.items():

@@ -1,6 +1,6 @@
 """``--suite ablation``: what each modality and the ontology loss bring (paper 000 Table 3 and Fig. 6).
 
-Variants, all pretrained with the same seed, preset, split and epochs (:func:`~phenoclip.bench.cohort.pretrained`):
+Variants, all pretrained with the same seed, preset, split and epochs (:func:`~phenoclip_bench.cohort.pretrained`):
 
 * full: every modality, CLIP + ontology alignment (the shared model's recipe);
 * minus one modality (5 variants): the other four, same objectives. Without ``hpo`` the
@@ -17,7 +17,7 @@ over the *same* pairs beside it (a variant without a modality has fewer pairs, s
 are not comparable); a linear probe's disease AUROC (logistic regression on the modalities'
 embeddings side by side, fitted on the training patients); the zero-shot own-HPO-term AUROC
 (mean over the non-hpo modalities); and Fig. 6: Spearman correlation between HPO graph distance
-and term-embedding cosine distance (:mod:`phenoclip.bench.ontology_distance`), plotted for the
+and term-embedding cosine distance (:mod:`phenoclip_bench.ontology_distance`), plotted for the
 full model, the model without ontology loss, the random initialisation and the graph-initialised
 term table before any training (the starting point of every pretrained variant).
 """
@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from phenoclip.bench import BenchContext, SuiteResult, Table
-from phenoclip.bench.retrieval_eval import (concat_embeddings, cross_modal_metrics, embed_modalities, mean_over,
+from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench.retrieval_eval import (concat_embeddings, cross_modal_metrics, embed_modalities, mean_over,
                                             own_term_ranking)
 
 #: pretraining epochs of every ablation variant (the full model is re-run at the same count)
@@ -93,10 +93,10 @@ def run(ctx: BenchContext) -> SuiteResult:
     import torch
 
     torch.set_num_threads(1)  # shared small machines: OpenMP spinning costs more than a second thread gives
-    from phenoclip.bench.cohort import FULL_OBJECTIVES, bench_cohort, pretrained
-    from phenoclip.bench.ontology_distance import (cosine_distances, graph_distances, plot_distance, spearman,
+    from phenoclip_bench.cohort import FULL_OBJECTIVES, bench_cohort, pretrained
+    from phenoclip_bench.ontology_distance import (cosine_distances, graph_distances, plot_distance, spearman,
                                                     term_pairs)
-    from phenoclip.bench.retrieve_quality import read_labels
+    from phenoclip_bench.retrieve_quality import read_labels
     from phenoclip.data.multimodal import CohortStores
     from phenoclip.pretrained import load_pretrained, random_init_like
     from phenoclip.eval.zero_shot import resolve_ontology
@@ -222,7 +222,7 @@ def run(ctx: BenchContext) -> SuiteResult:
     result.metrics["ablation"] = {"epochs": epochs, "evaluations": evals, "spearman": rhos,
                                   "pretrain_seconds": seconds, "same_split": same_split,
                                   "other_split_overlap": other_split}
-    from phenoclip.bench.report import bold_sentences
+    from phenoclip_bench.report import bold_sentences
 
     # the notes state every shortfall in bold: the report lists them together as well
     result.shortfalls += [line for t in result.tables for line in bold_sentences(t.note)]

@@ -12,8 +12,8 @@ that modality. Methods:
    concat``), standardised, with C chosen by 3-fold CV on the training patients. The "all" row is
    re-run through :func:`phenoclip.finetune.run.run_finetune` (the CLI's code path) and the two
    must agree;
-2. ElasticNet early fusion on hand-made features (:mod:`phenoclip.bench.classify_features`);
-3. single-modality networks from scratch (:mod:`phenoclip.bench.classify_scratch`): an MLP on
+2. ElasticNet early fusion on hand-made features (:mod:`phenoclip_bench.classify_features`);
+3. single-modality networks from scratch (:mod:`phenoclip_bench.classify_scratch`): an MLP on
    dosages, a 3D CNN on MRI, a 1D CNN on the ECG/PPG signals.
 
 Macro AUROC and macro F1 (one-vs-rest, scikit-learn) via
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phenoclip.bench import BenchContext, SuiteResult, Table
+from phenoclip_bench import BenchContext, SuiteResult, Table
 from phenoclip.progress import info
 
 TEST_FRACTION = 0.2
@@ -84,8 +84,8 @@ def run(ctx: BenchContext) -> SuiteResult:
 
 
 def _run(ctx: BenchContext) -> SuiteResult:
-    from phenoclip.bench.classify_features import BUILDERS, early_fusion, fit_elasticnet, fit_probe, full_proba
-    from phenoclip.bench.cohort import bench_cohort, pretrained
+    from phenoclip_bench.classify_features import BUILDERS, early_fusion, fit_elasticnet, fit_probe, full_proba
+    from phenoclip_bench.cohort import bench_cohort, pretrained
     from phenoclip.data.multimodal import CohortStores
     from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained
     from phenoclip.finetune.labels import held_out_split, load_task_labels, restrict_to
@@ -197,8 +197,8 @@ def _scratch_rows(ctx, cohort, stores, samples, train, test, present, blocks, y,
     """MLP (dosages), 3D CNN (MRI), 1D CNN (signals) trained from scratch on the training patients."""
     import torch
 
-    from phenoclip.bench.classify_features import N_GENE_PCS
-    from phenoclip.bench.classify_scratch import (TrainSettings, gene_mlp, mri_cnn3d, predict_proba,
+    from phenoclip_bench.classify_features import N_GENE_PCS
+    from phenoclip_bench.classify_scratch import (TrainSettings, gene_mlp, mri_cnn3d, predict_proba,
                                                   signal_cnn1d, train_classifier)
     from phenoclip.data.batch import IMAGES, SIGNALS
 

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from phenoclip.bench.retrieval_eval import Embedded, paired_metrics
+from phenoclip_bench.retrieval_eval import Embedded, paired_metrics
 
 RIDGE_ALPHAS = np.logspace(-1, 5, 25)     # dosages (thousands of columns) -> partner embeddings
 DECODE_ALPHAS = np.logspace(-3, 4, 15)    # embeddings or PCA features (tens of columns) -> traits
@@ -102,7 +102,7 @@ def distilled_gene_metrics(dosages: Embedded, partners: dict[str, Embedded], tra
 
     ``partners``: our model's embeddings of each partner modality for train and test patients.
     The ridge penalty is chosen by efficient leave-one-out on the training patients. Keys are
-    ``gene-<partner>``; values are :func:`~phenoclip.bench.retrieval_eval.paired_metrics`
+    ``gene-<partner>``; values are :func:`~phenoclip_bench.retrieval_eval.paired_metrics`
     (both directions, same patients as the main table) plus ``alpha``.
     """
     from sklearn.linear_model import RidgeCV
@@ -173,7 +173,7 @@ def trait_decoding(truth_path, ours: dict[str, Embedded], raw: dict[str, Embedde
 
 def decoding_table(decoded: dict[str, dict], embed_dim: int | None = None):
     """One row per modality: effective rank, then ``ours r / raw r`` per trait; drops named in bold."""
-    from phenoclip.bench import Table
+    from phenoclip_bench import Table
 
     if not decoded:
         return None
@@ -201,7 +201,7 @@ def decoding_table(decoded: dict[str, dict], embed_dim: int | None = None):
 
 def limits_tables(traits: list[dict], distilled: dict[str, dict], ours: dict[str, dict]) -> list:
     """The two report tables (genotype side, partner side) with a note saying which side limits."""
-    from phenoclip.bench import Table
+    from phenoclip_bench import Table
 
     out = []
     if traits:

@@ -1,6 +1,6 @@
 """``--suite retrieve``, quality part: zero-shot cross-modal retrieval on held-out patients (paper 000).
 
-The shared pretrained model (:func:`~phenoclip.bench.cohort.pretrained`: every modality, CLIP +
+The shared pretrained model (:func:`~phenoclip_bench.cohort.pretrained`: every modality, CLIP +
 ontology alignment) embeds the checkpoint's validation patients, whom pretraining never trained
 on. For every modality pair, each patient's embedding of one modality ranks the other modality's
 embeddings of all held-out patients having both (cosine); Recall@1/5/10 and MRR are the mean of
@@ -15,9 +15,9 @@ the two directions (a -> b and b -> a). Beside it:
   it is scored on, and only those; the pretrained model learns all pairs at once.
 
 On a simulated cohort, the genetics pairs get more tables: CCA from the planted, noise-free
-genetic values in ``truth.json``; :mod:`~phenoclip.bench.genetics_ceiling`'s likelihood ceiling
+genetic values in ``truth.json``; :mod:`~phenoclip_bench.genetics_ceiling`'s likelihood ceiling
 (the most the genotype says about each held-out partner record: no model can pass it); then
-:mod:`~phenoclip.bench.genetics_limits`' split of what stops ours: a lasso told each planted trait
+:mod:`~phenoclip_bench.genetics_limits`' split of what stops ours: a lasso told each planted trait
 (can the genotype side be learnt from these patients?) and a ridge from the dosages onto our
 partner embeddings (do those embeddings hold what the genotype sets?). A last table decodes each
 planted trait from every modality's embeddings and raw features: which traits an encoder drops.
@@ -34,8 +34,8 @@ import time
 
 import numpy as np
 
-from phenoclip.bench import BenchContext, SuiteResult, Table
-from phenoclip.bench.retrieval_eval import (Embedded, cca_pair_metrics, cross_modal_metrics, embed_modalities,
+from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench.retrieval_eval import (Embedded, cca_pair_metrics, cross_modal_metrics, embed_modalities,
                                             mean_over, modality_pairs, own_term_ranking, planted_genetics,
                                             reduce_features)
 from phenoclip.eval.raw_features import raw_features
@@ -107,7 +107,7 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
     """CCA from the simulated cohort's planted genetic values (not the dosages) to each other modality.
 
     Same patients, partner features and CCA as :func:`cca_metrics`; only the gene side is replaced
-    by :func:`~phenoclip.bench.retrieval_eval.planted_genetics` (standardised on the training
+    by :func:`~phenoclip_bench.retrieval_eval.planted_genetics` (standardised on the training
     patients). Keys are the pair names of the main table (``gene-expr``, ...).
     """
     genotyped = set(gene_samples)  # the pair is scored on patients having both modalities, as in the main table
@@ -128,13 +128,13 @@ def planted_metrics(truth, gene_samples, feats: dict[str, Embedded], modalities,
 
 
 def genetics_limits(truth, pre, stores, modalities, train, test, ours, m_ours, feats, seed) -> dict:
-    """:mod:`~phenoclip.bench.genetics_limits`' three measurements, :mod:`~phenoclip.bench.genetics_ceiling`'s
+    """:mod:`~phenoclip_bench.genetics_limits`' three measurements, :mod:`~phenoclip_bench.genetics_ceiling`'s
     likelihood ceiling, and their tables (``tables`` key).
 
     ``ours``: the held-out embeddings the main table scored; only the training patients are embedded here.
     """
-    from phenoclip.bench import genetics_ceiling as gc
-    from phenoclip.bench import genetics_limits as gl
+    from phenoclip_bench import genetics_ceiling as gc
+    from phenoclip_bench import genetics_limits as gl
 
     dosages = raw_features(stores, "gene", list(train) + list(test))
     fitted = embed_modalities(pre.model, pre, stores, modalities, list(train))
@@ -183,7 +183,7 @@ def run(ctx: BenchContext) -> SuiteResult:
     import torch
 
     torch.set_num_threads(1)  # shared small machines: OpenMP spinning costs more than a second thread gives
-    from phenoclip.bench.cohort import bench_cohort, pretrained
+    from phenoclip_bench.cohort import bench_cohort, pretrained
     from phenoclip.data.multimodal import CohortStores
     from phenoclip.eval.embedding_map import cluster_scores, plot_map, points_from
     from phenoclip.pretrained import load_pretrained, random_init_like
@@ -249,11 +249,11 @@ def run(ctx: BenchContext) -> SuiteResult:
     result.commands += [command,
                         f"phenoclip retrieve --checkpoint {ckpt} --query {cohort.stores[a]} --gallery "
                         f"{cohort.stores[b]} --out {ctx.work}/{a}_{b}.tsv   # held_out block = one direction; "
-                        "the table averages both, for every pair, in-process (phenoclip.bench.retrieve_quality)",
+                        "the table averages both, for every pair, in-process (phenoclip_bench.retrieve_quality)",
                         f"phenoclip retrieve --checkpoint {ckpt} --query {cohort.stores[a]} --gallery hpo "
                         f"--out {ctx.work}/{a}_terms.tsv --map {ctx.out / MAP_PNG} --labels {cohort.labels}:disease "
                         + " ".join(f"--data {cohort.stores[m]}" for m in modalities[1:])]
-    from phenoclip.bench.report import bold_sentences
+    from phenoclip_bench.report import bold_sentences
 
     # the notes state every shortfall in bold: the report lists them together as well
     result.shortfalls += [line for t in result.tables for line in bold_sentences(t.note)]

@@ -88,7 +88,7 @@ def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, thre
 
 def _measure(method: str, L: int, batch: int, d_model: int, timeout: float, repeats: int = 1,
              threads: int = 0) -> tuple[float | None, float | None, str]:
-    code = f"from phenoclip.bench.scan import _child; _child({method!r}, {L}, {batch}, {d_model}, {repeats}, {threads})"
+    code = f"from phenoclip_bench.scan import _child; _child({method!r}, {L}, {batch}, {d_model}, {repeats}, {threads})"
     root = str(Path(__file__).resolve().parents[2])  # the child imports this phenoclip, installed or not
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     try:
@@ -144,7 +144,7 @@ def _ratios(rows: list[list]) -> dict:
 
 def run(ctx):
     """The ``scan`` benchmark suite (``phenoclip benchmark --suite scan`` once registered)."""
-    from phenoclip.bench import SuiteResult, Table
+    from phenoclip_bench import SuiteResult, Table
 
     rows, ratios = scan_benchmark(quick=ctx.quick)
     table = Table(title="Selective scan, forward + backward (batch 2, d_model 64, d_inner 128, N 16)",
@@ -152,5 +152,5 @@ def run(ctx):
                   rows=[[v if v is not None else "-" for v in r] for r in rows],
                   note="Each case in its own process; extra peak MB = VmHWM after minus VmRSS before the pass.")
     return SuiteResult(name="scan", tables=[table], metrics=ratios,
-                       commands=["python -c 'from phenoclip.bench.scan import scan_benchmark; "
+                       commands=["python -c 'from phenoclip_bench.scan import scan_benchmark; "
                                  f"print(scan_benchmark(quick={ctx.quick}))'"])

@@ -11,9 +11,9 @@ import shutil
 import subprocess
 import sys
 
-from phenoclip.bench import BenchContext, SuiteResult, Table
-from phenoclip.bench import scan as scan_bench
-from phenoclip.bench.cohort import MODALITIES, bench_cohort
+from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench import scan as scan_bench
+from phenoclip_bench.cohort import MODALITIES, bench_cohort
 from phenoclip.progress import info
 
 

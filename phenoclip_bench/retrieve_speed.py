@@ -165,7 +165,7 @@ def measure_methods(methods, n_gallery: int, n_queries: int, dim: int, k: int, w
     procs, results, errs = {}, {}, {m: Path(work) / f"retrieve_{m}.err" for m in methods}
     try:
         for m in methods:  # one after the other: building the data is not what is measured
-            code = (f"from phenoclip.bench.retrieve_speed import _child; _child({m!r}, {n_gallery}, {n_queries}, "
+            code = (f"from phenoclip_bench.retrieve_speed import _child; _child({m!r}, {n_gallery}, {n_queries}, "
                     f"{dim}, {k}, {seed}, {threads}, {str(Path(work) / f'retrieve_{m}.npy')!r})")
             with open(errs[m], "w") as err:  # a file, not a pipe: a chatty child must never block on it
                 procs[m] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
@@ -254,7 +254,7 @@ def retrieve_benchmark(n_gallery: int, n_queries: int = 1024, dim: int = 128, k:
 
 def run(ctx):
     """The ``retrieve`` benchmark suite."""
-    from phenoclip.bench import SuiteResult, Table
+    from phenoclip_bench import SuiteResult, Table
     from phenoclip.progress import info
 
     n_gallery = 200_000 if ctx.quick else 1_000_000
@@ -276,6 +276,6 @@ def run(ctx):
               "figure on a shared machine); each method in its own process; extra peak MB = peak resident "
               "set during the searches minus the resident set before them (gallery and index excluded)."))
     return SuiteResult(name="retrieve", tables=[table], metrics=metrics,
-                       commands=["python -c 'from pathlib import Path; from phenoclip.bench.retrieve_speed import "
+                       commands=["python -c 'from pathlib import Path; from phenoclip_bench.retrieve_speed import "
                                  f"retrieve_benchmark; print(retrieve_benchmark({n_gallery}, work=Path(\".\"), "
                                  f"threads={threads}))'"])

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phenoclip.bench import BenchContext, SuiteResult, Table
+from phenoclip_bench import BenchContext, SuiteResult, Table
 from phenoclip.progress import info
 
 METHODS = ("ig", "deeplift", "gradientshap", "saliency", "noise-tunnel")
@@ -126,7 +126,7 @@ def tsv_order(tsv: str | os.PathLike, gene_store: str | os.PathLike) -> np.ndarr
 def simulate_stores(folder: Path, patients: int, variants: int, genes: int, seed: int, cohort: Path | None = None,
                     **knobs) -> dict[str, Path]:
     """gene.h5 and expr.h5 (and truth.json) of ``cohort`` or of a freshly simulated one in ``folder``."""
-    from phenoclip.bench.cohort import simulate_into
+    from phenoclip_bench.cohort import simulate_into
     from phenoclip.data.simulate import SimulationSettings
     from phenoclip.preprocess.expression import convert_expression
     from phenoclip.preprocess.variants import VariantSettings, convert_vcf
@@ -236,14 +236,14 @@ def _cells(order: np.ndarray, hits: dict) -> list[float]:
 
 
 def speed(ctx: BenchContext) -> tuple[Table, dict, list[str]]:
-    from phenoclip.bench.measure import measure
+    from phenoclip_bench.measure import measure
 
     n, v = (100, 5000) if ctx.quick else (200, 20000)
     work = ctx.work / "explain_speed"
     stores = simulate_stores(work, n, v, 100, ctx.seed, missing_rate=0.0)
     info("explain: one pretraining epoch for the speed model")
     pretrain_pair(stores, work / "pretrain", 1, ctx.seed)
-    from phenoclip.bench.measure import python_cmd
+    from phenoclip_bench.measure import python_cmd
 
     rows, metrics, commands = [], {}, []
     for ibs in (64, 512):

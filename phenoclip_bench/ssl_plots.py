@@ -1,4 +1,4 @@
-"""Tables, plain-language notes and curves of ``--suite ssl`` (see :mod:`phenoclip.bench.ssl`).
+"""Tables, plain-language notes and curves of ``--suite ssl`` (see :mod:`phenoclip_bench.ssl`).
 
 A *methods* dict maps a method name (an SSL objective, ``random init``, ``raw features + LR``) to
 its summary rows: one per label fraction with ``fraction``, ``n_train_mean``, ``auroc_mean``,
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phenoclip.bench import Table
+from phenoclip_bench import Table
 
 RANDOM = "random init"
 RAW = "raw features + LR"
