@@ -42,6 +42,21 @@ def test_components_beyond_the_rank_stay_zero_and_missing_dosages_add_nothing():
     assert torch.allclose(path.scores({DOSAGE: missing}), path.scores({DOSAGE: imputed}), atol=1e-5)
 
 
+def test_the_signal_path_keeps_one_component_per_four_training_patients_and_the_others_keep_their_rank():
+    """A spectrum per patient has nearly as many components as patients: the signal path keeps
+    N/4 of them (the rest stay zero, so the checkpoint's shapes do not depend on N)."""
+    rng = np.random.default_rng(2)
+    n = 40
+    spectra = np.abs(rng.normal(size=(n, 66)))
+    signal = PCAPath("signal", 66, 32, 8)
+    assert signal.fit(spectra) == n // 4
+    assert torch.all(signal.components[n // 4:] == 0) and torch.all(signal.components[:n // 4].abs().sum(1) > 0)
+    expr = PCAPath("expr", 66, 32, 8)
+    assert expr.fit(spectra) == 32                 # rank 39 > 32 components: all kept
+    small = PCAPath("signal", 66, 32, 8)
+    assert small.fit(spectra[:3]) == 1             # never fewer than one component
+
+
 def test_signal_path_reads_a_shift_invariant_spectrum_and_mri_is_pooled():
     x = torch.randn(3, 2, 64)
     shifted = torch.roll(x, 17, dims=-1)  # the training augmentation: a recording's start is arbitrary
