@@ -34,7 +34,6 @@ from phenoclip.train import distributed as dist_utils
 from phenoclip.train import workdir
 from phenoclip.finetune.experiment import Experiment
 from phenoclip.finetune.settings import FinetuneSettings
-from phenoclip.train.loop import Preempted
 
 __all__ = ["FinetuneSettings", "run_finetune"]
 
@@ -42,19 +41,10 @@ __all__ = ["FinetuneSettings", "run_finetune"]
 def run_finetune(s: FinetuneSettings) -> dict:
     """Run the label-fraction experiment and write the output folder ``s.out``; return metrics.json."""
     s.validate()
-    dist_utils.init_from_env("cpu")
-    if s.mode == "full":
-        workdir.prepare(s.out, s.fingerprint(), s.resume)
-    try:
+    with workdir.resumable_run(s.out, s.fingerprint(), s.resume, uses_work_folder=s.mode == "full"):
         result = _run(s)
-    except Preempted:
-        dist_utils.shutdown()  # every rank stopped at the same step (the loop decides together)
-        raise
-    except BaseException:
-        if s.mode == "full":
-            workdir.discard_if_unused(s.out)
-        raise
-    dist_utils.shutdown()
+    if dist_utils.rank() == 0:
+        _print_summary(result)
     return result
 
 
@@ -67,12 +57,7 @@ def _run(s: FinetuneSettings) -> dict:
         runs = [(f, r, m) for r in range(s.repeats) for f in s.fractions for m in exp.model_names]
         for fraction, repeat, name in track(runs, "fine-tuning", unit="fits"):
             rows.append(exp.fit_and_score(fraction, repeat, name))
-        result = exp.write_outputs(tmp, rows) if writer else exp.summarise(rows)
-    if s.mode == "full":
-        workdir.finish(s.out)
-    if writer:
-        _print_summary(result)
-    return result
+        return exp.write_outputs(tmp, rows) if writer else exp.summarise(rows)
 
 
 def _print_summary(result: dict) -> None:

@@ -32,7 +32,7 @@ from phenoclip.staging import staged_folder
 from phenoclip import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train import workdir
-from phenoclip.train.loop import LoopSettings, Preempted, train
+from phenoclip.train.loop import LoopSettings, train
 from phenoclip.segment.data import KIND, SegmentData, describe, summarise, three_way_split, write_metrics
 from phenoclip.segment.inference import evaluate
 from phenoclip.segment.predict import write_overlays
@@ -206,17 +206,6 @@ def run_segment_train(s: SegmentSettings, log=info) -> dict:
     train data-parallel and rank 0 alone writes.
     """
     s.validate()
-    dist_utils.init_from_env("cpu")
-    workdir.prepare(s.out, s.fingerprint(), s.resume)
-    try:
+    with workdir.resumable_run(s.out, s.fingerprint(), s.resume):
         with staged_folder(s.out) if dist_utils.rank() == 0 else contextlib.nullcontext() as tmp:
-            result = train_into(s, tmp, log)
-        workdir.finish(s.out)
-    except Preempted:
-        dist_utils.shutdown()  # every rank stopped at the same step (the loop decides together)
-        raise
-    except BaseException:
-        workdir.discard_if_unused(s.out)
-        raise
-    dist_utils.shutdown()
-    return result
+            return train_into(s, tmp, log)

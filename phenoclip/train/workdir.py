@@ -4,14 +4,16 @@ Their ``--out`` folder is staged and renamed at the end (:mod:`phenoclip.staging
 hold a checkpoint of unfinished training. Their training checkpoints go to ``.OUT.partial``
 beside ``--out`` instead, with ``settings.json`` (what must not change before ``--resume``); a
 stop signal leaves it for ``--resume``, success removes it. Under torchrun every rank checks and
-rank 0 alone writes.
+rank 0 alone writes. :func:`resumable_run` wraps a whole step in all of that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.progress import info
@@ -77,3 +79,33 @@ def discard_if_unused(out: str | Path) -> None:
     work = work_folder(out)
     if dist_utils.rank() == 0 and work.is_dir() and not any(work.rglob("model.safetensors")):
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def resumable_run(out: str | Path, fingerprint: dict, resume: bool, uses_work_folder: bool = True) -> Iterator[None]:
+    """A step that trains through the loop, from start to end: join torchrun's process group,
+    :func:`prepare` the work folder, run the body, then :func:`finish` (success), keep the work
+    folder (a stop signal: every rank stopped at the same step, ``--resume`` continues) or
+    :func:`discard_if_unused` (any other failure), and leave the process group.
+
+    ``uses_work_folder=False``: a run that keeps no checkpoint (finetune's probes) only joins and
+    leaves the process group.
+    """
+    # the loop imports torch; this module is imported by step settings the CLI reads at start-up
+    from phenoclip.train.loop import Preempted
+
+    dist_utils.init_from_env("cpu")
+    if uses_work_folder:
+        prepare(out, fingerprint, resume)
+    try:
+        yield
+        if uses_work_folder:
+            finish(out)
+    except Preempted:
+        dist_utils.shutdown()
+        raise
+    except BaseException:
+        if uses_work_folder:
+            discard_if_unused(out)
+        raise
+    dist_utils.shutdown()
