@@ -136,7 +136,7 @@ def _submit_and_follow(slurm: dict, tmp_path: Path, step: str, args: str, out: P
                              str(RECIPE)], env=env, capture_output=True, text=True, timeout=60)
     assert submit.returncode == 0, submit.stderr
     job = submit.stdout.strip().split(";")[0]
-    deadline, ended, history, state = time.time() + 900, 0, [], None
+    deadline, ended, history, state, held_since = time.time() + 900, 0, [], None, None
     while time.time() < deadline:
         fields = _job_fields(env, job)
         state, reason = fields.get("JobState"), fields.get("Reason")
@@ -153,12 +153,20 @@ def _submit_and_follow(slurm: dict, tmp_path: Path, step: str, args: str, out: P
         ended = ended + 1 if not queued and state not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED") else 0
         if (finished and ended) or ended >= 15:
             break
-        if state == "PENDING" and reason == "BeginTime":
-            # Slurm holds a requeued job for two minutes before it may start again: release it now,
-            # with a time limit the rest of the run fits in, so one signal, one requeue and one resume
-            # are tested however fast the machine is (at 2 minutes a slow one needed 4-5 requeues)
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now", "TimeLimit=20"], env=env,
-                           capture_output=True)
+        held = state == "PENDING" and reason == "BeginTime"
+        held_since = (held_since or time.time()) if held else None
+        if held and time.time() - held_since >= 10:
+            # Slurm holds a requeued job for two minutes (cred_expire) before it may start again:
+            # release it now. Not in the requeue's first seconds: slurmd refuses a launch whose
+            # credential is not newer than the revoked one ("Job credential revoked"; FAILED).
+            # After a stop that saved a checkpoint the rest of the run gets 20 minutes, so one
+            # signal, one requeue and one resume are tested however fast the machine is (at 2
+            # minutes a slow one needed 4-5 requeues). A signal that came before the workers listened
+            # (a loaded machine starts the recipe late) saved nothing: keep the 2-minute limit so
+            # that SLURM signals the restarted run again.
+            saved = bool(last) and "stopped (preempted)" in last[0]
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now",
+                            *(["TimeLimit=20"] if saved else [])], env=env, capture_output=True)
         time.sleep(2)
     text = log.read_text() if log.exists() else ""
     ctld = slurm["root"] / "log" / "slurmctld.log"
