@@ -37,8 +37,9 @@ MAX_MRI_FEATURES = 32 ** 3
 #: per 4 training patients: 128 components of the amplitude spectra of ~145 patients are nearly one
 #: axis per patient, a patient code that CLIP aligns with the other modalities' (held-out signal
 #: probe 0.61 against 0.97 out-of-fold on the pretraining patients). On the sample cohort (3 seeds,
-#: docs/experiments.md 2026-12-04) the cap lifted the signal probe by 0.015-0.046 at every label
-#: fraction and expr-hpo retrieval above PCA + CCA (MRR 0.427 against 0.405). The same cap cost MRI
+#: docs/experiments.md, "the signal path keeps one component per 4 training patients") the cap
+#: lifted the signal probe by 0.015-0.046 at every label fraction and expr-hpo retrieval above
+#: PCA + CCA (MRR 0.427 against 0.405). The same cap cost MRI
 #: (its components are population directions) and genotypes, so they keep every component.
 PATIENTS_PER_COMPONENT = {"signal": 4}
 
