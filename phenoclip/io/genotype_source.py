@@ -116,6 +116,14 @@ class VariantBlock:
         self.ref.append(ref)
         self.alt.append(alt)
 
+    def extend(self, chrom: list[str], pos: list[int], vid: list[str | None], ref: list[str],
+               alt: list[str]) -> None:
+        """:meth:`add` for many rows at once (columns of equal length)."""
+        self.chrom += chrom
+        self.pos += pos
+        self.id += [v or f"{c}:{p}:{r}:{a}" for c, p, v, r, a in zip(chrom, pos, vid, ref, alt)]
+        self.ref += ref
+        self.alt += alt
 
 
 

@@ -229,10 +229,10 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
             raw[n:n + total] = np.repeat(b.gt[sel], reps, axis=0)
             starts = np.repeat(np.cumsum(reps) - reps, reps)
             allele_index[n:n + total] = np.arange(total) - starts + 1
-            for s_ in sel.tolist():
-                chrom, pos, ref, vid = b.chrom[s_], b.pos[s_], b.ref[s_], b.id[s_]
-                for alt in b.alts[s_]:
-                    block.add(chrom, pos, vid, ref, alt)
+            # one output row per ALT allele, in file order
+            out = [(k, alt) for k in sel.tolist() for alt in b.alts[k]]
+            block.extend([b.chrom[k] for k, _ in out], [b.pos[k] for k, _ in out], [b.id[k] for k, _ in out],
+                         [b.ref[k] for k, _ in out], [alt for _, alt in out])
             block.n_sites += take
             block.n_multiallelic += int(np.count_nonzero(reps > 1))
             n += total
