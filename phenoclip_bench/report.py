@@ -34,6 +34,8 @@ SPEED_RATIOS = [
      lambda v: v > 1),
     ("pretrain", "transformer_over_ours_seconds_L*",
      "selective scan at L={L}: TransformerEncoderLayer / ours (x)", "> 1 from 16k", lambda v: v > 1),
+    ("pretrain", "ssd_over_ours_seconds_L*",
+     "selective scan at L={L}: Mamba-2 chunked SSD (pure PyTorch) / ours (x)", "> 1", lambda v: v > 1),
     ("pretrain", "data_wait_share_tiny", "pretraining (tiny): share of step time waiting for data", "< 10 %",
      lambda v: v < 0.10),
     ("retrieve", "retrieve_speed/ours_over_faiss", "exact top-10 search: ours / faiss IndexFlatIP (x queries/s)",

@@ -10,7 +10,12 @@ batch_first=True)`` in training mode on (batch, L, d_model): without dropout PyT
 fused scaled-dot-product attention on the CPU, which never holds the L x L matrix (its default
 dropout of 0.1 forces the path that does: 14 s and 2.1 GB at L = 4,096 against 0.93 s and 49 MB),
 so the comparison is against attention's fastest CPU path. Its time still grows as L^2; a case
-that would exceed the timeout is stopped and reported so. Seconds are the best of 3 passes
+that would exceed the timeout is stopped and reported so. The SSD case is Mamba-2's chunked scan
+in pure PyTorch, mamba-ssm's own ``ssd_minimal_discrete`` (the paper's Listing 1), on the same
+d_inner split into heads of :data:`SSD_HEADDIM` with state size 16 and chunks of
+:data:`SSD_CHUNK` (the fastest of 64 / 128 / 256 here at L = 4,096): a different model (a scalar
+decay per head instead of a diagonal one per channel), the strongest pure-PyTorch
+linear-time scan there is to set ours against. Seconds are the best of 3 passes
 (ours), 2 (transformer; 1 above L = 16k) or 1 (mamba-ssm's reference, minutes at L = 4096).
 """
 
@@ -25,6 +30,8 @@ import time
 from pathlib import Path
 
 D_STATE = 16
+SSD_HEADDIM = 64  # Mamba-2's default head width
+SSD_CHUNK = 64
 REF_MAX_L = 4096  # mamba-ssm's reference backward is quadratic: minutes at 4k, hours at 64k
 
 
@@ -51,6 +58,24 @@ def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, thre
 
         def run(x):
             layer(x).sum().backward()
+    elif method == "ssd":
+        import types
+
+        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+        from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
+
+        heads = 2 * d_model // SSD_HEADDIM
+
+        def make(n):
+            n = -(-n // SSD_CHUNK) * SSD_CHUNK  # whole chunks
+            dt = torch.exp(torch.rand(batch, n, heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            return (torch.randn(batch, n, heads, SSD_HEADDIM) * dt[..., None], -dt,
+                    torch.randn(batch, n, heads, D_STATE), torch.randn(batch, n, heads, D_STATE))
+
+        def run(*args):
+            for t in args:
+                t.requires_grad_()
+            ssd_minimal_discrete(*args, block_len=SSD_CHUNK)[0].sum().backward()
     else:
         if method == "ours":
             from phenoclip.ops.scan import selective_scan as fn
@@ -89,7 +114,7 @@ def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, thre
 def _measure(method: str, L: int, batch: int, d_model: int, timeout: float, repeats: int = 1,
              threads: int = 0) -> tuple[float | None, float | None, str]:
     code = f"from phenoclip_bench.scan import _child; _child({method!r}, {L}, {batch}, {d_model}, {repeats}, {threads})"
-    root = str(Path(__file__).resolve().parents[2])  # the child imports this phenoclip, installed or not
+    root = str(Path(__file__).resolve().parents[1])  # the child imports this phenoclip, installed or not
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
@@ -107,7 +132,8 @@ def scan_benchmark(lengths=(1024, 4096, 16384, 65536), batch: int = 2, d_model: 
 
     Returns ``rows`` of ``[method, L, seconds, peak_MB, note]`` (seconds and peak None when a
     case is skipped or fails, the note says why) and ``ratios``: ``ref_over_ours_*`` at the
-    longest length both ran (4096), ``transformer_over_ours_*_L{L}`` per length both ran.
+    longest length both ran (4096), ``transformer_over_ours_*_L{L}`` and ``ssd_over_ours_*_L{L}`` per
+    length both ran.
     Quick mode measures L = 1024 and 2048 only. ``threads`` > 0 sets torch's thread count in
     every case (1 gives steadier figures on a machine shared with other jobs); 0 keeps torch's.
     """
@@ -123,6 +149,8 @@ def scan_benchmark(lengths=(1024, 4096, 16384, 65536), batch: int = 2, d_model: 
             rows.append(["mamba_ssm selective_scan_ref", L, None, None,
                          "skipped: quadratic backward (16x the time per 4x length)"
                          + (" (--quick: 1k only)" if quick and L <= REF_MAX_L else ", far over 120 s")])
+        rows.append(["mamba_ssm ssd_minimal (Mamba-2, chunked)", L,
+                     *_measure("ssd", L, batch, d_model, timeout, 2 if L <= 16384 else 1, threads)])
         rows.append(["TransformerEncoderLayer", L, *_measure("transformer", L, batch, d_model, timeout,
                                                              2 if L <= 16384 else 1, threads)])
     return rows, _ratios(rows)
@@ -135,7 +163,7 @@ def _ratios(rows: list[list]) -> dict:
         ours = by.get(("ours", L))
         if method == "ours" or ours is None:
             continue
-        key = "ref" if method.startswith("mamba") else "transformer"
+        key = "ssd" if "ssd" in method else "ref" if method.startswith("mamba") else "transformer"
         ratios[f"{key}_over_ours_seconds_L{L}"] = round(r[2] / ours[2], 2)
         if ours[3] and r[3]:
             ratios[f"{key}_over_ours_peak_mb_L{L}"] = round(r[3] / ours[3], 2)

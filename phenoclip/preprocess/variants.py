@@ -296,13 +296,27 @@ def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, s
             w.per_sample("expected_dosage", shape=(n_samples, n_var), dtype=np.float32, fillvalue=np.nan,
                          attrs={"meaning": "expected copies of the ALT allele from the BGEN probabilities; "
                                            "NaN missing"})
-        dos_buf = np.empty((_WRITE_BATCH, n_var), dtype=np.int8)
-        hap_buf = np.empty((_WRITE_BATCH, 2, n_var), dtype=np.int8) if phased else None
-        exp_buf = np.empty((_WRITE_BATCH, n_var), dtype=np.float32) if expected else None
-        with Progress("writing store", n_samples, "samples") as bar:
-            for s0 in range(0, n_samples, _WRITE_BATCH):
+        # two sets of batch buffers: a writer thread compresses and writes one batch while this
+        # thread transposes the next into the other set
+        bufs = [(np.empty((_WRITE_BATCH, n_var), dtype=np.int8),
+                 np.empty((_WRITE_BATCH, 2, n_var), dtype=np.int8) if phased else None,
+                 np.empty((_WRITE_BATCH, n_var), dtype=np.float32) if expected else None) for _ in range(2)]
+
+        def write(s0: int, n: int, dos_buf, hap_buf, exp_buf) -> None:
+            w.write_rows("dosage", s0, dos_buf[:n], threads=threads)
+            if exp_buf is not None:
+                w.write_rows("expected_dosage", s0, exp_buf[:n], threads=threads)
+            if hap_buf is not None:
+                w.write_rows("haplotypes", s0, hap_buf[:n], threads=threads)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with Progress("writing store", n_samples, "samples") as bar, ThreadPoolExecutor(max_workers=1) as writer:
+            pending = None
+            for batch, s0 in enumerate(range(0, n_samples, _WRITE_BATCH)):
                 s1 = min(n_samples, s0 + _WRITE_BATCH)
                 if n_var:
+                    dos_buf, hap_buf, exp_buf = bufs[batch % 2]
                     col = 0
                     for b in blocks:
                         n = len(b)
@@ -312,12 +326,12 @@ def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, s
                         if exp_buf is not None:
                             exp_buf[: s1 - s0, col:col + n] = b.expected[:, s0:s1].T
                         col += n
-                    w.write_rows("dosage", s0, dos_buf[: s1 - s0], threads=threads)
-                    if exp_buf is not None:
-                        w.write_rows("expected_dosage", s0, exp_buf[: s1 - s0], threads=threads)
-                    if hap_buf is not None:
-                        w.write_rows("haplotypes", s0, hap_buf[: s1 - s0], threads=threads)
+                    if pending is not None:
+                        pending.result()  # the other buffer set is free again (and a write error surfaces here)
+                    pending = writer.submit(write, s0, s1 - s0, dos_buf, hap_buf, exp_buf)
                 bar.advance(s1 - s0)
+            if pending is not None:
+                pending.result()
         if pgs is not None:
             # a part keeps its float64 sums so that a merge adds them before rounding to float32
             w.per_sample("pgs", pgs.values.astype(np.float64 if "num_parts" in attrs else np.float32),

@@ -194,3 +194,16 @@ def test_benchmark_case_and_ratios():
     rows = [["ours", 64, 0.5, 10.0, ""], ["mamba_ssm selective_scan_ref", 64, 5.0, 30.0, ""],
             ["TransformerEncoderLayer", 64, None, None, "skipped"]]
     assert _ratios(rows) == {"ref_over_ours_seconds_L64": 10.0, "ref_over_ours_peak_mb_L64": 3.0}
+
+
+def test_the_ssd_reference_runs_and_gets_its_own_ratio():
+    """Mamba-2's chunked scan (mamba-ssm's pure-PyTorch ssd_minimal) as a speed reference: a case
+    that really runs forward + backward, and ratios kept apart from the Mamba-1 reference's."""
+    from phenoclip_bench.scan import SSD_CHUNK, _measure, _ratios
+
+    seconds, peak_mb, note = _measure("ssd", 2 * SSD_CHUNK, 1, 64, timeout=300)
+    assert note == "" and seconds > 0 and peak_mb >= 0
+    rows = [["ours", 64, 0.5, 10.0, ""], ["mamba_ssm ssd_minimal (Mamba-2, chunked)", 64, 0.25, 20.0, ""],
+            ["mamba_ssm selective_scan_ref", 64, 5.0, 30.0, ""]]
+    assert _ratios(rows) == {"ssd_over_ours_seconds_L64": 0.5, "ssd_over_ours_peak_mb_L64": 2.0,
+                             "ref_over_ours_seconds_L64": 10.0, "ref_over_ours_peak_mb_L64": 3.0}
