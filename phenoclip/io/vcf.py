@@ -226,7 +226,10 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
             sel = rows[i:i + take]
             reps = n_alt[sel]
             total = int(cum[take - 1])
-            raw[n:n + total] = np.repeat(b.gt[sel], reps, axis=0)
+            if total == take:  # biallelic sites only: one copy, straight into the buffer
+                np.take(b.gt, sel, axis=0, out=raw[n:n + total])
+            else:
+                raw[n:n + total] = np.repeat(b.gt[sel], reps, axis=0)
             starts = np.repeat(np.cumsum(reps) - reps, reps)
             allele_index[n:n + total] = np.arange(total) - starts + 1
             # one output row per ALT allele, in file order
