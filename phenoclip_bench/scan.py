@@ -35,6 +35,14 @@ SSD_CHUNK = 64
 REF_MAX_L = 4096  # mamba-ssm's reference backward is quadratic: minutes at 4k, hours at 64k
 
 
+def _stub_cuda_extension() -> None:
+    """Let ``import mamba_ssm`` succeed without its compiled CUDA extension: the benchmark only
+    calls mamba-ssm's pure-PyTorch code."""
+    import types
+
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+
+
 def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, threads: int = 0) -> None:
     """Build the inputs, warm up, run forward + backward ``repeats`` times; print a JSON line.
 
@@ -59,9 +67,7 @@ def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, thre
         def run(x):
             layer(x).sum().backward()
     elif method == "ssd":
-        import types
-
-        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+        _stub_cuda_extension()
         from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
 
         heads = 2 * d_model // SSD_HEADDIM
@@ -80,9 +86,7 @@ def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, thre
         if method == "ours":
             from phenoclip.ops.scan import selective_scan as fn
         else:
-            import types
-
-            sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+            _stub_cuda_extension()
             from mamba_ssm.ops.selective_scan_interface import selective_scan_ref as fn
         d = 2 * d_model
         A = -torch.arange(1, D_STATE + 1, dtype=torch.float32).repeat(d, 1)  # Mamba's S4D-real init

@@ -108,11 +108,16 @@ class VariantBlock:
     def __len__(self) -> int:
         return len(self.pos)
 
+    @staticmethod
+    def variant_id(chrom: str, pos: int, vid: str | None, ref: str, alt: str) -> str:
+        """The ID a row is stored under: the file's, or ``CHROM:POS:REF:ALT`` where it has none."""
+        return vid or f"{chrom}:{pos}:{ref}:{alt}"
+
     def add(self, chrom: str, pos: int, vid: str | None, ref: str, alt: str) -> None:
-        """Append one output variant's table row; a missing ID becomes ``CHROM:POS:REF:ALT``."""
+        """Append one output variant's table row (ID: :meth:`variant_id`)."""
         self.chrom.append(chrom)
         self.pos.append(pos)
-        self.id.append(vid or f"{chrom}:{pos}:{ref}:{alt}")
+        self.id.append(self.variant_id(chrom, pos, vid, ref, alt))
         self.ref.append(ref)
         self.alt.append(alt)
 
@@ -121,7 +126,7 @@ class VariantBlock:
         """:meth:`add` for many rows at once (columns of equal length)."""
         self.chrom += chrom
         self.pos += pos
-        self.id += [v or f"{c}:{p}:{r}:{a}" for c, p, v, r, a in zip(chrom, pos, vid, ref, alt)]
+        self.id += list(map(self.variant_id, chrom, pos, vid, ref, alt))
         self.ref += ref
         self.alt += alt
 
