@@ -56,11 +56,37 @@ class BatchDraws:
         return self
 
 
+class _RowStream:
+    """One row's generators at one step: a CPU generator, and one per accelerator the row draws on,
+    all seeded alike. Each is consumed in call order; which one a draw takes depends only on where
+    the tensor lives, so a row draws the same on every rank and at every batch position."""
+
+    __slots__ = ("seed", "cpu", "_on")
+
+    def __init__(self, generator: torch.Generator):
+        self.cpu, self.seed, self._on = generator, generator.initial_seed(), {}
+
+    def on(self, device: torch.device) -> torch.Generator:
+        if device.type == "cpu":
+            return self.cpu
+        g = self._on.get(device)
+        if g is None:
+            g = self._on[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return g
+
+
 class RowDraws:
-    """One CPU generator per batch row; every draw of shape ``(n, ...)`` takes row ``i`` from generator ``i``."""
+    """One generator per batch row; every draw of shape ``(n, ...)`` takes row ``i`` from generator ``i``.
+
+    On the CPU the rows draw from the CPU generators given. A draw asked for on an accelerator
+    (``device=``) is made there, row by row, from a generator of that device seeded like the row's
+    CPU one: drawing a pretraining batch's dropout masks on the CPU and copying them over cost the
+    paper preset about 12 s a step on a GPU (4.7 samples/s on an H200).
+    """
 
     def __init__(self, generators: list[torch.Generator]):
         self.generators = generators
+        self._streams = [_RowStream(g) for g in generators]
 
     @classmethod
     def for_batch(cls, step_key: int, sample_ids: Sequence[str]) -> "RowDraws":
@@ -71,28 +97,40 @@ class RowDraws:
     def __len__(self) -> int:
         return len(self.generators)
 
-    def _stack(self, shape: Sequence[int], device, draw) -> torch.Tensor:
+    def _stack(self, shape: Sequence[int], device, draw, fill, dtype=torch.float32) -> torch.Tensor:
         shape = tuple(shape)
         if not shape or shape[0] != len(self.generators):
             raise ValueError(f"a per-row draw needs shape (rows={len(self.generators)}, ...), got {shape}")
         if not self.generators:
             return _to(draw(shape, None), device)
-        return _to(torch.stack([draw(shape[1:], g) for g in self.generators]), device)
+        where = torch.device(device) if device is not None else None
+        if where is None or where.type == "cpu":
+            return _to(torch.stack([draw(shape[1:], g) for g in self.generators]), device)
+        out = torch.empty(shape, device=where, dtype=dtype)
+        for row, stream in zip(out, self._streams):
+            fill(row, stream.on(where))
+        return out
 
     def rand(self, shape: Sequence[int], device=None) -> torch.Tensor:
-        return self._stack(shape, device, lambda s, g: torch.rand(s, generator=g))
+        return self._stack(shape, device, lambda s, g: torch.rand(s, generator=g),
+                           lambda row, g: row.uniform_(0.0, 1.0, generator=g))
 
     def randn(self, shape: Sequence[int], device=None) -> torch.Tensor:
-        return self._stack(shape, device, lambda s, g: torch.randn(s, generator=g))
+        return self._stack(shape, device, lambda s, g: torch.randn(s, generator=g),
+                           lambda row, g: row.normal_(0.0, 1.0, generator=g))
 
     def randint(self, low: int, high: int, shape: Sequence[int], device=None) -> torch.Tensor:
-        return self._stack(shape, device, lambda s, g: torch.randint(low, high, s, generator=g))
+        return self._stack(shape, device, lambda s, g: torch.randint(low, high, s, generator=g),
+                           lambda row, g: row.random_(low, high, generator=g), dtype=torch.int64)
 
     def rows(self, keep: torch.Tensor) -> "RowDraws":
         """The generators of the rows ``keep`` selects (bool mask or indices), shared, not copied."""
         index = torch.as_tensor(keep).cpu()
         index = torch.nonzero(index).flatten() if index.dtype == torch.bool else index.flatten()
-        return RowDraws([self.generators[i] for i in index.tolist()])
+        picked = RowDraws.__new__(RowDraws)
+        picked.generators = [self.generators[i] for i in index.tolist()]
+        picked._streams = [self._streams[i] for i in index.tolist()]
+        return picked
 
 
 Draws = Union[BatchDraws, RowDraws]

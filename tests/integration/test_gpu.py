@@ -101,3 +101,18 @@ def test_the_mamba_encoder_uses_the_kernel_on_cuda(monkeypatch):
     y = block(torch.randn(2, 50, 32, device="cuda"))
     y.sum().backward()
     assert calls and torch.isfinite(y).all()
+
+
+def test_row_draws_on_cuda_follow_the_patient_and_stay_on_the_device():
+    from phenoclip.ops.draws import RowDraws
+
+    a = RowDraws.for_batch(7, ["p1", "p2", "p3"])
+    b = RowDraws.for_batch(7, ["p3", "p1"])
+    x, y = a.rand((3, 500, 64), device="cuda"), b.rand((2, 500, 64), device="cuda")
+    assert x.device.type == "cuda" and torch.equal(x[0], y[1]) and torch.equal(x[2], y[0])
+    assert not torch.equal(x[0], x[1]) and 0.49 < float(x.mean()) < 0.51
+    n = a.randint(0, 50, (3, 1000), device="cuda")
+    assert n.dtype == torch.int64 and int(n.min()) == 0 and int(n.max()) == 49
+    assert torch.equal(n[0], b.randint(0, 50, (2, 1000), device="cuda")[1])
+    # the CPU streams are untouched by draws made on the GPU
+    assert torch.equal(a.rand((3, 4))[1], RowDraws.for_batch(7, ["p2"]).rand((1, 4))[0])
