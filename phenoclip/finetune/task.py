@@ -62,5 +62,5 @@ class FinetuneTask(nn.Module):
             loss = nn.functional.mse_loss(out[:, 0], y.to(out.dtype))
         return loss, {"loss": float(loss.detach())}
 
-    def after_step(self, progress: float) -> None:
+    def after_step(self, progress: float, lr: float) -> None:
         pass

@@ -226,18 +226,27 @@ class DosageMLP(Encoder):
     then every mean is 1 (allele frequency 0.5). ``input_key`` selects another ``(B, V)``
     entry of the sub-dict. There are no tokens: ``n_tokens`` is 1 and masking is refused
     (corrupt the input instead, as SCARF and VIME do).
+
+    ``l1`` > 0 puts an L1 penalty on the first layer's weights (the ones each variant feeds),
+    applied as a proximal step after each optimizer step (:meth:`proximal_step`, which
+    pretraining calls): weights within ``lr * l1`` of zero become exactly zero, so most variants
+    drop out of the network, as in DietNetworks' sparse first layer. With thousands of variants and
+    a few hundred patients the unpenalised layer memorises the training patients instead.
     """
 
     supports_token_mask = False
 
     def __init__(self, n_variants: int, width: int = 64, hidden: Sequence[int] = (256,), norm: str = "batch",
-                 dropout: float = 0.0, input_key: str = DOSAGE):
+                 dropout: float = 0.0, l1: float = 0.0, input_key: str = DOSAGE):
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         check_positive(n_variants=n_variants, width=width, **{f"hidden[{i}]": h for i, h in enumerate(hidden)})
         check_dropout(dropout)
+        if not (l1 >= 0 and math.isfinite(l1)):
+            raise ValueError(f"l1 must be a finite number >= 0, got {l1}")
         self.config = json_config(n_variants=n_variants, width=width, hidden=hidden, norm=norm, dropout=dropout,
-                                  input_key=input_key)
+                                  l1=float(l1), input_key=input_key)
+        self.l1 = float(l1)
         self.width, self.n_tokens, self.n_variants, self.input_key = width, 1, n_variants, input_key
         self.net = mlp([n_variants, *hidden, width], norm=norm, dropout=dropout)
         self.register_buffer("column_mean", torch.ones(n_variants))
@@ -255,6 +264,13 @@ class DosageMLP(Encoder):
         if m.shape != (self.n_variants,):
             raise ValueError(f"column means must have shape ({self.n_variants},), got {tuple(m.shape)}")
         self.column_mean.copy_(m)
+
+    @torch.no_grad()
+    def proximal_step(self, lr: float) -> None:
+        """Soft-threshold the first layer's weights by ``lr * l1`` (the proximal map of the L1 penalty)."""
+        if self.l1 > 0:
+            w = self.net[0].weight
+            w.copy_(torch.sign(w) * torch.clamp(w.abs() - lr * self.l1, min=0.0))
 
     def forward_features(self, inputs: dict, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if token_mask is not None:

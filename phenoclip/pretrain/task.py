@@ -256,9 +256,12 @@ class PretrainTask(nn.Module):
 
     # ------------------------------------------------------------------ after each optimizer step
     @torch.no_grad()
-    def after_step(self, progress: float) -> None:
+    def after_step(self, progress: float, lr: float) -> None:
         # keep the temperature in range like open_clip: the loss clamps, the parameter is clamped too
         self.model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+        for enc in self.model.encoders.values():
+            if hasattr(enc, "proximal_step"):
+                enc.proximal_step(lr)  # L1 on the weights each input feeds (DosageMLP's l1)
         if hasattr(self, "byol_target"):
             # cosine schedule from byol_tau to 1 over training (BYOL)
             tau = 1 - (1 - self.cfg.byol_tau) * (math.cos(math.pi * min(1.0, progress)) + 1) / 2

@@ -109,5 +109,5 @@ class SegmentTask(nn.Module):
             terms = self.loss_fn(self.model.forward_volumes(x, v), y)
         return terms.loss, {k: float(getattr(terms, k).detach()) for k in ("loss", "dice", "ce")}
 
-    def after_step(self, progress: float) -> None:
+    def after_step(self, progress: float, lr: float) -> None:
         pass

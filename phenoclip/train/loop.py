@@ -64,7 +64,7 @@ class Task(Protocol):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def after_step(self, progress: float) -> None: ...
+    def after_step(self, progress: float, lr: float) -> None: ...
 
     def parameters(self): ...
 
@@ -223,8 +223,9 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
                 if settings.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
                 optimizer.step()
+                lr = optimizer.param_groups[0]["lr"]  # the step's own rate, before the schedule moves on
                 scheduler.step()
-                task.after_step((epoch * n_steps + step_in_epoch + 1) / total)
+                task.after_step((epoch * n_steps + step_in_epoch + 1) / total, lr)
                 step_in_epoch += 1
                 steps_done += 1
                 n_seen += len(batch["sample_ids"])

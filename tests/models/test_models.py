@@ -177,7 +177,26 @@ def test_mlp_refuses_token_masks():
         enc.forward_tokens(_dosage(10), torch.zeros(B, 1, dtype=torch.bool))
 
 
+def test_the_dosage_mlps_l1_step_soft_thresholds_the_first_layer_only():
+    torch.manual_seed(0)
+    enc = DosageMLP(20, width=8, hidden=(16,), l1=0.5)
+    first, later = enc.net[0].weight.detach().clone(), enc.net[-1].weight.detach().clone()
+    enc.proximal_step(lr=0.2)                      # threshold 0.1
+    w = enc.net[0].weight
+    small = first.abs() <= 0.1
+    assert small.any() and (~small).any()
+    assert torch.all(w[small] == 0)
+    assert torch.allclose(w[~small], first[~small] - 0.1 * torch.sign(first[~small]))
+    assert torch.equal(enc.net[-1].weight, later)
+    assert enc.config["l1"] == 0.5
+    off = DosageMLP(20, width=8, hidden=(16,))
+    before = off.net[0].weight.detach().clone()
+    off.proximal_step(lr=0.2)
+    assert torch.equal(off.net[0].weight, before)
+
+
 BAD = {
+    "mlp negative l1": lambda: DosageMLP(10, l1=-0.1),
     "heads do not divide width": lambda: VariantTransformer(10, width=18, heads=4),
     "non-positive variants": lambda: VariantTransformer(0),
     "odd width for positions": lambda: VariantTransformer(10, width=15, heads=3),
