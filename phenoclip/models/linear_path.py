@@ -40,10 +40,9 @@ MAX_MRI_FEATURES = 32 ** 3
 #: docs/experiments.md, "the signal path keeps one component per 4 training patients") the cap
 #: lifted the signal probe by 0.015-0.046 at every label fraction and expr-hpo retrieval above
 #: PCA + CCA (MRR 0.427 against 0.405). The same cap cost MRI (its components are population
-#: directions), so it keeps every component. Genotypes take the cap together with the dosage MLP's
-#: L1 first layer (tiny preset): uncapped, the gene path scored 0.823 out-of-fold against 0.517
-#: held out on seed 0; capped, 0.60-0.63 against 0.53-0.57 (docs/experiments.md, 2026-12-04 evening).
-PATIENTS_PER_COMPONENT = {"signal": 4, "gene": 4}
+#: directions) and genotypes, so they keep every component; capping genotypes only pays together
+#: with an L1 first layer for the dosage MLP, which is not the default (DosageMLPConfig.l1).
+PATIENTS_PER_COMPONENT = {"signal": 4}
 
 
 def mri_pool_factor(volume_shape) -> int:

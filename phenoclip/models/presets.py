@@ -177,12 +177,11 @@ TINY = Preset(
     # logistic regression on the raw genes at label fractions >= 0.2 (AUROC 0.986 vs 0.995, 3 seeds)
     name="tiny", embed_dim=64, projection_hidden=64, default_arch={**_DEFAULT_ARCH, "gene": "mlp"},
     gene_transformer=VariantTransformerConfig(width=32, depth=2, heads=4, mlp_ratio=2.0, patch=16),
-    # l1: a proximal L1 step on the first layer after each AdamW step (DosageMLP.proximal_step).
-    # Unpenalised, the MLP memorised the training patients (gene probe AUROC 0.96 out-of-fold on
-    # them against 0.57 held out, seed 0) and cost the fused probe 0.01-0.03; 0.3 still memorised,
-    # 0.5 halfway (0.91 / 0.54), 0.7 mostly not (0.72 / 0.53), 1.0 switched the deep path off
-    # (docs/experiments.md, 2026-12-04)
-    gene_mlp=DosageMLPConfig(width=64, hidden=(128,), dropout=0.1, l1=0.6),
+    # no L1 on the first layer (DosageMLPConfig.l1): it stops the MLP memorising its training
+    # patients, but at the strength that does (0.5-0.7) the hopeless genotype pairs pushed the
+    # shared CLIP temperature up and cost every other pair (expr-mri MRR 0.47 -> 0.22, MRI probe
+    # 0.80 -> 0.68; docs/experiments.md, 2026-12-04 night)
+    gene_mlp=DosageMLPConfig(width=64, hidden=(128,), dropout=0.1),
     gene_mamba=VariantMambaConfig(width=32, depth=2, patch=16, d_state=8),
     expr_mamba=ExpressionMambaConfig(width=32, depth=2, patch=4, d_state=8),
     expr_mlp=TabularMLPConfig(width=64, hidden=(128, 128)),

@@ -35,8 +35,8 @@ def test_components_beyond_the_rank_stay_zero_and_missing_dosages_add_nothing():
     assert values.fit(dos) == 5                    # 6 patients: rank 5 after centring
     assert torch.all(values.components[5:] == 0)
     path = PCAPath("gene", 50, 10, 4)
-    assert path.fit(dos) == 1                      # genotypes: one component per 4 patients, at least one
-    assert torch.all(path.components[1:] == 0)
+    assert path.fit(dos) == 5                      # genotypes keep every component too
+    assert torch.all(path.components[5:] == 0)
     row = torch.as_tensor(dos[:1], dtype=torch.float32)
     missing = row.clone()
     missing[0, :10] = -1                           # missing calls sit at the training mean
@@ -45,7 +45,7 @@ def test_components_beyond_the_rank_stay_zero_and_missing_dosages_add_nothing():
     assert torch.allclose(path.scores({DOSAGE: missing}), path.scores({DOSAGE: imputed}), atol=1e-5)
 
 
-def test_the_signal_and_gene_paths_keep_one_component_per_four_training_patients_the_others_their_rank():
+def test_the_signal_path_keeps_one_component_per_four_training_patients_and_the_others_keep_their_rank():
     """A spectrum per patient has nearly as many components as patients: the signal path keeps
     N/4 of them (the rest stay zero, so the checkpoint's shapes do not depend on N)."""
     rng = np.random.default_rng(2)
@@ -57,7 +57,7 @@ def test_the_signal_and_gene_paths_keep_one_component_per_four_training_patients
     expr = PCAPath("expr", 66, 32, 8)
     assert expr.fit(spectra) == 32                 # rank 39 > 32 components: all kept
     gene = PCAPath("gene", 66, 32, 8)
-    assert gene.fit(spectra) == n // 4             # genotypes take the same cap
+    assert gene.fit(spectra) == 32                 # genotypes are not capped
     small = PCAPath("signal", 66, 32, 8)
     assert small.fit(spectra[:3]) == 1             # never fewer than one component
 
