@@ -178,9 +178,9 @@ TINY = Preset(
     name="tiny", embed_dim=64, projection_hidden=64, default_arch={**_DEFAULT_ARCH, "gene": "mlp"},
     gene_transformer=VariantTransformerConfig(width=32, depth=2, heads=4, mlp_ratio=2.0, patch=16),
     # no L1 on the first layer (DosageMLPConfig.l1): it stops the MLP memorising its training
-    # patients, but at the strength that does (0.5-0.7) the hopeless genotype pairs pushed the
-    # shared CLIP temperature up and cost every other pair (expr-mri MRR 0.47 -> 0.22, MRI probe
-    # 0.80 -> 0.68; docs/experiments.md, 2026-12-04 night)
+    # patients, but at the strength that does (0.5-0.7) every pair without genotypes lost too
+    # (expr-mri MRR 0.47 -> 0.22-0.27 on seed 0; MRI probe 0.80 -> 0.68 over 3 seeds), with the
+    # CLIP temperature held fixed as well (docs/experiments.md, 2026-12-04 night)
     gene_mlp=DosageMLPConfig(width=64, hidden=(128,), dropout=0.1),
     gene_mamba=VariantMambaConfig(width=32, depth=2, patch=16, d_state=8),
     expr_mamba=ExpressionMambaConfig(width=32, depth=2, patch=4, d_state=8),
