@@ -69,6 +69,8 @@ class _RowStream:
     def on(self, device: torch.device) -> torch.Generator:
         if device.type == "cpu":
             return self.cpu
+        if device.index is None and device.type == "cuda":  # "cuda" and "cuda:0" are one stream
+            device = torch.device("cuda", torch.cuda.current_device())
         g = self._on.get(device)
         if g is None:
             g = self._on[device] = torch.Generator(device=device).manual_seed(self.seed)

@@ -116,3 +116,7 @@ def test_row_draws_on_cuda_follow_the_patient_and_stay_on_the_device():
     assert torch.equal(n[0], b.randint(0, 50, (2, 1000), device="cuda")[1])
     # the CPU streams are untouched by draws made on the GPU
     assert torch.equal(a.rand((3, 4))[1], RowDraws.for_batch(7, ["p2"]).rand((1, 4))[0])
+    # "cuda" and "cuda:0" name one device, so one stream
+    one, two = RowDraws.for_batch(9, ["p1"]), RowDraws.for_batch(9, ["p1"])
+    mixed = torch.cat([one.rand((1, 4), device="cuda"), one.rand((1, 4), device=f"cuda:{torch.cuda.current_device()}")])
+    assert torch.equal(mixed, torch.cat([two.rand((1, 4), device="cuda"), two.rand((1, 4), device="cuda")]))
