@@ -33,9 +33,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from phenoclip import __version__
 from phenoclip.errors import InconsistentInputError, InputMissingError, MalformedInputError, OutputError
+from phenoclip.memory import require_memory
 from phenoclip.staging import pid_alive
 
 MODEL_FILE = "model.safetensors"
@@ -133,8 +136,6 @@ def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, con
 
 
 def _write_files(tmp: Path, model, config, state, optimizer, scheduler, generators) -> None:
-    from safetensors.torch import save_file
-
     # safetensors refuses shared storage; contiguous clones keep tied weights loadable
     # (copied to the CPU: a checkpoint written on a GPU loads on a laptop as it is)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -213,8 +214,6 @@ def build_checked(directory: str | os.PathLike, build: Callable[[], torch.nn.Mod
     not belong to its weights (exit 5); then the size is checked against available memory, and
     only then is the model built for real.
     """
-    from phenoclip.memory import require_memory
-
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     try:
@@ -293,9 +292,6 @@ def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: b
     ``prefix`` selects a sub-module's tensors (``"model."``: the multimodal model inside a
     pretraining task), stripped before loading.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     recover(directory)
     path = Path(directory) / MODEL_FILE
     if not path.exists():
@@ -316,8 +312,6 @@ def load_weights(directory: str | os.PathLike, model: torch.nn.Module, strict: b
 def load_training_state(directory: str | os.PathLike, optimizer=None, scheduler=None,
                         generators: dict[str, torch.Generator] | None = None) -> dict:
     """Restore optimizer, scheduler and RNG states; return ``state.json``."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     state = read_state(directory)
     if optimizer is not None and (directory / OPTIMIZER_FILE).exists():
@@ -342,8 +336,6 @@ def load_training_state(directory: str | os.PathLike, optimizer=None, scheduler=
 
 def write_data_stats(directory: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
     """Write ``data_stats.safetensors`` (float32 arrays) into an existing checkpoint directory."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     tmp = directory / f".{DATA_STATS_FILE}.tmp-{os.getpid()}"
     save_file({k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}, str(tmp))
@@ -352,9 +344,6 @@ def write_data_stats(directory: str | os.PathLike, tensors: dict[str, np.ndarray
 
 def read_data_stats(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """The checkpoint's ``data_stats.safetensors`` as numpy arrays ({} for older checkpoints)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(directory) / DATA_STATS_FILE
     if not path.exists():
         return {}

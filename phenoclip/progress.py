@@ -53,6 +53,7 @@ class Progress:
         if QUIET:
             return self
         if sys.stderr.isatty():
+            # imported here: rich costs ~40 ms, only a terminal needs it, and every command imports this module
             from rich.console import Console
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
                                        TextColumn, TimeElapsedColumn, TimeRemainingColumn)

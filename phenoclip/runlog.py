@@ -67,6 +67,7 @@ class RunLog:
         ]
         if self.outputs:
             head.append("outputs: " + ", ".join(self.outputs))
+        # imported here: phenoclip --help imports this module and must not load phenoclip.progress
         from phenoclip.progress import WARNINGS
 
         body = self.lines + [f"warning: {w}" for w in WARNINGS]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import glob
 import os
 import shutil
@@ -68,8 +69,6 @@ class StagedFiles:
         finals = dict(self.items)
         self.abort()
         if isinstance(error, OSError) and getattr(error, "filename", None) in finals:
-            from phenoclip.errors import OutputError
-
             raise OutputError(f"cannot write ({error.strerror})", finals[error.filename]) from None
         return False
 
@@ -184,8 +183,6 @@ def output_lock(out: str, folder: bool) -> Iterator[None]:
     """Hold an exclusive lock on ``out`` for the whole step: a second phenoclip run writing to the
     same output is refused at once instead of both reporting success with one result lost. The
     lock file ``.NAME.lock`` sits beside the output (inside it would make a new folder non-empty)."""
-    import fcntl
-
     target = os.path.abspath(out.rstrip("/"))
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):  # a folder output whose parents the step will create: nothing to lock yet

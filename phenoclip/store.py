@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import datetime as _dt
+import functools
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import h5py
@@ -72,8 +74,6 @@ def _frees_disk_on_error(method):
     """On a full disk, empty the temporary store at once, while the failing method's HDF5
     handles are still alive: released later, each would retry its flush into a full disk and
     print a traceback (the store is discarded anyway)."""
-    import functools
-
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
@@ -141,8 +141,7 @@ class StoreWriter:
         if not direct:
             ds[start:start + len(block)] = block
             return
-        from concurrent.futures import ThreadPoolExecutor
-
+        # imported here: only direct chunk writes pay for isal
         from isal.isal_zlib import compress
 
         # ISA-L has levels 0-3: its level 1 is smaller than zlib's level 1 (COMPRESSION)

@@ -28,6 +28,7 @@ def benchmark(
     seed: int = Seed,
     threads: Optional[int] = Threads,
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip_bench import run_suites
 
     with run_step("benchmark", str(out) + "/", seed=seed, threads=threads) as log:

@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 
 import typer
 
+from phenoclip.errors import UsageError, require_writable_parent
 from phenoclip.runlog import RunLog, log_path_for
 
 #: ``phenoclip --log FILE``: the run log is also written there (the only place for it when the
@@ -35,6 +36,7 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
 
     The store module records the full command line in every file it writes.
     """
+    # imported here, not at the top: `phenoclip --help` stays fast (store pulls h5py and numpy)
     from phenoclip import progress, store
 
     store.current_command = " ".join(["phenoclip"] + sys.argv[1:])
@@ -45,8 +47,6 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
         progress.QUIET = True
     log = RunLog(command, seed=seed, threads=threads, device=device)
     if rank0 and LOG_FILE:  # checked before any work, like the output itself
-        from phenoclip.errors import require_writable_parent
-
         require_writable_parent(LOG_FILE)
     guard = contextlib.nullcontext()
     if rank0 and out != "-":
@@ -80,9 +80,9 @@ def capped_epochs(epochs: int) -> int:
     try:
         cap = int(text)
     except ValueError:
-        from phenoclip.errors import UsageError
         raise UsageError(f"{MAX_EPOCHS_VAR} must be a whole number, got '{text}'") from None
     if cap < epochs:
+        # imported here, not at the top: `phenoclip --help` stays fast and loads only what it needs
         from phenoclip.progress import warn
         warn(f"epochs capped at {cap} by {MAX_EPOCHS_VAR} (asked: {epochs})")
         return cap

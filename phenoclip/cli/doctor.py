@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 
+from phenoclip import __version__
+
 HELP = ("Print what this installation has: phenoclip and Python versions, the versions of the "
         "libraries phenoclip uses, torch's build (CUDA, cuDNN) and the GPUs it sees, whether "
         "mamba-ssm's CUDA kernel is importable, CPU threads, and whether bcftools, tabix, plink2, "
@@ -52,6 +54,7 @@ def _tool(name: str, arg: str) -> str:
 
 def _torch_lines() -> list[tuple[str, str]]:
     try:
+        # imported here, not at the top: `phenoclip --help` stays fast (torch is slow to import)
         import torch
     except Exception as e:  # a broken torch install is exactly what a bug report needs to show
         return [("torch", f"cannot be imported ({type(e).__name__}: {e})")]
@@ -79,8 +82,6 @@ def _mamba_kernel() -> str:
 
 def report() -> list[tuple[str, str]]:
     """``(what, value)`` rows of the report, in the order printed."""
-    from phenoclip import __version__
-
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from phenoclip.cli.common import Threads, run_step
+from phenoclip.errors import UsageError
 
 HELP = ("Attribute a model's output to the input features of one modality with captum (Integrated Gradients, "
         "DeepLift, GradientShap, saliency, SmoothGrad over IG), per individual. For a pretraining checkpoint the "
@@ -59,7 +61,7 @@ def explain(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from phenoclip.errors import UsageError
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.explain.run import ExplainSettings, run_explain
     from phenoclip.progress import info
 
@@ -71,8 +73,6 @@ def explain(
         raise UsageError("--out - writes the ranked table of a whole run; a --part needs a prefix for OUT.partK.h5")
     if to_stdout:
         # the run's files go to a scratch folder; only the ranked table leaves it, on stdout
-        import tempfile
-
         scratch = tempfile.mkdtemp(prefix="phenoclip-explain-")
         out = os.path.join(scratch, "attr")
     settings = ExplainSettings(
@@ -111,6 +111,7 @@ def merge(
     top: int = typer.Option(10, "--top", min=0, help="Top variants labelled in the Manhattan plot."),
     threads: Optional[int] = Threads,
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.explain.run import run_merge
     from phenoclip.explain.shards import merged_prefix
     from phenoclip.progress import info

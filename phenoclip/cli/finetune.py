@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from phenoclip.cli.common import Threads, capped_epochs, run_step
+from phenoclip.errors import UsageError
 
 HELP = ("Fine-tune a prediction head on a pretrained checkpoint at several label fractions, each repeated "
         "with different seeds, beside the same head on a randomly initialised model (paper 002's "
@@ -48,14 +50,12 @@ def finetune(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    import contextlib
-
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.train.stop import StopFlag
 
     # --mode full listens for SLURM's/torchrun's stop signal before the slow imports; linear mode
     # has no loop to checkpoint, so a signal keeps its usual meaning there
     with StopFlag() if mode == "full" else contextlib.nullcontext():
-        from phenoclip.errors import UsageError
         from phenoclip.finetune.run import FinetuneSettings, run_finetune
         from phenoclip.finetune.heads import HeadSettings
         from phenoclip.finetune.labels import parse_fractions
@@ -88,6 +88,7 @@ def predict(
     out: str = typer.Option(..., "--out", help="Predictions TSV ('-' for stdout)."),
     threads: Optional[int] = Threads,
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.finetune.predict import run_predict
 
     with run_step("finetune predict", out, threads=threads) as log:

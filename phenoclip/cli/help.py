@@ -12,6 +12,8 @@ split after its hyphen).
 
 from __future__ import annotations
 
+from typer._click import _textwrap
+
 #: top-level commands in the order a pipeline runs them, each with its one-line summary
 PIPELINE = {
     "simulate": "Simulate a cohort as VCF, expression, NIfTI, EDF and HPO files.",
@@ -91,8 +93,6 @@ def _whole_option_names() -> None:
     ``wrap_text`` looks the wrapper class up at each call, so a subclass put in its place applies
     to every help page.
     """
-    from typer._click import _textwrap
-
     base = _textwrap.TextWrapper
     if getattr(base, "_phenoclip_whole_words", False):
         return

@@ -11,6 +11,10 @@ from typing import Optional
 import typer
 
 from phenoclip import __version__
+from phenoclip.cli import (benchmark, common, doctor, explain, finetune, preprocess, pretrain, retrieve,
+                           segment, simulate)
+from phenoclip.cli.help import plain_help
+from phenoclip.errors import EXIT_INTERNAL, EXIT_WRITE, PhenoclipError
 
 app = typer.Typer(
     name="phenoclip",
@@ -38,16 +42,14 @@ def _root(
     log: Optional[str] = typer.Option(None, "--log", metavar="FILE",
                                       help="Also write the run log to FILE (with --out -, the only copy)."),
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and loads only what it needs
     from phenoclip import progress
-    from phenoclip.cli import common
 
     progress.QUIET = quiet
     common.LOG_FILE = log
 
 
 def _register() -> None:
-    from phenoclip.cli import benchmark, doctor, explain, finetune, preprocess, pretrain, retrieve, segment, simulate
-
     app.command("simulate", help=simulate.HELP)(simulate.simulate)
     app.add_typer(preprocess.app, name="preprocess")
     app.command("pretrain", help=pretrain.HELP)(pretrain.pretrain)
@@ -64,8 +66,6 @@ _register()
 
 def build_command():
     """The click command tree of the CLI, with plain 80-column help (see :mod:`phenoclip.cli.help`)."""
-    from phenoclip.cli.help import plain_help
-
     root = typer.main.get_command(app)
     plain_help(root)
     return root
@@ -89,8 +89,6 @@ def _click_kind(exc: BaseException) -> str | None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; user errors print one line and exit with their code, bugs exit 70."""
-    from phenoclip.errors import EXIT_WRITE, PhenoclipError
-
     command = build_command()
     args = sys.argv[1:] if argv is None else argv
     debug = os.environ.get("PHENOCLIP_DEBUG") not in (None, "", "0")
@@ -119,9 +117,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     except OSError as e:
         if e.errno not in _DISK_ERRNOS or debug:
             _internal(e, debug)
-        # h5py names the file only inside its message
+        # imported here, not at the top: `phenoclip --help` stays fast and loads only what it needs
         from phenoclip import staging
 
+        # h5py names the file only inside its message
         where = e.filename or (re.search(r"filename = '([^']+)'", str(e)) or [None, None])[1] \
             or staging.current_output or "the output"
         staged = re.fullmatch(r"\.(.+)\.tmp-\d+.*", os.path.basename(str(where)))
@@ -162,8 +161,6 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 def _internal(e: BaseException, debug: bool) -> None:
     """A bug: say so in one line and point at the traceback switch."""
-    from phenoclip.errors import EXIT_INTERNAL
-
     if debug:
         raise e
     print(f"phenoclip: internal error: {type(e).__name__}: {e} "

@@ -9,7 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import typer
+
 from phenoclip import __version__
+from phenoclip.cli.main import build_command
 
 EXIT_STATUS = [
     ("0", "success"),
@@ -62,8 +65,6 @@ def _page(path: list[str], cmd) -> str:
         for sub_name, sub in sorted(cmd.commands.items()):
             lines += [".TP", f".B {_esc(sub_name)}", _esc((sub.help or "").strip().split("\n")[0]),
                       f"See \\fB{_esc('-'.join(path + [sub_name]))}\\fR(1)."]
-    import typer
-
     ctx = typer.Context(cmd, info_name=path[-1])
     params = [p for p in cmd.params if not getattr(p, "hidden", False)]
     if params:
@@ -80,8 +81,6 @@ def _page(path: list[str], cmd) -> str:
 
 def render_all() -> dict[str, str]:
     """File name -> page text for the whole command tree."""
-    from phenoclip.cli.main import build_command
-
     root = build_command()
     pages: dict[str, str] = {}
 

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from phenoclip.cli.common import Threads, run_step
+from phenoclip.errors import UsageError
 
 app = typer.Typer(
     help="Convert a modality's files (VCF, PLINK, BGEN, expression table, NIfTI, biosignals, HPO terms) into an HDF5 "
@@ -18,6 +19,7 @@ app = typer.Typer(
 
 
 def _summary(log, summary: dict) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and loads only what it needs
     from phenoclip.progress import info
 
     text = ", ".join(f"{k}={v}" for k, v in summary.items())
@@ -65,8 +67,6 @@ def variants(
 ) -> None:
     """VCF/BCF, PLINK 1/2 or BGEN -> genotype store: dosage (ALT copies, -1 missing), haplotypes when phased,
     variant table. Give exactly one of --vcf, --bfile, --pfile, --bgen."""
-    from phenoclip.errors import UsageError
-
     given = [flag for flag, value in (("--vcf", vcf), ("--bfile", bfile), ("--pfile", pfile), ("--bgen", bgen))
              if value is not None]
     if len(given) != 1:
@@ -77,6 +77,7 @@ def variants(
     if bgen is not None and bgen_ref not in ("first", "last"):
         raise UsageError("a BGEN file does not say which allele is REF: add --bgen-ref first (UK Biobank, QCTOOL) "
                          "or --bgen-ref last (plink2 --export bgen-1.2's default)")
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.preprocess.variants import VariantSettings, convert_bgen, convert_plink, convert_vcf
 
     opts = VariantSettings(regions=list(region), keep=keep, remove=remove, maf=maf, max_missing=max_missing,
@@ -112,6 +113,7 @@ def expression(
     threads: Optional[int] = Threads,
 ) -> None:
     """Expression table -> expression store (values float32, samples x genes)."""
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.preprocess.expression import convert_expression
 
     from phenoclip.io.stdin import readable_input
@@ -123,8 +125,6 @@ def expression(
 
 
 def _triple(text: Optional[str], name: str, cast=float):
-    from phenoclip.errors import UsageError
-
     if text is None:
         return None
     try:
@@ -147,6 +147,7 @@ def mri(
     threads: Optional[int] = Threads,
 ) -> None:
     """NIfTI volumes (+ lesion masks) -> volume store, RAS, resampled, normalised; original affine kept."""
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.preprocess.mri import convert_mri
 
     with run_step("preprocess mri", str(out), threads=threads) as log:
@@ -164,7 +165,7 @@ def signals(
     threads: Optional[int] = Threads,
 ) -> None:
     """ECG/PPG recordings -> signal store (samples x channels x time), resampled, filtered, windowed."""
-    from phenoclip.errors import UsageError
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.preprocess.signals import convert_signals
 
     band = None
@@ -192,7 +193,7 @@ def phenotypes(
     threads: Optional[int] = Threads,
 ) -> None:
     """HPO terms (TSV or phenopackets) -> phenotype store with the ontology graph."""
-    from phenoclip.errors import UsageError
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.preprocess.phenotypes import convert_phenotypes
 
     if (hpo is None) == (phenopackets is None):
@@ -215,6 +216,7 @@ def merge(
 ) -> None:
     """Stores of several jobs -> the store one job would have written: genotype stores of the same samples by
     variants (parts in part order; repeated, missing or foreign parts refused), other stores by samples."""
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.preprocess.merge import merge_stores
 
     with run_step("preprocess merge", str(out), threads=threads) as log:

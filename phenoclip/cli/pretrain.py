@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from phenoclip.cli.common import Threads, capped_epochs, run_step
+from phenoclip.errors import UsageError
 
 HELP = ("Pretrain encoders whose embeddings line up across modalities (CLIP-style contrastive loss over "
         "every modality pair, HPO ontology alignment, masked volume / haplotype modelling) or one tabular "
@@ -20,8 +21,6 @@ def _csv(text: Optional[str]) -> Optional[list[str]]:
 
 
 def _pairs(items: list[str], what: str) -> dict:
-    from phenoclip.errors import UsageError
-
     out = {}
     for item in items:
         if "=" not in item:
@@ -53,12 +52,12 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out exactly where it stopped."),
     threads: Optional[int] = Threads,
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.train.stop import StopFlag
 
     # listen for SLURM's/torchrun's stop signal before the slow imports (torch, the stores)
     with StopFlag():
         from phenoclip.pretrain.settings import PretrainSettings, merge, read_sample_ids, read_toml
-        from phenoclip.errors import UsageError
         from phenoclip.progress import info
         from phenoclip.pretrain.run import run_pretrain
 

@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from phenoclip.cli.common import Seed, Threads, run_step, set_threads
+from phenoclip.errors import UsageError
 
 HELP = ("Embed every patient of --query and rank the --gallery for each by cosine similarity in the shared "
         "space: the patients of another store, or with --gallery hpo the HPO terms (and with --diseases the "
@@ -49,7 +50,7 @@ def retrieve(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from phenoclip.errors import UsageError
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.retrieve.run import run_retrieve
     from phenoclip.retrieve.outputs import output_prefix
     from phenoclip.parts import part_path
@@ -87,6 +88,7 @@ def merge(
     metrics_out: Optional[Path] = typer.Option(None, "--metrics-out", help="Metrics JSON (default: OUT with .tsv replaced by .metrics.json)."),
     threads: Optional[int] = Threads,
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.retrieve.outputs import output_prefix
     from phenoclip.retrieve.parts import merge as merge_parts
 

@@ -50,6 +50,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this --out exactly where it stopped (its training checkpoint is kept in .OUT.partial beside --out; a stop signal, SIGTERM or SIGUSR1, saves it and exits 75)."),
     threads: Optional[int] = Threads,
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.train.stop import StopFlag
 
     with StopFlag():  # listen for SLURM's/torchrun's stop signal before the slow imports
@@ -84,6 +85,7 @@ def predict(
     overlays: int = typer.Option(4, "--overlays", min=0, help="Patients with a mask drawn as PNG overlays."),
     threads: Optional[int] = Threads,
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.segment.predict import run_segment_predict
 
     with run_step("segment predict", str(out) + "/", threads=threads) as log:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from phenoclip.cli.common import Seed, Threads, run_step
+from phenoclip.errors import UsageError
 
 HELP = ("Simulate a cohort in the formats users bring (phased bgzipped VCF + tabix index, expression TSV, "
         "NIfTI MRI + lesion masks, EDF biosignals, HPO TSV + phenopackets, labels.tsv) with a latent disease "
@@ -31,9 +32,9 @@ def simulate(
                                        "neutral allele frequencies)."),
     threads: Optional[int] = Threads,
 ) -> None:
+    # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.data.simulate import SimulationSettings, simulate_cohort
     from phenoclip.data.simulate.settings import GENOTYPE_MODELS
-    from phenoclip.errors import UsageError
 
     if genotypes not in GENOTYPE_MODELS:
         raise UsageError(f"--genotypes must be {' or '.join(GENOTYPE_MODELS)}, got '{genotypes}'")

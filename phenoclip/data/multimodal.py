@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from phenoclip.data.batch import (DOSAGE, IMAGES, MASKS, PRESENT, SAMPLE_IDS, SIGNALS, TERMS,
                                   VALUES)
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
+from phenoclip.preprocess.phenotypes import read_phenotype_store
 from phenoclip.store import SCHEMA_MODALITY, open_store
 
 #: per modality: store dataset name -> batch key
@@ -87,8 +88,6 @@ class CohortStores:
     @staticmethod
     def _describe(ms: ModalityStore, s) -> None:
         if ms.modality == "hpo":
-            from phenoclip.preprocess.phenotypes import read_phenotype_store
-
             data = read_phenotype_store(ms.path)
             ms.meta["phenotypes"] = data
             ms.shapes[TERMS] = (max((len(t) for t in data.terms), default=0),)

@@ -14,8 +14,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
 
 from phenoclip.errors import InputMissingError, MalformedInputError, OutputError
+from phenoclip.io.tables import read_table
 
 
 @dataclass
@@ -62,8 +65,6 @@ def read_label_column(spec: str) -> tuple[dict[str, str], str, str]:
 
     The default column is the second. Empty cells and NA are left out (unlabelled).
     """
-    from phenoclip.io.tables import read_table
-
     path, column = split_label_spec(spec)
     table = read_table(path)
     if len(table.header) < 2:
@@ -83,8 +84,6 @@ def cluster_scores(points: MapPoints) -> dict:
     than by where the data came from. A score is None when its grouping has fewer than two
     groups (or every point is its own group).
     """
-    from sklearn.metrics import silhouette_score
-
     out: dict = {"n_points": len(points.samples), "n_patients": len(set(points.samples)),
                  "n_labels": len(set(points.labels)), "n_modalities": len(set(points.groups))}
     for key, groups in (("silhouette_label", points.labels), ("silhouette_modality", points.groups)):
@@ -102,13 +101,13 @@ def project_2d(embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     if n < 3:
         return np.zeros((n, 2)) if n else np.zeros((0, 2)), "none"
     try:
+        # imported here: umap is optional (t-SNE otherwise)
         import umap  # type: ignore[import-not-found]
 
         reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), metric="cosine", random_state=seed)
         return np.asarray(reducer.fit_transform(embeddings)), "umap"
     except ImportError:
         pass
-    from sklearn.manifold import TSNE
 
     # perplexity must stay below n; about n / 4 for small sets, the usual 30 for large ones
     perplexity = float(min(30.0, max(2.0, (n - 1) / 4)))
@@ -125,6 +124,7 @@ def plot_map(points: MapPoints, out_png: str | os.PathLike, *, title: str = "", 
 
     Returns the projection method, the scores of :func:`cluster_scores` and the file written.
     """
+    # imported here: only plotting pays for matplotlib
     import matplotlib
 
     matplotlib.use("Agg")

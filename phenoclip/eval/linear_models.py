@@ -20,6 +20,10 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 
 #: inverse L2 strengths tried for the logistic regression (scikit-learn's C); wide on purpose: on the
 #: sample cohort's 32^3 MRI voxels (each modality block scaled to unit total variance) CV picks C = 320
@@ -95,8 +99,6 @@ def _row_space(x: np.ndarray) -> np.ndarray | None:
 
 def _folds(y: np.ndarray, classification: bool, seed: int):
     """Stratified (classification) or plain K-fold splitter; None when too few patients for CV."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
     if classification:
         k = min(FOLDS, int(np.bincount(y).min())) if len(y) else 0
         return StratifiedKFold(k, shuffle=True, random_state=seed) if k >= 2 else None
@@ -107,10 +109,6 @@ def _folds(y: np.ndarray, classification: bool, seed: int):
 def _search(estimator, grid: dict, x: np.ndarray, y: np.ndarray, classification: bool, seed: int,
             scoring: str) -> tuple[object, dict]:
     """Grid search by inner CV, refitted on all of ``x``; the grid's middle value when CV cannot run."""
-    from sklearn.base import clone
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import GridSearchCV
-
     folds = _folds(y, classification, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -142,8 +140,6 @@ class _Relabelled:
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
                  grid: tuple[float, ...] = C_GRID, c: float | None = None) -> LinearFit:
     """L2 logistic regression on standardised ``x``; ``C`` by inner CV unless ``c`` is given."""
-    from sklearn.linear_model import LogisticRegression
-
     x = np.asarray(x, dtype=np.float64)
     basis = _row_space(x)
     z = x if basis is None else x @ basis
@@ -180,8 +176,6 @@ def fit_elasticnet(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0, 
     No row-space trick here (the L1 part is not rotation invariant): with tens of thousands of
     features this is the slow baseline. saga stops after ``max_iter`` epochs (tol 1e-3).
     """
-    from sklearn.linear_model import LogisticRegression
-
     yy, present = _classes(np.asarray(y))
     base = LogisticRegression(solver="saga", l1_ratio=0.5, max_iter=max_iter, tol=1e-3, random_state=seed)
     if base.get_params().get("penalty") == "l2":
@@ -194,8 +188,6 @@ def fit_elasticnet(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0, 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, seed: int = 0, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> LinearFit:
     """Ridge regression on standardised ``x``; ``alpha`` by inner CV (mean squared error)."""
-    from sklearn.linear_model import Ridge
-
     x = np.asarray(x, dtype=np.float64)
     basis = _row_space(x)
     z = x if basis is None else x @ basis

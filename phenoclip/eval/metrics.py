@@ -16,6 +16,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score
 
 # Rows of a softmax in float32 sum to 1 within ~1e-6; the looser bound only catches inputs that
 # are not probabilities at all (logits, a single column of P(y=1)).
@@ -140,8 +141,6 @@ def expected_calibration_error(y_true: Any, proba: Any, n_bins: int = 10) -> flo
 
 def _binary_auroc(positive: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC of a score for a boolean target; NaN when only one of the two outcomes occurs."""
-    from sklearn.metrics import roc_auc_score
-
     if positive.all() or not positive.any():
         return math.nan
     return float(roc_auc_score(positive, score))
@@ -179,8 +178,6 @@ def classification_metrics(y_true: Any, proba: Any, classes: Sequence[str], n_bi
     set); a class that is predicted but absent still counts, with F1 0. Undefined precision or
     recall count as 0 (``zero_division=0``).
     """
-    from sklearn.metrics import accuracy_score, f1_score
-
     y, p = _check_classification(y_true, proba)
     n_classes = p.shape[1]
     classes = [str(c) for c in classes]
@@ -222,8 +219,6 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
         ``r2`` (:func:`sklearn.metrics.r2_score`; NaN with fewer than 2 samples), ``mae`` and
         ``n`` (an int).
     """
-    from sklearn.metrics import mean_absolute_error, r2_score
-
     t = np.asarray(y_true, dtype=np.float64)
     q = np.asarray(y_pred, dtype=np.float64)
     t = t[:, 0] if t.ndim == 2 and t.shape[1] == 1 else t

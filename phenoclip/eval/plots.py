@@ -11,10 +11,12 @@ folder and renamed over the target, so a crash never leaves a half-written file.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from phenoclip.errors import OutputError
 from phenoclip.eval.metrics import ece_from_bins, regression_metrics, reliability_bins
@@ -24,6 +26,7 @@ DPI = 120
 
 def new_figure(**kwargs: Any):
     """A new Figure attached to the non-interactive Agg canvas (imported lazily)."""
+    # imported here: only drawing pays for matplotlib (importing this module must not load it)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -53,15 +56,11 @@ def save_png(fig, path: str | os.PathLike) -> Path:
 
 def _wrapped(title: str, width: int) -> str:
     """A title broken at spaces into lines of at most ``width`` characters (a long one is not cut at the edges)."""
-    import textwrap
-
     return "\n".join(textwrap.wrap(title, width)) if title else title
 
 
 def _roc_axes(ax, y: np.ndarray, p: np.ndarray, classes: Sequence[str], title: str) -> None:
     """One model's ROC curves (one per class; the positive class of a binary task) on ``ax``."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     drawn = 0
     for c in ([1] if p.shape[1] == 2 else range(p.shape[1])):

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from phenoclip.data.batch import DOSAGE, IMAGES, SIGNALS, VALUES
+from phenoclip.data.multimodal import MultimodalDataset
 
 #: the one tensor of a modality's batch item that its encoder reads (never an MRI store's masks)
 MODEL_INPUT = {"gene": DOSAGE, "expr": VALUES, "mri": IMAGES, "signal": SIGNALS}
@@ -28,8 +29,6 @@ def raw_features(stores, modality: str, samples: Sequence[str], expr_scaling=Non
     standardised with ``expr_scaling`` (mean, std) as the model sees it; mri / signal: flattened
     arrays; hpo: multi-hot of the recorded terms and all their ancestors.
     """
-    from phenoclip.data.multimodal import MultimodalDataset
-
     ms = stores.by_modality[modality]
     ids = [s for s in samples if s in ms.row]
     if modality == "hpo":

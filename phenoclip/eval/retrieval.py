@@ -8,6 +8,7 @@ Embeddings are expected L2-normalised (inner product = cosine similarity).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import torch
@@ -108,8 +109,6 @@ def topk_chunked(queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: in
     if workers == 1 or len(tasks) == 1:
         results = [run(t) for t in tasks]
     else:
-        from concurrent.futures import ThreadPoolExecutor
-
         previous = torch.get_num_threads()
         torch.set_num_threads(1)  # each worker single-threaded: no nested thread teams
         try:

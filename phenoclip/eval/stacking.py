@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import minimize
+from sklearn.model_selection import StratifiedKFold
 
 from phenoclip.eval.linear_models import FOLDS, as_logits, fit_logistic, probe_scaling
 
@@ -112,8 +114,6 @@ def fit_stacked(x: np.ndarray, widths: list[int], y: np.ndarray, n_classes: int,
     """Fit the per-block probes (``C`` by inner CV unless ``c``) and the meta regression on their
     out-of-fold log-probabilities (stratified folds, at most :data:`FOLDS`; with a class of one
     patient the in-sample log-probabilities are used instead)."""
-    from sklearn.model_selection import StratifiedKFold
-
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y).astype(int)
     if x.shape[1] != sum(widths):
         raise ValueError(f"x has {x.shape[1]} columns, the blocks {sum(widths)}")
@@ -141,8 +141,6 @@ def fit_stacked(x: np.ndarray, widths: list[int], y: np.ndarray, n_classes: int,
 def fit_product_weights(logp: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weights ``w`` in [0, 1] (M,) and class biases ``b`` (K,) maximising the likelihood of
     ``softmax(sum_m w_m logp[:, m, :] + b)`` for labels ``y``; ``logp`` is (N, M, K)."""
-    from scipy.optimize import minimize
-
     n, m, k = logp.shape
     onehot = np.eye(k)[y]
 

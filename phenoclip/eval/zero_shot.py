@@ -16,12 +16,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
 from phenoclip.errors import InconsistentInputError
-from phenoclip.io.ontology import Ontology
+from phenoclip.io.ontology import Ontology, default_obo_path, load_ontology
+from phenoclip.preprocess.phenotypes import read_phenotype_store
 from phenoclip.progress import info
+from phenoclip.store import open_store
 
 
 @dataclass
@@ -36,21 +39,13 @@ class TermGallery:
 
 
 def _ontology_from(path: str) -> Ontology:
-    import h5py
-
     if h5py.is_hdf5(path):
-        from phenoclip.preprocess.phenotypes import read_phenotype_store
-
         return read_phenotype_store(path).ontology
-    from phenoclip.io.ontology import load_ontology
-
     return load_ontology(path)
 
 
 def _config_phenotype_stores(config: dict, checkpoint: Path) -> list[str]:
     """Existing phenotypes stores among the checkpoint config's ``data`` (relative to cwd, then the checkpoint)."""
-    from phenoclip.store import open_store
-
     found = []
     for p in config.get("data") or []:
         for cand in (Path(p), checkpoint / p, checkpoint.parent / Path(p).name):
@@ -86,8 +81,6 @@ def resolve_ontology(n_terms: int, explicit: str | os.PathLike | None, config: d
         if len(onto) == n_terms:
             return onto
         tried.append(f"{store} ({len(onto)} terms)")
-    from phenoclip.io.ontology import default_obo_path, load_ontology
-
     onto = load_ontology()
     if len(onto) == n_terms:
         return onto

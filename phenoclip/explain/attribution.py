@@ -202,6 +202,7 @@ def deeplift_chain(scorer: nn.Module, x: Tensor, base: Tensor, extra: tuple, ste
     Integrated-Gradients multipliers in embedding space, :func:`head_multipliers`. ``scorer``
     needs ``encoder`` (a :class:`DenseEncoder`) and ``head(raw, *extra)``.
     """
+    # imported here: captum (~1 s) loads only when attributions are computed (explain merge never pays it)
     from captum.attr import DeepLift
 
     with torch.no_grad():
@@ -236,6 +237,7 @@ def attribute_batch(scorer: nn.Module, x: Tensor, baseline: Tensor, extra: tuple
     Deltas are NaN for saliency (no reference); for the noise tunnel, the mean absolute delta
     over its noisy copies.
     """
+    # imported here: captum (~1 s) loads only when attributions are computed (explain merge never pays it)
     from captum.attr import GradientShap, IntegratedGradients, NoiseTunnel, Saliency
 
     n = x.shape[0]

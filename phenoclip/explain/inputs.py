@@ -15,6 +15,8 @@ import torch
 
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
 from phenoclip.errors import InconsistentInputError, UsageError
+from phenoclip.finetune.predict import load_finetuned
+from phenoclip.io.tables import read_id_list
 from phenoclip.pretrained import Pretrained, checkpoint_kind, load_pretrained
 from phenoclip.explain.attribution import INPUT_KEY, DenseEncoder
 from phenoclip.progress import warn
@@ -36,8 +38,6 @@ def open_checkpoint(path: str | os.PathLike) -> tuple[str, Pretrained, object | 
     if kind == "pretrain":
         return kind, load_pretrained(path), None, {}
     if kind == "finetune":
-        from phenoclip.finetune.predict import load_finetuned
-
         ft, config = load_finetuned(path)
         pre = Pretrained(Path(path), config["pretrain_config"], ckpt.read_state(path), ft.model,
                          ckpt.read_data_stats(path))
@@ -63,8 +63,6 @@ def select_individuals(stores: CohortStores, modality: str, samples: str | None,
     if samples is None:
         return list(ms.samples)
     if os.path.exists(samples):
-        from phenoclip.io.tables import read_id_list
-
         wanted = read_id_list(samples)
     else:
         wanted = [x.strip() for x in samples.split(",") if x.strip()]

@@ -42,9 +42,12 @@ from torch import nn
 
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, UsageError, require_writable_parent
+from phenoclip.io.annotations import read_gene_annotation
 from phenoclip.pretrained import expr_stats
+from phenoclip.preprocess.mri import row_info
 from phenoclip.explain import shards
 from phenoclip.explain.attribution import INPUT_KEY, METHODS, DenseEncoder, MethodSettings, attribute_batch
+from phenoclip.explain.outputs import finalise
 from phenoclip.explain.inputs import (INPUT_SPACE, auto_internal_batch_size, input_mean, input_rows, open_checkpoint,
                                       resolve_baseline, select_individuals, store_modality, train_samples_in)
 from phenoclip.explain.targets import contrastive_target, model_target
@@ -278,8 +281,6 @@ def run_explain(s: ExplainSettings, log=info) -> dict:
     _warn_if_not_converged(deltas, change, s.method)
     outputs = [path]
     if s.part is None:
-        from phenoclip.explain.outputs import finalise
-
         outputs = finalise(path, s.out, genes=genes, gene_window=s.gene_window, volumes=s.volumes, top=s.top)
         log(_top_line(s.out + ".tsv"))
     return {"outputs": outputs, "individuals": len(part_ids), "fingerprint": job.attrs["fingerprint"],
@@ -289,8 +290,6 @@ def run_explain(s: ExplainSettings, log=info) -> dict:
 def _genes(path: str | None):
     if path is None:
         return None
-    from phenoclip.io.annotations import read_gene_annotation
-
     return read_gene_annotation(path)
 
 
@@ -323,8 +322,6 @@ def write_features(w, stores: CohortStores, modality: str, ids: list[str]) -> No
     elif modality == "expr":
         w.array("genes", list(ms.meta["genes"]))
     else:
-        from phenoclip.preprocess.mri import row_info
-
         with open_store(ms.path) as src:
             infos = [row_info(src, ms.row[x]) for x in ids]
             if "spacing" in src:
@@ -372,8 +369,6 @@ def _top_line(tsv: str, k: int = 10) -> str:
 def run_merge(parts: list[str], out: str, genes: str | None = None, gene_window: int = 0, volumes: bool = True,
               top: int = 10, log=info) -> dict:
     """Combine the ``attr.partK.h5`` files of one run into the outputs a single run writes."""
-    from phenoclip.explain.outputs import finalise
-
     prefix = shards.merged_prefix(out)
     require_writable_parent(prefix + ".h5")
     found = shards.read_parts(parts)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phenoclip.eval.plots import new_figure, save_png
 from phenoclip.io.annotations import GeneIntervals, normalise_chrom
 from phenoclip.store import open_store
 
@@ -125,8 +126,6 @@ def manhattan_png(path: str | os.PathLike, variants: dict, mean_abs: np.ndarray,
 
     The ``top`` strongest loci are labelled with the ID of their strongest variant.
     """
-    from phenoclip.eval.plots import new_figure, save_png
-
     chrom = np.array(list(map(str, variants["chrom"])))
     pos = np.asarray(variants["pos"], dtype=np.float64)
     order = sorted(set(chrom), key=_chrom_key)
@@ -180,8 +179,6 @@ def manhattan_png(path: str | os.PathLike, variants: dict, mean_abs: np.ndarray,
 def top_features_png(path: str | os.PathLike, names: list[str], mean_abs: np.ndarray, top: int = 30,
                      title: str = "") -> Path:
     """Horizontal bars of the ``top`` features by mean |attribution| (expression genes)."""
-    from phenoclip.eval.plots import new_figure, save_png
-
     order = ranking(mean_abs)[:top][::-1]
     fig = new_figure(figsize=(6, max(3.0, 0.22 * len(order) + 1)))
     ax = fig.add_subplot()
@@ -194,8 +191,6 @@ def top_features_png(path: str | os.PathLike, names: list[str], mean_abs: np.nda
 
 def slices_png(path: str | os.PathLike, volume: np.ndarray, title: str = "") -> Path:
     """Three orthogonal slices through the voxel of largest mean |attribution| of a (D, H, W) map."""
-    from phenoclip.eval.plots import new_figure, save_png
-
     d, h, w = np.unravel_index(int(np.argmax(volume)), volume.shape)
     views = [("sagittal (D = %d)" % d, volume[d].T), ("coronal (H = %d)" % h, volume[:, h].T),
              ("axial (W = %d)" % w, volume[:, :, w].T)]

@@ -15,9 +15,11 @@ import re
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from phenoclip.errors import OutputError
+from phenoclip.preprocess.mri import to_original_space
 from phenoclip.progress import track
 from phenoclip.store import open_store
 
@@ -26,8 +28,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 def write_float_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
     """A 3D float32 NIfTI (sform and qform = ``affine``, scanner frame, mm), written atomically."""
-    import nibabel as nib
-
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 3:
         raise ValueError(f"volume must be 3D, got shape {data.shape}")
@@ -53,8 +53,6 @@ def volume_file_name(sample: str) -> str:
 
 def write_volumes(store_path: str | os.PathLike, folder: str | os.PathLike) -> int:
     """Every individual's attribution volume from an ``attributions`` store of MRI into ``folder``."""
-    from phenoclip.preprocess.mri import to_original_space
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open_store(store_path, expect="attributions") as s:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import copy
 import os
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset
 from phenoclip.errors import InconsistentInputError, UsageError
+from phenoclip.eval import plots
+from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, fit_ridge
+from phenoclip.eval.metrics import classification_metrics, mean_sd, regression_metrics
+from phenoclip.eval.raw_features import fuse, on_patients, raw_features
 from phenoclip.pretrained import expr_stats, load_pretrained, random_init_like
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info
+from phenoclip.store import create_store
 from phenoclip import checkpoint as ckpt
 from phenoclip.finetune.settings import RAW_MODELS, FinetuneSettings, describe_labels, write_json
 from phenoclip.finetune.heads import (fit_linear_head, fused_features, predict_scores, scores_from_features,
@@ -90,8 +96,6 @@ class Experiment:
 
     def _raw_blocks(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per modality, (raw features with NaN rows and missing calls, present) of the labelled patients."""
-        from phenoclip.eval.raw_features import on_patients, raw_features
-
         out = {}
         for m in self.modalities:
             ids, x = raw_features(self.stores, m, self.labels.samples, self.stats if m == "expr" else None,
@@ -105,9 +109,6 @@ class Experiment:
         Imputation, standardisation and the modalities' equal weighting are fitted on ``idx``
         only (:func:`phenoclip.eval.raw_features.fuse`), the penalty by inner CV on them.
         """
-        from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, fit_ridge
-        from phenoclip.eval.raw_features import fuse
-
         fit_rows = np.zeros(len(self.labels.samples), bool)
         fit_rows[idx] = True
         x = fuse(self.raw_blocks, fit_rows)
@@ -126,8 +127,6 @@ class Experiment:
 
     def fit_and_score(self, fraction: float, repeat: int, name: str) -> dict:
         """Fit one head (or fine-tune one model) and score it on the test split: one metrics row."""
-        from phenoclip.eval.metrics import classification_metrics, regression_metrics
-
         idx = fraction_subset(self.labels, self.orders[repeat], fraction)
         seed = self.s.seed + 31 * repeat
         y = self.labels.y
@@ -155,8 +154,6 @@ class Experiment:
     # ------------------------------------------------------------------ outputs
     def summarise(self, rows: list[dict]) -> dict:
         """Mean and sd over repeats per fraction and model (metrics.json's ``summary``)."""
-        from phenoclip.eval.metrics import mean_sd
-
         metric_names = [k for k in rows[0] if k not in ("fraction", "repeat", "model", "n_train", "n")]
         return {"summary": mean_sd(rows, ["fraction", "model"], ["n_train", *metric_names]), "rows": rows,
                 "headline_metric": "auroc" if self.classification else "r2"}
@@ -186,10 +183,6 @@ class Experiment:
         out, exactly as ``finetune predict`` scores such patients. ``predict`` reports these
         beside its predictions, so a prediction from fewer modalities carries its expected
         accuracy instead of looking as good as one from all of them."""
-        from itertools import combinations
-
-        from phenoclip.eval.metrics import classification_metrics, regression_metrics
-
         out = []
         test = [self.labels.samples[i] for i in self.test_index]
         y = self.labels.y[self.test_index]
@@ -221,8 +214,6 @@ class Experiment:
             ckpt.write_data_stats(folder, {"expr_mean": self.stats[0], "expr_std": self.stats[1]})
 
     def _write_predictions(self, path: Path, scores: np.ndarray) -> None:
-        from phenoclip.store import create_store
-
         samples = [self.labels.samples[i] for i in self.test_index]
         y = self.labels.y[self.test_index]
         attrs = {"task": self.labels.task, "label_column": self.labels.column,
@@ -238,8 +229,6 @@ class Experiment:
                 w.per_sample("predicted", scores.astype(np.float64))
 
     def _plots(self, folder: Path, scores: np.ndarray, summary: list[dict], headline: str) -> list[str]:
-        from phenoclip.eval import plots
-
         y = self.labels.y[self.test_index]
         title = f"{self.labels.column}, test split (n={len(y)}), pretrained, fraction {max(self.s.fractions):g}"
         figures = []

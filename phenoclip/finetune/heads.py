@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.linear_model import Ridge
 
 from phenoclip.data.multimodal import MultimodalDataset, collate
+from phenoclip.eval.linear_models import as_logits, fit_logistic, fit_ridge, probe_scaling
+from phenoclip.eval.stacking import fit_stacked
 from phenoclip.models.finetune import FinetuneModel
+from phenoclip import checkpoint as ckpt
+from phenoclip.train import distributed as dist_utils
+from phenoclip.train.loop import LoopSettings, train
+from phenoclip.finetune.task import FinetuneTask
 
 MODES = ("linear", "full")
 
@@ -58,8 +65,6 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
     The penalty (``C`` or ridge ``alpha``) is chosen by inner cross-validation on these
     patients unless ``settings.c`` fixes ``C``; returns what was chosen.
     """
-    from phenoclip.eval.linear_models import as_logits, fit_logistic, fit_ridge, probe_scaling
-
     if ft.fusion == "stack":
         return _fit_stacked_head(ft, x, y, classification, settings, seed)
     mean, scale = probe_scaling(x)  # constant features (an absent modality) stay at 0
@@ -75,8 +80,6 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
         target_mean, target_scale = float(y.mean()), float(y.std() or 1.0)
         fit = fit_ridge(z, (y - target_mean) / target_scale, seed) if settings.c is None else None
         if fit is None:
-            from sklearn.linear_model import Ridge
-
             reg = Ridge(alpha=settings.ridge_alpha).fit(z, (y - target_mean) / target_scale)
             weight[0], bias[0], chosen = reg.coef_, reg.intercept_, {"alpha": settings.ridge_alpha}
         else:
@@ -96,8 +99,6 @@ def _fit_stacked_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classific
                       settings: HeadSettings, seed: int) -> dict:
     """``fusion="stack"``: per-modality probes and the meta regression
     (:func:`phenoclip.eval.stacking.fit_stacked`), copied into ``ft``'s block heads and head."""
-    from phenoclip.eval.stacking import fit_stacked
-
     if not classification:
         raise ValueError("stacked fusion needs a class label (use --fusion concat for a regression)")
     k = ft.head.out_features
@@ -127,11 +128,6 @@ def train_full(ft: FinetuneModel, dataset: MultimodalDataset, y: np.ndarray, cla
     and under torchrun each rank takes its share of every global batch. AdamW at a constant
     rate, no gradient clipping.
     """
-    from phenoclip import checkpoint as ckpt
-    from phenoclip.train import distributed as dist_utils
-    from phenoclip.finetune.task import FinetuneTask
-    from phenoclip.train.loop import LoopSettings, train
-
     # standardise with the starting features, so the head's learning rate means the same for any encoder
     x0 = fused_features(ft, dataset)
     fit_linear_head(ft, x0, y, classification, settings, seed)  # a warm start: the linear solution

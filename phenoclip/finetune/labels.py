@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
+from phenoclip.io.phenopackets import read_labels
 from phenoclip.progress import warn
 
 TASKS = ("auto", "binary", "multiclass", "regression")
@@ -73,8 +74,6 @@ def _class_order(names: list[str]) -> list[str]:
 
 def load_task_labels(argument: str, task: str = "auto", positive: str | None = None) -> TaskLabels:
     """Read ``labels.tsv[:COLUMN]`` and settle the task (see the module docstring)."""
-    from phenoclip.io.phenopackets import read_labels
-
     if task not in TASKS:
         raise UsageError(f"unknown --task '{task}': use {', '.join(TASKS)}")
     path, column = split_label_argument(argument)

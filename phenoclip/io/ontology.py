@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from phenoclip.errors import InputMissingError, MalformedInputError, require_readable
+from phenoclip.io.tables import open_text
 
 #: how :meth:`Ontology.resolve` found a term
 RESOLVE_HOW = ("primary", "alt_id", "replaced_by", "unknown", "obsolete_no_replacement")
@@ -269,8 +270,6 @@ def load_ontology(path: str | os.PathLike | None = None) -> Ontology:
     MalformedInputError
         The file is not OBO (no header, no terms, an is_a to an undefined term, binary content).
     """
-    from phenoclip.io.tables import open_text
-
     p = require_readable(default_obo_path() if path is None else path, "ontology file")
     try:
         with open_text(p) as fh:

@@ -156,6 +156,7 @@ class PlinkGenotypes(GenotypeSource):
         self.samples = read_plink_samples(sam)
         self.table = read_bim(var) if kind == "bfile" else read_pvar(var)
         n_alleles = np.fromiter((1 + len(a) for a in self.table.alts), dtype=np.uint64, count=len(self.table))
+        # imported here: only PLINK users pay for pgenlib
         import pgenlib
 
         kwargs = {"raw_sample_ct": len(self.samples), "variant_ct": len(self.table)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import gzip
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -34,6 +35,7 @@ from phenoclip.io.vcf_text import TextBatch, gt_only, iter_text_records
 def _silence_htslib() -> None:
     """htslib prints its own ``[E::...]`` lines on stderr; we report errors as one line instead."""
     try:
+        # imported here: only VCF/BCF users pay for cyvcf2
         from cyvcf2 import cyvcf2 as _ext
 
         ctypes.CDLL(_ext.__file__).hts_set_log_level(0)
@@ -78,6 +80,7 @@ def open_vcf(path: str | os.PathLike, samples: Sequence[str] | None = None, thre
     Raises one-line errors for a file that is not a VCF, a header without samples or without a
     GT field, and duplicate sample IDs. ``samples`` subsets (and keeps the VCF's order).
     """
+    # imported here: only VCF/BCF users pay for cyvcf2
     from cyvcf2 import VCF
 
     p = require_readable(path, "VCF")
@@ -163,8 +166,6 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
     else:
         sources = [vcf]
         region_filter = merge_regions(regions) if regions else None
-
-    from concurrent.futures import ThreadPoolExecutor
 
     # Two raw buffers: a worker thread decodes one block (numpy releases the GIL) while this
     # thread parses the next one into the other buffer.

@@ -32,6 +32,7 @@ _SEP = re.compile(r"[/|]")
 
 def gt_only(path: str) -> bool:
     """True for a text VCF (plain or BGZF) whose first record's FORMAT is exactly ``GT``."""
+    # imported here: only VCF users pay for pysam
     import pysam
 
     try:
@@ -75,6 +76,7 @@ def iter_text_records(path: str, n_samples: int, columns: np.ndarray | None):
 
     ``columns``: the sample columns to keep (sorted), or None for all.
     """
+    # imported here: only text-VCF reading pays for isal
     from isal.isal_zlib import error as InflateError
 
     width = 4 * n_samples - 1  # 'a|b' per sample, tab-separated
@@ -110,6 +112,7 @@ def _open_records(path: str):
         gzipped = fh.read(2) == b"\x1f\x8b"
     if not gzipped:
         return open(path, "rb")
+    # imported here: only gzipped text VCFs pay for isal
     from isal import igzip_threaded
 
     return igzip_threaded.open(path, "rb", threads=1)

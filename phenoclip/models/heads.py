@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from phenoclip.models.mamba import MambaEncoder
 from phenoclip.ops.draws import Draws, as_draws
 
 #: dosage classes of a variant token: 0, 1, 2 ALT alleles, a missing call, the [MASK] token
@@ -82,10 +83,8 @@ def transformer_stack(width: int, depth: int, heads: int, mlp_ratio: float, drop
 
 
 def mamba_stack(width: int, depth: int, d_state: int, d_conv: int, expand: int, bidirectional: bool) -> nn.Module:
-    """:class:`phenoclip.models.mamba.MambaEncoder` ``(B, L, W) -> (B, L, W)``, imported only when built."""
+    """:class:`phenoclip.models.mamba.MambaEncoder` ``(B, L, W) -> (B, L, W)``."""
     check_positive(width=width, depth=depth, d_state=d_state, d_conv=d_conv, expand=expand)
-    from phenoclip.models.mamba import MambaEncoder  # lazy: the ops back end loads only for Mamba encoders
-
     return MambaEncoder(width, depth, d_state=d_state, d_conv=d_conv, expand=expand, bidirectional=bidirectional)
 
 

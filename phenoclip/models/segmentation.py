@@ -272,6 +272,7 @@ class MonaiSegmenter(nn.Module):
         step = 2 ** len(strides)
         if any(int(s) % step for s in patch_shape):
             raise ValueError(f"{len(channels)} U-Net levels need volume sides divisible by {step}, got {tuple(patch_shape)}")
+        # imported here: only segmentation users pay for monai
         from monai.networks.nets import AttentionUnet, UNet
 
         if kind == "unet":

@@ -38,6 +38,7 @@ class DiceCE(nn.Module):
     def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, batch_dice: bool = False,
                  smooth: float = 1e-5):
         super().__init__()
+        # imported here: only segmentation users pay for monai
         from monai.losses import DiceCELoss
 
         if lambda_dice < 0 or lambda_ce < 0:

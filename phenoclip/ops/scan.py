@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from phenoclip.progress import warn
+
 CHUNK = 8  # steps per chunk: the step loop runs CHUNK times per block, the chunk loop W/CHUNK
 BLOCK_BYTES = 1 << 21  # bytes of one (W, B, D, N) block tensor; bounds the working memory
 
@@ -276,9 +278,8 @@ def _cuda_kernel():
     Called only for CUDA tensors, so the fallback is said once per process, with the reason: a
     missing or broken kernel costs speed on a GPU, never correctness, and should not go unseen.
     """
-    from phenoclip.progress import warn
-
     try:
+        # imported here: mamba-ssm pulls triton (~10 s) and only CUDA calls need it
         import selective_scan_cuda  # the compiled extension (a stub module on CPU installs has no fwd)
 
         if not hasattr(selective_scan_cuda, "fwd"):

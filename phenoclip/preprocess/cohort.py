@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from phenoclip.preprocess.expression import convert_expression
+from phenoclip.preprocess.mri import convert_mri
+from phenoclip.preprocess.phenotypes import convert_phenotypes
+from phenoclip.preprocess.signals import convert_signals
+from phenoclip.preprocess.variants import VariantSettings, convert_vcf
+
 
 def preprocess_cohort(cohort: str | Path, out: str | Path, *, mri_spacing=(1.5, 1.5, 1.5), mri_shape=(32, 32, 32),
                       signal_rate: float = 100.0, signal_window: float = 10.0) -> dict[str, Path]:
     """Write ``gene.h5``, ``expr.h5``, ``mri.h5``, ``signal.h5`` and ``pheno.h5`` into ``out``; return their paths."""
-    from phenoclip.preprocess.expression import convert_expression
-    from phenoclip.preprocess.mri import convert_mri
-    from phenoclip.preprocess.phenotypes import convert_phenotypes
-    from phenoclip.preprocess.signals import convert_signals
-    from phenoclip.preprocess.variants import VariantSettings, convert_vcf
-
     cohort, out = Path(cohort), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {m: out / f"{m}.h5" for m in ("gene", "expr", "mri", "signal", "pheno")}

@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -96,8 +97,6 @@ def to_closest_ras(data: np.ndarray, affine: np.ndarray, *others: np.ndarray
     rounded to 1e-6 mm, below any scanner's precision, so the float rounding of the flips cannot
     tip a tie either. ``others`` (masks on the same voxels) get the same flips.
     """
-    import nibabel as nib
-
     ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
                                            nib.orientations.axcodes2ornt("RAS"))
     new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)

@@ -12,7 +12,10 @@ a burden test is about the rare variants that ``--maf`` would drop.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,10 +24,12 @@ import numpy as np
 
 from phenoclip.errors import UsageError
 from phenoclip.io.annotations import read_gene_annotation, read_pgs_scoring_file
+from phenoclip.io.bgen import HARD_CALL_THRESHOLD, BgenGenotypes
 from phenoclip.io.stdin import STDIN, display_name, source_attr
 from phenoclip.io.tables import read_id_list
 from phenoclip.io.genotype_source import check_samples_subset
-from phenoclip.io.vcf import SkipCounts, VariantBlock, has_index, parse_region
+from phenoclip.io.plink import PlinkGenotypes
+from phenoclip.io.vcf import SkipCounts, VariantBlock, VcfGenotypes, has_index, parse_region
 from phenoclip.parts import check_part
 from phenoclip.preprocess.variant_scores import BurdenAccumulator, PgsAccumulator
 from phenoclip.progress import Progress, warn
@@ -74,8 +79,6 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
 
     Returns a summary (samples, sites read, variants written, multi-allelic sites split, phased).
     """
-    from phenoclip.io.vcf import VcfGenotypes
-
     vcf_path = os.fspath(vcf_path)
     _check_options(opts)
     source = VcfGenotypes(vcf_path, threads=opts.threads)
@@ -87,8 +90,6 @@ def convert_vcf(vcf_path: str | os.PathLike, out: str | os.PathLike, opts: Varia
 
 def convert_plink(prefix: str | os.PathLike, kind: str, out: str | os.PathLike, opts: VariantSettings) -> dict:
     """Convert a PLINK 1 (``kind='bfile'``) or PLINK 2 (``'pfile'``) fileset to a genotype store."""
-    from phenoclip.io.plink import PlinkGenotypes
-
     _check_options(opts)
     source = PlinkGenotypes(prefix, kind)
     return convert_genotypes(source, out, opts, {"input_format": kind})
@@ -97,8 +98,6 @@ def convert_plink(prefix: str | os.PathLike, kind: str, out: str | os.PathLike, 
 def convert_bgen(path: str | os.PathLike, sample_file: str | os.PathLike | None, ref: str,
                  out: str | os.PathLike, opts: VariantSettings) -> dict:
     """Convert a BGEN file (biallelic, ``ref`` = which listed allele is REF) to a genotype store."""
-    from phenoclip.io.bgen import HARD_CALL_THRESHOLD, BgenGenotypes
-
     _check_options(opts)
     source = BgenGenotypes(path, sample_file, ref)
     attrs = {"input_format": "bgen", "bgen_ref": ref, "hard_call_threshold": HARD_CALL_THRESHOLD,
@@ -246,9 +245,6 @@ def part_fingerprint(src_path: str, samples: Sequence[str], attrs: dict, opts: V
     """SHA-256 over what makes parts belong to one run: the input (name and size), the samples,
     the filters, the PGS and gene files and the input's reading options. ``preprocess merge``
     refuses parts whose fingerprints differ."""
-    import hashlib
-    import json
-
     size = os.path.getsize(src_path) if os.path.isfile(src_path) else None
     what = {"input": [os.path.basename(src_path), size], "samples": list(samples), "filters": attrs["filters"],
             "pgs": [os.path.basename(str(f)) for f in opts.pgs_files],
@@ -308,8 +304,6 @@ def _write_store(out, samples, blocks, freq, miss, phased, attrs, pgs, burden, s
                 w.write_rows("expected_dosage", s0, exp_buf[:n], threads=threads)
             if hap_buf is not None:
                 w.write_rows("haplotypes", s0, hap_buf[:n], threads=threads)
-
-        from concurrent.futures import ThreadPoolExecutor
 
         with Progress("writing store", n_samples, "samples") as bar, ThreadPoolExecutor(max_workers=1) as writer:
             pending = None

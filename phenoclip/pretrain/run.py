@@ -18,14 +18,19 @@ import torch
 from phenoclip.pretrain.settings import TABULAR_OBJECTIVES, PretrainSettings
 from phenoclip.data.batch import DOSAGE, PRESENT, VALUES
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate, split_patients
-from phenoclip.errors import InconsistentInputError, UsageError
+from phenoclip.errors import InconsistentInputError, OutputError, UsageError
+from phenoclip.eval.plots import plot_pretrain_history
 from phenoclip.eval.retrieval import paired_retrieval
+from phenoclip.models.heads import estimate_ld_blocks
+from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, flat_input, mri_pool_factor
+from phenoclip.models.phenotype import hpo_vocabulary
 from phenoclip.ops.devices import module_device, resolve_device, to_device
 from phenoclip.progress import info, warn
 from phenoclip.store import open_store
 from phenoclip import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
-from phenoclip.train.loop import LoopSettings, train
+from phenoclip.train.loop import LoopSettings, Preempted, train
+from phenoclip.train.stop import StopFlag
 from phenoclip.pretrain.task import TABULAR_KEY, PretrainTask
 
 
@@ -55,8 +60,6 @@ def data_shapes(stores: CohortStores, modalities: list[str]) -> dict:
             c, t = ms.shapes["signals"]
             out[m] = {"n_channels": c, "length": t}
         elif m == "hpo":
-            from phenoclip.models.phenotype import hpo_vocabulary
-
             data = ms.meta["phenotypes"]
             used = np.concatenate([*data.terms, *data.excluded, np.zeros(0, np.int64)])
             out[m] = {"n_ontology_terms": len(data.ontology), "n_vocab": int(len(hpo_vocabulary(data.ontology, used)))}
@@ -65,9 +68,6 @@ def data_shapes(stores: CohortStores, modalities: list[str]) -> dict:
 
 def _initialisation(cfg: PretrainSettings, stores: CohortStores, train_ds: MultimodalDataset) -> dict:
     """Everything the task derives from data, computed on the training split only."""
-    from phenoclip.models.heads import estimate_ld_blocks
-    from phenoclip.models.phenotype import hpo_vocabulary
-
     init: dict = {}
     needs = set(cfg.modalities) | ({"hpo"} if "ontology" in cfg.objectives else set())
     if "gene" in needs:
@@ -110,8 +110,6 @@ def _linear_inputs(cfg: PretrainSettings, train_ds: MultimodalDataset, batch_siz
     Read through the dataset and :func:`~phenoclip.models.linear_path.flat_input`, so the
     principal axes see the data exactly as the model does (expression scaled, MRI pooled).
     """
-    from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, flat_input, mri_pool_factor
-
     mods = [m for m in cfg.modalities if m in LINEAR_PATH_MODALITIES]
     rows: dict[str, list[np.ndarray]] = {m: [] for m in mods}
     for start in range(0, len(train_ds), batch_size):
@@ -177,8 +175,6 @@ def run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool = F
     A stop signal (SIGTERM, SIGUSR1) is recorded from here on, during the setup too: training then
     stops after its first step with a checkpoint (exit 75) instead of dying with nothing saved.
     """
-    from phenoclip.train.stop import StopFlag
-
     with StopFlag():
         return _run_pretrain(cfg, out, resume, log, stop_after_steps)
 
@@ -243,7 +239,6 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
     elif len(clip_modalities) >= 2:
         # the same model at random initialisation: the baseline every learning claim is held against
         state["init_validation"] = validation_retrieval(task.model, val_ds, clip_modalities)
-    from phenoclip.train.loop import Preempted
 
     try:
         result = train(task, train_ds, settings, out, config=cfg.to_dict(), state=state, resume=resume,
@@ -262,9 +257,6 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
 def _plot_history(out: Path, history: list[dict], log: Callable[[str], None]) -> None:
     """``history.png`` beside ``state.json``: losses and held-out retrieval per epoch (a plot
     failure is logged, never a failed pretraining: the checkpoint is already whole)."""
-    from phenoclip.errors import OutputError
-    from phenoclip.eval.plots import plot_pretrain_history
-
     if not history:
         return
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 from phenoclip.data.batch import MODALITIES
 from phenoclip.errors import InputMissingError, MalformedInputError, UsageError
+from phenoclip.progress import warn
 
 #: objective -> what it needs (checked by :meth:`PretrainSettings.validate`)
 OBJECTIVES = ("clip", "ontology", "mvm", "mhm", "scarf", "vime", "byol")
@@ -63,8 +64,8 @@ class PretrainSettings:
     def _token_gene_encoder(self) -> None:
         """mhm masks variant tokens: a preset whose default gene encoder is the dosage MLP (tiny)
         switches to the variant transformer (said in the log); an explicit MLP is refused."""
+        # imported here: models.presets.PRESETS (the preset objects) would clash with this module's PRESETS (names)
         from phenoclip.models.presets import PRESETS
-        from phenoclip.progress import warn
 
         chosen = self.architectures.get("gene")
         if chosen is None and PRESETS[self.preset].default_arch["gene"] == "mlp":
@@ -136,6 +137,7 @@ class PretrainSettings:
 
 def read_toml(path: str | os.PathLike, section: str) -> dict:
     """The ``[section]`` table of a TOML file (or its top level when there is no such table)."""
+    # imported here: only --config reads TOML, and on Python 3.10 that needs tomli, which is not a dependency
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10

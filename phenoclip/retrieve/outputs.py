@@ -17,6 +17,7 @@ import numpy as np
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, OutputError, UsageError, require_writable_parent
 from phenoclip.progress import info
+from phenoclip.store import create_store
 
 #: the ``--gallery`` word that means "the hpo encoder's vocabulary terms"
 HPO_GALLERY = "hpo"
@@ -47,6 +48,7 @@ def write_hits(fh, query_ids, gallery_ids, scores, indices, names=None) -> None:
 
 
 def write_pheno(path: str, query: Side, pcs: int, seed: int) -> dict:
+    # imported here: sklearn takes 1-2 s to import; only --pheno-out needs PCA (retrieve merge imports this module too)
     from sklearn.decomposition import PCA
 
     n, e = query.embeddings.shape
@@ -65,8 +67,6 @@ def write_pheno(path: str, query: Side, pcs: int, seed: int) -> dict:
 
 
 def write_embeddings(path: str, pre, query: Side, gallery: Side | None, terms=None) -> None:
-    from phenoclip.store import create_store
-
     samples = list(dict.fromkeys(query.samples + (gallery.samples if gallery is not None else [])))
     pos = {s: i for i, s in enumerate(samples)}
     sides = [query] + ([gallery] if gallery is not None else [])

@@ -44,13 +44,17 @@ import torch
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, UsageError, require_readable
 from phenoclip.pretrained import Pretrained, embed_samples, expr_stats, load_pretrained
+from phenoclip.eval.embedding_map import plot_map, points_from, read_label_column
 from phenoclip.eval.retrieval import format_metrics, metrics_from_bounds, rank_bounds, topk_chunked
+from phenoclip.eval.zero_shot import disease_gallery, resolve_ontology, term_gallery
+from phenoclip.io.hpoa import read_hpoa
 from phenoclip.retrieve.outputs import (HPO_GALLERY, Side, check_outputs, output_prefix, write_embeddings,
                                              write_hits, write_pheno)
 from phenoclip.retrieve.parts import part_slice, write_part
 from phenoclip.parts import check_part, digest, file_digest, part_path, store_identity
 from phenoclip.progress import info, warn
 from phenoclip.staging import StagedFiles
+from phenoclip import checkpoint as ckpt
 
 _QUERY_BLOCK = 4096  # queries per rank_bounds call
 
@@ -116,8 +120,6 @@ def held_out_metrics(query: Side, gallery: Side, validation: Sequence[str]) -> d
 
 def _map(pre: Pretrained, png: str, label_table: tuple[dict[str, str], str, str], sides: list[Side],
          extra: Sequence[str], seed: int) -> dict:
-    from phenoclip.eval.embedding_map import plot_map, points_from
-
     labels, column, label_path = label_table
     val = pre.validation_samples
     if not val:
@@ -226,8 +228,6 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
         require_readable(p, "store")
     label_table = None
     if labels is not None:
-        from phenoclip.eval.embedding_map import read_label_column
-
         label_table = read_label_column(labels)
     if diseases is not None and os.fspath(diseases) != "bundled":
         require_readable(diseases, "disease annotation file")
@@ -239,8 +239,6 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
     terms = None
     if zero_shot:
         pre.require(HPO_GALLERY)
-        from phenoclip.eval.zero_shot import resolve_ontology, term_gallery
-
         enc = pre.model.encoders[HPO_GALLERY]
         onto = resolve_ontology(int(enc.lookup.shape[0]), ontology, pre.config, Path(pre.path))
         terms = term_gallery(pre.model, onto)
@@ -289,9 +287,6 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
                 write_hits(fh, q.samples, g_ids, scores, indices, names)
             outputs.append(out)
         if diseases is not None:
-            from phenoclip.eval.zero_shot import disease_gallery
-            from phenoclip.io.hpoa import read_hpoa
-
             dg = disease_gallery(terms, read_hpoa(diseases))
             kd = min(k, len(dg.ids))
             ds, di = topk_chunked(torch.from_numpy(q.embeddings), torch.from_numpy(dg.embeddings), kd)
@@ -333,8 +328,6 @@ def _write_part(pre: Pretrained, path: str, q: Side, all_queries: list[str], g_i
                 scores, indices, header: dict, zero_shot: bool, query: str, gallery: str, ontology,
                 part: int, num_parts: int) -> dict:
     """``OUT.partK.h5``: this part's hits and the rank bounds its queries contribute to the metrics."""
-    from phenoclip import checkpoint as ckpt
-
     no_bounds = ([], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     all_bounds, held_bounds, held = no_bounds, no_bounds, []
     if not zero_shot:

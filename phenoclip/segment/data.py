@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from phenoclip.data.batch import IMAGES, MASKS, VALUES
+from phenoclip.data.multimodal import CohortStores, MultimodalDataset
 from phenoclip.errors import InconsistentInputError, MalformedInputError
 from phenoclip.progress import warn
 from phenoclip.store import open_store
@@ -37,8 +39,6 @@ class SegmentData:
     """The volumes store (``--images``) and optionally the expression store (``--genes``) of a cohort."""
 
     def __init__(self, images: str | os.PathLike, genes: str | os.PathLike | None = None):
-        from phenoclip.data.multimodal import CohortStores, MultimodalDataset
-
         self.images_path, self.genes_path = os.fspath(images), os.fspath(genes) if genes else None
         with open_store(self.images_path, expect="volumes") as s:
             self.has_masks = "masks" in s
@@ -140,7 +140,7 @@ def lesion_metrics(predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[f
     Both empty: Dice 1, HD95 0. One empty: Dice 0 and HD95 the volume's diagonal in mm (the
     distance is undefined; the largest possible one keeps means finite and penalises a miss).
     """
-    import torch
+    # imported here: monai takes seconds to import; only scoring needs it, not reading the data (SegmentData)
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
     p = torch.as_tensor(np.asarray(predicted) > 0, dtype=torch.float32)[None, None]

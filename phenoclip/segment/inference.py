@@ -36,6 +36,7 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor, values: torch.
     patch = tuple(model.patch_shape)
     if tuple(images.shape[2:]) == patch:
         return torch.sigmoid(model.forward_volumes(images, values))[:, 0]
+    # imported here: monai takes seconds to import; only a grid other than the model's patch needs its inferer
     from monai.inferers import sliding_window_inference
 
     out = []

@@ -24,23 +24,28 @@ import re
 import shlex
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
 from phenoclip.errors import InconsistentInputError, OutputError, UsageError
+from phenoclip.eval.plots import new_figure, save_png
+from phenoclip.io.nifti import write_label_volume
+from phenoclip.io.tables import read_manifest
+from phenoclip.pretrained import read_config_of_kind
+from phenoclip.models.multimodal import build_model
+from phenoclip.models.segmentation import build_segmenter
+from phenoclip.preprocess.mri import row_info, to_original_space
 from phenoclip.progress import info, track, warn
 from phenoclip.staging import staged_folder
+from phenoclip.store import open_store
+from phenoclip import checkpoint as ckpt
 from phenoclip.segment.data import KIND, SegmentData, describe, lesion_metrics, summarise, write_metrics
 from phenoclip.segment.inference import predict_probabilities
 
 
 def load_segmenter(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict, tuple | None]:
     """(model in eval mode, config.json, expression (mean, std) or None) of a ``segment train`` folder."""
-    from phenoclip.pretrained import read_config_of_kind
-    from phenoclip.models.multimodal import build_model
-    from phenoclip.models.segmentation import build_segmenter
-    from phenoclip import checkpoint as ckpt
-
     config = read_config_of_kind(directory, KIND)
     def build() -> torch.nn.Module:
         encoders = {}
@@ -61,8 +66,6 @@ def load_segmenter(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict,
 
 def original_images(data: SegmentData, manifest: str | None) -> dict[str, str]:
     """sample -> the original image path, from ``manifest`` or the store's recorded ``--manifest``."""
-    from phenoclip.io.tables import read_manifest
-
     if manifest is None:
         words = shlex.split(data.command) if data.command else []
         given = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--manifest"]
@@ -86,8 +89,6 @@ def file_name(sample: str) -> str:
 
 def write_probability_volume(path: Path, prob: np.ndarray, affine: np.ndarray, like: str | None = None) -> None:
     """float32 NIfTI of probabilities in [0, 1], atomically, with ``like``'s sform/qform codes."""
-    import nibabel as nib
-
     img = nib.Nifti1Image(np.asarray(prob, dtype=np.float32), np.asarray(affine, dtype=np.float64))
     codes = (1, 1)
     if like is not None:
@@ -146,7 +147,6 @@ def run_segment_predict(model_dir: str | os.PathLike, images: str, out: str, gen
     like = original_images(data, manifest)
     with staged_folder(out) as tmp:
         rows = _predict_into(model, data, samples, tmp, like, probabilities, bool(config["genes"]), batch_size)
-        from phenoclip import checkpoint as ckpt
 
         split = ckpt.split_of(model_dir)
         for r in rows:
@@ -174,10 +174,6 @@ def run_segment_predict(model_dir: str | os.PathLike, images: str, out: str, gen
 
 def _predict_into(model, data: SegmentData, samples: list[str], folder: Path, like: dict[str, str],
                   probabilities: bool, genes: bool, batch_size: int) -> list[dict]:
-    from phenoclip.io.nifti import write_label_volume
-    from phenoclip.preprocess.mri import row_info, to_original_space
-    from phenoclip.store import open_store
-
     truth = set(data.with_masks())
     n_genes = model.gene_encoder.tokens.n_genes if genes else 0
     rows, names = [], set()
@@ -211,8 +207,6 @@ def plot_overlay(image: np.ndarray, truth: np.ndarray | None, predicted: np.ndar
                  title: str = "") -> Path:
     """Three panels on the axial slice (fixed W, the I->S axis) with the largest lesion: the image,
     the truth and the prediction over it. ``image (D, H, W)``; masks binary ``(D, H, W)``."""
-    from phenoclip.eval.plots import new_figure, save_png
-
     ref = truth if truth is not None and truth.any() else predicted
     k = int(np.argmax(ref.reshape(-1, ref.shape[2]).sum(0))) if ref.any() else image.shape[2] // 2
     panels = [("image", None), ("truth", truth), ("prediction", predicted)] if truth is not None \

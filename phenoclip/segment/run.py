@@ -23,10 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from phenoclip.errors import InconsistentInputError
+from phenoclip.io.tables import read_id_list
+from phenoclip.pretrained import expr_stats, load_pretrained, random_init_like
 from phenoclip.models.segmentation import build_segmenter, count_parameters, fusion_config, monai_config
+from phenoclip.objectives.segmentation import build_loss
 from phenoclip.progress import info, warn
 from phenoclip.staging import staged_folder
 from phenoclip import checkpoint as ckpt
@@ -54,7 +58,6 @@ def build_for_training(decoder: str, preset: str, data: SegmentData, pre=None, i
         except ValueError as e:
             raise InconsistentInputError(f"{e}", data.images_path, "preprocess mri with another --shape") from None
         return model, {"decoder": decoder, "decoder_config": cfg, "encoders": [], "genes": False}
-    from phenoclip.pretrained import random_init_like
 
     pre.require("mri")
     if use_genes:
@@ -85,10 +88,6 @@ def fit(model: nn.Module, data: SegmentData, train_ids: list[str], val_ids: list
     """Train ``model`` in place through the one training loop, checkpointing into ``folder`` (a
     folder holding a checkpoint is continued exactly); it ends with the weights of its best
     validation-Dice epoch (kept in ``folder/best.safetensors`` as training goes)."""
-    from safetensors.torch import load_file, save_file
-
-    from phenoclip.objectives.segmentation import build_loss
-
     genes = bool(getattr(model, "needs_genes", False))
     task = SegmentTask(model, build_loss(s.loss), lr_scale=s.encoder_lr_scale, freeze_encoders=s.freeze_encoders,
                        gene_dropout=s.gene_dropout, seed=s.seed)
@@ -132,9 +131,6 @@ def fit(model: nn.Module, data: SegmentData, train_ids: list[str], val_ids: list
 def train_into(s: SegmentSettings, folder: Path | None, log=info) -> dict:
     """Everything of ``segment train`` written into ``folder`` (the temporary output folder; None
     on the ranks of a torchrun job that do not write)."""
-    from phenoclip.pretrained import expr_stats, load_pretrained
-    from phenoclip.io.tables import read_id_list
-
     # a monai decoder uses the checkpoint only to put its held-out patients into the test split
     pre = load_pretrained(s.checkpoint) if s.checkpoint else None
     use_genes = bool(s.genes) and s.decoder == "fusion"

@@ -6,9 +6,11 @@ imports no model code at module level (``validate`` loads the registries it chec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from phenoclip.errors import UsageError
+from phenoclip.models.segmentation import DECODER_PRESETS, DECODERS
+from phenoclip.objectives.segmentation import LOSSES
 
 @dataclass
 class FitSettings:
@@ -51,14 +53,9 @@ class SegmentSettings:
 
     def fingerprint(self) -> dict:
         """What must not change between a run and its ``--resume``."""
-        from dataclasses import asdict
-
         return {k: v for k, v in asdict(self).items() if k not in ("resume", "stop_after_steps", "overlays")}
 
     def validate(self) -> None:
-        from phenoclip.models.segmentation import DECODER_PRESETS, DECODERS
-        from phenoclip.objectives.segmentation import LOSSES
-
         if self.decoder not in DECODERS:
             raise UsageError(f"unknown --decoder '{self.decoder}': use {', '.join(DECODERS)}")
         if self.decoder == "fusion" and not self.checkpoint:

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from phenoclip.data.multimodal import collate
 from phenoclip.errors import PhenoclipError, UsageError
 from phenoclip.ops.devices import to_device
+from phenoclip.progress import Progress
 from phenoclip import checkpoint as ckpt
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.stop import StopFlag
@@ -162,8 +163,6 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
     ``state`` carries what the caller wants saved with every checkpoint (the split, say);
     ``on_epoch_end(epoch, logged) -> extra`` may add validation figures to the epoch's history.
     """
-    from phenoclip.progress import Progress
-
     out_dir = Path(out_dir)
     n_steps = steps_per_epoch(dataset, settings)
     if len(dataset) < settings.batch_size * max(1, dist_utils.world_size()):

@@ -18,6 +18,7 @@ from typing import Iterator
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.progress import info
 from phenoclip.train import distributed as dist_utils
+from phenoclip.train.loop import Preempted
 
 SETTINGS_FILE = "settings.json"
 
@@ -91,9 +92,6 @@ def resumable_run(out: str | Path, fingerprint: dict, resume: bool, uses_work_fo
     ``uses_work_folder=False``: a run that keeps no checkpoint (finetune's probes) only joins and
     leaves the process group.
     """
-    # the loop imports torch; this module is imported by step settings the CLI reads at start-up
-    from phenoclip.train.loop import Preempted
-
     dist_utils.init_from_env("cpu")
     if uses_work_folder:
         prepare(out, fingerprint, resume)

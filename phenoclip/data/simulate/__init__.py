@@ -25,7 +25,12 @@ from __future__ import annotations
 import os
 import time
 
+from phenoclip.data.simulate import output, writers
+from phenoclip.data.simulate.cohort import draw_cohort
+from phenoclip.data.simulate.readme import readme_text
 from phenoclip.data.simulate.settings import SimulationSettings
+from phenoclip.data.simulate.truth import build_truth
+from phenoclip.progress import info
 
 __all__ = ["SimulationSettings", "simulate_cohort"]
 
@@ -38,12 +43,6 @@ def simulate_cohort(out_dir: str | os.PathLike, cfg: SimulationSettings | None =
     ``.NAME.tmp-PID`` beside it and renamed at the end, so a failed or killed run leaves no
     ``out_dir``. The same ``cfg`` (seed included) gives identical files.
     """
-    from phenoclip.data.simulate import output, writers
-    from phenoclip.data.simulate.cohort import draw_cohort
-    from phenoclip.data.simulate.readme import readme_text
-    from phenoclip.data.simulate.truth import build_truth
-    from phenoclip.progress import info
-
     cfg = cfg or SimulationSettings()
     t0 = time.perf_counter()
     with writers.staged_folder(out_dir) as tmp:

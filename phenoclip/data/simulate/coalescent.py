@@ -11,6 +11,8 @@ msprime is imported inside :func:`simulate_segment` only: ``phenoclip --help`` m
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import numpy as np
 
 #: diploid effective population size (the usual human long-term value)
@@ -29,8 +31,6 @@ MAX_GROWTH = 4
 
 def parameters() -> dict:
     """The model's settings for truth.json and the cohort README."""
-    import importlib.metadata
-
     try:
         version = importlib.metadata.version("msprime")
     except importlib.metadata.PackageNotFoundError:   # pragma: no cover - msprime is a dependency
@@ -63,6 +63,7 @@ def simulate_segment(individuals: int, length: int, population_size: float, seed
     descendants of one branch, which is what the neutral spectrum describes. With a discrete
     genome each position holds at most one site, so positions never repeat.
     """
+    # imported here: only --genotypes coalescent pays for msprime
     import msprime
 
     ts = msprime.sim_ancestry(samples=individuals, ploidy=2, population_size=population_size,

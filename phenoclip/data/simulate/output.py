@@ -73,6 +73,7 @@ def write_expression(folder: str, c: Cohort) -> None:
 
 
 def _save_nifti(path: str, data: np.ndarray, affine: np.ndarray) -> None:
+    # imported here: nibabel loads only when MRI files are written
     import nibabel as nib
 
     img = nib.Nifti1Image(data, affine)

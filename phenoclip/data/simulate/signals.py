@@ -106,6 +106,7 @@ def record_layout(seconds: float, rate: float) -> tuple[float, int]:
 def write_edf(path: str, sample: str, male: bool, ecg: np.ndarray, ppg: np.ndarray, rate: float,
               record_duration: float) -> None:
     """Two channels, ``ECG`` (mV) and ``PPG`` (a.u.), EDF+ with the sample ID as patient code."""
+    # imported here: pyedflib loads only when EDF files are written
     import pyedflib
 
     headers = [

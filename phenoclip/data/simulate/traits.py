@@ -34,6 +34,8 @@ import numpy as np
 
 from phenoclip.data.simulate.settings import SimulationSettings, rng_for
 from phenoclip.data.simulate.genome import Layout
+from phenoclip.data.simulate.genotypes import dosage
+from phenoclip.data.simulate.phenotypes import TRAIT_TERMS
 from phenoclip.data.simulate.signals import DICROTIC_RATIO, T_WAVE_RATIO
 
 MAX_TRAITS = 4
@@ -136,8 +138,6 @@ def place(layout: Layout, cfg: SimulationSettings) -> None:
 
 def genetic_values(layout: Layout, block_haps: np.ndarray, k: int) -> np.ndarray:
     """Standardised genetic value per patient and trait, ``(N, K)``, from true (pre-missing) dosages."""
-    from phenoclip.data.simulate.genotypes import dosage
-
     n = block_haps.shape[0]
     out = np.zeros((n, k))
     for t in range(k):
@@ -167,8 +167,6 @@ def draw(layout: Layout, block_haps: np.ndarray, cfg: SimulationSettings) -> Tra
 def hpo_terms(values: np.ndarray, threshold: float) -> list[list[str]]:
     """HPO IDs per patient from :data:`phenotypes.TRAIT_TERMS`: every patient past a threshold gets
     the term (deterministic), in the table's order."""
-    from phenoclip.data.simulate.phenotypes import TRAIT_TERMS
-
     out = []
     for row in values:
         terms = []
@@ -226,8 +224,6 @@ def heart_rates(tr: Traits, af: np.ndarray, cfg: SimulationSettings) -> np.ndarr
 
 def drives(cfg: SimulationSettings, layout: Layout) -> list[dict]:
     """What each simulated trait drives, per modality, with its strength (for truth.json)."""
-    from phenoclip.data.simulate.phenotypes import TRAIT_TERMS
-
     thr = cfg.trait_hpo_threshold
     c = f"clip(t, -{TRAIT_CLIP:g}, {TRAIT_CLIP:g})"
     rows: list[dict] = []

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from phenoclip.data.simulate.genome import CHROMS
 from phenoclip.errors import OutputError, require_writable_parent
 
 
@@ -93,6 +94,7 @@ def write_vcf(folder: str, table, samples: Sequence[str], rows: np.ndarray, cont
 
     ``rows`` picks the patients (in order) that have variant data; only they get a column.
     """
+    # imported here: pysam loads only when the VCF is written
     import pysam
 
     path = os.path.join(folder, "variants.vcf")
@@ -117,8 +119,6 @@ def write_vcf(folder: str, table, samples: Sequence[str], rows: np.ndarray, cont
 
 def write_bed(path: str, genes) -> None:
     """BED4 of the genes (0-based start, end exclusive), sorted by contig then start."""
-    from phenoclip.data.simulate.genome import CHROMS
-
     order = sorted(genes, key=lambda g: (CHROMS.index(g.chrom), g.start, g.name))
     write_text(path, "".join(f"{g.chrom}\t{g.start}\t{g.end}\t{g.name}\n" for g in order))
 
