@@ -229,9 +229,11 @@ class DosageMLP(Encoder):
 
     ``l1`` > 0 puts an L1 penalty on the first layer's weights (the ones each variant feeds),
     applied as a proximal step after each optimizer step (:meth:`proximal_step`, which
-    pretraining calls): weights within ``lr * l1`` of zero become exactly zero, so most variants
-    drop out of the network, as in DietNetworks' sparse first layer. With thousands of variants and
-    a few hundred patients the unpenalised layer memorises the training patients instead.
+    pretraining calls): weights within ``lr * l1`` of zero become exactly zero, as in Diet
+    Networks' sparse first layer. AdamW moves a weight by about ``lr`` a step, so ``l1`` must be
+    near 1 to bite: on the sample cohort 0.07 left 0.5 % of the weights at zero, 0.5 79 %, 1.0
+    99.9 % (docs/experiments.md). Off in every preset: at the strengths that stop the layer
+    memorising its training patients, the other modalities' pairs lost too.
     """
 
     supports_token_mask = False
