@@ -87,7 +87,6 @@ class RowDraws:
     """
 
     def __init__(self, generators: list[torch.Generator]):
-        self.generators = generators
         self._streams = [_RowStream(g) for g in generators]
 
     @classmethod
@@ -97,17 +96,17 @@ class RowDraws:
         return cls([torch.Generator().manual_seed(_row_seed(step_key, s)) for s in sample_ids])
 
     def __len__(self) -> int:
-        return len(self.generators)
+        return len(self._streams)
 
-    def _stack(self, shape: Sequence[int], device, draw, fill, dtype=torch.float32) -> torch.Tensor:
+    def _stack(self, shape: Sequence[int], device, draw, fill, dtype=None) -> torch.Tensor:
         shape = tuple(shape)
-        if not shape or shape[0] != len(self.generators):
-            raise ValueError(f"a per-row draw needs shape (rows={len(self.generators)}, ...), got {shape}")
-        if not self.generators:
+        if not shape or shape[0] != len(self._streams):
+            raise ValueError(f"a per-row draw needs shape (rows={len(self._streams)}, ...), got {shape}")
+        if not self._streams:
             return _to(draw(shape, None), device)
         where = torch.device(device) if device is not None else None
         if where is None or where.type == "cpu":
-            return _to(torch.stack([draw(shape[1:], g) for g in self.generators]), device)
+            return _to(torch.stack([draw(shape[1:], row.cpu) for row in self._streams]), device)
         out = torch.empty(shape, device=where, dtype=dtype)
         for row, stream in zip(out, self._streams):
             fill(row, stream.on(where))
@@ -129,8 +128,7 @@ class RowDraws:
         """The generators of the rows ``keep`` selects (bool mask or indices), shared, not copied."""
         index = torch.as_tensor(keep).cpu()
         index = torch.nonzero(index).flatten() if index.dtype == torch.bool else index.flatten()
-        picked = RowDraws.__new__(RowDraws)
-        picked.generators = [self.generators[i] for i in index.tolist()]
+        picked = RowDraws([])
         picked._streams = [self._streams[i] for i in index.tolist()]
         return picked
 
