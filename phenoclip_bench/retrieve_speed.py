@@ -28,7 +28,8 @@ METHODS = ("ours", "faiss", "full")
 LABELS = {"ours": "ours (topk_chunked)", "faiss": "faiss IndexFlatIP", "full": "torch full matrix + topk"}
 #: the full-matrix method scores at most this many bytes of similarities at once
 FULL_MAX_BYTES = 2 << 30
-TARGET_RATIO = 0.7
+#: ours must be at least as fast as faiss (issue 19)
+TARGET_RATIO = 1.0
 
 
 def make_data(n_gallery: int, n_queries: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -264,6 +265,13 @@ def run(ctx):
     if "ours_over_faiss" not in metrics:
         raise RuntimeError("a method failed: " + "; ".join(str(r[-1]) for r in rows if r[1] == "-"))
     ratio = metrics["ours_over_faiss"]
+    from phenoclip.eval.retrieval import bf16_is_fast
+
+    metrics["ours_bfloat16_screen"] = bf16_is_fast()
+    screen = ("ours screens in bfloat16 and rescores in float32 where the screen passes (this CPU multiplies "
+              "bfloat16 natively; where scores pack tighter than bfloat16 rounding it scans in float32 instead)"
+              if metrics["ours_bfloat16_screen"] else
+              "ours scans in float32 (this CPU has no native bfloat16 products, so no bfloat16 screen)")
     table = Table(
         title=f"Exact top-10 inner-product search: 1,024 queries against {n_gallery:,} x 128 float32 "
               f"({threads} threads for every method)",
@@ -271,7 +279,7 @@ def run(ctx):
         rows=rows,
         note=(f"ours / faiss throughput: {ratio:.2f}x (target >= {TARGET_RATIO}x: "
               f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}); "
-              f"ours / full matrix: {metrics.get('ours_over_full', 0):.2f}x. "
+              f"ours / full matrix: {metrics.get('ours_over_full', 0):.2f}x. {screen}. "
               "Best of 3 searches after a warm-up, in rounds alternating the methods (seconds: wall clock; CPU seconds: all threads, the steadier "
               "figure on a shared machine); each method in its own process; extra peak MB = peak resident "
               "set during the searches minus the resident set before them (gallery and index excluded)."))
