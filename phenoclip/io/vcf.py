@@ -116,11 +116,12 @@ def _decode(raw: np.ndarray, allele_index: np.ndarray, want_haplotypes: bool, wa
             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int, np.ndarray]:
     """Decode a stack of ``genotype.array()`` rows.
 
-    raw: (n, S, 3) int16, one row per output variant (a multi-allelic site's row is repeated per
-    ALT); allele_index: (n,) the ALT allele index that row counts. Column-wise comparisons, not
-    reductions over the short last axis: numpy reduces a length-2 axis slowly.
+    raw: (3, n, S) int16, planes of first allele, second allele and phase flag, one row per
+    output variant (a multi-allelic site's row is repeated per ALT); allele_index: (n,) the ALT
+    allele index that row counts. Plane-wise comparisons over contiguous rows, not reductions
+    over a short last axis: numpy reduces a length-2 axis slowly.
     """
-    a0, a1, phase = raw[:, :, 0], raw[:, :, 1], raw[:, :, 2]
+    a0, a1, phase = raw[0], raw[1], raw[2]
     k = allele_index[:, None]
     h0 = (a0 == k).view(np.int8)
     h1 = (a1 == k).view(np.int8)
@@ -129,7 +130,9 @@ def _decode(raw: np.ndarray, allele_index: np.ndarray, want_haplotypes: bool, wa
     dosage[missing] = -1
     called = ~missing
     # alleles behind each variant's called genotypes: 2 per diploid call, 1 per haploid call
-    n_alleles = 2 * np.count_nonzero(called, axis=1) - np.count_nonzero((a1 == -2) & called, axis=1)
+    # row counts as int32 sums of int8 views: several times faster than count_nonzero(axis=1)
+    n_alleles = (2 * np.add.reduce(called.view(np.int8), axis=1, dtype=np.int32)
+                 - np.add.reduce(((a1 == -2) & called).view(np.int8), axis=1, dtype=np.int32))
     haps = None
     unphased = 0
     if want_haplotypes:
@@ -169,7 +172,7 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
 
     # Two raw buffers: a worker thread decodes one block (numpy releases the GIL) while this
     # thread parses the next one into the other buffer.
-    raws = [np.empty((block_size, n_samples, 3), dtype=np.int16) for _ in range(2)]
+    raws = [np.empty((3, block_size, n_samples), dtype=np.int16) for _ in range(2)]
     indices = [np.empty(block_size, dtype=np.int16) for _ in range(2)]
     which = 0
     raw, allele_index = raws[which], indices[which]
@@ -194,7 +197,7 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
         nonlocal block, n, pending, which, raw, allele_index
         done = finish(*pending) if pending is not None else None
         # haplotypes are decoded while every block so far was phased (known once `done` is in)
-        future = pool.submit(_decode, raw[:n], allele_index[:n], phased_so_far, want_ref_count)
+        future = pool.submit(_decode, raw[:, :n], allele_index[:n], phased_so_far, want_ref_count)
         pending = (block, future)
         which = 1 - which
         raw, allele_index = raws[which], indices[which]
@@ -227,10 +230,15 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
             sel = rows[i:i + take]
             reps = n_alt[sel]
             total = int(cum[take - 1])
-            if total == take:  # biallelic sites only: one copy, straight into the buffer
-                np.take(b.gt, sel, axis=0, out=raw[n:n + total])
-            else:
-                raw[n:n + total] = np.repeat(b.gt[sel], reps, axis=0)
+            contiguous = total == take and int(sel[-1]) - int(sel[0]) == take - 1
+            for plane in range(3):
+                if contiguous:  # biallelic sites, none filtered out: a slice copy
+                    raw[plane, n:n + total] = b.gt[plane, sel[0]:sel[0] + take]
+                elif total == take:  # biallelic sites only: one copy, straight into the buffer
+                    # mode="clip": the rows are valid, and np.take buffers `out` under "raise"
+                    np.take(b.gt[plane], sel, axis=0, out=raw[plane, n:n + total], mode="clip")
+                else:
+                    raw[plane, n:n + total] = np.repeat(b.gt[plane, sel], reps, axis=0)
             starts = np.repeat(np.cumsum(reps) - reps, reps)
             allele_index[n:n + total] = np.arange(total) - starts + 1
             # one output row per ALT allele, in file order
@@ -285,11 +293,11 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
             for i, alt in enumerate(alts, start=1):
                 # copy into our buffer: cyvcf2 arrays may be views into htslib memory
                 if ploidy == 2:
-                    raw[n] = gt
+                    raw[:, n] = gt.T
                 else:  # all-haploid record: no second allele
-                    raw[n, :, 0] = gt[:, 0]
-                    raw[n, :, 1] = -2
-                    raw[n, :, 2] = gt[:, 1]
+                    raw[0, n] = gt[:, 0]
+                    raw[1, n] = -2
+                    raw[2, n] = gt[:, 1]
                 allele_index[n] = i
                 block.add(chrom, pos, vid, ref, alt)
                 n += 1

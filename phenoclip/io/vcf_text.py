@@ -120,8 +120,8 @@ def _open_records(path: str):
 
 @dataclass
 class TextBatch:
-    """Consecutive fixed-width records, parsed together: ``gt`` is (records x samples x 3) int16
-    (alleles, then the phase flag), already cut to the kept sample columns."""
+    """Consecutive fixed-width records, parsed together: ``gt`` is (3 x records x samples) int16,
+    three planes (first allele, second allele, phase flag), already cut to the kept sample columns."""
 
     chrom: list[str]
     pos: list[int]
@@ -189,14 +189,22 @@ def _parse_batch(batch: list[list[bytes]], width: int, n_samples: int, columns: 
         text = np.frombuffer(b"\t".join([*(batch[i][9] for i in fast), b""]), dtype="<u2")
         halves = text.reshape(len(fast), 2 * n_samples)
         first, second = halves[:, 0::2], halves[:, 1::2]
-        # mode="clip": every 16-bit index is in the tables, and the bounds check doubles the time
-        a0 = np.take(_FIRST_ALLELE, first, mode="clip")
-        a1 = np.take(_SECOND_ALLELE, second, mode="clip")
-        good = (a0.min(axis=1) > _BAD) & (a1.min(axis=1) > _BAD)
-        if columns is not None:
-            first, a0, a1 = first[:, columns], a0[:, columns], a1[:, columns]
-        phase = np.take(_PHASE, first, mode="clip")
-        gt = np.stack([a0, a1, phase], axis=-1)
+        # three planes (first allele, second allele, phase), not an interleaved (records,
+        # samples, 3) array: the lookups write straight into them, and the decoder compares
+        # contiguous rows. mode="clip": every 16-bit index is in the tables, and the bounds
+        # check doubles the time (np.take also buffers `out` under the default mode)
+        if columns is None:
+            gt = np.empty((3, len(fast), n_samples), dtype=np.int16)
+            a0 = np.take(_FIRST_ALLELE, first, mode="clip", out=gt[0])
+            a1 = np.take(_SECOND_ALLELE, second, mode="clip", out=gt[1])
+            good = (a0.min(axis=1) > _BAD) & (a1.min(axis=1) > _BAD)
+            np.take(_PHASE, first, mode="clip", out=gt[2])
+        else:
+            a0 = np.take(_FIRST_ALLELE, first, mode="clip")
+            a1 = np.take(_SECOND_ALLELE, second, mode="clip")
+            good = (a0.min(axis=1) > _BAD) & (a1.min(axis=1) > _BAD)
+            first = first[:, columns]
+            gt = np.stack([a0[:, columns], a1[:, columns], np.take(_PHASE, first, mode="clip")])
         idx = np.asarray(fast)
         ok[idx[good]] = True
         row[idx] = np.arange(len(fast))
@@ -206,7 +214,8 @@ def _parse_batch(batch: list[list[bytes]], width: int, n_samples: int, columns: 
             j = i
             while j < len(batch) and ok[j]:
                 j += 1
-            yield TextBatch(*_columns(batch[i:j], path), gt[row[i:j]])
+            # consecutive fixed-width records have consecutive rows: a view, not a copy
+            yield TextBatch(*_columns(batch[i:j], path), gt[:, row[i]:row[i] + j - i])
             i = j
             continue
         f = batch[i]

@@ -22,8 +22,8 @@ def _expand(out) -> list[tuple[int, np.ndarray]]:
     """(pos, gt) per record, whichever path read it."""
     rows = []
     for item in out:
-        if isinstance(item, TextBatch):
-            rows += list(zip(item.pos, item.gt))
+        if isinstance(item, TextBatch):  # planes (allele 1, allele 2, phase) -> (samples, 3) per record
+            rows += list(zip(item.pos, item.gt.transpose(1, 2, 0)))
         else:
             rows.append((item[1], item[5]))
     return rows
@@ -68,7 +68,8 @@ def test_kept_columns_and_metadata_columns():
     (out,) = _parse_batch(batch, WIDTH, N, np.array([1, 4]), "x.vcf")
     assert out.chrom == ["1", "1"] and out.pos == [5, 9] and out.id == ["rs1", None]
     assert out.ref == ["C", "C"] and out.alts == [["A", "T"], []]
-    assert out.gt[0].tolist() == [[1, 1, 1], [1, 0, 1]] and out.gt[1].tolist() == [[1, 1, 0], [1, 1, 0]]
+    gt = out.gt.transpose(1, 2, 0)  # (records, kept samples, allele 1 / allele 2 / phase)
+    assert gt[0].tolist() == [[1, 1, 1], [1, 0, 1]] and gt[1].tolist() == [[1, 1, 0], [1, 1, 0]]
 
 
 def test_a_bad_position_in_a_fast_run_is_named():
