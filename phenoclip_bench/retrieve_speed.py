@@ -1,4 +1,4 @@
-"""``--suite retrieve``: exact top-k search, ours (:func:`~phenoclip.eval.retrieval.topk_chunked`)
+"""``--suite retrieve``: exact top-k search, ours (:func:`~phenoclip.eval.topk.topk_chunked`)
 against faiss-cpu's flat inner-product index and a plain full-matrix ``torch.topk``.
 
 The same random L2-normalised float32 vectors for all three (1,000,000 x 128 gallery, 200,000
@@ -80,7 +80,7 @@ class Searcher:
 
         q = torch.from_numpy(queries)
         if self.method == "ours":
-            from phenoclip.eval.retrieval import topk_chunked
+            from phenoclip.eval.topk import topk_chunked
 
             s, i = topk_chunked(q, self.gallery, k)
             return s.numpy(), i.numpy()
@@ -265,7 +265,7 @@ def run(ctx):
     if "ours_over_faiss" not in metrics:
         raise RuntimeError("a method failed: " + "; ".join(str(r[-1]) for r in rows if r[1] == "-"))
     ratio = metrics["ours_over_faiss"]
-    from phenoclip.eval.retrieval import bf16_is_fast
+    from phenoclip.eval.topk_coarse import bf16_is_fast
 
     metrics["ours_bfloat16_screen"] = bf16_is_fast()
     screen = ("ours screens in bfloat16 and rescores in float32 where the screen passes (this CPU multiplies "

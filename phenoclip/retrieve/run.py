@@ -45,7 +45,8 @@ from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, UsageError, require_readable
 from phenoclip.pretrained import Pretrained, embed_samples, expr_stats, load_pretrained
 from phenoclip.eval.embedding_map import plot_map, points_from, read_label_column
-from phenoclip.eval.retrieval import format_metrics, metrics_from_bounds, rank_bounds, topk_chunked
+from phenoclip.eval.retrieval import format_metrics, metrics_from_bounds, rank_bounds
+from phenoclip.eval.topk import topk_chunked
 from phenoclip.eval.zero_shot import disease_gallery, resolve_ontology, term_gallery
 from phenoclip.io.hpoa import read_hpoa
 from phenoclip.retrieve.outputs import (HPO_GALLERY, Side, check_outputs, output_prefix, write_embeddings,

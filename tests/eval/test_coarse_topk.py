@@ -9,13 +9,13 @@ unequal norms, all-negative sub-blocks, a partial last sub-block, and exact ties
 import pytest
 import torch
 
-from phenoclip.eval import retrieval
-from phenoclip.eval.retrieval import topk_chunked, topk_full
+from phenoclip.eval import topk_coarse
+from phenoclip.eval.topk import topk_chunked, topk_full
 
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(retrieval, "_SUB_BLOCK", 8)
+    monkeypatch.setattr(topk_coarse, "_SUB_BLOCK", 8)
 
 
 def _unit(x):
@@ -65,7 +65,7 @@ def test_the_slack_bounds_every_coarse_score():
     q = torch.randn(64, 128, generator=gen) * torch.rand(64, 1, generator=gen) * 4
     g = torch.randn(3000, 128, generator=gen) * torch.rand(3000, 1, generator=gen) * 4
     low_q = q.to(torch.bfloat16)
-    per_g, up = retrieval._coarse_slack(q, low_q)
+    per_g, up = topk_coarse.coarse_slack(q, low_q)
     coarse = (low_q @ g.to(torch.bfloat16).T).float()
     err = (q @ g.T - coarse).abs()
     bound = per_g[:, None] * torch.linalg.vector_norm(g, dim=1)[None, :] + up * coarse.abs()
@@ -79,11 +79,11 @@ def test_the_screen_keeps_little_of_spread_scores_and_most_of_packed_ones():
 
     def kept(q, g):
         low_q = q.to(torch.bfloat16)
-        per_g, up = retrieval._coarse_slack(q, low_q)
+        per_g, up = topk_coarse.coarse_slack(q, low_q)
         coarse = low_q @ g.to(torch.bfloat16).T
         keys = coarse.view(torch.int16).view(q.shape[0], -1, 128).amax(dim=2)
         g_max = torch.linalg.vector_norm(g, dim=1).view(-1, 128).amax(dim=1)
-        keep, floor = retrieval._coarse_select(keys, g_max, per_g, up, 10)
+        keep, floor = topk_coarse.coarse_select(keys, g_max, per_g, up, 10)
         # the floor lies under the true 10th best score of every query
         assert bool((floor.squeeze(1) <= topk_full(q, g, 10)[0][:, -1]).all())
         return float(keep.float().mean())
@@ -96,10 +96,10 @@ def test_at_the_default_sizes_both_passes_run_and_agree_with_the_full_matrix(mon
     gen = torch.Generator().manual_seed(4)
     q, g = _unit(torch.randn(64, 128, generator=gen)), _unit(torch.randn(70_000, 128, generator=gen))
     exact_scans = []
-    scan = retrieval._scan
-    monkeypatch.setattr(retrieval, "_scan", lambda *a, **kw: exact_scans.append(a[2:4]) or scan(*a, **kw))
+    scan = topk_coarse.scan
+    monkeypatch.setattr(topk_coarse, "scan", lambda *a, **kw: exact_scans.append(a[2:4]) or scan(*a, **kw))
     s, i = topk_chunked(q, g, 10, threads=1, coarse=True)
-    assert exact_scans == [(0, 70_000)]  # the call into the two-pass scan itself, and no fallback
+    assert exact_scans == []  # both passes ran: no fallback to the float32 scan
     ref_s, ref_i = topk_full(q, g, 10)
     assert torch.equal(i, ref_i)
     torch.testing.assert_close(s, ref_s, rtol=0, atol=1e-6)

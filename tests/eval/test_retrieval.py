@@ -2,7 +2,8 @@
 
 import torch
 
-from phenoclip.eval.retrieval import metrics_from_rank_bounds, paired_retrieval, rank_bounds, topk_chunked
+from phenoclip.eval.retrieval import metrics_from_rank_bounds, paired_retrieval, rank_bounds
+from phenoclip.eval.topk import topk_chunked
 
 
 def test_hand_computed_ranks_and_metrics():

@@ -12,8 +12,8 @@ import torch
 
 from conftest import REPO, error_lines, needs, run_cli
 from phenoclip.errors import InconsistentInputError
-from phenoclip.eval import retrieval
-from phenoclip.eval.retrieval import topk_chunked
+from phenoclip.eval import retrieval, topk
+from phenoclip.eval.topk import topk_chunked
 from phenoclip.retrieve.run import retrieval_metrics, run_retrieve
 from phenoclip.store import open_store
 
@@ -106,7 +106,7 @@ def test_topk_chunked_equals_its_full_matrix_twin_with_ties(monkeypatch):
     base = torch.randint(-4, 5, (60, 8), generator=gen).float() / 4
     g = torch.cat([base, base, base])                      # every item three times: i, i + 60, i + 120
     q = torch.randint(-4, 5, (7, 8), generator=gen).float() / 4
-    ref_s, ref_i = retrieval.topk_full(q, g, 9)
+    ref_s, ref_i = topk.topk_full(q, g, 9)
     for srow, irow in zip(ref_s.tolist(), ref_i.tolist()):  # equal scores in index order
         assert all(a > b or (a == b and i < j) for a, b, i, j in zip(srow, srow[1:], irow, irow[1:]))
     # few queries: workers split the gallery (ranges cut through the tied triples), then merge
@@ -115,17 +115,17 @@ def test_topk_chunked_equals_its_full_matrix_twin_with_ties(monkeypatch):
             s, i = topk_chunked(q, g, 9, chunk=chunk, threads=threads)
             assert torch.equal(i, ref_i) and torch.equal(s, ref_s), (threads, chunk)
     # many queries: workers take query blocks
-    monkeypatch.setattr(retrieval, "_QUERY_BLOCK", 3)
-    monkeypatch.setattr(retrieval, "_MIN_QUERIES_PER_WORKER", 2)
+    monkeypatch.setattr(topk, "_QUERY_BLOCK", 3)
+    monkeypatch.setattr(topk, "_MIN_QUERIES_PER_WORKER", 2)
     qq = torch.cat([q, base[:13]])
-    ref_s, ref_i = retrieval.topk_full(qq, g, 9)
+    ref_s, ref_i = topk.topk_full(qq, g, 9)
     s, i = topk_chunked(qq, g, 9, chunk=16, threads=2)
     assert torch.equal(i, ref_i) and torch.equal(s, ref_s)
     # random vectors, no ties: the same items as the full matrix
     rq, rg = torch.randn(5, 16, generator=gen), torch.randn(3000, 16, generator=gen)
     for threads in (1, 2):
         s, i = topk_chunked(rq, rg, 10, chunk=256, threads=threads)
-        assert torch.equal(i, retrieval.topk_full(rq, rg, 10)[1])
+        assert torch.equal(i, topk.topk_full(rq, rg, 10)[1])
 
 
 # ---------------------------------------------------------------- the library on real stores
