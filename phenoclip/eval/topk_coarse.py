@@ -22,6 +22,8 @@ _COARSE_PROBE = 128
 _COARSE_MAX_SHARE = 0.5
 #: queries per slice of the screen's arithmetic (it holds a few float (rows x sub-blocks) arrays)
 _SELECT_ROWS = 64
+#: pass 2 scores kept items in units of at most this many (a multiple of _SUB_BLOCK)
+_RESCORE_ITEMS = 1024
 
 
 def coarse_slack(queries: torch.Tensor, low_q: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -75,8 +77,9 @@ def scan_coarse(queries: torch.Tensor, gallery: torch.Tensor, start: int, stop: 
     Pass 1 multiplies in bfloat16 and keeps, per query, the largest coarse score of each
     :data:`_SUB_BLOCK` items (read as int16 bits: a vectorised maximum, where bfloat16's is not).
     :func:`coarse_select` turns these into a floor under each query's k-th best score and the
-    sub-blocks that can reach it. Pass 2 scores the chunks holding kept sub-blocks in float32,
-    for the queries that kept them, and keeps the items at or above the floor; the best ``k`` of
+    sub-blocks that can reach it. Pass 2 scores in float32 the units (at most
+    :data:`_RESCORE_ITEMS` items) holding kept sub-blocks, for the queries that kept them, and
+    keeps the items at or above the floor; the best ``k`` of
     those are the exact top-k (ties: lower index first). Where bfloat16 cannot tell items apart
     (scores packed closer than its rounding), the screen keeps most sub-blocks: after
     :data:`_COARSE_PROBE` sub-blocks that shows, and the range is scanned exactly instead.
@@ -116,22 +119,23 @@ def scan_coarse(queries: torch.Tensor, gallery: torch.Tensor, start: int, stop: 
         if m > full * _SUB_BLOCK:  # the range's last, partial sub-block
             keys[:, s0 + full] = torch.amax(bits[:, full * _SUB_BLOCK:], dim=1)
             g_max[s0 + full] = norms[full * _SUB_BLOCK:].max()
-    # the screen, a few queries at a time: its float temporaries are (queries x sub-blocks)
-    n_chunks = -(-(stop - start) // chunk)
-    keep = torch.empty((n_q, n_chunks), dtype=torch.bool)
+    # the screen, a few queries at a time: its float temporaries are (queries x sub-blocks); pass 2
+    # scores units of at most _RESCORE_ITEMS items (a chunk is large when there are few queries)
+    unit = min(chunk, _RESCORE_ITEMS)
+    per_unit = unit // _SUB_BLOCK
+    n_units = -(-(stop - start) // unit)
+    keep = torch.empty((n_q, n_units), dtype=torch.bool)
     floor = torch.empty((n_q, 1))
     for r in range(0, n_q, _SELECT_ROWS):
         sl = slice(r, r + _SELECT_ROWS)
         kept, floor[sl] = coarse_select(keys[sl], g_max, per_g[sl], up, k)
-        kept = torch.nn.functional.pad(kept, (0, n_chunks * per_chunk - n_sub))
-        keep[sl] = kept.view(kept.shape[0], n_chunks, per_chunk).any(2)
+        kept = torch.nn.functional.pad(kept, (0, n_units * per_unit - n_sub))
+        keep[sl] = kept.view(kept.shape[0], n_units, per_unit).any(2)
     found_s, found_i, found_q = [], [], []
-    for c in range(n_chunks):
-        rows = keep[:, c].nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
-        a = start + c * chunk
-        exact = queries.index_select(0, rows) @ gallery[a:min(a + chunk, stop)].T
+    for u in keep.any(dim=0).nonzero().squeeze(1).tolist():
+        rows = keep[:, u].nonzero().squeeze(1)
+        a = start + u * unit
+        exact = queries.index_select(0, rows) @ gallery[a:min(a + unit, stop)].T
         r, col = (exact >= floor[rows]).nonzero(as_tuple=True)
         found_s.append(exact[r, col])
         found_i.append(col + a)

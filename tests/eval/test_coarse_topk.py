@@ -38,8 +38,10 @@ def _cases(gen):
     yield "negative", _unit(torch.randn(40, e, generator=gen) + 3 * d), g
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_coarse_top_k_equals_the_full_matrix(small_blocks, threads):
+@pytest.mark.parametrize("threads, rescore_items", [(1, 1024), (2, 1024), (1, 16)])
+def test_coarse_top_k_equals_the_full_matrix(small_blocks, monkeypatch, threads, rescore_items):
+    # rescore_items 16: pass 2 scores units of 16 items, smaller than a chunk (as with few queries)
+    monkeypatch.setattr(topk_coarse, "_RESCORE_ITEMS", rescore_items)
     gen = torch.Generator().manual_seed(3)
     for name, q, g in _cases(gen):
         ref_s, ref_i = topk_full(q, g, 10)
