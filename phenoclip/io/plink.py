@@ -236,32 +236,41 @@ class PlinkGenotypes(GenotypeSource):
         blk.n_multiallelic = int(sum(1 for s in uniq if len(t.alts[s]) > 1))
         for s, k in zip(site.tolist(), allele.tolist()):
             blk.add(t.chrom[s], int(t.pos[s]), None if t.id[s] == "." else t.id[s], t.ref[s], t.alts[s][k - 1])
-        dosage = np.empty((n, n_samples), dtype=np.int8)
-        for k in np.unique(allele):
-            rows = np.flatnonzero(allele == k)
-            out = np.empty((rows.size, n_samples), dtype=np.int8)
-            self._reader.read_list(np.ascontiguousarray(site[rows]), out, allele_idx=int(k))
-            dosage[rows] = out
-        missing = dosage == _MISSING
-        dosage[missing] = -1
-        blk.dosage = dosage
-        blk.n_alleles = 2 * np.count_nonzero(~missing, axis=1)
-        if want_ref_count:
-            refc = np.empty((n, n_samples), dtype=np.int8)
-            self._reader.read_list(np.ascontiguousarray(site), refc, allele_idx=0)
-            refc[refc == _MISSING] = -1
-            blk.ref_count = refc
         if want_haplotypes:
+            # one read gives both: the haplotypes, and the dosage as their sum (no second pass of
+            # pgenlib over the same genotypes)
             alleles = np.empty((n, 2 * n_samples), dtype=np.int32)
             present = np.empty((n, n_samples), dtype=np.uint8)
             self._reader.read_alleles_and_phasepresent_list(np.ascontiguousarray(site), alleles, present)
             a0, a1 = alleles[:, 0::2], alleles[:, 1::2]
             k = allele[:, None]
-            hap = np.stack([(a0 == k), (a1 == k)], axis=1).astype(np.int8)
-            hap[:, 0][a0 == _MISSING] = -1
-            hap[:, 1][a1 == _MISSING] = -1
+            hap = np.empty((n, 2, n_samples), dtype=np.int8)
+            np.equal(a0, k, out=hap[:, 0].view(bool))
+            np.equal(a1, k, out=hap[:, 1].view(bool))
+            dosage = hap[:, 0] + hap[:, 1]
+            missing0, missing1 = a0 == _MISSING, a1 == _MISSING
+            hap[:, 0][missing0] = -1
+            hap[:, 1][missing1] = -1
+            missing = missing0 | missing1
+            dosage[missing] = -1
             blk.haplotypes = hap
             blk.unphased_het = int(np.count_nonzero((a0 != a1) & (a0 >= 0) & (a1 >= 0) & (present == 0)))
         else:
+            dosage = np.empty((n, n_samples), dtype=np.int8)
+            for k in np.unique(allele):
+                rows = np.flatnonzero(allele == k)
+                out = np.empty((rows.size, n_samples), dtype=np.int8)
+                self._reader.read_list(np.ascontiguousarray(site[rows]), out, allele_idx=int(k))
+                dosage[rows] = out
+            missing = dosage == _MISSING
+            dosage[missing] = -1
             blk.unphased_het = 0 if self.phased else int(np.count_nonzero(dosage == 1))
+        blk.dosage = dosage
+        # an int32 sum of an int8 view: several times faster than count_nonzero(axis=1)
+        blk.n_alleles = 2 * np.add.reduce((~missing).view(np.int8), axis=1, dtype=np.int32)
+        if want_ref_count:
+            refc = np.empty((n, n_samples), dtype=np.int8)
+            self._reader.read_list(np.ascontiguousarray(site), refc, allele_idx=0)
+            refc[refc == _MISSING] = -1
+            blk.ref_count = refc
         return blk
