@@ -50,7 +50,7 @@ def coarse_slack(queries: torch.Tensor, low_q: torch.Tensor) -> tuple[torch.Tens
 
 
 def coarse_select(keys: torch.Tensor, g_max: torch.Tensor, per_g: torch.Tensor, up: float, k: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which sub-blocks may hold a top-``k`` item: ``(keep (Q, S) bool, floor (Q, 1))``.
 
     ``keys``: each sub-block's largest coarse score per query, as the int16 of its bfloat16 bits
@@ -79,8 +79,8 @@ def scan_coarse(queries: torch.Tensor, gallery: torch.Tensor, start: int, stop: 
     :func:`coarse_select` turns these into a floor under each query's k-th best score and the
     sub-blocks that can reach it. Pass 2 scores in float32 the units (at most
     :data:`_RESCORE_ITEMS` items) holding kept sub-blocks, for the queries that kept them, and
-    keeps the items at or above the floor; the best ``k`` of
-    those are the exact top-k (ties: lower index first). Where bfloat16 cannot tell items apart
+    keeps the items at or above the floor; the best ``k`` of those are the exact top-k (ties:
+    lower index first). Where bfloat16 cannot tell items apart
     (scores packed closer than its rounding), the screen keeps most sub-blocks: after
     :data:`_COARSE_PROBE` sub-blocks that shows, and the range is scanned exactly instead.
     """
@@ -140,9 +140,11 @@ def scan_coarse(queries: torch.Tensor, gallery: torch.Tensor, start: int, stop: 
         found_s.append(exact[r, col])
         found_i.append(col + a)
         found_q.append(rows[r])
+    if not found_s:  # cannot happen with finite inputs (NaN or inf can break the bound)
+        return scan(queries, gallery, start, stop, k, chunk)
     scores, idx, owner = torch.cat(found_s), torch.cat(found_i), torch.cat(found_q)
     counts = torch.bincount(owner, minlength=n_q)
-    if int(counts.min()) < k:  # cannot happen with finite inputs; NaN or inf can break the bound
+    if int(counts.min()) < k:  # likewise
         return scan(queries, gallery, start, stop, k, chunk)
     # each query's items arrive in index order: sorting by score, then stably by query, leaves
     # every query's items best first with equal scores in index order

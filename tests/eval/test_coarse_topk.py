@@ -105,3 +105,13 @@ def test_at_the_default_sizes_both_passes_run_and_agree_with_the_full_matrix(mon
     ref_s, ref_i = topk_full(q, g, 10)
     assert torch.equal(i, ref_i)
     torch.testing.assert_close(s, ref_s, rtol=0, atol=1e-6)
+
+
+def test_a_nan_query_falls_back_to_the_float32_scan(small_blocks):
+    gen = torch.Generator().manual_seed(5)
+    q, g = _unit(torch.randn(6, 32, generator=gen)), _unit(torch.randn(5003, 32, generator=gen))
+    q[2] = float("nan")
+    s, i = topk_chunked(q, g, 10, chunk=64, threads=1, coarse=True)
+    ref_s, ref_i = topk_chunked(q, g, 10, chunk=64, threads=1, coarse=False)
+    assert torch.equal(i[[0, 1, 3, 4, 5]], ref_i[[0, 1, 3, 4, 5]])
+    assert bool(s[2].isnan().all()) and bool(ref_s[2].isnan().all())
