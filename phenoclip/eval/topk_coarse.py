@@ -42,8 +42,9 @@ def coarse_slack(queries: torch.Tensor, low_q: torch.Tensor) -> tuple[torch.Tens
     u = 2.0 ** -8
     e = queries.shape[1]
     gamma = e * 2.0 ** -24 / (1 - e * 2.0 ** -24)
-    qb = torch.linalg.vector_norm(low_q.float(), dim=1)
-    qr = torch.linalg.vector_norm(queries - low_q.float(), dim=1)
+    rounded = low_q.float()
+    qb = torch.linalg.vector_norm(rounded, dim=1)
+    qr = torch.linalg.vector_norm(queries - rounded, dim=1)
     q = torch.linalg.vector_norm(queries, dim=1)
     per_g = (qr + u * qb + gamma * (1 + u) * (qb + q)) * (1 + 1e-3)
     return per_g, u / (1 - u) * (1 + 1e-3)

@@ -150,6 +150,12 @@ def part_of(n: int, part: tuple[int, int] | None) -> tuple[int, int]:
     return (int(bounds[0]), int(bounds[-1]) + 1) if bounds.size else (n, n)
 
 
+def row_counts(mask: np.ndarray) -> np.ndarray:
+    """True entries per row of a 2-D bool array, as int32: an int32 sum of its int8 view, several
+    times faster than ``count_nonzero(axis=1)`` (exact up to 2^31 columns)."""
+    return np.add.reduce(np.ascontiguousarray(mask).view(np.int8), axis=1, dtype=np.int32)
+
+
 def require_unique_ids(ids: Sequence[str], path: str, what: str, fix: str) -> None:
     """Raise one line naming the first sample ID that occurs twice in ``path``."""
     seen: set[str] = set()

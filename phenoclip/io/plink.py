@@ -25,7 +25,7 @@ import numpy as np
 
 from phenoclip.errors import InconsistentInputError, MalformedInputError, require_readable
 from phenoclip.io.genotype_source import (GenotypeSource, Region, SkipCounts, VariantBlock, merge_regions, part_of,
-                                          require_unique_ids)
+                                          require_unique_ids, row_counts)
 
 _MISSING = -9  # pgenlib's missing genotype / allele code
 
@@ -266,8 +266,7 @@ class PlinkGenotypes(GenotypeSource):
             dosage[missing] = -1
             blk.unphased_het = 0 if self.phased else int(np.count_nonzero(dosage == 1))
         blk.dosage = dosage
-        # an int32 sum of an int8 view: several times faster than count_nonzero(axis=1)
-        blk.n_alleles = 2 * np.add.reduce((~missing).view(np.int8), axis=1, dtype=np.int32)
+        blk.n_alleles = 2 * row_counts(~missing)
         if want_ref_count:
             refc = np.empty((n, n_samples), dtype=np.int8)
             self._reader.read_list(np.ascontiguousarray(site), refc, allele_idx=0)

@@ -28,7 +28,8 @@ import numpy as np
 
 from phenoclip.errors import MalformedInputError, UsageError, require_readable
 from phenoclip.io.genotype_source import (PART_RULE, GenotypeSource, Region, SkipCounts,  # noqa: F401
-                                          VariantBlock, in_regions, merge_regions, parse_region, require_unique_ids)
+                                          VariantBlock, in_regions, merge_regions, parse_region, require_unique_ids,
+                                          row_counts)
 from phenoclip.io.vcf_text import TextBatch, gt_only, iter_text_records
 
 
@@ -130,9 +131,7 @@ def _decode(raw: np.ndarray, allele_index: np.ndarray, want_haplotypes: bool, wa
     dosage[missing] = -1
     called = ~missing
     # alleles behind each variant's called genotypes: 2 per diploid call, 1 per haploid call
-    # row counts as int32 sums of int8 views: several times faster than count_nonzero(axis=1)
-    n_alleles = (2 * np.add.reduce(called.view(np.int8), axis=1, dtype=np.int32)
-                 - np.add.reduce(((a1 == -2) & called).view(np.int8), axis=1, dtype=np.int32))
+    n_alleles = 2 * row_counts(called) - row_counts((a1 == -2) & called)
     haps = None
     unphased = 0
     if want_haplotypes:

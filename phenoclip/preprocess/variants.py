@@ -27,7 +27,7 @@ from phenoclip.io.annotations import read_gene_annotation, read_pgs_scoring_file
 from phenoclip.io.bgen import HARD_CALL_THRESHOLD, BgenGenotypes
 from phenoclip.io.stdin import STDIN, display_name, source_attr
 from phenoclip.io.tables import read_id_list
-from phenoclip.io.genotype_source import check_samples_subset
+from phenoclip.io.genotype_source import check_samples_subset, row_counts
 from phenoclip.io.plink import PlinkGenotypes
 from phenoclip.io.vcf import SkipCounts, VariantBlock, VcfGenotypes, has_index, parse_region
 from phenoclip.parts import check_part
@@ -66,7 +66,7 @@ def _frequencies(block: VariantBlock) -> tuple[np.ndarray, np.ndarray]:
     dos = block.dosage
     # row sums in int32 (exact up to a billion samples): 20x faster than summing into int64 or
     # through np.where; a missing call (-1) is added back once per missing call
-    n_called = np.add.reduce((dos >= 0).view(np.int8), axis=1, dtype=np.int32)
+    n_called = row_counts(dos >= 0)
     miss_rate = 1.0 - n_called / dos.shape[1]
     alt = (np.add.reduce(dos, axis=1, dtype=np.int32) + (dos.shape[1] - n_called)).astype(np.float64)
     alleles = block.n_alleles.astype(np.float64)
