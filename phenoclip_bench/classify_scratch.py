@@ -1,20 +1,26 @@
 """Single-modality networks trained from scratch for ``--suite classify`` (paper 000's supervised baselines).
 
 Kept tiny on purpose (a few thousand to ~100k parameters): the benchmark runs on two CPU cores,
-and a cohort of ~200 patients cannot feed anything larger. Each network trains with Adam and
-cross-entropy on the training patients minus a stratified validation slice; training stops when
-the validation loss has not improved for ``patience`` epochs, and the weights of the best epoch
-are restored, so the test split never steers training.
+and a cohort of ~200 patients cannot feed anything larger. Each network trains through the one
+training loop (:mod:`phenoclip.train.loop`: AdamW at a constant rate, cross-entropy) on the
+training patients minus a stratified validation slice; the loop stops when the validation loss
+has not improved for ``patience`` epochs, and the weights of the best epoch are restored, so the
+test split never steers training.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from phenoclip.data.batch import SAMPLE_IDS
+from phenoclip.ops.draws import RowDraws, drawing, row_dropout
+from phenoclip.train.loop import LoopSettings, best_epoch, train
 
 
 def gene_mlp(n_variants: int, n_classes: int, hidden: int = 32) -> nn.Module:
@@ -77,6 +83,42 @@ def validation_slice(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return val
 
 
+class _Rows(torch.utils.data.Dataset):
+    """Feature rows and classes as items of the training loop (a row's index is its ID)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, rows: list[int]) -> dict:
+        return {SAMPLE_IDS: [str(i) for i in rows], "x": self.x[rows], "y": self.y[rows]}
+
+
+class ClassifyTask(nn.Module):
+    """Cross-entropy of a classifier, as a task of :func:`phenoclip.train.loop.train`: its dropout
+    draws from per-row streams keyed by the step (so a fit is reproducible from its seed alone)."""
+
+    def __init__(self, net: nn.Module, seed: int):
+        super().__init__()
+        self.net = net
+        self.generators = {"task": torch.Generator().manual_seed(seed + 1)}
+        row_dropout(self)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        step_key = int(torch.randint(0, 1 << 62, (1,), generator=self.generators["task"]))
+        with drawing(RowDraws.for_batch(step_key, batch[SAMPLE_IDS])):
+            loss = nn.functional.cross_entropy(self.net(batch["x"]), batch["y"])
+        return loss, {"loss": float(loss.detach())}
+
+    def after_step(self, progress: float, lr: float) -> None:
+        pass
+
+
 def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> float:
     net.eval()
     with torch.no_grad():
@@ -87,33 +129,32 @@ def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64
 
 def train_classifier(net: nn.Module, x: np.ndarray, y: np.ndarray, settings: TrainSettings,
                      seed: int) -> TrainLog:
-    """Train ``net`` in place on ``(x, y)`` with early stopping on a stratified validation slice."""
-    torch.manual_seed(seed)
+    """Train ``net`` in place on ``(x, y)`` through the one training loop (AdamW at a constant rate),
+    stopping early on the loss of a stratified validation slice; ends with the best epoch's weights."""
     val = validation_slice(y, settings.val_fraction, seed)
-    xt, yt = torch.as_tensor(x[~val], dtype=torch.float32), torch.as_tensor(y[~val], dtype=torch.long)
+    fit_rows = _Rows(x[~val], y[~val])
     xv, yv = torch.as_tensor(x[val], dtype=torch.float32), torch.as_tensor(y[val], dtype=torch.long)
-    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    best, best_epoch, best_state, epoch = float("inf"), 0, copy.deepcopy(net.state_dict()), 0
-    for epoch in range(1, settings.max_epochs + 1):
-        net.train()
-        order = torch.randperm(len(xt), generator=generator)
-        for i in range(0, len(order), settings.batch_size):
-            batch = order[i:i + settings.batch_size]
-            if len(batch) < 2:  # BatchNorm cannot train on one example
-                continue
-            loss = nn.functional.cross_entropy(net(xt[batch]), yt[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    task = ClassifyTask(net, seed)
+    loop = LoopSettings(epochs=settings.max_epochs, batch_size=min(settings.batch_size, len(fit_rows)),
+                        lr=settings.lr, weight_decay=settings.weight_decay, schedule="constant", grad_clip=0.0,
+                        seed=seed, progress=None, monitor="val_loss", patience=settings.patience, min_delta=1e-4)
+    best: dict = {"loss": float("inf"), "state": copy.deepcopy(net.state_dict())}
+
+    def on_epoch_end(epoch: int, logged: dict) -> dict:
         current = _loss(net, xv, yv)
-        if current < best - 1e-4:
-            best, best_epoch, best_state = current, epoch, copy.deepcopy(net.state_dict())
-        elif epoch - best_epoch >= settings.patience:
-            break
-    net.load_state_dict(best_state)
+        if current < best["loss"] - loop.min_delta:  # the loop's own rule for the best epoch
+            best.update(loss=current, state=copy.deepcopy(net.state_dict()))
+        task.train()
+        return {"val_loss": current}
+
+    with tempfile.TemporaryDirectory(prefix="phenoclip_scratch_") as folder:
+        result = train(task, fit_rows, loop, folder, config={"kind": "bench-scratch"}, state={},
+                       on_epoch_end=on_epoch_end, log=lambda line: None)
+    history = result["history"]
+    net.load_state_dict(best["state"])
     net.eval()
-    return TrainLog(epoch, best_epoch, best, int((~val).sum()), int(val.sum()))
+    best_at = best_epoch(history, "val_loss", "min", loop.min_delta)
+    return TrainLog(len(history), best_at, best["loss"], len(fit_rows), int(val.sum()))
 
 
 def predict_proba(net: nn.Module, x: np.ndarray, batch_size: int = 64) -> np.ndarray:

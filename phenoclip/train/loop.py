@@ -88,6 +88,13 @@ class LoopSettings:
     schedule: str = "cosine"
     #: the progress bar's name; None: no bar (a caller that shows its own, e.g. one per fit)
     progress: str | None = "pretraining"
+    #: early stopping: a figure of ``on_epoch_end`` to watch ("min": lower is better, "max": higher);
+    #: training ends once its best epoch is ``patience`` epochs behind (None: run every epoch)
+    monitor: str | None = None
+    monitor_mode: str = "min"
+    patience: int | None = None
+    #: an epoch is better only by more than this
+    min_delta: float = 0.0
 
 
 def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
@@ -151,6 +158,31 @@ def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: 
                       pin_memory=settings.device.startswith("cuda"))  # pinned pages copy asynchronously
 
 
+def best_epoch(history: list[dict], key: str, mode: str = "min", min_delta: float = 0.0) -> int:
+    """The epoch (1-based) whose ``key`` was last improved on by more than ``min_delta`` (0: none logged)."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"unknown monitor mode {mode!r}")
+    sign = 1.0 if mode == "min" else -1.0
+    best, at = math.inf, 0
+    for h in history:
+        v = sign * float(h[key])
+        if v < best - min_delta:
+            best, at = v, int(h["epoch"])
+    return at
+
+
+def patience_spent(history: list[dict], settings: LoopSettings) -> bool:
+    """Whether early stopping ends training after ``history``.
+
+    Decided from the history alone (which every checkpoint holds), so a resumed run stops at the
+    epoch an uninterrupted one stops at.
+    """
+    if settings.monitor is None or settings.patience is None or not history:
+        return False
+    best = best_epoch(history, settings.monitor, settings.monitor_mode, settings.min_delta)
+    return int(history[-1]["epoch"]) - best >= settings.patience
+
+
 def steps_per_epoch(dataset: Dataset, settings: LoopSettings) -> int:
     return max(1, len(dataset) // (max(1, dist_utils.world_size()) * settings.batch_size))
 
@@ -161,7 +193,10 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
     """Train ``task`` on ``dataset``; checkpoint into ``out_dir`` each epoch; return the final state.
 
     ``state`` carries what the caller wants saved with every checkpoint (the split, say);
-    ``on_epoch_end(epoch, logged) -> extra`` may add validation figures to the epoch's history.
+    ``on_epoch_end(epoch, logged) -> extra`` may add validation figures to the epoch's history;
+    with ``settings.monitor`` and ``settings.patience`` one of them stops training early (the
+    caller keeps the best epoch's weights, as it knows what "best" is for). The returned state's
+    ``stopped_early`` says whether it did.
     """
     out_dir = Path(out_dir)
     n_steps = steps_per_epoch(dataset, settings)
@@ -196,7 +231,9 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
                                         "epoch_sums": epoch_sums or {}})
         dist_utils.barrier()
 
-    steps_done = 0
+    if patience_spent(history, settings):  # resumed after an early stop: nothing left to train
+        return {"epoch": epoch, "history": history, "stopped_early": True}
+    steps_done, stopped_early = 0, False
     # patients per step, all ranks together (the epoch's last batch may be smaller)
     per_step = len(dataset) / max(1, n_steps)
     bar = (Progress(settings.progress, total, "steps", per_unit=(per_step, "samples")) if settings.progress
@@ -255,5 +292,9 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
             log(f"epoch {epoch + 1}/{settings.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
             epoch += 1
             step_in_epoch = 0
-            save(finished=epoch >= settings.epochs)
-    return {"epoch": epoch, "history": history}
+            stopped_early = patience_spent(history, settings)
+            save(finished=epoch >= settings.epochs or stopped_early)
+            if stopped_early:
+                log(f"stopping early: {settings.monitor} has not improved for {settings.patience} epochs")
+                break
+    return {"epoch": epoch, "history": history, "stopped_early": stopped_early}
