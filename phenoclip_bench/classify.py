@@ -332,5 +332,6 @@ def _note(rows: Rows, mods: list[str], never_seen: int, n_test: int, probe_c: di
             "brain-intensity histogram and percentiles, bright voxels per hemisphere and 8^3 block means, "
             "signals = heart rate, RR-interval SD/RMSSD/CV and relative Welch band powers of ECG and PPG, HPO = "
             "term indicators; 'all' = early fusion (concatenation, training-mean imputation of absent "
-            "modalities plus missingness indicators). Scratch networks: Adam, early stopping on the validation "
-            f"loss of a stratified 20% slice of the training patients (n train includes that slice); {scratch}.")
+            "modalities plus missingness indicators). Scratch networks: the training loop of `phenoclip "
+            "pretrain` (AdamW at a constant rate) with early stopping on the validation loss of a stratified "
+            f"20% slice of the training patients (n train includes that slice); {scratch}.")
