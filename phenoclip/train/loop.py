@@ -159,7 +159,8 @@ def _loader(dataset: Dataset, settings: LoopSettings, epoch: int, skip_batches: 
 
 
 def best_epoch(history: list[dict], key: str, mode: str = "min", min_delta: float = 0.0) -> int:
-    """The epoch (1-based) whose ``key`` was last improved on by more than ``min_delta`` (0: none logged)."""
+    """The best epoch (1-based) of ``history`` by ``key``: the last one that beat the best before it
+    by more than ``min_delta`` (0 for an empty history)."""
     if mode not in ("min", "max"):
         raise ValueError(f"unknown monitor mode {mode!r}")
     sign = 1.0 if mode == "min" else -1.0
