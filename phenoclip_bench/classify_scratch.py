@@ -141,10 +141,10 @@ def train_classifier(net: nn.Module, x: np.ndarray, y: np.ndarray, settings: Tra
     best: dict = {"loss": float("inf"), "state": copy.deepcopy(net.state_dict())}
 
     def on_epoch_end(epoch: int, logged: dict) -> dict:
+        # leaves the net in eval mode: the loop puts the task back in training mode at each epoch's start
         current = _loss(net, xv, yv)
         if current < best["loss"] - loop.min_delta:  # the loop's own rule for the best epoch
             best.update(loss=current, state=copy.deepcopy(net.state_dict()))
-        task.train()
         return {"val_loss": current}
 
     with tempfile.TemporaryDirectory(prefix="phenoclip_scratch_") as folder:
