@@ -6,6 +6,8 @@ suite is reported (reason in the report, non-zero exit) while the others still r
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
 import shutil
 import sys
@@ -14,6 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phenoclip_bench.report import now_iso, write_report
 from phenoclip.errors import OutputError, PhenoclipError, UsageError
 
 
@@ -85,8 +88,6 @@ def _merge(name: str, parts: list[SuiteResult]) -> SuiteResult:
 
 def _run_suite(name: str, ctx: BenchContext) -> SuiteResult:
     """Import the suite's modules only now: a suite's heavy imports must not slow or break the others."""
-    import importlib
-
     parts = [importlib.import_module(f"phenoclip_bench.{m}").run(ctx) for m in SUITE_MODULES[name]]
     return parts[0] if len(parts) == 1 else _merge(name, parts)
 
@@ -98,18 +99,21 @@ def run_suites(suite: str, out: Path, *, cohort: Path | None, patients: int | No
     Scratch files (simulated cohorts, stores, checkpoints) go to ``out/work/`` and are removed at
     the end unless ``keep_work``; the cohorts' truth files are copied into ``out/truth/`` first.
     """
-    from phenoclip_bench.report import now_iso, write_report
-
     names = list(SUITE_MODULES) if suite == "all" else [s.strip() for s in suite.split(",")]
     unknown = [n for n in names if n not in SUITE_MODULES]
     if unknown:
         raise UsageError(f"unknown suite '{unknown[0]}': available {', '.join(SUITE_MODULES)} or all")
+    # imported here, not at the top: `phenoclip benchmark` imports this package before --threads caps the
+    # BLAS/OpenMP pools, which numpy and torch size when they load (devices pulls torch)
     from phenoclip.ops.devices import resolve_device
 
     device = resolve_device(device)  # before any suite: 'cuda' on a machine without one is one line
+    # imported here, not at the top: real_data pulls numpy (see above)
     from phenoclip_bench.real_data import DATASETS
 
     if cohort is not None and str(cohort) not in DATASETS:
+        # imported here, not at the top: cohort pulls numpy and torch (see above) and imports BenchContext
+        # from this package (a circle at import time)
         from phenoclip_bench.cohort import check_cohort
 
         check_cohort(Path(cohort))
@@ -151,8 +155,6 @@ def run_suites(suite: str, out: Path, *, cohort: Path | None, patients: int | No
 
 def _record_truths(ctx: BenchContext) -> dict | None:
     """Copy every truth file of the cohorts used (--cohort's, or those simulated under work/) into out/truth/."""
-    import hashlib
-
     found = []
     if ctx.cohort is not None and (Path(ctx.cohort) / "truth.json").exists():
         found.append(("cohort", Path(ctx.cohort) / "truth.json"))

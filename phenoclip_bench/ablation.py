@@ -27,10 +27,20 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench.cohort import FULL_OBJECTIVES, bench_cohort, pretrained
+from phenoclip_bench.ontology_distance import (cosine_distances, graph_distances, plot_distance, spearman,
+                                               term_pairs)
+from phenoclip_bench.report import bold_sentences
 from phenoclip_bench.retrieval_eval import (concat_embeddings, cross_modal_metrics, embed_modalities, mean_over,
                                             own_term_ranking)
+from phenoclip_bench.retrieve_quality import read_labels
+from phenoclip.data.multimodal import CohortStores
+from phenoclip.eval.probe import linear_probe
+from phenoclip.eval.zero_shot import resolve_ontology
+from phenoclip.pretrained import load_pretrained, random_init_like
 
 #: pretraining epochs of every ablation variant (the full model is re-run at the same count)
 ABLATION_EPOCHS = {"quick": 15, "full": 60}
@@ -53,8 +63,6 @@ def variants(modalities: list[str], full_objectives: list[str]) -> list[tuple[st
 
 def evaluate(model, pre, stores, modalities, labels: dict[str, str], seed: int) -> dict:
     """Held-out retrieval per pair, disease probe AUROC and own-term AUROC of one model."""
-    from phenoclip.eval.probe import linear_probe
-
     train = [s for s in pre.train_samples]
     test = pre.validation_samples
     embedded = embed_modalities(model, pre, stores, modalities, train + test)
@@ -90,17 +98,7 @@ def _fmt_pairs(pairs: list[str], per: dict[str, dict]) -> list:
 
 
 def run(ctx: BenchContext) -> SuiteResult:
-    import torch
-
     torch.set_num_threads(1)  # shared small machines: OpenMP spinning costs more than a second thread gives
-    from phenoclip_bench.cohort import FULL_OBJECTIVES, bench_cohort, pretrained
-    from phenoclip_bench.ontology_distance import (cosine_distances, graph_distances, plot_distance, spearman,
-                                                    term_pairs)
-    from phenoclip_bench.retrieve_quality import read_labels
-    from phenoclip.data.multimodal import CohortStores
-    from phenoclip.pretrained import load_pretrained, random_init_like
-    from phenoclip.eval.zero_shot import resolve_ontology
-
     result = SuiteResult(name="ablation")
     cohort = bench_cohort(ctx)
     labels = read_labels(cohort)
@@ -222,8 +220,6 @@ def run(ctx: BenchContext) -> SuiteResult:
     result.metrics["ablation"] = {"epochs": epochs, "evaluations": evals, "spearman": rhos,
                                   "pretrain_seconds": seconds, "same_split": same_split,
                                   "other_split_overlap": other_split}
-    from phenoclip_bench.report import bold_sentences
-
     # the notes state every shortfall in bold: the report lists them together as well
     result.shortfalls += [line for t in result.tables for line in bold_sentences(t.note)]
     return result

@@ -118,6 +118,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     from phenoclip.eval.metrics import classification_metrics
     from phenoclip.eval.raw_features import fuse
     from phenoclip.eval.stacking import fit_stacked
+    from phenoclip.finetune.stack_caps import crossfit_scores, measure_stack_caps
     from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                         restrict_to)
 
@@ -135,6 +136,9 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None
     result: dict = {"task": labels.column, "classes": labels.classes, "n_test": int(test.sum())}
+    # as finetune does for a stacked probe: block weights capped, held-out patients scored cross-fitted
+    caps = measure_stack_caps(pre, stores, rows, stats, seed) if len(rows) >= 2 else None
+    result["stack_caps"] = caps.record if caps is not None else None
     for target in targets:
         have = np.ones(len(samples), bool) if target == "fused" else present[target]
         x_emb = np.concatenate([emb[m] for m in rows], 1) if target == "fused" else emb[target]
@@ -153,10 +157,17 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 fit[idx] = True
                 xr = fuse(blocks, fit)
                 xe = _probe_inputs(x_emb, fit)
-                # fused: as `finetune --fusion auto` does for a class label, per-modality probes stacked
-                probe = ((fit_stacked(x_emb[idx], widths, y[idx], k, seed + r), x_emb) if target == "fused"
-                         else (fit_logistic(xe[idx], y[idx], k, seed + r), xe))
-                fits = {PROBE: probe, LOGISTIC: (fit_logistic(xr[idx], y[idx], k, seed + r), xr)}
+                fits = {}
+                if target != "fused":
+                    fits[PROBE] = (fit_logistic(xe[idx], y[idx], k, seed + r), xe)
+                else:  # as `finetune --fusion auto` does for a class label: per-modality probes stacked
+                    def stack(c, idx=idx, r=r):
+                        return fit_stacked(x_emb[idx], widths, y[idx], k, seed + r, caps=c).predict(x_emb[te])
+                    p = stack(None) if caps is None else crossfit_scores(caps, [samples[i] for i in np.flatnonzero(te)],
+                                                                         stack)
+                    m = classification_metrics(y[te], p, labels.classes)
+                    scores.setdefault(PROBE, []).append(float(m["auroc"]))
+                fits[LOGISTIC] = (fit_logistic(xr[idx], y[idx], k, seed + r), xr)
                 if run_enet:
                     fits[ENET] = (fit_elasticnet(xr[idx], y[idx], k, seed + r), xr)
                 if target == "fused" and mofa is not None:

@@ -23,12 +23,31 @@ pretrained "all" probe beside the best baseline.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
+import matplotlib.image as mpimg
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench.classify_features import (BUILDERS, N_GENE_PCS, early_fusion, fit_elasticnet, fit_probe,
+                                               full_proba)
+from phenoclip_bench.classify_scratch import (TrainSettings, gene_mlp, mri_cnn3d, predict_proba, signal_cnn1d,
+                                              train_classifier)
+from phenoclip_bench.cohort import bench_cohort, pretrained
+from phenoclip.data.batch import IMAGES, SIGNALS
+from phenoclip.data.multimodal import CohortStores
+from phenoclip.eval import plots
+from phenoclip.eval.metrics import classification_metrics
+from phenoclip.eval.plots import new_figure, save_png
+from phenoclip.finetune.heads import HeadSettings
+from phenoclip.finetune.labels import held_out_split, load_task_labels, restrict_to
+from phenoclip.finetune.run import FinetuneSettings, run_finetune
+from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained
 from phenoclip.progress import info
 
 TEST_FRACTION = 0.2
@@ -60,8 +79,6 @@ class Rows:
 
     def add(self, modality: str, method: str, y_test: np.ndarray, proba: np.ndarray, n_train: int,
             extra: dict | None = None) -> dict:
-        from phenoclip.eval.metrics import classification_metrics
-
         m = classification_metrics(y_test, proba, self.classes)
         self.rows.append([modality, method, round(m["auroc"], 3), round(m["f1"], 3), n_train, len(y_test)])
         key = f"{modality}/{method}"
@@ -74,9 +91,6 @@ class Rows:
 
 def run(ctx: BenchContext) -> SuiteResult:
     """The suite (see the module docstring), with torch and the BLAS libraries on one thread each."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     torch.set_num_threads(1)
     # OpenBLAS's own threads fight over the two cores the benchmark has: one SVD took 4 s instead of 0.15 s
     with threadpool_limits(limits=1):
@@ -84,12 +98,6 @@ def run(ctx: BenchContext) -> SuiteResult:
 
 
 def _run(ctx: BenchContext) -> SuiteResult:
-    from phenoclip_bench.classify_features import BUILDERS, early_fusion, fit_elasticnet, fit_probe, full_proba
-    from phenoclip_bench.cohort import bench_cohort, pretrained
-    from phenoclip.data.multimodal import CohortStores
-    from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained
-    from phenoclip.finetune.labels import held_out_split, load_task_labels, restrict_to
-
     t_start = time.perf_counter()
     mode = _mode(ctx)
     cohort = bench_cohort(ctx)
@@ -169,12 +177,6 @@ def _run(ctx: BenchContext) -> SuiteResult:
 def _finetune_all(ctx: BenchContext, cohort, ckpt_dir: Path, c: float, samples: list[str], test: np.ndarray,
                   rows: Rows) -> tuple[str, dict]:
     """The "all" probe through ``run_finetune`` (the CLI's code): its split and AUROC must match ours."""
-    import json
-    import shutil
-
-    from phenoclip.finetune.run import FinetuneSettings, run_finetune
-    from phenoclip.finetune.heads import HeadSettings
-
     out = ctx.work / "classify_finetune"
     shutil.rmtree(out, ignore_errors=True)
     labels_arg = f"{cohort.labels}:disease"
@@ -195,13 +197,6 @@ def _finetune_all(ctx: BenchContext, cohort, ckpt_dir: Path, c: float, samples: 
 
 def _scratch_rows(ctx, cohort, stores, samples, train, test, present, blocks, y, rows: Rows) -> dict:
     """MLP (dosages), 3D CNN (MRI), 1D CNN (signals) trained from scratch on the training patients."""
-    import torch
-
-    from phenoclip_bench.classify_features import N_GENE_PCS
-    from phenoclip_bench.classify_scratch import (TrainSettings, gene_mlp, mri_cnn3d, predict_proba,
-                                                  signal_cnn1d, train_classifier)
-    from phenoclip.data.batch import IMAGES, SIGNALS
-
     max_epochs, patience = SCRATCH_EPOCHS[_mode(ctx)]
     n_classes = len(rows.classes)
     inputs = {}
@@ -237,10 +232,6 @@ def _scratch_rows(ctx, cohort, stores, samples, train, test, present, blocks, y,
 
 def _side_by_side(paths: list[Path], target: Path) -> None:
     """One PNG holding the given PNGs next to each other (each drawn by phenoclip.eval.plots)."""
-    import matplotlib.image as mpimg
-
-    from phenoclip.eval.plots import new_figure, save_png
-
     images = [mpimg.imread(p) for p in paths]
     fig = new_figure(figsize=(5 * len(images), 5.5))
     for i, img in enumerate(images):
@@ -264,8 +255,6 @@ SHORT = {PROBE: "pretrained probe", ENET: "ElasticNet", **{v: v.replace(" from s
 
 def _figures(ctx: BenchContext, rows: Rows) -> list[str]:
     """ROC and reliability of the pretrained "all" probe, the best baseline on all modalities, and the best overall."""
-    from phenoclip.eval import plots
-
     picks = [("all", PROBE), best_baseline(rows, "all")]
     overall = best_baseline(rows)
     if overall not in picks:

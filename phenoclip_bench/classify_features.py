@@ -19,10 +19,18 @@ test split leaks into the features:
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
+from scipy.signal import find_peaks, welch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from phenoclip.preprocess.phenotypes import read_phenotype_store
 from phenoclip.store import open_store
 
 #: principal components of the dosage matrix kept as features
@@ -119,8 +127,6 @@ def mri_features(path, samples: Sequence[str], train: np.ndarray) -> tuple[np.nd
 
 def channel_features(x: np.ndarray, rate: float) -> np.ndarray:
     """Rate, interval variability and band powers of one standardised channel."""
-    from scipy.signal import find_peaks, welch
-
     seconds = len(x) / rate
     # beats: peaks at most 200/min apart, rising half-way from the median to the top 0.5 % of samples
     # (a 10 s window of ~10 narrow R waves still has that many samples at its peaks)
@@ -163,8 +169,6 @@ def signal_features(path, samples: Sequence[str], train: np.ndarray) -> tuple[np
 
 def hpo_features(path, samples: Sequence[str], train: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Term indicators over the terms annotated to at least one training patient."""
-    from phenoclip.preprocess.phenotypes import read_phenotype_store
-
     data = read_phenotype_store(path)
     idx, present = _rows(data.samples, samples)
     terms = [set(map(int, data.terms[r])) if r >= 0 else set() for r in idx]
@@ -200,11 +204,6 @@ def fit_elasticnet(x_train: np.ndarray, y_train: np.ndarray, grid: dict, seed: i
     at its default: scikit-learn >= 1.8 reads an ``l1_ratio`` strictly between 0 and 1 as the
     elastic net (and deprecates ``penalty='elasticnet'``).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     # saga is capped at max_iter epochs (tol 1e-3): on ~150 patients x ~3,000 features it rarely meets
     # the tolerance, but the test AUROC moved by < 0.01 between 50, 100 and 300 epochs
     model = make_pipeline(StandardScaler(), LogisticRegression(solver="saga", max_iter=max_iter, tol=1e-3,
@@ -213,10 +212,6 @@ def fit_elasticnet(x_train: np.ndarray, y_train: np.ndarray, grid: dict, seed: i
     scoring = "roc_auc_ovr" if len(np.unique(y_train)) > 2 else "roc_auc"
     search = GridSearchCV(model, params, scoring=scoring,
                           cv=StratifiedKFold(folds, shuffle=True, random_state=seed), refit=True, n_jobs=1)
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         search.fit(x_train, y_train)
@@ -234,11 +229,6 @@ def full_proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
 
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, cs: list[float], seed: int):
     """Standardised L2 logistic regression (as ``finetune --mode linear``), C by 3-fold CV; (model, C)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
     search = GridSearchCV(model, {"logisticregression__C": cs}, scoring="roc_auc_ovr", n_jobs=1,
                           cv=StratifiedKFold(3, shuffle=True, random_state=seed)).fit(x_train, y_train)

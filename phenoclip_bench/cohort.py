@@ -16,8 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phenoclip_bench import BenchContext
+from phenoclip_bench.real_data import DATASETS, write_cohort
+from phenoclip.data.simulate import SimulationSettings, simulate_cohort
 from phenoclip.errors import InconsistentInputError
+from phenoclip.preprocess.cohort import preprocess_cohort
+from phenoclip.pretrain.run import run_pretrain
+from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.progress import info
+from phenoclip.store import SCHEMA_MODALITY, open_store
 
 #: the modalities of a full cohort, in the order the CLI lists them
 MODALITIES = ["gene", "expr", "mri", "signal", "hpo"]
@@ -48,8 +54,6 @@ class BenchCohort:
 
 
 def _stores_in(folder: Path) -> dict[str, Path]:
-    from phenoclip.store import SCHEMA_MODALITY, open_store
-
     found: dict[str, Path] = {}
     for path in sorted(folder.glob("*.h5")):
         try:
@@ -64,8 +68,6 @@ def _stores_in(folder: Path) -> dict[str, Path]:
 
 def simulate_into(folder: Path, config, what: str = "") -> Path:
     """``folder/cohort``: a fresh ``phenoclip simulate`` cohort of ``config`` (a SimulationSettings)."""
-    from phenoclip.data.simulate import simulate_cohort
-
     cohort = folder / "cohort"
     shutil.rmtree(cohort, ignore_errors=True)
     info(f"simulating {config.patients} patients (seed {config.seed}{', ' + what if what else ''})")
@@ -95,11 +97,7 @@ def check_cohort(cohort: Path) -> dict[str, Path]:
 def bench_cohort(ctx: BenchContext) -> BenchCohort:
     """The cohort of this benchmark run (see the module docstring); preprocessed once per report folder."""
     cached = ctx.work / "cohort_stores"
-    from phenoclip_bench.real_data import DATASETS
-
     if ctx.cohort is not None and str(ctx.cohort) in DATASETS:
-        from phenoclip_bench.real_data import write_cohort
-
         folder = ctx.work / f"real_{ctx.cohort}"
         if not (folder / "expr.h5").exists():
             write_cohort(str(ctx.cohort), folder)
@@ -117,13 +115,9 @@ def bench_cohort(ctx: BenchContext) -> BenchCohort:
         patients = ctx.patients or DEFAULT_PATIENTS
         raw, description = ctx.work / "cohort", f"{patients} patients simulated with seed {ctx.seed}"
         if not (raw / "truth.json").exists():
-            from phenoclip.data.simulate import SimulationSettings
-
             simulate_into(ctx.work, SimulationSettings(patients=patients, seed=ctx.seed))
     done = cached / "done.json"
     if not done.exists():
-        from phenoclip.preprocess.cohort import preprocess_cohort
-
         shutil.rmtree(cached, ignore_errors=True)
         info(f"preprocessing {raw} into {cached}")
         preprocess_cohort(raw, cached)
@@ -149,9 +143,6 @@ def pretrained(ctx: BenchContext, cohort: BenchCohort, modalities: list[str] | N
     Defaults: every modality of the cohort, :data:`FULL_OBJECTIVES` (ontology only with an hpo store),
     :data:`PRETRAIN_EPOCHS`. ``overrides`` go to :class:`~phenoclip.pretrain.settings.PretrainSettings`.
     """
-    from phenoclip.pretrain.settings import PretrainSettings
-    from phenoclip.pretrain.run import run_pretrain
-
     modalities = [m for m in (modalities or MODALITIES) if m in cohort.stores]
     if objectives is None:
         objectives = [o for o in FULL_OBJECTIVES if o != "ontology" or "hpo" in cohort.stores]

@@ -33,7 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench.cohort import simulate_into
+from phenoclip_bench.measure import measure, python_cmd
+from phenoclip.data.simulate import SimulationSettings
+from phenoclip.explain.run import ExplainSettings, run_explain
+from phenoclip.preprocess.expression import convert_expression
+from phenoclip.preprocess.variants import VariantSettings, convert_vcf
+from phenoclip.pretrain.run import run_pretrain
+from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.progress import info
+from phenoclip.store import open_store
 
 METHODS = ("ig", "deeplift", "gradientshap", "saliency", "noise-tunnel")
 KS = (10, 20, 50)
@@ -49,8 +58,6 @@ def planted(truth: dict) -> dict[str, list[dict]]:
 
 def read_dosage(gene_store: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
     """``(samples, ids, chrom, pos, dosage (S, V) float64 with missing calls mean-imputed)``."""
-    from phenoclip.store import open_store
-
     with open_store(gene_store) as s:
         d = s["dosage"][...].astype(np.float64)
         out = (s.samples, s.strings("variants/id"), np.array(s.strings("variants/chrom")), s["variants/pos"][...])
@@ -96,8 +103,6 @@ def random_precision(hits: np.ndarray, ks=KS, draws: int = 2000, seed: int = 0) 
 
 def marginal_order(gene_store: str | os.PathLike, paired_store: str | os.PathLike) -> np.ndarray:
     """Variants ranked by the maximum |Pearson r| of their dosage with any paired feature (expression genes)."""
-    from phenoclip.store import open_store
-
     samples, _, _, _, dosage = read_dosage(gene_store)
     with open_store(paired_store) as s:
         values = s["values"][...].astype(np.float64)
@@ -111,8 +116,6 @@ def marginal_order(gene_store: str | os.PathLike, paired_store: str | os.PathLik
 
 def tsv_order(tsv: str | os.PathLike, gene_store: str | os.PathLike) -> np.ndarray:
     """Variant columns of the gene store in the order of an ``attr.tsv``."""
-    from phenoclip.store import open_store
-
     with open_store(gene_store) as s:
         col = {x: i for i, x in enumerate(s.strings("variants/id"))}
     with open(tsv) as fh:
@@ -126,11 +129,6 @@ def tsv_order(tsv: str | os.PathLike, gene_store: str | os.PathLike) -> np.ndarr
 def simulate_stores(folder: Path, patients: int, variants: int, genes: int, seed: int, cohort: Path | None = None,
                     **knobs) -> dict[str, Path]:
     """gene.h5 and expr.h5 (and truth.json) of ``cohort`` or of a freshly simulated one in ``folder``."""
-    from phenoclip_bench.cohort import simulate_into
-    from phenoclip.data.simulate import SimulationSettings
-    from phenoclip.preprocess.expression import convert_expression
-    from phenoclip.preprocess.variants import VariantSettings, convert_vcf
-
     folder.mkdir(parents=True, exist_ok=True)
     if cohort is None:
         cohort = simulate_into(folder, SimulationSettings(patients=patients, seed=seed, variants=variants, genes=genes,
@@ -144,9 +142,6 @@ def simulate_stores(folder: Path, patients: int, variants: int, genes: int, seed
 
 def pretrain_pair(stores: dict, out: Path, epochs: int, seed: int) -> dict:
     """gene + expr CLIP pretraining (tiny preset, expression MLP); returns the final held-out retrieval."""
-    from phenoclip.pretrain.settings import PretrainSettings
-    from phenoclip.pretrain.run import run_pretrain
-
     shutil.rmtree(out, ignore_errors=True)
     cfg = PretrainSettings(modalities=["gene", "expr"], data=[str(stores["gene"]), str(stores["expr"])], epochs=epochs,
                          seed=seed, architectures={"expr": "mlp"}, device="cpu")
@@ -159,8 +154,6 @@ def pretrain_pair(stores: dict, out: Path, epochs: int, seed: int) -> dict:
 # ----------------------------------------------------------------------------- the suite
 
 def accuracy(ctx: BenchContext) -> tuple[list[Table], dict, list[str]]:
-    from phenoclip.explain.run import ExplainSettings, run_explain
-
     patients, variants = ctx.patients or (400 if ctx.quick else 800), ctx.variants or (5000 if ctx.quick else 8000)
     work = ctx.work / "explain_accuracy"
     # precision needs the planted truth: a --cohort of stores (no truth.json) gets a simulated cohort here
@@ -225,8 +218,6 @@ def accuracy(ctx: BenchContext) -> tuple[list[Table], dict, list[str]]:
 
 def _n_both(stores: dict) -> int:
     """Individuals in both the gene and the expression store."""
-    from phenoclip.store import open_store
-
     with open_store(stores["gene"]) as g, open_store(stores["expr"]) as e:
         return len(set(g.samples) & set(e.samples))
 
@@ -236,15 +227,11 @@ def _cells(order: np.ndarray, hits: dict) -> list[float]:
 
 
 def speed(ctx: BenchContext) -> tuple[Table, dict, list[str]]:
-    from phenoclip_bench.measure import measure
-
     n, v = (100, 5000) if ctx.quick else (200, 20000)
     work = ctx.work / "explain_speed"
     stores = simulate_stores(work, n, v, 100, ctx.seed, missing_rate=0.0)
     info("explain: one pretraining epoch for the speed model")
     pretrain_pair(stores, work / "pretrain", 1, ctx.seed)
-    from phenoclip_bench.measure import python_cmd
-
     rows, metrics, commands = [], {}, []
     for ibs in (64, 512):
         out = work / f"attr_ibs{ibs}"
@@ -256,8 +243,6 @@ def speed(ctx: BenchContext) -> tuple[Table, dict, list[str]]:
         if m.returncode != 0:
             last = m.stderr.strip().splitlines()[-1] if m.stderr.strip() else f"exit {m.returncode}"
             raise RuntimeError(f"explain failed: {last}")
-        from phenoclip.store import open_store
-
         with open_store(f"{out}.h5") as s:
             done = len(s.samples)
         step_s = _elapsed(f"{out}.log")

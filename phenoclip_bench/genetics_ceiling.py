@@ -37,8 +37,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+from scipy.stats import norm
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from phenoclip_bench import Table
+from phenoclip_bench.genetics_limits import DECODE_ALPHAS, fit_lasso
 from phenoclip_bench.retrieval_eval import Embedded
+from phenoclip.eval.retrieval import metrics_from_rank_bounds
 
 #: the truth file's names for the modalities a trait drives -> ours
 TRUTH_MODALITY = {"expression": "expr", "mri": "mri", "signals": "signal", "hpo": "hpo"}
@@ -63,9 +70,6 @@ def partner_channels(truth: dict) -> dict[str, dict]:
 
 
 def _fit_disease(x: np.ndarray, y: np.ndarray, seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-
     smallest = int(np.unique(y, return_counts=True)[1].min())
     if smallest < 2:  # a class seen once cannot be cross-validated: the middle penalty
         return LogisticRegression(C=LOGISTIC_CS[len(LOGISTIC_CS) // 2], max_iter=2000).fit(x, y)
@@ -93,8 +97,6 @@ def dosage_predictions(x: np.ndarray, traits: np.ndarray, disease: np.ndarray, f
     One lasso per trait (penalty by 5-fold CV on an explicit path); an L2 logistic regression for
     the disease (penalty by 5-fold log loss). A class absent from the training rows gets probability 0.
     """
-    from phenoclip_bench.genetics_limits import fit_lasso
-
     fit_rows = list(fit_rows)
     pred = np.column_stack([fit_lasso(x[fit_rows], traits[fit_rows, k], seed).predict(x)
                             for k in range(traits.shape[1])])
@@ -153,8 +155,6 @@ def _gauss(x, mu, sd) -> np.ndarray:
 
 
 def _term_loglik(has, mu, sd, direction: str, threshold: float) -> np.ndarray:
-    from scipy.stats import norm
-
     p = norm.sf((threshold - mu) / sd) if direction == ">" else norm.cdf((threshold - mu) / sd)
     p = np.clip(p, 1e-9, 1 - 1e-9)
     return np.where(has, np.log(p), np.log1p(-p))
@@ -164,10 +164,6 @@ def decoded_partner(feats: np.ndarray, traits: np.ndarray, disease: np.ndarray, 
                     n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """What a supervised reader of the partner's own data recovers: traits (ridge) and disease probabilities
     (logistic regression) from the partner's features, fitted on ``fit_rows``; every row of ``feats``."""
-    from sklearn.linear_model import RidgeCV
-
-    from phenoclip_bench.genetics_limits import DECODE_ALPHAS
-
     fit_rows = list(fit_rows)
     values = RidgeCV(alphas=DECODE_ALPHAS).fit(feats[fit_rows], traits[fit_rows]).predict(feats)
     return values, _disease_probs(feats, disease, fit_rows, n_classes, seed)
@@ -197,10 +193,6 @@ def score_matrix_metrics(s_mat: np.ndarray) -> dict[str, float]:
 
     Both directions (rows as queries, then columns), ties broken at random as in the main table.
     """
-    import torch
-
-    from phenoclip.eval.retrieval import metrics_from_rank_bounds
-
     n = s_mat.shape[0]
     out = []
     for s in (s_mat, s_mat.T):
@@ -303,8 +295,6 @@ def retrieval_ceiling(truth_path, dosages: Embedded, partner_ids: dict[str, Sequ
 
 def ceiling_table(ceiling: dict[str, dict], ours: dict[str, dict], target: float):
     """The report table: ours against both ceilings per genetics pair; pairs no model can lift to ``target`` in bold."""
-    from phenoclip_bench import Table
-
     rows, capped = [], []
     for p, c in ceiling.items():
         if p not in ours:

@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LassoCV, RidgeCV
 
+from phenoclip_bench import Table
 from phenoclip_bench.retrieval_eval import Embedded, paired_metrics
 
 RIDGE_ALPHAS = np.logspace(-1, 5, 25)     # dosages (thousands of columns) -> partner embeddings
@@ -54,9 +57,6 @@ def _lasso_path(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def fit_lasso(x: np.ndarray, y: np.ndarray, seed: int = 0):
     """A lasso of ``y`` on ``x``, its penalty chosen by 5-fold CV on :func:`_lasso_path`."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LassoCV
-
     with warnings.catch_warnings():
         # p >> n: the weakest penalties of the path converge slowly; a not-quite-converged fit is
         # still scored fairly by its held-out folds
@@ -105,8 +105,6 @@ def distilled_gene_metrics(dosages: Embedded, partners: dict[str, Embedded], tra
     ``gene-<partner>``; values are :func:`~phenoclip_bench.retrieval_eval.paired_metrics`
     (both directions, same patients as the main table) plus ``alpha``.
     """
-    from sklearn.linear_model import RidgeCV
-
     ids, x = dosages
     out = {}
     for partner, (p_ids, p_emb) in partners.items():
@@ -142,8 +140,6 @@ def trait_decoding(truth_path, ours: dict[str, Embedded], raw: dict[str, Embedde
     feature set. Returns ``{modality: {"effective_rank", "n_test", "ours": {trait: r}, "raw": {trait: r}}}``;
     empty without traits in the truth file.
     """
-    from sklearn.linear_model import RidgeCV
-
     truth = json.loads(Path(truth_path).read_text())
     names = truth.get("traits", {}).get("names", [])
     value = {p["sample"]: p["traits"] for p in truth.get("patients", []) if "traits" in p}
@@ -173,8 +169,6 @@ def trait_decoding(truth_path, ours: dict[str, Embedded], raw: dict[str, Embedde
 
 def decoding_table(decoded: dict[str, dict], embed_dim: int | None = None):
     """One row per modality: effective rank, then ``ours r / raw r`` per trait; drops named in bold."""
-    from phenoclip_bench import Table
-
     if not decoded:
         return None
     names = list(next(iter(decoded.values()))["ours"])
@@ -201,8 +195,6 @@ def decoding_table(decoded: dict[str, dict], embed_dim: int | None = None):
 
 def limits_tables(traits: list[dict], distilled: dict[str, dict], ours: dict[str, dict]) -> list:
     """The two report tables (genotype side, partner side) with a note saying which side limits."""
-    from phenoclip_bench import Table
-
     out = []
     if traits:
         rows = [[t["trait"], t["n_train"], t["n_test"], t["r_lasso"], t["r_ceiling"], t["snps_kept"]] for t in traits]

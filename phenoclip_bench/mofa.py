@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Collection, Mapping
 
@@ -162,8 +163,6 @@ def _fit_scaling(x: np.ndarray, rows: np.ndarray, max_features: int) -> ViewScal
 
 @contextlib.contextmanager
 def _quiet_nan_warnings():
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled by ``keep``
         yield
@@ -198,6 +197,7 @@ def fit_mofa(views: Mapping[str, np.ndarray], train: np.ndarray, n_factors: int 
     (at most ``max_iter`` updates), its output silenced; nothing is written to disk and numpy's
     global random state (which MOFA+ reseeds) is restored afterwards.
     """
+    # optional: mofapy2 comes with the bench extra
     from mofapy2.run.entry_point import entry_point
 
     names = list(views)

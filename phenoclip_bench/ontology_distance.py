@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 
+import matplotlib
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 #: pairs kept at most (sampled uniformly without replacement when the vocabulary has more)
 MAX_PAIRS = 20000
@@ -43,8 +45,6 @@ def cosine_distances(model, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
     return float(spearmanr(x, y).statistic)
 
 
@@ -63,9 +63,9 @@ def plot_distance(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_png: str
 
     ``curves``: ``{model label: (graph distances, cosine distances)}`` of the same pairs.
     """
-    import matplotlib
-
     matplotlib.use("Agg")
+    # imported here, not at the top: pyplot loads only once the Agg backend is chosen, and choosing it is
+    # drawing's business, not an import's (as in phenoclip.eval.plots)
     import matplotlib.pyplot as plt
 
     rhos = {}

@@ -14,13 +14,12 @@ import sys
 from phenoclip_bench import BenchContext, SuiteResult, Table
 from phenoclip_bench import scan as scan_bench
 from phenoclip_bench.cohort import MODALITIES, bench_cohort
+from phenoclip.pretrain.run import run_pretrain
+from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.progress import info
 
 
 def run(ctx: BenchContext) -> SuiteResult:
-    from phenoclip.pretrain.settings import PretrainSettings
-    from phenoclip.pretrain.run import run_pretrain
-
     result = scan_bench.run(ctx)
     result.name = "pretrain"
     cohort = bench_cohort(ctx)

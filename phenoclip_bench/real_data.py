@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from phenoclip.errors import UsageError
+from phenoclip.preprocess.expression import convert_expression
+
 #: name -> one line for the report
 DATASETS = {"gse7390": "198 breast tumours (GSE7390 / TRANSBIG, 76 genes of Wang's signature, ER status), "
                        "shipped in scikit-survival"}
@@ -23,13 +26,10 @@ def write_cohort(name: str, folder: Path) -> Path:
     """Write the named data set into ``folder`` (tables, then the expression store); returns ``folder``."""
     if name != "gse7390":
         raise ValueError(f"unknown real data set '{name}' (known: {', '.join(DATASETS)})")
-    try:
+    try:  # optional: scikit-survival comes with the bench extra
         from sksurv.datasets import load_breast_cancer
     except ImportError:
-        from phenoclip.errors import UsageError
-
         raise UsageError("the gse7390 cohort ships in scikit-survival: pip install 'phenoclip[bench]'") from None
-    from phenoclip.preprocess.expression import convert_expression
 
     x, y = load_breast_cancer()
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from phenoclip import __version__
@@ -54,8 +55,6 @@ def _fmt(v) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {"python": platform.python_version(), "phenoclip": __version__}
     for name in PACKAGES:
         try:
@@ -85,6 +84,8 @@ def _machine() -> dict:
         cores = os.cpu_count()
     gpu = "none"
     try:
+        # imported here, not at the top: guarded (the report is still written where torch fails to load),
+        # and phenoclip_bench imports this module before --threads is applied (see run_suites)
         import torch
 
         if torch.cuda.is_available():

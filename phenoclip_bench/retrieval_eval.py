@@ -15,13 +15,21 @@
 
 from __future__ import annotations
 
+import json
 from itertools import combinations
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from sklearn.cross_decomposition import CCA
+from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from phenoclip.eval.retrieval import paired_retrieval
+from phenoclip.pretrained import embed_samples, expr_stats
 
 KS = (1, 5, 10)
 #: (ids, embeddings (N, E) float32) of the patients having a modality
@@ -34,8 +42,6 @@ def embed_modalities(model, pre, stores, modalities: Sequence[str], samples: Seq
     ``pre`` (the checkpoint) gives the expression scaling the model was trained with, so a
     random-initialised twin sees the data exactly as the trained model does.
     """
-    from phenoclip.pretrained import embed_samples, expr_stats
-
     stats = expr_stats(pre, stores) if "expr" in modalities else None
     out: dict[str, Embedded] = {}
     for m in modalities:
@@ -107,10 +113,6 @@ def reduce_features(feats: Embedded, train: Sequence[str], n_pca: int = 32, seed
 
     Once per modality (not per pair): the MRI voxels make this the costly step.
     """
-    from sklearn.decomposition import PCA
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     ids, x = feats
     keep = set(train)
     rows = [i for i, s in enumerate(ids) if s in keep]
@@ -122,8 +124,6 @@ def reduce_features(feats: Embedded, train: Sequence[str], n_pca: int = 32, seed
 
 def fit_cca(a: Embedded, b: Embedded, train: Sequence[str], n_cca: int = 8):
     """CCA fitted on the ``train`` patients having both (features already reduced); returns ``transform``."""
-    from sklearn.cross_decomposition import CCA
-
     xa, xb = _both(a, b, set(train))
     cca = CCA(n_components=min(n_cca, xa.shape[1], xb.shape[1]), max_iter=2000).fit(xa, xb)
 
@@ -157,9 +157,6 @@ def planted_genetics(truth_path, samples: Sequence[str]) -> Embedded:
     genotype-to-phenotype path of the simulator goes through these numbers, so CCA from them bounds
     what any model of the observed dosages (missing calls, 2,000 SNPs to search) can retrieve.
     """
-    import json
-    from pathlib import Path
-
     wanted = set(samples)
     ids, rows = [], []
     for p in json.loads(Path(truth_path).read_text())["patients"]:
@@ -178,8 +175,6 @@ def own_term_ranking(model, embedded: dict[str, Embedded], stores) -> dict[str, 
     """Per modality: each patient's embedding ranks every hpo vocabulary term (cosine); scored against
     the patient's own recorded terms: mean per-patient AUROC (chance 0.5) and Recall@10 (share of the
     own terms in the top 10; chance 10 / vocabulary size)."""
-    from sklearn.metrics import roc_auc_score
-
     enc = model.encoders["hpo"]
     terms = model.encode_terms().float().numpy()
     data = stores.by_modality["hpo"].meta["phenotypes"]

@@ -33,12 +33,20 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench import genetics_ceiling as gc
+from phenoclip_bench import genetics_limits as gl
+from phenoclip_bench.cohort import bench_cohort, pretrained
+from phenoclip_bench.report import bold_sentences
 from phenoclip_bench.retrieval_eval import (Embedded, cca_pair_metrics, cross_modal_metrics, embed_modalities,
                                             mean_over, modality_pairs, own_term_ranking, planted_genetics,
                                             reduce_features)
+from phenoclip.data.multimodal import CohortStores
+from phenoclip.eval.embedding_map import cluster_scores, plot_map, points_from, read_label_column
 from phenoclip.eval.raw_features import raw_features
+from phenoclip.pretrained import expr_stats, load_pretrained, random_init_like
 
 N_PCA, N_CCA = 32, 8
 #: issue 3's learning criterion: held-out Recall@1 of every pair at least this many times chance
@@ -50,15 +58,11 @@ def read_labels(cohort, column: str = "disease") -> dict[str, str]:
     """``{sample: label}`` of the cohort's labels.tsv (empty when it has none)."""
     if cohort.labels is None or not cohort.labels.exists():
         return {}
-    from phenoclip.eval.embedding_map import read_label_column
-
     return read_label_column(f"{cohort.labels}:{column}")[0]
 
 
 def reduced_inputs(stores, pre, modalities, train, test, seed) -> dict[str, Embedded]:
     """Per modality the PCA-reduced raw input features of the train and test patients."""
-    from phenoclip.pretrained import expr_stats
-
     scaling = expr_stats(pre, stores) if "expr" in modalities else None
     return {m: reduce_features(raw_features(stores, m, list(train) + list(test), scaling if m == "expr" else None),
                                train, N_PCA, seed) for m in modalities}
@@ -133,9 +137,6 @@ def genetics_limits(truth, pre, stores, modalities, train, test, ours, m_ours, f
 
     ``ours``: the held-out embeddings the main table scored; only the training patients are embedded here.
     """
-    from phenoclip_bench import genetics_ceiling as gc
-    from phenoclip_bench import genetics_limits as gl
-
     dosages = raw_features(stores, "gene", list(train) + list(test))
     fitted = embed_modalities(pre.model, pre, stores, modalities, list(train))
     everyone = {m: (fitted[m][0] + ours[m][0], np.concatenate([fitted[m][1], ours[m][1]])) for m in modalities}
@@ -180,14 +181,7 @@ def _map_note(drawn: dict) -> str:
 
 
 def run(ctx: BenchContext) -> SuiteResult:
-    import torch
-
     torch.set_num_threads(1)  # shared small machines: OpenMP spinning costs more than a second thread gives
-    from phenoclip_bench.cohort import bench_cohort, pretrained
-    from phenoclip.data.multimodal import CohortStores
-    from phenoclip.eval.embedding_map import cluster_scores, plot_map, points_from
-    from phenoclip.pretrained import load_pretrained, random_init_like
-
     result = SuiteResult(name="retrieve")
     cohort = bench_cohort(ctx)
     ckpt, command = pretrained(ctx, cohort)
@@ -253,8 +247,6 @@ def run(ctx: BenchContext) -> SuiteResult:
                         f"phenoclip retrieve --checkpoint {ckpt} --query {cohort.stores[a]} --gallery hpo "
                         f"--out {ctx.work}/{a}_terms.tsv --map {ctx.out / MAP_PNG} --labels {cohort.labels}:disease "
                         + " ".join(f"--data {cohort.stores[m]}" for m in modalities[1:])]
-    from phenoclip_bench.report import bold_sentences
-
     # the notes state every shortfall in bold: the report lists them together as well
     result.shortfalls += [line for t in result.tables for line in bold_sentences(t.note)]
     return result

@@ -17,12 +17,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import selectors
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from phenoclip_bench import SuiteResult, Table
+from phenoclip.progress import info
+
+# torch and faiss are imported inside the functions, not here: each method's child process loads only
+# its own library, so that its memory figure is its own (see the module docstring)
 
 METHODS = ("ours", "faiss", "full")
 LABELS = {"ours": "ours (topk_chunked)", "faiss": "faiss IndexFlatIP", "full": "torch full matrix + topk"}
@@ -58,7 +65,7 @@ class Searcher:
             raise ValueError(f"unknown method {method!r}")
         self.method, self.add_seconds = method, 0.0
         if method == "faiss":
-            import faiss
+            import faiss  # optional: faiss-cpu comes with the bench extra; this child's library only
 
             if threads:
                 faiss.omp_set_num_threads(threads)
@@ -67,7 +74,7 @@ class Searcher:
             self.index.add(gallery)
             self.add_seconds = time.perf_counter() - t0
         else:
-            import torch
+            import torch  # this child's library only (faiss's child never loads it)
 
             if threads:
                 torch.set_num_threads(threads)
@@ -76,10 +83,11 @@ class Searcher:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.method == "faiss":
             return self.index.search(queries, k)
-        import torch
+        import torch  # this child's library only (faiss's child never loads it)
 
         q = torch.from_numpy(queries)
         if self.method == "ours":
+            # pulls torch: this child's library only (faiss's child never loads it)
             from phenoclip.eval.topk import topk_chunked
 
             s, i = topk_chunked(q, self.gallery, k)
@@ -141,8 +149,6 @@ def _child(method: str, n_gallery: int, n_queries: int, dim: int, k: int, seed: 
 
 def _reply(proc: subprocess.Popen, timeout: float, err_path: Path) -> dict:
     """The child's next JSON line, or ``{"error": ...}`` if it dies or stays silent for ``timeout`` s."""
-    import selectors
-
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
@@ -255,9 +261,6 @@ def retrieve_benchmark(n_gallery: int, n_queries: int = 1024, dim: int = 128, k:
 
 def run(ctx):
     """The ``retrieve`` benchmark suite."""
-    from phenoclip_bench import SuiteResult, Table
-    from phenoclip.progress import info
-
     n_gallery = 200_000 if ctx.quick else 1_000_000
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
     info(f"retrieve: {n_gallery:,} x 128 gallery, 1,024 queries, k 10, {threads} threads; ours, faiss, full matrix")
@@ -265,6 +268,7 @@ def run(ctx):
     if "ours_over_faiss" not in metrics:
         raise RuntimeError("a method failed: " + "; ".join(str(r[-1]) for r in rows if r[1] == "-"))
     ratio = metrics["ours_over_faiss"]
+    # imported here, not at the top: it pulls torch, which this module's faiss child must not load
     from phenoclip.eval.topk_coarse import bf16_is_fast
 
     metrics["ours_bfloat16_screen"] = bf16_is_fast()

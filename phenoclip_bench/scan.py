@@ -27,7 +27,13 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
+
+import torch
+
+from phenoclip_bench import SuiteResult, Table
+from phenoclip.ops.scan import selective_scan
 
 D_STATE = 16
 SSD_HEADDIM = 64  # Mamba-2's default head width
@@ -38,8 +44,6 @@ REF_MAX_L = 4096  # mamba-ssm's reference backward is quadratic: minutes at 4k, 
 def _stub_cuda_extension() -> None:
     """Let ``import mamba_ssm`` succeed without its compiled CUDA extension: the benchmark only
     calls mamba-ssm's pure-PyTorch code."""
-    import types
-
     sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
 
 
@@ -48,7 +52,6 @@ def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, thre
 
     The fastest repeat is reported: on a shared machine the minimum is the repeatable figure.
     """
-    import torch
 
     def status(key: str) -> float:
         with open("/proc/self/status") as fh:
@@ -68,6 +71,7 @@ def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, thre
             layer(x).sum().backward()
     elif method == "ssd":
         _stub_cuda_extension()
+        # optional (the mamba extra), and only after the stub above: importing mamba_ssm takes ~10 s
         from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
 
         heads = 2 * d_model // SSD_HEADDIM
@@ -84,9 +88,10 @@ def _child(method: str, L: int, batch: int, d_model: int, repeats: int = 1, thre
             ssd_minimal_discrete(*args, block_len=SSD_CHUNK)[0].sum().backward()
     else:
         if method == "ours":
-            from phenoclip.ops.scan import selective_scan as fn
+            fn = selective_scan
         else:
             _stub_cuda_extension()
+            # optional (the mamba extra), and only after the stub above: importing mamba_ssm takes ~10 s
             from mamba_ssm.ops.selective_scan_interface import selective_scan_ref as fn
         d = 2 * d_model
         A = -torch.arange(1, D_STATE + 1, dtype=torch.float32).repeat(d, 1)  # Mamba's S4D-real init
@@ -176,8 +181,6 @@ def _ratios(rows: list[list]) -> dict:
 
 def run(ctx):
     """The ``scan`` benchmark suite (``phenoclip benchmark --suite scan`` once registered)."""
-    from phenoclip_bench import SuiteResult, Table
-
     rows, ratios = scan_benchmark(quick=ctx.quick)
     table = Table(title="Selective scan, forward + backward (batch 2, d_model 64, d_inner 128, N 16)",
                   columns=["method", "L", "seconds", "extra peak MB", "note"],

@@ -22,10 +22,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy.stats import wilcoxon
 
 from phenoclip_bench import BenchContext, SuiteResult, Table
 from phenoclip_bench.cohort import bench_cohort, pretrained, simulate_into
+from phenoclip.data.simulate import SimulationSettings
+from phenoclip.preprocess.expression import convert_expression
+from phenoclip.preprocess.mri import convert_mri
+from phenoclip.pretrain.run import run_pretrain
+from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.progress import info
+from phenoclip.segment.data import SegmentData
+from phenoclip.segment.run import run_segment_train
+from phenoclip.segment.settings import FitSettings, SegmentSettings
 
 #: (label, decoder, init, with genes)
 METHODS = [
@@ -45,10 +55,6 @@ PAPER_TABLE_1 = "U-Net 0.735, ResU-Net 0.772, DeepLabv3+ 0.840, Attention U-Net 
 
 def faint_stores(folder: Path, patients: int, seed: int, contrast: float) -> dict:
     """``mri.h5`` (32^3 at 1.5 mm, with masks) and ``expr.h5`` of a simulated cohort with lesions of ``contrast``."""
-    from phenoclip.data.simulate import SimulationSettings
-    from phenoclip.preprocess.expression import convert_expression
-    from phenoclip.preprocess.mri import convert_mri
-
     paths = {"mri": folder / "mri.h5", "expr": folder / "expr.h5"}
     if all(p.exists() for p in paths.values()):
         return paths
@@ -63,8 +69,6 @@ def faint_stores(folder: Path, patients: int, seed: int, contrast: float) -> dic
 
 def _keep_file(folder: Path, stores: dict) -> Path:
     """Patients with a mask and expression: every method trains and tests on these."""
-    from phenoclip.segment.data import SegmentData
-
     data = SegmentData(stores["mri"], stores["expr"])
     path = folder / "keep.txt"
     path.write_text("\n".join(s for s in data.with_masks() if data.has_genes(s)) + "\n")
@@ -73,9 +77,6 @@ def _keep_file(folder: Path, stores: dict) -> Path:
 
 def pretrain_mri_expr(folder: Path, stores: dict, epochs: int, seed: int) -> tuple[Path, str]:
     """MGI's pretraining: the ViT against the Mamba gene encoder (CLIP), for a cohort of its own."""
-    from phenoclip.pretrain.settings import PretrainSettings
-    from phenoclip.pretrain.run import run_pretrain
-
     pre = folder / "pretrain"
     shutil.rmtree(pre, ignore_errors=True)
     info(f"segment: pretraining mri + expr ({epochs} epochs)")
@@ -88,11 +89,6 @@ def pretrain_mri_expr(folder: Path, stores: dict, epochs: int, seed: int) -> tup
 def compare(folder: Path, stores: dict, methods: list, pre: Path, pre_command: str, epochs: int, seed: int,
             result: SuiteResult, title: str, key: str, report_dir: Path) -> None:
     """Train every method on one split from checkpoint ``pre``; add the table, metrics and commands to ``result``."""
-    from scipy.stats import wilcoxon
-
-    from phenoclip.segment.settings import FitSettings, SegmentSettings
-    from phenoclip.segment.run import run_segment_train
-
     keep = _keep_file(folder, stores)
     result.commands.append(pre_command)
     rows, runs = [], {}
@@ -139,8 +135,6 @@ def compare(folder: Path, stores: dict, methods: list, pre: Path, pre_command: s
 
 
 def run(ctx: BenchContext) -> SuiteResult:
-    import torch
-
     torch.set_num_threads(1)  # shared small machines: OpenMP spinning costs more than a second thread gives
     result = SuiteResult(name="segment")
     pre_epochs, epochs = EPOCHS["quick" if ctx.quick else "full"]

@@ -21,10 +21,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from phenoclip_bench import BenchContext, SuiteResult
-from phenoclip_bench.ssl_plots import RANDOM, RAW
+from phenoclip_bench.cohort import bench_cohort, pretrained
+from phenoclip_bench.ssl_plots import RANDOM, RAW, compare_to_random, plot_ssl_curves, shortfall_lines, tables_for
+from phenoclip.finetune.heads import HeadSettings
+from phenoclip.finetune.labels import TaskLabels, held_out_split, load_task_labels
+from phenoclip.finetune.run import FinetuneSettings, run_finetune
 from phenoclip.progress import info
+from phenoclip.store import SCHEMA_MODALITY, open_store
 
 OBJECTIVES = ["scarf", "vime", "byol"]
 FRACTIONS = [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
@@ -45,8 +51,6 @@ def feasible_fractions(store: Path, labels: Path, fractions: list[float] = FRACT
 
     The per-class pool sizes do not depend on the seed: the test split takes a fixed share of each class.
     """
-    from phenoclip.finetune.labels import held_out_split
-
     samples, _ = raw_features(store)
     task = labels_in(labels, samples)
     pool = ~held_out_split(task, TEST_FRACTION, 0)
@@ -60,8 +64,6 @@ def labels_in(labels: Path, samples: list[str]):
 
     Unlike :func:`~phenoclip.finetune.labels.restrict_to` it does not warn: ``run_finetune`` already did.
     """
-    from phenoclip.finetune.labels import TaskLabels, load_task_labels
-
     task = load_task_labels(f"{labels}:{LABEL_COLUMN}")
     keep = np.isin(task.samples, samples)
     return TaskLabels(task.source, task.column, task.task, [s for s, k in zip(task.samples, keep) if k],
@@ -95,9 +97,6 @@ def finetune_all(ctx: BenchContext, modality: str, store: Path, labels: Path, ch
     Returns ({method: summary rows}, commands, split facts). Raises if the runs' test splits differ
     (the shared baseline would not be comparable then).
     """
-    from phenoclip.finetune.run import FinetuneSettings, run_finetune
-    from phenoclip.finetune.heads import HeadSettings
-
     results: dict[str, list[dict]] = {}
     commands, splits, facts = [], {}, {}
     for i, objective in enumerate(checkpoints):
@@ -135,8 +134,6 @@ def raw_features(store: Path) -> tuple[list[str], np.ndarray]:
     Missing dosage calls (negative) are NaN here (only the training subset may set their imputed
     value). Constant columns are harmless (the scaler leaves them at zero).
     """
-    from phenoclip.store import SCHEMA_MODALITY, open_store
-
     with open_store(store) as s:
         modality = SCHEMA_MODALITY.get(s.schema)
         name = {"expr": "values", "gene": "dosage"}[modality]
@@ -149,11 +146,6 @@ def raw_features(store: Path) -> tuple[list[str], np.ndarray]:
 
 
 def run(ctx: BenchContext) -> SuiteResult:
-    import torch
-
-    from phenoclip_bench.cohort import bench_cohort, pretrained
-    from phenoclip_bench.ssl_plots import compare_to_random, plot_ssl_curves, shortfall_lines, tables_for
-
     torch.set_num_threads(1)  # the benchmark's CPU budget: two cores shared by every suite
     cfg = SETTINGS["quick" if ctx.quick else "full"]
     cohort = bench_cohort(ctx)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from phenoclip_bench import Table
+# the Agg figure and atomic PNG write of every plot
+from phenoclip.eval.plots import new_figure, save_png
 
 RANDOM = "random init"
 RAW = "raw features + LR"
@@ -132,8 +134,6 @@ def tables_for(modality: str, by_mode: dict[str, dict[str, list[dict]]], facts: 
 
 def plot_ssl_curves(by_mode: dict[str, dict[str, list[dict]]], path: Path, modality: str, n_test: int) -> Path:
     """AUROC and accuracy against label fraction (log x, ±1 sd bars), one panel per mode x metric."""
-    from phenoclip.eval.plots import new_figure, save_png  # the Agg figure and atomic PNG write of every plot
-
     modes = list(by_mode)
     fig = new_figure(figsize=(11, 4.2 * len(modes)))
     for i, mode in enumerate(modes):

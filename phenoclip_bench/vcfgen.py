@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pysam
 
 _CODES = np.array(["0|0", "0|1", "1|0", "1|1", ".|."])
 
@@ -16,8 +17,6 @@ _CODES = np.array(["0|0", "0|1", "1|0", "1|1", ".|."])
 def write_benchmark_vcf(path: str | os.PathLike, n_samples: int, n_variants: int, seed: int = 0,
                         chunk: int = 2000) -> str:
     """Write ``path`` (.vcf.gz, BGZF + tabix index) and return its name."""
-    import pysam
-
     rng = np.random.default_rng(seed)
     plain = os.fspath(path)
     if plain.endswith(".gz"):

@@ -110,10 +110,16 @@ def _fit_blocks(x: np.ndarray, y: np.ndarray, widths: list[int], k: int, seed: i
 
 
 def fit_stacked(x: np.ndarray, widths: list[int], y: np.ndarray, n_classes: int, seed: int = 0,
-                c: float | None = None) -> StackedFit:
+                c: float | None = None, caps: list[float] | None = None) -> StackedFit:
     """Fit the per-block probes (``C`` by inner CV unless ``c``) and the meta regression on their
     out-of-fold log-probabilities (stratified folds, at most :data:`FOLDS`; with a class of one
-    patient the in-sample log-probabilities are used instead)."""
+    patient the in-sample log-probabilities are used instead).
+
+    ``caps`` (one per block, in (0, 1]) bound each block's weight: out-of-fold estimates on the
+    pretraining patients are inflated for a block whose encoder memorised them, and
+    :mod:`phenoclip.eval.generalisation` measures, without labels, how much of each block's
+    agreement survives on patients pretraining did not fit (:mod:`phenoclip.finetune.stack_caps`).
+    None: every cap is 1."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y).astype(int)
     if x.shape[1] != sum(widths):
         raise ValueError(f"x has {x.shape[1]} columns, the blocks {sum(widths)}")
@@ -129,18 +135,23 @@ def fit_stacked(x: np.ndarray, widths: list[int], y: np.ndarray, n_classes: int,
                                    n_classes)
     else:
         oof = _log_proba(full, x, widths, n_classes)
-    weights, meta_bias = fit_product_weights(oof.reshape(len(y), len(widths), n_classes), y)
+    upper = np.ones(len(widths)) if caps is None else np.clip(np.asarray(caps, dtype=float), 0.0, 1.0)
+    if len(upper) != len(widths):
+        raise ValueError(f"{len(upper)} caps for {len(widths)} blocks")
+    weights, meta_bias = fit_product_weights(oof.reshape(len(y), len(widths), n_classes), y, upper)
     meta_weight = np.zeros((n_classes, len(widths) * n_classes))
     for m, w in enumerate(weights):
         meta_weight[:, m * n_classes:(m + 1) * n_classes] = w * np.eye(n_classes)
     chosen = {"block_weights": [float(w) for w in weights],
-              "C_blocks": [b.chosen.get("C") if b else None for b in full], "out_of_fold": folds >= 2}
+              "C_blocks": [b.chosen.get("C") if b else None for b in full], "out_of_fold": folds >= 2,
+              "weight_caps": [float(u) for u in upper]}
     return StackedFit(n_classes, list(widths), full, meta_weight, meta_bias, chosen)
 
 
-def fit_product_weights(logp: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weights ``w`` in [0, 1] (M,) and class biases ``b`` (K,) maximising the likelihood of
-    ``softmax(sum_m w_m logp[:, m, :] + b)`` for labels ``y``; ``logp`` is (N, M, K)."""
+def fit_product_weights(logp: np.ndarray, y: np.ndarray,
+                        upper: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weights ``w`` in [0, upper] (M,; default 1) and class biases ``b`` (K,) maximising the
+    likelihood of ``softmax(sum_m w_m logp[:, m, :] + b)`` for labels ``y``; ``logp`` is (N, M, K)."""
     n, m, k = logp.shape
     onehot = np.eye(k)[y]
 
@@ -154,6 +165,8 @@ def fit_product_weights(logp: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
         grad = np.concatenate([np.einsum("nk,nmk->m", resid, logp), resid.sum(axis=0)])
         return float(-(onehot * (logits - logz)).sum() / n), grad
 
-    start = np.concatenate([np.full(m, 1.0 / m), np.zeros(k)])
-    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * m + [(None, None)] * k)
+    upper = np.ones(m) if upper is None else np.asarray(upper, dtype=float)
+    start = np.concatenate([np.minimum(1.0 / m, upper), np.zeros(k)])
+    result = minimize(loss, start, jac=True, method="L-BFGS-B",
+                      bounds=[(0.0, float(u)) for u in upper] + [(None, None)] * k)
     return result.x[:m], result.x[m:]

@@ -25,6 +25,7 @@ from phenoclip.finetune.heads import (fit_linear_head, fused_features, predict_s
                                             train_full)
 from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                     restrict_to)
+from phenoclip.finetune.stack_caps import crossfit_scores, measure_stack_caps
 
 #: the fine-tuned model kind written into config.json (``finetune predict`` checks it)
 KIND = "finetune"
@@ -81,6 +82,9 @@ class Experiment:
         self.features = {}
         if s.head.mode == "linear":  # frozen encoders: embed every labelled patient once per model
             self.features = {name: fused_features(ft, self.dataset) for name, ft in self.models.items()}
+        # the stack's block weights capped by what each encoder keeps on patients pretraining did not fit
+        self.caps = (measure_stack_caps(self.pre, self.stores, self.modalities, self.stats, s.seed)
+                     if s.fusion == "stack" and s.head.mode == "linear" else None)
         self.raw_models = [RAW_MODELS[b] for b in s.baselines if b in RAW_MODELS]
         self.raw_blocks = self._raw_blocks() if self.raw_models else {}
         self.saved: tuple[FinetuneModel, np.ndarray, np.ndarray] | None = None
@@ -131,24 +135,35 @@ class Experiment:
         seed = self.s.seed + 31 * repeat
         y = self.labels.y
         if name in self.raw_models:
-            scores = self._fit_raw(name, idx, seed)
+            scores = kept = self._fit_raw(name, idx, seed)
         elif self.s.head.mode == "linear":
-            ft = self.models[name]
-            fit_linear_head(ft, self.features[name][idx], y[idx], self.classification, self.s.head, seed)
-            scores = scores_from_features(ft, self.features[name][self.test_index], self.classification)
+            ft, x = self.models[name], self.features[name]
+
+            def fit_and_score(caps: list[float] | None) -> np.ndarray:
+                fit_linear_head(ft, x[idx], y[idx], self.classification, self.s.head, seed, caps)
+                return scores_from_features(ft, x[self.test_index], self.classification)
+
+            # caps only for the pretrained encoders: a random initialisation memorised nothing
+            caps = self.caps if name == "pretrained" else None
+            scores = fit_and_score(None) if caps is None else crossfit_scores(
+                caps, [self.labels.samples[i] for i in self.test_index], fit_and_score)
+            # the model kept for later use takes its caps from every validation patient; predictions.h5 holds
+            # its own scores (what `finetune predict` gives), metrics the cross-fitted ones
+            kept = scores if caps is None else fit_and_score(caps.deploy)
         else:
             ft = copy.deepcopy(self.models[name])
             train_full(ft, self._subset(idx), y[idx], self.classification, self.s.head, seed,
                        self.s.work / "fits" / f"{fraction:g}-r{repeat}-{name}",
                        stop_after_steps=self.s.stop_after_steps)
             scores = predict_scores(ft, self.test_dataset, self.classification)
+            kept = scores
         y_test = y[self.test_index]
         metrics = (classification_metrics(y_test, scores, self.labels.classes) if self.classification
                    else regression_metrics(y_test, scores))
         if repeat == 0 and fraction == max(self.s.fractions):
             self.compared[name] = scores  # roc.png draws every model on the same test patients
             if name == "pretrained":
-                self.saved = (copy.deepcopy(ft), scores, idx)
+                self.saved = (copy.deepcopy(ft), kept, idx)
         return {"fraction": fraction, "repeat": repeat, "model": name, "n_train": int(len(idx)), **metrics}
 
     # ------------------------------------------------------------------ outputs
@@ -173,7 +188,8 @@ class Experiment:
                   "n_test": int(len(self.test_index)), "n_test_held_out_of_pretraining": self.test_never_seen,
                   "fractions": self.s.fractions, "repeats": self.s.repeats, "seed": self.s.seed,
                   "summary": summary, "rows": rows, "figures": figures, "held_out_by_modalities": by_modalities,
-                  "saved_model": {"model": "pretrained", "fraction": max(self.s.fractions), "repeat": 0}}
+                  "saved_model": {"model": "pretrained", "fraction": max(self.s.fractions), "repeat": 0},
+                  "stack_caps": self.caps.record if self.caps is not None else None}
         write_json(folder / "metrics.json", result)
         return result
 

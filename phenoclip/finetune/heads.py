@@ -59,14 +59,15 @@ def fused_features(ft: FinetuneModel, dataset: MultimodalDataset, batch_size: in
 
 
 def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classification: bool,
-                    settings: HeadSettings, seed: int) -> dict:
+                    settings: HeadSettings, seed: int, caps: list[float] | None = None) -> dict:
     """Fit the head of ``ft`` on features ``x`` (N, F) and targets ``y``; encoders untouched.
 
     The penalty (``C`` or ridge ``alpha``) is chosen by inner cross-validation on these
-    patients unless ``settings.c`` fixes ``C``; returns what was chosen.
+    patients unless ``settings.c`` fixes ``C``; returns what was chosen. ``caps``: a stacked
+    head's per-block weight caps (:mod:`phenoclip.finetune.stack_caps`; None: uncapped).
     """
     if ft.fusion == "stack":
-        return _fit_stacked_head(ft, x, y, classification, settings, seed)
+        return _fit_stacked_head(ft, x, y, classification, settings, seed, caps)
     mean, scale = probe_scaling(x)  # constant features (an absent modality) stay at 0
     z = (x - mean) / scale
     n_out = ft.head.out_features
@@ -96,13 +97,13 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
 
 
 def _fit_stacked_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classification: bool,
-                      settings: HeadSettings, seed: int) -> dict:
+                      settings: HeadSettings, seed: int, caps: list[float] | None = None) -> dict:
     """``fusion="stack"``: per-modality probes and the meta regression
     (:func:`phenoclip.eval.stacking.fit_stacked`), copied into ``ft``'s block heads and head."""
     if not classification:
         raise ValueError("stacked fusion needs a class label (use --fusion concat for a regression)")
     k = ft.head.out_features
-    fit = fit_stacked(x, [ft.model.embed_dim] * len(ft.modalities), y, k, seed, c=settings.c)
+    fit = fit_stacked(x, [ft.model.embed_dim] * len(ft.modalities), y, k, seed, c=settings.c, caps=caps)
     with torch.no_grad():
         ft.feature_mean.copy_(torch.as_tensor(np.concatenate(
             [b.mean if b else np.zeros(w) for b, w in zip(fit.blocks, fit.widths)])))
