@@ -54,7 +54,7 @@ def save_png(fig, path: str | os.PathLike) -> Path:
     return target
 
 
-def _wrapped(title: str, width: int) -> str:
+def wrap_title(title: str, width: int) -> str:
     """A title broken at spaces into lines of at most ``width`` characters (a long one is not cut at the edges)."""
     return "\n".join(textwrap.wrap(title, width)) if title else title
 
@@ -94,7 +94,7 @@ def plot_roc_models(y_true: Any, by_model: dict[str, Any], classes: Sequence[str
             raise ValueError(f"{name}: need proba (N, {len(classes)}) for {y.shape[0]} patients, got {p.shape}")
         _roc_axes(ax, y, p, classes, name)
     if title:
-        fig.suptitle(_wrapped(title, int(60 * len(by_model))), fontsize="medium")
+        fig.suptitle(wrap_title(title, int(60 * len(by_model))), fontsize="medium")
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -132,7 +132,7 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], path: str | os.Pat
     if len(classes) != p.shape[1]:
         raise ValueError(f"{len(classes)} class names for {p.shape[1]} probability columns")
     fig = new_figure(figsize=(5, 5))
-    _roc_axes(fig.add_subplot(), y, p, classes, _wrapped(title or "ROC", 55))
+    _roc_axes(fig.add_subplot(), y, p, classes, wrap_title(title or "ROC", 55))
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -170,7 +170,7 @@ def plot_reliability(y_true: Any, proba: Any, path: str | os.PathLike, n_bins: i
              label="mean confidence")
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
-    top.set_title(_wrapped(f"{title + ': ' if title else ''}ECE {ece:.3f} ({n_bins} bins)", 55), fontsize="medium")
+    top.set_title(wrap_title(f"{title + ': ' if title else ''}ECE {ece:.3f} ({n_bins} bins)", 55), fontsize="medium")
     top.legend(loc="upper left", fontsize="small")
     bottom.bar(bins["lower"], bins["count"], width=width, align="edge", color="grey", edgecolor="black",
                linewidth=0.5)
@@ -231,7 +231,7 @@ def plot_label_fraction_curve(summary_rows: Sequence[dict[str, Any]], metric: st
     n_repeats = sorted({int(r["n_repeats"]) for r in summary_rows if "n_repeats" in r})
     repeats = f" over {n_repeats[0]} repeats" if len(n_repeats) == 1 else " over repeats"
     ax.set(xlabel=f"fraction of labelled training patients (log scale); bars: ± 1 sd{repeats}", ylabel=metric)
-    ax.set_title(_wrapped(title or f"{metric} vs label fraction", 70), fontsize="medium")
+    ax.set_title(wrap_title(title or f"{metric} vs label fraction", 70), fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -270,50 +270,3 @@ def plot_regression(y_true: Any, y_pred: Any, path: str | os.PathLike, title: st
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     return save_png(fig, path)
-
-
-#: history keys that are not losses
-_NOT_LOSSES = {"epoch", "samples_per_s", "data_wait_share", "lr", "temperature"}
-
-
-def plot_pretrain_history(history: Sequence[dict[str, Any]], path: str | os.PathLike,
-                          init_validation: dict[str, float] | None = None, title: str = "") -> Path:
-    """Training losses per epoch (left) and held-out retrieval MRR per modality pair (right).
-
-    ``history`` is ``state.json``'s list of per-epoch dicts; losses are the keys that are neither
-    validation metrics (``val/...``) nor bookkeeping; ``init_validation`` (the same model at random
-    initialisation) is drawn as a dashed level per pair, the weak reference a curve must clear.
-    """
-    if not history:
-        raise ValueError("no epochs to plot")
-    epochs = np.array([h.get("epoch", i + 1) for i, h in enumerate(history)], dtype=np.float64)
-    losses = [k for k in history[-1] if k not in _NOT_LOSSES and not k.startswith("val/") and "/" not in k]
-    if len(losses) == 2 and "loss" in losses:  # one objective: its loss is the total
-        losses.remove("loss")
-    pairs = sorted({k.split("/")[1] for h in history for k in h if k.startswith("val/") and k.endswith("/MRR")})
-    fig = new_figure(figsize=(11 if pairs else 6, 4.5))
-    axes = fig.subplots(1, 2 if pairs else 1)
-    left = axes[0] if pairs else axes
-    for k in losses:
-        left.plot(epochs, [h.get(k, np.nan) for h in history], linewidth=1.5, label=k)
-    left.set(xlabel="epoch", ylabel="training loss (mean over the epoch's steps)")
-    left.set_title("training loss", fontsize="medium")
-    left.grid(True, alpha=0.3)
-    left.legend(fontsize="small")
-    if pairs:
-        right = axes[1]
-        for i, pair in enumerate(pairs):
-            line, = right.plot(epochs, [h.get(f"val/{pair}/MRR", np.nan) for h in history], linewidth=1.2,
-                               label=pair)
-            level = (init_validation or {}).get(f"val/{pair}/MRR")
-            if level is not None:
-                right.axhline(level, color=line.get_color(), linestyle=":", linewidth=1)
-        right.set(xlabel="epoch", ylabel="MRR on held-out validation patients")
-        right.set_title("held-out retrieval (dotted: the same model at random init)", fontsize="medium")
-        right.grid(True, alpha=0.3)
-        right.legend(fontsize="x-small", ncol=2)
-    if title:
-        fig.suptitle(_wrapped(title, 110), fontsize="medium")
-    fig.tight_layout()
-    return save_png(fig, path)
-

@@ -34,25 +34,23 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
-from torch import nn
 
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, UsageError, require_writable_parent
 from phenoclip.io.annotations import read_gene_annotation
 from phenoclip.pretrained import expr_stats
-from phenoclip.preprocess.mri import row_info
 from phenoclip.explain import shards
-from phenoclip.explain.attribution import INPUT_KEY, METHODS, DenseEncoder, MethodSettings, attribute_batch
+from phenoclip.explain.attribution import INPUT_KEY, METHODS, DenseEncoder, MethodSettings
+from phenoclip.explain.convergence import delta_summary, warn_if_not_converged
+from phenoclip.explain.job import Job
 from phenoclip.explain.outputs import finalise
-from phenoclip.explain.inputs import (INPUT_SPACE, auto_internal_batch_size, input_mean, input_rows, open_checkpoint,
+from phenoclip.explain.inputs import (INPUT_SPACE, auto_internal_batch_size, input_mean, open_checkpoint,
                                       resolve_baseline, select_individuals, store_modality, train_samples_in)
 from phenoclip.explain.targets import contrastive_target, model_target
-from phenoclip.progress import Progress, info, warn
-from phenoclip.store import SCHEMA_MODALITY, create_store, open_store
+from phenoclip.progress import info, warn
+from phenoclip.store import SCHEMA_MODALITY, open_store
 from phenoclip import checkpoint as ckpt
 
 TARGETS = ("contrastive", "model")
@@ -107,70 +105,6 @@ class ExplainSettings:
 
 
 # ----------------------------------------------------------------------------- the run
-
-@dataclass
-class Job:
-    """A prepared run: what the attribution loop needs, and what identifies its numbers."""
-
-    stores: CohortStores
-    modality: str
-    shape: tuple[int, ...]
-    stats: tuple[np.ndarray, np.ndarray] | None
-    dense: DenseEncoder
-    column_mean: torch.Tensor | None                  # (1, V) imputation of missing dosages
-    baseline: torch.Tensor                            # (1, *F)
-    baseline_samples: torch.Tensor | None             # (m, *F) for GradientShap
-    scorer: nn.Module                                 # (x, *extra) -> (n,)
-    extras: Callable[[list[str], torch.Tensor], tuple]
-    method: MethodSettings
-    per_call: int
-    individuals: list[str]
-    candidates: list[str]                             # contrastive reference candidates
-    identity: dict
-    attrs: dict
-    left_out: str = ""
-
-    def write(self, path: str, ids: list[str], first: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Attribute ``ids`` batch by batch into a store at ``path``, writing rows as they are computed.
-
-        Returns ``(|delta|, |F(x) - F(baseline)|)`` per individual.
-        """
-        n = len(ids)
-        deltas, change = np.full(n, np.nan), np.full(n, np.nan)
-        with create_store(path, "attributions", ids, attrs=self.attrs) as w:
-            attr_ds = w.per_sample("attributions", shape=(n, *self.shape), dtype=np.float32)
-            cols = {k: w.per_sample(k, shape=(n,), dtype=np.float32)
-                    for k in ("delta", "target_value", "baseline_value")}
-            w.per_sample("index", np.arange(first, first + n, dtype=np.int64))
-            w.array("baseline", self.baseline.numpy().astype(np.float32))
-            if self.candidates:
-                w.array("reference_samples", list(self.candidates))
-            write_features(w, self.stores, self.modality, ids)
-            with Progress(f"explain {self.modality} ({self.method.method})", total=n, unit="individuals") as bar:
-                for a in range(0, n, self.per_call):
-                    rows = slice(a, min(n, a + self.per_call))
-                    batch_ids = ids[rows]
-                    x = torch.cat(list(input_rows(self.stores, self.modality, batch_ids, self.stats,
-                                                  batch=len(batch_ids))))
-                    x = self.dense.impute(x, self.column_mean)
-                    extra = self.extras(batch_ids, x)
-                    # noisy methods draw from torch's generator: one seed per batch of the whole run,
-                    # so a part computes its batches exactly as an unsharded run does
-                    torch.manual_seed(seed * 1_000_003 + (first + a) // self.per_call)
-                    attr, delta = attribute_batch(self.scorer, x, self.baseline, extra, self.method,
-                                                  self.baseline_samples)
-                    with torch.no_grad():
-                        value = self.scorer(x, *extra)
-                        base_value = self.scorer(self.baseline.expand_as(x).contiguous(), *extra)
-                    attr_ds[rows] = attr.numpy().astype(np.float32)
-                    cols["delta"][rows] = delta.numpy()
-                    cols["target_value"][rows] = value.numpy()
-                    cols["baseline_value"][rows] = base_value.numpy()
-                    deltas[rows] = delta.double().abs().numpy()
-                    change[rows] = (value - base_value).double().abs().numpy()
-                    bar.advance(len(batch_ids))
-        return deltas, change
-
 
 def prepare(s: ExplainSettings) -> Job:
     """Check the inputs against each other and build everything but the attributions (no output yet)."""
@@ -276,9 +210,9 @@ def run_explain(s: ExplainSettings, log=info) -> dict:
         f"{len(part_ids)} of {len(job.individuals)} individuals, {job.per_call} per call, internal batch "
         f"{job.method.internal_batch_size}, baseline {job.attrs['baseline']}")
     deltas, change = job.write(path, part_ids, first, s.seed)
-    summary = _delta_summary(deltas, change, s.method)
+    summary = delta_summary(deltas, change, s.method)
     log(summary)
-    _warn_if_not_converged(deltas, change, s.method)
+    warn_if_not_converged(deltas, change, s.method)
     outputs = [path]
     if s.part is None:
         outputs = finalise(path, s.out, genes=genes, gene_window=s.gene_window, volumes=s.volumes, top=s.top)
@@ -313,50 +247,6 @@ def _identity(s, kind, modality, target, method, per_call, baseline_desc, baseli
     }
 
 
-def write_features(w, stores: CohortStores, modality: str, ids: list[str]) -> None:
-    """The feature description of an attributions store: variant table, gene names or volume geometry."""
-    ms = stores.by_modality[modality]
-    if modality == "gene":
-        for k, v in ms.meta["variants"].items():
-            w.array(f"variants/{k}", list(v) if k != "pos" else np.asarray(v, dtype=np.int64))
-    elif modality == "expr":
-        w.array("genes", list(ms.meta["genes"]))
-    else:
-        with open_store(ms.path) as src:
-            infos = [row_info(src, ms.row[x]) for x in ids]
-            if "spacing" in src:
-                w.array("spacing", src["spacing"][...])
-        for k, tail, dtype in (("affine", (4, 4), np.float64), ("original_affine", (4, 4), np.float64),
-                               ("original_shape", (3,), np.int64)):
-            w.per_sample(k, np.array([i[k] for i in infos], dtype=dtype).reshape(len(ids), *tail))
-
-
-#: a median |convergence delta| above this share of the median |F(x) - F(baseline)| is warned about
-DELTA_WARN_SHARE = 0.1
-
-
-def _warn_if_not_converged(deltas: np.ndarray, change: np.ndarray, method: str) -> None:
-    """On the terminal, not only in the log: attributions that do not add up to the change they explain."""
-    if not np.isfinite(deltas).any() or not np.isfinite(change).any():
-        return
-    d, c = float(np.nanmedian(deltas)), float(np.nanmedian(change))
-    if d > DELTA_WARN_SHARE * c:
-        hint = ("more --steps" if method in ("ig", "noise-tunnel") else
-                "--method ig, whose error shrinks with --steps" if method == "deeplift" else "--method ig")
-        warn(f"{method}'s attributions do not add up to the output change they explain: the median convergence "
-             f"error {d:.3g} is {d / c:.0%} of the median change {c:.3g} (OUT.h5 'delta'); try {hint}" if c > 0 else
-             f"{method}: median convergence error {d:.3g} while the output does not change from the baseline")
-
-
-def _delta_summary(deltas: np.ndarray, change: np.ndarray, method: str) -> str:
-    """One log line: |convergence delta| over individuals against the size of the explained change."""
-    if not np.isfinite(deltas).any():
-        return f"convergence delta: none for {method}"
-    return (f"convergence delta |sum(attr) - (F(x) - F(baseline))| over {len(deltas)} individuals: median "
-            f"{np.nanmedian(deltas):.3g}, 95th percentile {np.nanpercentile(deltas, 95):.3g}, max "
-            f"{np.nanmax(deltas):.3g}; for scale, median |F(x) - F(baseline)| {np.nanmedian(change):.3g}")
-
-
 def _top_line(tsv: str, k: int = 10) -> str:
     with open(tsv) as fh:
         header = fh.readline().rstrip("\n").split("\t")
@@ -388,8 +278,8 @@ def run_merge(parts: list[str], out: str, genes: str | None = None, gene_window:
         change = np.abs(s["target_value"][...].astype(np.float64) - s["baseline_value"][...])
         method = str(s.attrs["method"])
     log(f"merged {len(found)} parts: {n} individuals")
-    log(_delta_summary(np.abs(d), change, method))
-    _warn_if_not_converged(np.abs(d), change, method)
+    log(delta_summary(np.abs(d), change, method))
+    warn_if_not_converged(np.abs(d), change, method)
     log(_top_line(prefix + ".tsv"))
     return {"outputs": outputs, "individuals": n, "parts": len(found)}
 

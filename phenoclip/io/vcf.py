@@ -18,131 +18,18 @@ record is copied before the iterator moves on.
 
 from __future__ import annotations
 
-import ctypes
-import gzip
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from phenoclip.errors import MalformedInputError, UsageError, require_readable
+from phenoclip.errors import MalformedInputError, UsageError
 from phenoclip.io.genotype_source import (PART_RULE, GenotypeSource, Region, SkipCounts,  # noqa: F401
-                                          VariantBlock, in_regions, merge_regions, parse_region, require_unique_ids,
-                                          row_counts)
+                                          VariantBlock, in_regions, merge_regions, parse_region)
+from phenoclip.io.vcf_decode import cyvcf2_records, decode_genotypes
+from phenoclip.io.vcf_open import has_index, header_samples, open_vcf
 from phenoclip.io.vcf_text import TextBatch, gt_only, iter_text_records
-
-
-def _silence_htslib() -> None:
-    """htslib prints its own ``[E::...]`` lines on stderr; we report errors as one line instead."""
-    try:
-        # imported here: only VCF/BCF users pay for cyvcf2
-        from cyvcf2 import cyvcf2 as _ext
-
-        ctypes.CDLL(_ext.__file__).hts_set_log_level(0)
-    except (OSError, AttributeError):  # another cyvcf2 build: the extra lines are only noise
-        pass
-
-
-def header_samples(path: str) -> list[str] | None:
-    """Sample names from a text VCF's ``#CHROM`` line (None for BCF), to name duplicates clearly."""
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    opener = gzip.open if magic[:2] == b"\x1f\x8b" else open
-    try:
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("#CHROM"):
-                    return line.rstrip("\r\n").split("\t")[9:]
-                if not line.startswith("##"):
-                    return None
-    except (OSError, EOFError):
-        return None
-    return None
-
-
-def _gzip_is_broken(path: str) -> bool:
-    """True for a gzip/BGZF file that does not decompress to its end (only checked on the error path)."""
-    with open(path, "rb") as fh:
-        if fh.read(2) != b"\x1f\x8b":
-            return False
-    try:
-        with gzip.open(path, "rb") as fh:
-            while fh.read(1 << 20):
-                pass
-    except (OSError, EOFError):
-        return True
-    return False
-
-
-def open_vcf(path: str | os.PathLike, samples: Sequence[str] | None = None, threads: int | None = None):
-    """Open a VCF/BCF with cyvcf2, checking what phenoclip needs of it.
-
-    Raises one-line errors for a file that is not a VCF, a header without samples or without a
-    GT field, and duplicate sample IDs. ``samples`` subsets (and keeps the VCF's order).
-    """
-    # imported here: only VCF/BCF users pay for cyvcf2
-    from cyvcf2 import VCF
-
-    p = require_readable(path, "VCF")
-    _silence_htslib()
-    names = header_samples(p)
-    if names:
-        require_unique_ids(names, p, " in the header", "rename it, e.g. with bcftools reheader")
-    try:
-        vcf = VCF(p, gts012=False, lazy=True, threads=threads)
-    except OSError:
-        raise MalformedInputError("not a VCF or BCF file", p, "give a .vcf, .vcf.gz or .bcf") from None
-    except Exception as e:  # cyvcf2 raises bare Exception for header errors
-        if _gzip_is_broken(p):
-            raise MalformedInputError("truncated or corrupt gzip/BGZF stream", p,
-                                      "re-create or re-download the file") from None
-        raise MalformedInputError(f"cannot parse the VCF header ({e})", p) from None
-    if not vcf.samples:
-        raise MalformedInputError("VCF has no samples (no genotype columns)", p,
-                                  "phenoclip needs per-sample GT calls")
-    if not vcf.contains("GT"):
-        raise MalformedInputError("VCF header declares no GT (genotype) FORMAT field", p)
-    if samples is not None:
-        vcf.set_samples(list(samples))
-    return vcf
-
-
-def has_index(path: str) -> bool:
-    """True when a tabix/CSI index sits beside the file (``.tbi`` or ``.csi``)."""
-    return os.path.exists(path + ".tbi") or os.path.exists(path + ".csi")
-
-
-def _decode(raw: np.ndarray, allele_index: np.ndarray, want_haplotypes: bool, want_ref_count: bool
-            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int, np.ndarray]:
-    """Decode a stack of ``genotype.array()`` rows.
-
-    raw: (3, n, S) int16, planes of first allele, second allele and phase flag, one row per
-    output variant (a multi-allelic site's row is repeated per ALT); allele_index: (n,) the ALT
-    allele index that row counts. Plane-wise comparisons over contiguous rows, not reductions
-    over a short last axis: numpy reduces a length-2 axis slowly.
-    """
-    a0, a1, phase = raw[0], raw[1], raw[2]
-    k = allele_index[:, None]
-    h0 = (a0 == k).view(np.int8)
-    h1 = (a1 == k).view(np.int8)
-    missing = (a0 == -1) | (a1 == -1)      # -1 missing allele (half-calls too); -2 is a haploid's vector end
-    dosage = h0 + h1
-    dosage[missing] = -1
-    called = ~missing
-    # alleles behind each variant's called genotypes: 2 per diploid call, 1 per haploid call
-    n_alleles = 2 * row_counts(called) - row_counts((a1 == -2) & called)
-    haps = None
-    unphased = 0
-    if want_haplotypes:
-        haps = np.stack([np.where(a0 >= 0, h0, np.int8(-1)), np.where(a1 >= 0, h1, np.int8(-1))], axis=1)
-        # heterozygous diploid calls without the phase flag make haplotypes meaningless
-        unphased = int(np.count_nonzero((a0 != a1) & (a0 >= 0) & (a1 >= 0) & (phase == 0)))
-    ref_count = None
-    if want_ref_count:
-        ref_count = (a0 == 0).view(np.int8) + (a1 == 0).view(np.int8)
-        ref_count[missing] = -1
-    return dosage, haps, ref_count, unphased, n_alleles
 
 
 def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int = 2048,
@@ -196,7 +83,7 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
         nonlocal block, n, pending, which, raw, allele_index
         done = finish(*pending) if pending is not None else None
         # haplotypes are decoded while every block so far was phased (known once `done` is in)
-        future = pool.submit(_decode, raw[:, :n], allele_index[:n], phased_so_far, want_ref_count)
+        future = pool.submit(decode_genotypes, raw[:, :n], allele_index[:n], phased_so_far, want_ref_count)
         pending = (block, future)
         which = 1 - which
         raw, allele_index = raws[which], indices[which]
@@ -260,7 +147,7 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
         columns = None if kept == names else np.flatnonzero(np.isin(names, kept))
         records = iter_text_records(path, len(names), columns)
     else:
-        records = _cyvcf2_records(sources)
+        records = cyvcf2_records(sources)
     try:
         for record in records:
             if isinstance(record, TextBatch):
@@ -323,22 +210,6 @@ def iter_blocks(vcf, path: str, regions: Sequence[Region] = (), block_size: int 
             yield finish(*pending)
     finally:
         pool.shutdown(wait=True)
-
-
-def _cyvcf2_records(sources) -> Iterator[tuple[str, int, str | None, str, list[str], np.ndarray | None]]:
-    """``(chrom, pos, id, ref, alts, gt)`` of each record as :func:`phenoclip.io.vcf_text.iter_text_records`
-    gives them; ``gt`` is a view into htslib memory, valid until the next record is asked for."""
-    for source in sources:
-        for rec in source:
-            alts = rec.ALT
-            gt = None
-            if alts:  # a record without ALT is skipped undecoded
-                try:
-                    gt = rec.genotype.array()
-                except Exception as e:  # cyvcf2 raises a bare Exception; rec.FORMAT crashes on lazy records
-                    if "genotypes" not in str(e):
-                        raise
-            yield rec.CHROM, rec.POS, rec.ID, rec.REF, alts, gt
 
 
 def genome_part(contigs: Sequence[tuple[str, int]], part: tuple[int, int], path: str) -> list[Region]:

@@ -7,8 +7,8 @@ Modules (import them directly; this package imports nothing, so ``phenoclip --he
 - ``mri``: ``VolumeViT``, ``patchify`` / ``unpatchify`` (``mri``)
 - ``signal``: ``SignalCNNTransformer`` (``signal``)
 - ``phenotype``: ``HpoEncoder`` with ontology-graph initialisation (``hpo``)
-- ``heads``: ``ProjectionHead``, ``VariantMaskingHead``, ``VolumeReconstructionHead``,
-  ``haplotype_block_mask``, ``random_patch_mask``, ``estimate_ld_blocks``, shared blocks
+- ``heads``: ``ProjectionHead``, ``VariantMaskingHead``, ``VolumeReconstructionHead``, shared blocks
+- ``masks``: ``haplotype_block_mask``, ``random_patch_mask``, ``estimate_ld_blocks``
 - ``multimodal``: ``MultimodalModel`` (``encode(modality, inputs, normalize=True)``, ``logit_scale``), ``build_model``
 - ``registry``: ``ENCODERS`` ((modality, arch) -> class), ``build_encoder``, ``encoder_from_config``
 - ``presets``: ``tiny`` / ``small`` / ``paper`` typed, JSON-serialisable size presets

@@ -19,9 +19,9 @@ from phenoclip.pretrain.settings import TABULAR_OBJECTIVES, PretrainSettings
 from phenoclip.data.batch import DOSAGE, PRESENT, VALUES
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate, split_patients
 from phenoclip.errors import InconsistentInputError, OutputError, UsageError
-from phenoclip.eval.plots import plot_pretrain_history
+from phenoclip.eval.history_plot import plot_pretrain_history
 from phenoclip.eval.retrieval import paired_retrieval
-from phenoclip.models.heads import estimate_ld_blocks
+from phenoclip.models.masks import estimate_ld_blocks
 from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, flat_input, mri_pool_factor
 from phenoclip.models.phenotype import hpo_vocabulary
 from phenoclip.ops.devices import module_device, resolve_device, to_device

@@ -19,7 +19,8 @@ from phenoclip.pretrain.settings import TABULAR_OBJECTIVES, PretrainSettings
 from phenoclip.data.augment import AugmentSettings, augment_batch
 from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, SAMPLE_IDS, TERMS, VALUES
 from phenoclip.models.heads import (VariantMaskingHead, VolumeReconstructionHead, freeze_attention_key_bias,
-                                    freeze_bias_before_batch_norm, haplotype_block_mask, random_patch_mask)
+                                    freeze_bias_before_batch_norm)
+from phenoclip.models.masks import haplotype_block_mask, random_patch_mask
 from phenoclip.models.mri import patchify
 from phenoclip.models.multimodal import build_model
 from phenoclip.objectives import (ByolLoss, ClipLoss, MaskedReconstructionLoss, MaskedTokenLoss,

@@ -3,9 +3,10 @@
 The rule (recorded in every part as ``part_rule``): the patients of the ``--query`` store, in
 store order, are cut into N consecutive runs of near-equal count; part K (0-based) embeds and
 searches patients ``floor(K n / N)`` to ``floor((K + 1) n / N) - 1`` against the whole gallery.
-A query's hits and the rank bounds of its own gallery item (:func:`query_rank_bounds`) depend on
-that query and the gallery only, so ``retrieve merge`` writes the hits TSV and the metrics JSON
-of an unsharded run: the hits in the same order, Recall@K and MRR from the same bounds.
+A query's hits and the rank bounds of its own gallery item
+(:func:`phenoclip.retrieve.metrics.query_rank_bounds`) depend on that query and the gallery only,
+so ``retrieve merge`` writes the hits TSV and the metrics JSON of an unsharded run: the hits in
+the same order, Recall@K and MRR from the same bounds.
 
 A part is an HDF5 store of schema ``retrieval``: ``samples`` (the part's queries), ``scores``
 (n, k) float32, ``indices`` (n, k) int64 into ``gallery_ids`` (and ``gallery_names`` for the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -26,10 +28,13 @@ import torch
 
 from phenoclip import parts as part_files
 from phenoclip.eval.retrieval import format_metrics, metrics_from_bounds
-from phenoclip.retrieve.outputs import output_prefix, write_hits
+from phenoclip.pretrained import Pretrained
+from phenoclip.retrieve.metrics import held_out_ids, query_rank_bounds
+from phenoclip.retrieve.outputs import HPO_GALLERY, Side, output_prefix, write_hits
 from phenoclip.progress import info
 from phenoclip.staging import StagedFiles
 from phenoclip.store import STR_DTYPE, create_store, open_store
+from phenoclip import checkpoint as ckpt
 
 SCHEMA = "retrieval"
 PART_RULE = ("query patients in --query store order, cut into N consecutive runs of near-equal count; part K of "
@@ -65,6 +70,33 @@ def write_part(path: str, *, query_ids: Sequence[str], scores: torch.Tensor, ind
         w.array("gallery_ids", np.asarray(list(gallery_ids), dtype=object).astype(STR_DTYPE))
         if names is not None:
             w.array("gallery_names", np.asarray(list(names), dtype=object).astype(STR_DTYPE))
+
+
+def write_run_part(pre: Pretrained, path: str, q: Side, all_queries: list[str], g_ids, g_emb: np.ndarray, names,
+                   scores, indices, header: dict, zero_shot: bool, query: str, gallery: str, ontology,
+                   part: int, num_parts: int) -> dict:
+    """``OUT.partK.h5``: this part's hits and the rank bounds its queries contribute to the metrics."""
+    no_bounds = ([], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    all_bounds, held_bounds, held = no_bounds, no_bounds, []
+    if not zero_shot:
+        all_bounds = query_rank_bounds(q.samples, q.embeddings, g_ids, g_emb)
+        held = held_out_ids(all_queries, g_ids, pre.validation_samples)
+        if len(held) >= 2:
+            gpos = {s: i for i, s in enumerate(g_ids)}
+            held_bounds = query_rank_bounds(q.samples, q.embeddings, held, g_emb[[gpos[s] for s in held]])
+    identity = {"step": "retrieve", "k": header["k"], "num_parts": num_parts,
+                "checkpoint": {"weights": part_files.file_digest(Path(pre.path) / ckpt.MODEL_FILE),
+                               "config": part_files.file_digest(Path(pre.path) / ckpt.CONFIG_FILE)},
+                "query": part_files.store_identity(query),
+                "gallery": HPO_GALLERY if zero_shot else part_files.store_identity(gallery),
+                "ontology": None if ontology is None else os.path.abspath(ontology),
+                "queries": part_files.digest(all_queries)}
+    with StagedFiles() as staged:
+        write_part(staged.tmp(path), query_ids=q.samples, scores=scores, indices=indices, gallery_ids=g_ids,
+                   names=names, all_bounds=all_bounds, held_bounds=held_bounds, header=header,
+                   held_out_size=len(held), identity=identity, part=part, num_parts=num_parts)
+    info(f"retrieve: part {part} of {num_parts}: {len(q.samples)} of {len(all_queries)} queries -> {path}")
+    return {"metrics": header, "outputs": [path]}
 
 
 def merge(paths: Sequence[str | os.PathLike], out: str, metrics_out: str | None = None) -> dict:

@@ -45,19 +45,17 @@ from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, UsageError, require_readable
 from phenoclip.pretrained import Pretrained, embed_samples, expr_stats, load_pretrained
 from phenoclip.eval.embedding_map import plot_map, points_from, read_label_column
-from phenoclip.eval.retrieval import format_metrics, metrics_from_bounds, rank_bounds
+from phenoclip.eval.retrieval import format_metrics
 from phenoclip.eval.topk import topk_chunked
 from phenoclip.eval.zero_shot import disease_gallery, resolve_ontology, term_gallery
 from phenoclip.io.hpoa import read_hpoa
 from phenoclip.retrieve.outputs import (HPO_GALLERY, Side, check_outputs, output_prefix, write_embeddings,
                                              write_hits, write_pheno)
-from phenoclip.retrieve.parts import part_slice, write_part
-from phenoclip.parts import check_part, digest, file_digest, part_path, store_identity
+from phenoclip.retrieve.metrics import held_out_metrics, retrieval_metrics
+from phenoclip.retrieve.parts import part_slice, write_run_part
+from phenoclip.parts import check_part, part_path
 from phenoclip.progress import info, warn
 from phenoclip.staging import StagedFiles
-from phenoclip import checkpoint as ckpt
-
-_QUERY_BLOCK = 4096  # queries per rank_bounds call
 
 
 def _open_side(pre: Pretrained, path: str) -> tuple[CohortStores, str]:
@@ -74,49 +72,6 @@ def _embed(pre: Pretrained, stores: CohortStores, modality: str, path: str, samp
     emb, present = embed_samples(pre.model, stores, modality, samples, stats, label=label or f"embedding {modality}")
     keep = np.flatnonzero(present)
     return Side(path, modality, [samples[i] for i in keep], emb[keep], stores)
-
-
-def query_rank_bounds(query_ids: Sequence[str], queries: np.ndarray, gallery_ids: Sequence[str],
-                      gallery: np.ndarray) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """``(rows, higher, tied)``: the queries whose ID is in the gallery (their rows) and, per such
-    query, :func:`rank_bounds` of its own gallery item. Each query's bounds depend on it and the
-    gallery only, so queries split across jobs give the same bounds."""
-    pos = {s: i for i, s in enumerate(gallery_ids)}
-    rows = [i for i, s in enumerate(query_ids) if s in pos]
-    if not rows:
-        return rows, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    q, g = torch.from_numpy(queries[rows]), torch.from_numpy(gallery)
-    targets = torch.tensor([pos[query_ids[i]] for i in rows])
-    chunk = max(1024, (1 << 24) // min(len(rows), _QUERY_BLOCK))  # similarity blocks of at most 64 MB
-    bounds = [rank_bounds(q[a:a + _QUERY_BLOCK], g, targets[a:a + _QUERY_BLOCK], chunk=chunk)
-              for a in range(0, len(rows), _QUERY_BLOCK)]
-    return rows, torch.cat([b[0] for b in bounds]), torch.cat([b[1] for b in bounds])
-
-
-def retrieval_metrics(query_ids: Sequence[str], queries: np.ndarray, gallery_ids: Sequence[str],
-                      gallery: np.ndarray) -> dict | None:
-    """Recall@1/5/10 and MRR of queries whose ID is in the gallery, against the whole gallery.
-
-    None when no query's patient is in the gallery.
-    """
-    rows, higher, tied = query_rank_bounds(query_ids, queries, gallery_ids, gallery)
-    return metrics_from_bounds(higher, tied, len(gallery_ids)) if rows else None
-
-
-def held_out_ids(query_ids: Sequence[str], gallery_ids: Sequence[str], validation: Sequence[str]) -> list[str]:
-    """The validation patients having both modalities, in query order: the held-out gallery."""
-    val, in_gallery = set(validation), set(gallery_ids)
-    return [s for s in query_ids if s in val and s in in_gallery]
-
-
-def held_out_metrics(query: Side, gallery: Side, validation: Sequence[str]) -> dict | None:
-    """:func:`retrieval_metrics` on the validation patients having both modalities (None under 2)."""
-    ids = held_out_ids(query.samples, gallery.samples, validation)
-    if len(ids) < 2:
-        return None
-    qpos, gpos = {s: i for i, s in enumerate(query.samples)}, {s: i for i, s in enumerate(gallery.samples)}
-    return retrieval_metrics(ids, query.embeddings[[qpos[s] for s in ids]], ids,
-                             gallery.embeddings[[gpos[s] for s in ids]])
 
 
 def _map(pre: Pretrained, png: str, label_table: tuple[dict[str, str], str, str], sides: list[Side],
@@ -267,8 +222,8 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
                      "query_modality": q_mod, "gallery": HPO_GALLERY if zero_shot else os.path.abspath(gallery),
                      "gallery_modality": HPO_GALLERY if zero_shot else g_mod, "k": k}
     if part is not None:
-        return _write_part(pre, out, q, all_queries, g_ids, g_emb, names, scores, indices, metrics, zero_shot,
-                           query, gallery, ontology, part, num_parts)
+        return write_run_part(pre, out, q, all_queries, g_ids, g_emb, names, scores, indices, metrics, zero_shot,
+                              query, gallery, ontology, part, num_parts)
     if not zero_shot:
         m_all = retrieval_metrics(q.samples, q.embeddings, g_ids, g_emb)
         if m_all is None:
@@ -323,33 +278,6 @@ def run_retrieve(checkpoint: str | os.PathLike, query: str | os.PathLike, galler
         write_hits(sys.stdout, q.samples, g_ids, scores, indices, names)
         sys.stdout.flush()
     return {"metrics": metrics, "outputs": outputs}
-
-
-def _write_part(pre: Pretrained, path: str, q: Side, all_queries: list[str], g_ids, g_emb: np.ndarray, names,
-                scores, indices, header: dict, zero_shot: bool, query: str, gallery: str, ontology,
-                part: int, num_parts: int) -> dict:
-    """``OUT.partK.h5``: this part's hits and the rank bounds its queries contribute to the metrics."""
-    no_bounds = ([], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-    all_bounds, held_bounds, held = no_bounds, no_bounds, []
-    if not zero_shot:
-        all_bounds = query_rank_bounds(q.samples, q.embeddings, g_ids, g_emb)
-        held = held_out_ids(all_queries, g_ids, pre.validation_samples)
-        if len(held) >= 2:
-            gpos = {s: i for i, s in enumerate(g_ids)}
-            held_bounds = query_rank_bounds(q.samples, q.embeddings, held, g_emb[[gpos[s] for s in held]])
-    identity = {"step": "retrieve", "k": header["k"], "num_parts": num_parts,
-                "checkpoint": {"weights": file_digest(Path(pre.path) / ckpt.MODEL_FILE),
-                               "config": file_digest(Path(pre.path) / ckpt.CONFIG_FILE)},
-                "query": store_identity(query),
-                "gallery": HPO_GALLERY if zero_shot else store_identity(gallery),
-                "ontology": None if ontology is None else os.path.abspath(ontology),
-                "queries": digest(all_queries)}
-    with StagedFiles() as staged:
-        write_part(staged.tmp(path), query_ids=q.samples, scores=scores, indices=indices, gallery_ids=g_ids,
-                   names=names, all_bounds=all_bounds, held_bounds=held_bounds, header=header,
-                   held_out_size=len(held), identity=identity, part=part, num_parts=num_parts)
-    info(f"retrieve: part {part} of {num_parts}: {len(q.samples)} of {len(all_queries)} queries -> {path}")
-    return {"metrics": header, "outputs": [path]}
 
 
 def _num(v) -> str:

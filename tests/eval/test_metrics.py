@@ -250,10 +250,10 @@ def test_plot_roc_models_draws_one_panel_per_model(tmp_path):
 
 
 def test_long_titles_are_wrapped_not_cut():
-    from phenoclip.eval.plots import _wrapped
+    from phenoclip.eval.plots import wrap_title
 
     title = "disease, test split (n=40), pretrained, fraction 1: ECE 0.052 (10 bins)"
-    lines = _wrapped(title, 55).split("\n")
+    lines = wrap_title(title, 55).split("\n")
     assert len(lines) == 2 and all(len(line) <= 55 for line in lines) and " ".join(lines) == title
 
 

@@ -289,13 +289,13 @@ def test_model_target_explains_the_fine_tuned_logit(pre, cohort, tmp_path):
 
 
 def test_an_unconverged_attribution_is_warned_about_on_the_terminal(capsys):
-    from phenoclip.explain.run import _warn_if_not_converged
+    from phenoclip.explain.convergence import warn_if_not_converged
 
-    _warn_if_not_converged(np.array([0.875, 0.9, 0.8]), np.array([0.5, 0.6, 0.4]), "deeplift")
+    warn_if_not_converged(np.array([0.875, 0.9, 0.8]), np.array([0.5, 0.6, 0.4]), "deeplift")
     err = capsys.readouterr().err
     assert "deeplift's attributions do not add up" in err and "175% of the median change 0.5" in err
     assert "--method ig" in err
-    _warn_if_not_converged(np.array([0.001, 0.002]), np.array([0.5, 0.6]), "ig")
+    warn_if_not_converged(np.array([0.001, 0.002]), np.array([0.5, 0.6]), "ig")
     assert capsys.readouterr().err == ""
 
 

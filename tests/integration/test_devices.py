@@ -13,7 +13,7 @@ import torch
 from phenoclip.data.augment import AugmentSettings, augment_batch
 from phenoclip.data.batch import DOSAGE, IMAGES, PRESENT, SIGNALS, TERMS, VALUES
 from phenoclip.errors import UsageError
-from phenoclip.models.heads import haplotype_block_mask, random_patch_mask
+from phenoclip.models.masks import haplotype_block_mask, random_patch_mask
 from phenoclip.objectives.tabular import ScarfCorruption, VimeMasking
 from phenoclip.ops.devices import module_device, resolve_device, to_device
 

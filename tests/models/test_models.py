@@ -11,7 +11,7 @@ import torch
 
 from phenoclip.data.batch import DOSAGE, IMAGES, SIGNALS, TERMS, VALUES
 from phenoclip.models.expression import ExpressionMamba, TabularMLP
-from phenoclip.models.heads import random_patch_mask
+from phenoclip.models.masks import random_patch_mask
 from phenoclip.models.mri import VolumeViT, patchify, unpatchify
 from phenoclip.models.phenotype import HpoEncoder
 from phenoclip.models.signal import SignalCNNTransformer

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from phenoclip.models import heads
-from phenoclip.models.heads import (ProjectionHead, VariantMaskingHead, VolumeReconstructionHead, estimate_ld_blocks,
-                                    haplotype_block_mask, random_patch_mask)
+from phenoclip.models import masks
+from phenoclip.models.heads import ProjectionHead, VariantMaskingHead, VolumeReconstructionHead
+from phenoclip.models.masks import estimate_ld_blocks, haplotype_block_mask, random_patch_mask
 from phenoclip.models.mri import patchify
 
 
@@ -90,7 +90,7 @@ def test_estimate_ld_blocks_recovers_planted_boundaries():
 def test_estimate_ld_blocks_is_the_same_in_chunks(monkeypatch):
     d = _ld_dosage([5, 12, 1, 30, 8] * 4, n_samples=100, seed=3)
     whole = estimate_ld_blocks(d)
-    monkeypatch.setattr(heads, "_LD_CHUNK", 7)
+    monkeypatch.setattr(masks, "_LD_CHUNK", 7)
     np.testing.assert_array_equal(estimate_ld_blocks(d), whole)
 
 

@@ -14,7 +14,8 @@ from conftest import REPO, error_lines, needs, run_cli
 from phenoclip.errors import InconsistentInputError
 from phenoclip.eval import retrieval, topk
 from phenoclip.eval.topk import topk_chunked
-from phenoclip.retrieve.run import retrieval_metrics, run_retrieve
+from phenoclip.retrieve.metrics import retrieval_metrics
+from phenoclip.retrieve.run import run_retrieve
 from phenoclip.store import open_store
 
 LABELS = REPO / "data" / "sample" / "labels.tsv"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import error_lines, run_cli
-from phenoclip.models.segmentation import (AttentionInteraction, FusionDecoder, FusionSegmenter, MonaiSegmenter,
-                                           grid_position_code)
+from phenoclip.models.fusion_decoder import AttentionInteraction, FusionDecoder, grid_position_code
+from phenoclip.models.segmentation import FusionSegmenter, MonaiSegmenter
 
 THREADS = ("--threads", "1")  # one thread: on a shared 2-core machine OpenMP spinning costs more than it gives
 

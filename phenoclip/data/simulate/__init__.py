@@ -12,7 +12,8 @@ terms of trait extremes), and written in the formats users bring::
     DIR/signals/manifest.tsv, signals/<sample>.edf
     DIR/phenotypes/hpo.tsv, phenotypes/phenopackets/<sample>.json
 
-Modules: ``config`` (knobs and random streams), ``genome`` (blocks, causal SNPs, genes),
+Modules: ``config`` (knobs and random streams), ``contigs`` (contig lengths, chrX's haploid span),
+``blocks`` (haplotype blocks: founders or segments), ``genome`` (causal SNPs, special sites, genes),
 ``coalescent`` (msprime segments for ``--genotypes coalescent``),
 ``latent`` (disease, severity, presence), ``traits`` (trait SNPs and genes, per-patient traits
 and what they set), ``genotypes``, ``expression``, ``mri``, ``signals``,

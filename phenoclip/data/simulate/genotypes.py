@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phenoclip.data.simulate.genome import BASES, CHROMS, Layout
+from phenoclip.data.simulate.contigs import CHROMS
+from phenoclip.data.simulate.genome import BASES, Layout
 
 MISSING = -1
 ABSENT = -2

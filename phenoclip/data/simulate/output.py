@@ -12,7 +12,8 @@ import numpy as np
 from phenoclip.data.simulate import mri, signals, writers
 from phenoclip.data.simulate.cohort import Cohort, mri_rng, signal_rng
 from phenoclip.data.simulate.settings import rng_for
-from phenoclip.data.simulate.genome import CHROM_LENGTHS, DISEASES
+from phenoclip.data.simulate.contigs import CHROM_LENGTHS
+from phenoclip.data.simulate.genome import DISEASES
 from phenoclip.data.simulate.phenotypes import phenopacket
 from phenoclip.progress import track
 

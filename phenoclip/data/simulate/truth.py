@@ -9,7 +9,8 @@ from phenoclip.data.simulate import genotypes as gt
 from phenoclip.data.simulate import coalescent, latent, mri, phenotypes, traits
 from phenoclip.data.simulate.cohort import Cohort
 from phenoclip.data.simulate.expression import LESION_GENE_ROLES
-from phenoclip.data.simulate.genome import CHRX_NONPAR_END, CHRX_NONPAR_START, DISEASES
+from phenoclip.data.simulate.contigs import CHRX_NONPAR_END, CHRX_NONPAR_START
+from phenoclip.data.simulate.genome import DISEASES
 
 TRUTH_FORMAT = "phenoclip-simulation-truth"
 TRUTH_VERSION = 1

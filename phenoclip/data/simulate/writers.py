@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from phenoclip.data.simulate.genome import CHROMS
+from phenoclip.data.simulate.contigs import CHROMS
 from phenoclip.errors import OutputError, require_writable_parent
 
 
