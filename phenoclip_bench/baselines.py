@@ -274,7 +274,10 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
             "patients, never seen in pretraining; within a seed, the mean of 3 nested training subsets per fraction. "
             "Every model is fitted on the same training patients: the probe on the standardised frozen embeddings "
             "(as `phenoclip finetune --mode linear`; fused: one probe per modality, stacked by a weighted product of "
-            "their out-of-fold class probabilities, finetune's default for a class label), the baselines on the raw standardised features of the same "
+            "their out-of-fold class probabilities, each block's weight capped by the share of its cross-modal "
+            "agreement kept on the pretraining run's validation patients, measured without labels and cross-fitted "
+            "over two halves of them so that no test patient's own inputs set its caps; finetune's default for a "
+            "class label), the baselines on the raw standardised features of the same "
             "modality (fused: every modality but hpo, each weighted equally, missing-modality indicators); C and "
             "l1_ratio by 3-fold CV on the training patients; MOFA+ (10 factors) fitted on the pretraining run's "
             "training patients' views and probed like the embeddings.")
