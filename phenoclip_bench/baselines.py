@@ -25,8 +25,23 @@ import dataclasses
 from itertools import combinations
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 from phenoclip_bench import BenchContext, SuiteResult, Table
+from phenoclip_bench.cohort import bench_cohort, pretrained
+from phenoclip_bench.mofa import fit_mofa
+from phenoclip_bench.retrieval_eval import (cca_pair_metrics, cross_modal_metrics, embed_modalities,
+                                            paired_metrics, reduce_features)
+from phenoclip.data.multimodal import CohortStores
+from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, probe_scaling
+from phenoclip.eval.metrics import classification_metrics
+from phenoclip.eval.raw_features import fuse, on_patients, raw_features
+from phenoclip.eval.stacking import fit_stacked
+from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
+                                       restrict_to)
+from phenoclip.finetune.stack_caps import crossfit_scores, measure_stack_caps
+from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained
 from phenoclip.progress import info
 
 FRACTIONS = [0.1, 0.2, 0.5, 1.0]
@@ -42,9 +57,6 @@ EPOCHS = 100
 
 
 def run(ctx: BenchContext) -> SuiteResult:
-    import torch
-    from threadpoolctl import threadpool_limits
-
     torch.set_num_threads(1)
     with threadpool_limits(limits=1):  # two cores shared by the whole benchmark: BLAS threads only fight
         return _run(ctx)
@@ -56,7 +68,6 @@ def default_objectives(modalities: list[str]) -> list[str]:
 
 
 def _run(ctx: BenchContext) -> SuiteResult:
-    from phenoclip_bench.cohort import bench_cohort, pretrained
 
     cfg = SETTINGS["quick" if ctx.quick else "full"]
     cohort = bench_cohort(ctx)
@@ -89,8 +100,6 @@ def _run(ctx: BenchContext) -> SuiteResult:
 
 def evaluate(folder, cohort, seed: int, cfg: dict) -> dict:
     """Classification and retrieval of one pretraining run against the baselines, on its held-out patients."""
-    from phenoclip.data.multimodal import CohortStores
-    from phenoclip.pretrained import expr_stats, load_pretrained
 
     pre = load_pretrained(folder)
     stores = CohortStores(cohort.data())
@@ -102,7 +111,6 @@ def evaluate(folder, cohort, seed: int, cfg: dict) -> dict:
 
 
 def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from phenoclip.eval.raw_features import on_patients, raw_features
 
     out = {}
     for m in mods:
@@ -113,14 +121,6 @@ def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) -> dict:
     """``{row: {fraction: {method: mean AUROC over repeats}}}`` for every modality but hpo, and fused."""
-    from phenoclip.pretrained import embed_samples
-    from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic
-    from phenoclip.eval.metrics import classification_metrics
-    from phenoclip.eval.raw_features import fuse
-    from phenoclip.eval.stacking import fit_stacked
-    from phenoclip.finetune.stack_caps import crossfit_scores, measure_stack_caps
-    from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
-                                        restrict_to)
 
     rows = [m for m in mods if m != "hpo"]
     usable = [x for x in stores.samples if any(stores.present(m, [x])[0] for m in rows)]
@@ -184,19 +184,14 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
 def _probe_inputs(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
     """``x`` as ``finetune --mode linear`` scales a probe's inputs, fitted on the ``fit`` rows (NaN,
     a MOFA+ factor of a patient without views, at their mean)."""
-    from phenoclip.eval.linear_models import probe_scaling
 
     x = np.where(np.isnan(x), np.nan_to_num(np.nanmean(x[fit], axis=0)), x)
     mean, scale = probe_scaling(x[fit])
     return (x - mean) / scale
 
 
-def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray | None:
+def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray:
     """MOFA+ factors of every patient, fitted on the pretraining run's training patients' views."""
-    try:
-        from phenoclip_bench.mofa import fit_mofa
-    except ImportError:  # pragma: no cover - mofapy2 is in the bench extra
-        return None
     train = np.array([s in set(train_samples) for s in samples])
     views = {m: x for m, (x, _) in raw.items()}
     fit = fit_mofa(views, train, n_factors=MOFA_FACTORS, seed=seed)
@@ -205,10 +200,6 @@ def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray | 
 
 def retrieval(pre, stores, mods, stats, seed: int) -> dict:
     """Per modality pair on the held-out patients: Recall@1 (x chance) and MRR of ours, PCA + CCA and MOFA+."""
-    from phenoclip_bench.mofa import fit_mofa
-    from phenoclip_bench.retrieval_eval import (cca_pair_metrics, cross_modal_metrics, embed_modalities,
-                                                paired_metrics, reduce_features)
-    from phenoclip.eval.raw_features import raw_features
 
     train, val = pre.train_samples, pre.validation_samples
     ours = cross_modal_metrics(embed_modalities(pre.model, pre, stores, mods, val))
@@ -237,7 +228,6 @@ def retrieval(pre, stores, mods, stats, seed: int) -> dict:
 
 def _on(reduced, samples) -> np.ndarray:
     """PCA-reduced rows of ``reduced = (ids, x)`` placed on ``samples`` (NaN rows where absent)."""
-    from phenoclip.eval.raw_features import on_patients
 
     return on_patients(reduced[0], reduced[1], samples)[0]
 
