@@ -63,7 +63,9 @@ def pair_ratios(train: dict[str, Embedded], unseen: dict[str, Embedded], seed: i
         if n < MIN_UNSEEN:
             continue
         fit = [_mrr(train[a], train[b], rows) for rows in subsets]
-        fit_mrr = float(np.nanmean([m for m, _ in fit]))
+        fit_mrr = float(np.nanmean([m for m, _ in fit])) if any(n >= 2 for _, n in fit) else float("nan")
+        if not np.isfinite(fit_mrr):  # no training patient has both: nothing to hold the pair against
+            continue
         # chance at the unseen gallery size; a training subset with fewer pairs has higher chance, so ratio is conservative
         chance = _chance_mrr(n)
         ratio = (val - chance) / max(fit_mrr - chance, 1e-9)

@@ -25,6 +25,10 @@ from phenoclip.eval.generalisation import MIN_UNSEEN, REPEATS, block_shares
 from phenoclip.pretrained import Pretrained, embed_samples
 from phenoclip.progress import info
 
+#: at most this many validation patients are read (a random subset beyond it): the MRRs need an
+#: N x N similarity matrix per pair, and 2,000 patients measure a share well (400 did on 2,000 patients)
+MAX_UNSEEN = 2000
+
 
 @dataclass
 class StackCaps:
@@ -45,7 +49,8 @@ def measure_stack_caps(pre: Pretrained, stores: CohortStores, modalities: Sequen
                        stats: tuple[np.ndarray, np.ndarray] | None, seed: int) -> StackCaps | None:
     """Caps for stacking ``modalities`` with ``pre``'s encoders, from its validation patients in
     ``stores`` (every encoder the stores feed is a partner); None, with a log line, when fewer
-    than 2 x :data:`~phenoclip.eval.generalisation.MIN_UNSEEN` of them are there."""
+    than 2 x :data:`~phenoclip.eval.generalisation.MIN_UNSEEN` of them, or fewer than
+    ``MIN_UNSEEN`` of its training patients, are there."""
     here = set(stores.samples)
     unseen = [s for s in pre.validation_samples if s in here]
     if len(unseen) < 2 * MIN_UNSEEN:
@@ -54,7 +59,13 @@ def measure_stack_caps(pre: Pretrained, stores: CohortStores, modalities: Sequen
         return None
     partners = [m for m in pre.modalities if m in stores.by_modality]
     rng = np.random.default_rng(seed)
+    if len(unseen) > MAX_UNSEEN:  # a held-out patient left out here is scored with caps measured without it
+        unseen = [unseen[i] for i in np.sort(rng.choice(len(unseen), size=MAX_UNSEEN, replace=False))]
     train = [s for s in pre.train_samples if s in here]
+    if len(train) < MIN_UNSEEN:  # nothing to hold the validation patients' agreement against
+        info(f"stack: {len(train)} of the pretraining run's training patients are in the stores (need "
+             f"{MIN_UNSEEN}); block weights are not capped")
+        return None
     train = [train[i] for i in np.sort(rng.choice(len(train), size=min(len(train), REPEATS * len(unseen)),
                                                   replace=False))]
 

@@ -47,6 +47,14 @@ def test_the_memorising_modality_gets_the_smallest_share():
         assert shares["gene"] < 0.2 < 0.5 < min(shares["expr"], shares["mri"]), shares
 
 
+def test_a_pair_no_training_patient_has_is_left_out():
+    _, train, unseen, _ = _memorising_cohort(0)
+    train["mri"] = (train["mri"][0], np.zeros(len(train["mri"][1]), bool))  # no training patient has an MRI
+    measured = block_shares(train, unseen, 0)
+    assert set(measured["pairs"]) == {"gene-expr"}
+    assert all(np.isfinite(v) for v in measured["shares"].values())
+
+
 def test_shares_solve_the_pair_model_exactly_when_it_holds():
     g = {"a": 1.0, "b": 0.5, "c": 0.2}
     ratios = {f"{x}-{y}": {"ratio": g[x] * g[y]} for x, y in (("a", "b"), ("a", "c"), ("b", "c"))}
