@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from phenoclip.eval.retrieval import paired_retrieval
+from phenoclip.eval.retrieval import chance_mrr, paired_retrieval
 from phenoclip.pretrained import embed_samples, expr_stats
 
 KS = (1, 5, 10)
@@ -55,7 +55,7 @@ def embed_modalities(model, pre, stores, modalities: Sequence[str], samples: Seq
 def chance_levels(n: int, ks: Sequence[int] = KS) -> dict[str, float]:
     """Expected Recall@K and MRR of a random ranking of ``n`` gallery items (one true item)."""
     out = {f"R@{k}": min(k, n) / n for k in ks}
-    out["MRR"] = float(np.sum(1.0 / np.arange(1, n + 1)) / n)
+    out["MRR"] = chance_mrr(n)
     return out
 
 

@@ -23,7 +23,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from phenoclip.eval.retrieval import paired_retrieval
+from phenoclip.eval.retrieval import chance_mrr, paired_retrieval
 
 #: fewer unseen patients than this give no bounds (an MRR over a handful of patients is noise)
 MIN_UNSEEN = 10
@@ -45,10 +45,6 @@ def _mrr(a: Embedded, b: Embedded, rows: np.ndarray) -> tuple[float, int]:
     return float(r["MRR"]), len(both)
 
 
-def _chance_mrr(n: int) -> float:
-    return float(np.sum(1.0 / np.arange(1, n + 1)) / n)
-
-
 def pair_ratios(train: dict[str, Embedded], unseen: dict[str, Embedded], seed: int = 0) -> dict[str, dict]:
     """Per pair ``"a-b"``: unseen MRR, training MRR (mean over :data:`REPEATS` subsets of the
     unseen set's size) and their ratio above chance. ``train`` and ``unseen`` map a modality to its
@@ -63,11 +59,11 @@ def pair_ratios(train: dict[str, Embedded], unseen: dict[str, Embedded], seed: i
         if n < MIN_UNSEEN:
             continue
         fit = [_mrr(train[a], train[b], rows) for rows in subsets]
-        fit_mrr = float(np.nanmean([m for m, _ in fit])) if any(n >= 2 for _, n in fit) else float("nan")
+        fit_mrr = float(np.nanmean([m for m, _ in fit])) if any(k >= 2 for _, k in fit) else float("nan")
         if not np.isfinite(fit_mrr):  # no training patient has both: nothing to hold the pair against
             continue
         # chance at the unseen gallery size; a training subset with fewer pairs has higher chance, so ratio is conservative
-        chance = _chance_mrr(n)
+        chance = chance_mrr(n)
         ratio = (val - chance) / max(fit_mrr - chance, 1e-9)
         out[f"{a}-{b}"] = {"unseen_MRR": val, "train_MRR": fit_mrr, "n_unseen": n,
                            "ratio": float(np.clip(ratio, FLOOR, 1.0))}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -61,6 +62,11 @@ def format_metrics(m: dict) -> str:
     """One line: Recall@1/5/10 and MRR, with the counts and chance."""
     return (" ".join(f"{k} {m[k]:.3f}" for k in (*(f"R@{k}" for k in RETRIEVE_KS), "MRR"))
             + f" (queries {m['n_queries']}, gallery {m['gallery_size']}, chance@1 {m['chance@1']:.3f})")
+
+
+def chance_mrr(n: int) -> float:
+    """Expected MRR of a random ranking of a gallery of ``n`` items with one true item: H_n / n."""
+    return float(np.sum(1.0 / np.arange(1, n + 1)) / n)
 
 
 def paired_retrieval(a: torch.Tensor, b: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:

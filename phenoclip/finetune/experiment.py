@@ -134,6 +134,7 @@ class Experiment:
         idx = fraction_subset(self.labels, self.orders[repeat], fraction)
         seed = self.s.seed + 31 * repeat
         y = self.labels.y
+        keep = repeat == 0 and fraction == max(self.s.fractions) and name == "pretrained"  # the saved model
         if name in self.raw_models:
             scores = kept = self._fit_raw(name, idx, seed)
         elif self.s.head.mode == "linear":
@@ -149,7 +150,7 @@ class Experiment:
                 caps, [self.labels.samples[i] for i in self.test_index], fit_and_score)
             # the model kept for later use takes its caps from every validation patient; predictions.h5 holds
             # its own scores (what `finetune predict` gives), metrics the cross-fitted ones
-            kept = scores if caps is None else fit_and_score(caps.deploy)
+            kept = fit_and_score(caps.deploy) if caps is not None and keep else scores
         else:
             ft = copy.deepcopy(self.models[name])
             train_full(ft, self._subset(idx), y[idx], self.classification, self.s.head, seed,
@@ -162,8 +163,8 @@ class Experiment:
                    else regression_metrics(y_test, scores))
         if repeat == 0 and fraction == max(self.s.fractions):
             self.compared[name] = scores  # roc.png draws every model on the same test patients
-            if name == "pretrained":
-                self.saved = (copy.deepcopy(ft), kept, idx)
+        if keep:
+            self.saved = (copy.deepcopy(ft), kept, idx)
         return {"fraction": fraction, "repeat": repeat, "model": name, "n_train": int(len(idx)), **metrics}
 
     # ------------------------------------------------------------------ outputs
