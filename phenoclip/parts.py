@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from phenoclip.errors import InconsistentInputError, UsageError
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 
 def check_part(part: int | None, num_parts: int | None) -> None:

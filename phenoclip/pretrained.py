@@ -20,7 +20,7 @@ from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
 from phenoclip.errors import InconsistentInputError
 from phenoclip.models.multimodal import MultimodalModel, build_model
 from phenoclip.progress import track, warn
-from phenoclip import checkpoint as ckpt
+from phenoclip.checkpoint_load import build_checked, load_weights, read_config, read_data_stats, read_state
 
 #: ``config.json`` key naming what wrote a checkpoint; pretraining checkpoints predate it
 KIND_KEY = "kind"
@@ -63,7 +63,7 @@ def checkpoint_kind(config: dict) -> str:
 
 def read_config_of_kind(directory: str | os.PathLike, kind: str) -> dict:
     """``config.json`` of a checkpoint written by ``phenoclip KIND``; another kind is refused (exit 5)."""
-    config = ckpt.read_config(directory)
+    config = read_config(directory)
     found = checkpoint_kind(config)
     if found != kind:
         raise InconsistentInputError(f"this is a {found} checkpoint, not a {kind} one", directory,
@@ -87,10 +87,10 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     config = read_config_of_kind(directory, "pretrain")
     if "data_shapes" not in config or "modalities" not in config:
         raise InconsistentInputError("config.json does not describe a phenoclip model", directory)
-    model = ckpt.build_checked(directory, lambda: model_from_pretrain_config(config), "a pretrained model")
-    ckpt.load_weights(directory, model, prefix="model.")
+    model = build_checked(directory, lambda: model_from_pretrain_config(config), "a pretrained model")
+    load_weights(directory, model, prefix="model.")
     model.eval()
-    return Pretrained(directory, config, ckpt.read_state(directory), model, ckpt.read_data_stats(directory))
+    return Pretrained(directory, config, read_state(directory), model, read_data_stats(directory))
 
 
 def random_init_like(pre: Pretrained, seed: int, stores: CohortStores | None = None) -> MultimodalModel:

@@ -31,7 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from phenoclip.preprocess.phenotypes import read_phenotype_store
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 #: principal components of the dosage matrix kept as features
 N_GENE_PCS = 10

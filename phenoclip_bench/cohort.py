@@ -23,7 +23,8 @@ from phenoclip.preprocess.cohort import preprocess_cohort
 from phenoclip.pretrain.run import run_pretrain
 from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.progress import info
-from phenoclip.store import SCHEMA_MODALITY, open_store
+from phenoclip.store_read import open_store
+from phenoclip.store_schema import SCHEMA_MODALITY
 
 #: the modalities of a full cohort, in the order the CLI lists them
 MODALITIES = ["gene", "expr", "mri", "signal", "hpo"]

@@ -42,7 +42,7 @@ from phenoclip.preprocess.variants import VariantSettings, convert_vcf
 from phenoclip.pretrain.run import run_pretrain
 from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.progress import info
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 METHODS = ("ig", "deeplift", "gradientshap", "saliency", "noise-tunnel")
 KS = (10, 20, 50)

@@ -30,7 +30,8 @@ from phenoclip.finetune.heads import HeadSettings
 from phenoclip.finetune.labels import TaskLabels, held_out_split, load_task_labels
 from phenoclip.finetune.run import FinetuneSettings, run_finetune
 from phenoclip.progress import info
-from phenoclip.store import SCHEMA_MODALITY, open_store
+from phenoclip.store_read import open_store
+from phenoclip.store_schema import SCHEMA_MODALITY
 
 OBJECTIVES = ["scarf", "vime", "byol"]
 FRACTIONS = [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]

@@ -34,12 +34,12 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
              device: str = "cpu") -> Iterator[RunLog]:
     """Set up a step and write ``OUT.log`` when it succeeds.
 
-    The store module records the full command line in every file it writes.
+    The store writer (:mod:`phenoclip.store_write`) records the full command line in every file it writes.
     """
-    # imported here, not at the top: `phenoclip --help` stays fast (store pulls h5py and numpy)
-    from phenoclip import progress, store
+    # imported here, not at the top: `phenoclip --help` stays fast (store_write pulls h5py and numpy)
+    from phenoclip import progress, store_write
 
-    store.current_command = " ".join(["phenoclip"] + sys.argv[1:])
+    store_write.current_command = " ".join(["phenoclip"] + sys.argv[1:])
     set_threads(threads)
     # under torchrun every rank runs this; only rank 0 reports and writes the log
     rank0 = int(os.environ.get("RANK", "0")) == 0

@@ -24,7 +24,8 @@ from phenoclip.data.batch import (DOSAGE, IMAGES, MASKS, PRESENT, SAMPLE_IDS, SI
                                   VALUES)
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
 from phenoclip.preprocess.phenotypes import read_phenotype_store
-from phenoclip.store import SCHEMA_MODALITY, open_store
+from phenoclip.store_read import open_store
+from phenoclip.store_schema import SCHEMA_MODALITY
 
 #: per modality: store dataset name -> batch key
 _FIELDS = {

@@ -20,8 +20,9 @@ from phenoclip.io.tables import read_id_list
 from phenoclip.pretrained import Pretrained, checkpoint_kind, load_pretrained
 from phenoclip.explain.attribution import INPUT_KEY, DenseEncoder
 from phenoclip.progress import warn
-from phenoclip.store import SCHEMA_MODALITY, open_store
-from phenoclip import checkpoint as ckpt
+from phenoclip.store_read import open_store
+from phenoclip.store_schema import SCHEMA_MODALITY
+from phenoclip.checkpoint_load import read_config, read_data_stats, read_state
 
 #: rows (individuals x steps) of one forward/backward pass are sized to about this many bytes
 AUTO_BATCH_BYTES = 256 << 20
@@ -34,13 +35,13 @@ INPUT_SPACE = {"gene": "ALT dosage 0/1/2, missing calls imputed with the trainin
 
 def open_checkpoint(path: str | os.PathLike) -> tuple[str, Pretrained, object | None, dict]:
     """``(kind, pretrained view, fine-tuned model or None, fine-tune config)`` of a checkpoint folder."""
-    kind = checkpoint_kind(ckpt.read_config(path))
+    kind = checkpoint_kind(read_config(path))
     if kind == "pretrain":
         return kind, load_pretrained(path), None, {}
     if kind == "finetune":
         ft, config = load_finetuned(path)
-        pre = Pretrained(Path(path), config["pretrain_config"], ckpt.read_state(path), ft.model,
-                         ckpt.read_data_stats(path))
+        pre = Pretrained(Path(path), config["pretrain_config"], read_state(path), ft.model,
+                         read_data_stats(path))
         for p in ft.parameters():
             p.requires_grad_(False)
         return kind, pre, ft, config

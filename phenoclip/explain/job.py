@@ -20,7 +20,8 @@ from phenoclip.preprocess.mri import row_info
 from phenoclip.explain.attribution import DenseEncoder, MethodSettings, attribute_batch
 from phenoclip.explain.inputs import input_rows
 from phenoclip.progress import Progress
-from phenoclip.store import create_store, open_store
+from phenoclip.store_read import open_store
+from phenoclip.store_write import create_store
 
 
 @dataclass

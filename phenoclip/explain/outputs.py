@@ -28,7 +28,7 @@ import numpy as np
 from phenoclip.errors import OutputError
 from phenoclip.explain import summary
 from phenoclip.explain.volumes import replace_folder, write_volumes
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 PLOT_SUFFIX = {"gene": ".manhattan.png", "expr": ".top.png", "mri": ".slices.png"}
 

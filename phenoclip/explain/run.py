@@ -50,8 +50,9 @@ from phenoclip.explain.inputs import (INPUT_SPACE, auto_internal_batch_size, inp
                                       resolve_baseline, select_individuals, store_modality, train_samples_in)
 from phenoclip.explain.targets import contrastive_target, model_target
 from phenoclip.progress import info, warn
-from phenoclip.store import SCHEMA_MODALITY, open_store
-from phenoclip import checkpoint as ckpt
+from phenoclip.store_read import open_store
+from phenoclip.store_schema import SCHEMA_MODALITY
+from phenoclip.checkpoint_files import CONFIG_FILE, MODEL_FILE
 
 TARGETS = ("contrastive", "model")
 SIGN = {"contrastive": "positive attribution raises the contrastive loss (pulls the individual away from their "
@@ -232,8 +233,8 @@ def _identity(s, kind, modality, target, method, per_call, baseline_desc, baseli
     """Everything that decides the numbers of a run (see :mod:`phenoclip.explain.shards`)."""
     ck = Path(s.checkpoint)
     return {
-        "checkpoint": {"kind": kind, "weights": shards.file_digest(ck / ckpt.MODEL_FILE),
-                       "config": shards.file_digest(ck / ckpt.CONFIG_FILE)},
+        "checkpoint": {"kind": kind, "weights": shards.file_digest(ck / MODEL_FILE),
+                       "config": shards.file_digest(ck / CONFIG_FILE)},
         "data": shards.store_identity(s.data),
         "reference": shards.store_identity(s.reference) if s.reference else None,
         "with": [shards.store_identity(p) for p in s.with_stores] if target == "model" else [],

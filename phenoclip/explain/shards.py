@@ -21,7 +21,8 @@ from phenoclip import parts
 # explain's public names since before parts.py held them
 from phenoclip.parts import (check_part, digest, file_digest, fingerprint, part_path,  # noqa: F401
                              store_identity)
-from phenoclip.store import create_store, open_store
+from phenoclip.store_read import open_store
+from phenoclip.store_write import create_store
 
 PART_RULE = ("individuals in --data store order, in batches of individuals_per_call; part K of N (0-based) "
              "holds batches floor(K*B/N) .. floor((K+1)*B/N)-1 of the B batches")

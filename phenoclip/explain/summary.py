@@ -26,7 +26,7 @@ import numpy as np
 
 from phenoclip.eval.plots import new_figure, save_png
 from phenoclip.io.annotations import GeneIntervals, normalise_chrom
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 #: rows read at a time (64 x 100,000 variants in float64: 51 MB)
 BLOCK_ROWS = 64

@@ -21,7 +21,7 @@ import numpy as np
 from phenoclip.errors import OutputError
 from phenoclip.preprocess.mri import to_original_space
 from phenoclip.progress import track
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 

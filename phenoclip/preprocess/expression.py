@@ -14,7 +14,7 @@ import numpy as np
 from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageError
 from phenoclip.io.expression import read_expression_table
 from phenoclip.io.stdin import source_attr
-from phenoclip.store import check_unique_samples, create_store
+from phenoclip.store_write import check_unique_samples, create_store
 
 TRANSFORMS = ("log1p", "cpm-log1p", "none")
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from phenoclip.progress import Progress
-from phenoclip.store import create_store
+from phenoclip.store_write import create_store
 
 _WRITE_BATCH = 256  # samples per HDF5 write: bounds the transpose buffer
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.progress import Progress
-from phenoclip.store import Store, create_store, open_store
+from phenoclip.store_read import open_store, Store
+from phenoclip.store_write import create_store
 
 _BATCH = 256  # samples per write
 #: store attributes that describe one job, not the data (create_store writes them anew)

@@ -45,7 +45,8 @@ from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageE
 from phenoclip.io.nifti import read_volume
 from phenoclip.io.tables import read_manifest
 from phenoclip.progress import track, warn
-from phenoclip.store import Store, create_store
+from phenoclip.store_read import Store
+from phenoclip.store_write import create_store
 
 NORMALISATION = ("zscore with the mean and std of the original image's nonzero voxels, applied to the "
                  "grid voxels whose nearest original voxel is nonzero; all other voxels are 0")

@@ -27,7 +27,9 @@ from phenoclip.errors import InconsistentInputError, MalformedInputError, UsageE
 from phenoclip.io.ontology import Ontology, load_ontology
 from phenoclip.io.phenopackets import Labels, PhenotypeRecords, read_hpo_tsv, read_labels, read_phenopackets
 from phenoclip.progress import info, warn
-from phenoclip.store import STR_DTYPE, create_store, open_store
+from phenoclip.store_read import open_store
+from phenoclip.store_schema import STR_DTYPE
+from phenoclip.store_write import create_store
 
 
 def _examples(pairs: list[tuple[str, str]], k: int = 3) -> str:

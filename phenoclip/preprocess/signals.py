@@ -41,7 +41,7 @@ from phenoclip.memory import require_memory
 from phenoclip.io.biosignals import Recording, read_recording
 from phenoclip.io.tables import read_manifest
 from phenoclip.progress import track, warn
-from phenoclip.store import create_store
+from phenoclip.store_write import create_store
 
 FILTER_ORDER = 4
 MAD_TO_SD = 1.4826  # MAD of a normal distribution times this is its standard deviation

@@ -26,8 +26,10 @@ from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, flat_input, mri
 from phenoclip.models.phenotype import hpo_vocabulary
 from phenoclip.ops.devices import module_device, resolve_device, to_device
 from phenoclip.progress import info, warn
-from phenoclip.store import open_store
-from phenoclip import checkpoint as ckpt
+from phenoclip.store_read import open_store
+from phenoclip.checkpoint_files import CONFIG_FILE, MODEL_FILE
+from phenoclip.checkpoint_load import read_config, read_state
+from phenoclip.checkpoint_save import write_data_stats
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, Preempted, train
 from phenoclip.train.stop import StopFlag
@@ -155,7 +157,7 @@ def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str
 
 
 def _check_resume(out: Path, cfg: PretrainSettings) -> None:
-    prev = PretrainSettings.from_dict(ckpt.read_config(out))
+    prev = PretrainSettings.from_dict(read_config(out))
     for name in PretrainSettings.IDENTITY_FIELDS:
         a, b = getattr(prev, name), getattr(cfg, name)
         if a != b:
@@ -189,9 +191,9 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
         warn("the paper preset is sized for GPUs: on a CPU it trains at well under 1 sample/s and needs "
              "tens of GB of RAM at the default batch size; use --device cuda, or --preset tiny|small")
     out = Path(out)
-    if resume and not (out / ckpt.CONFIG_FILE).exists():
+    if resume and not (out / CONFIG_FILE).exists():
         raise InconsistentInputError("--resume but no checkpoint here yet", out, "run once without --resume")
-    if not resume and (out / ckpt.MODEL_FILE).exists():
+    if not resume and (out / MODEL_FILE).exists():
         raise UsageError(f"{out} already holds a checkpoint", hint="add --resume to continue it, or pick a new --out")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -235,7 +237,7 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
     if init and "ld_source" in init:
         state["mhm_blocks_from"] = init["ld_source"]
     if resume:
-        state["init_validation"] = ckpt.read_state(out).get("init_validation", {})
+        state["init_validation"] = read_state(out).get("init_validation", {})
     elif len(clip_modalities) >= 2:
         # the same model at random initialisation: the baseline every learning claim is held against
         state["init_validation"] = validation_retrieval(task.model, val_ds, clip_modalities)
@@ -260,7 +262,7 @@ def _plot_history(out: Path, history: list[dict], log: Callable[[str], None]) ->
     if not history:
         return
     try:
-        plot_pretrain_history(history, out / "history.png", ckpt.read_state(out).get("init_validation"),
+        plot_pretrain_history(history, out / "history.png", read_state(out).get("init_validation"),
                               title=f"pretraining {out.name}")
     except (OutputError, ValueError) as e:
         log(f"history.png not written: {e}")
@@ -269,4 +271,4 @@ def _plot_history(out: Path, history: list[dict], log: Callable[[str], None]) ->
 def _write_stats(out: Path, train_ds: MultimodalDataset) -> None:
     """Expression scaling of the training split, for finetune/retrieve on other cohorts (rank 0)."""
     if train_ds.expr_mean is not None and dist_utils.rank() == 0 and out.is_dir():
-        ckpt.write_data_stats(out, {"expr_mean": train_ds.expr_mean, "expr_std": train_ds.expr_std})
+        write_data_stats(out, {"expr_mean": train_ds.expr_mean, "expr_std": train_ds.expr_std})

@@ -17,7 +17,7 @@ import numpy as np
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.errors import InconsistentInputError, OutputError, UsageError, require_writable_parent
 from phenoclip.progress import info
-from phenoclip.store import create_store
+from phenoclip.store_write import create_store
 
 #: the ``--gallery`` word that means "the hpo encoder's vocabulary terms"
 HPO_GALLERY = "hpo"

@@ -33,8 +33,10 @@ from phenoclip.retrieve.metrics import held_out_ids, query_rank_bounds
 from phenoclip.retrieve.outputs import HPO_GALLERY, Side, output_prefix, write_hits
 from phenoclip.progress import info
 from phenoclip.staging import StagedFiles
-from phenoclip.store import STR_DTYPE, create_store, open_store
-from phenoclip import checkpoint as ckpt
+from phenoclip.store_read import open_store
+from phenoclip.store_schema import STR_DTYPE
+from phenoclip.store_write import create_store
+from phenoclip.checkpoint_files import CONFIG_FILE, MODEL_FILE
 
 SCHEMA = "retrieval"
 PART_RULE = ("query patients in --query store order, cut into N consecutive runs of near-equal count; part K of "
@@ -85,8 +87,8 @@ def write_run_part(pre: Pretrained, path: str, q: Side, all_queries: list[str], 
             gpos = {s: i for i, s in enumerate(g_ids)}
             held_bounds = query_rank_bounds(q.samples, q.embeddings, held, g_emb[[gpos[s] for s in held]])
     identity = {"step": "retrieve", "k": header["k"], "num_parts": num_parts,
-                "checkpoint": {"weights": part_files.file_digest(Path(pre.path) / ckpt.MODEL_FILE),
-                               "config": part_files.file_digest(Path(pre.path) / ckpt.CONFIG_FILE)},
+                "checkpoint": {"weights": part_files.file_digest(Path(pre.path) / MODEL_FILE),
+                               "config": part_files.file_digest(Path(pre.path) / CONFIG_FILE)},
                 "query": part_files.store_identity(query),
                 "gallery": HPO_GALLERY if zero_shot else part_files.store_identity(gallery),
                 "ontology": None if ontology is None else os.path.abspath(ontology),

@@ -29,7 +29,7 @@ from phenoclip.data.batch import IMAGES, MASKS, VALUES
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset
 from phenoclip.errors import InconsistentInputError, MalformedInputError
 from phenoclip.progress import warn
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 #: the checkpoint kind written into config.json (``segment predict`` checks it)
 KIND = "segment"

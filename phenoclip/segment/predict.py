@@ -38,8 +38,8 @@ from phenoclip.models.segmentation import build_segmenter
 from phenoclip.preprocess.mri import row_info, to_original_space
 from phenoclip.progress import info, track, warn
 from phenoclip.staging import staged_folder
-from phenoclip.store import open_store
-from phenoclip import checkpoint as ckpt
+from phenoclip.store_read import open_store
+from phenoclip.checkpoint_load import build_checked, load_weights, read_data_stats, split_of
 from phenoclip.segment.data import KIND, SegmentData, describe, lesion_metrics, summarise, write_metrics
 from phenoclip.segment.inference import predict_probabilities
 
@@ -57,10 +57,10 @@ def load_segmenter(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict,
             encoders = dict(mm.encoders)
         return build_segmenter(config["decoder"], config["decoder_config"], encoders, use_genes=config["genes"])
 
-    model = ckpt.build_checked(directory, build, "a segmentation model")
-    ckpt.load_weights(directory, model)
+    model = build_checked(directory, build, "a segmentation model")
+    load_weights(directory, model)
     model.eval()
-    stats = ckpt.read_data_stats(directory)
+    stats = read_data_stats(directory)
     return model, config, (stats["expr_mean"], stats["expr_std"]) if "expr_mean" in stats else None
 
 
@@ -148,7 +148,7 @@ def run_segment_predict(model_dir: str | os.PathLike, images: str, out: str, gen
     with staged_folder(out) as tmp:
         rows = _predict_into(model, data, samples, tmp, like, probabilities, bool(config["genes"]), batch_size)
 
-        split = ckpt.split_of(model_dir)
+        split = split_of(model_dir)
         for r in rows:
             r["split"] = split.get(r["sample"], "new")
         figures = []

@@ -33,7 +33,9 @@ from phenoclip.models.segmentation import build_segmenter, count_parameters, fus
 from phenoclip.objectives.segmentation import build_loss
 from phenoclip.progress import info, warn
 from phenoclip.staging import staged_folder
-from phenoclip import checkpoint as ckpt
+from phenoclip.checkpoint_files import MODEL_FILE, STATE_FILE
+from phenoclip.checkpoint_load import read_state
+from phenoclip.checkpoint_save import save_checkpoint, write_data_stats
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train import workdir
 from phenoclip.train.loop import LoopSettings, train
@@ -97,8 +99,8 @@ def fit(model: nn.Module, data: SegmentData, train_ids: list[str], val_ids: list
                         weight_decay=s.weight_decay, warmup_fraction=s.warmup_fraction, grad_clip=0.0, seed=s.seed,
                         progress="segment training", stop_after_steps=stop_after_steps)
     folder = Path(folder)
-    best_val = max((h["val_dice"] for h in ckpt.read_state(folder).get("history", [])), default=-1.0) \
-        if (folder / ckpt.STATE_FILE).exists() else -1.0
+    best_val = max((h["val_dice"] for h in read_state(folder).get("history", [])), default=-1.0) \
+        if (folder / STATE_FILE).exists() else -1.0
 
     def on_epoch_end(epoch: int, logged: dict) -> dict:
         nonlocal best_val
@@ -118,7 +120,7 @@ def fit(model: nn.Module, data: SegmentData, train_ids: list[str], val_ids: list
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     result = train(task, dataset, loop, folder, config={"kind": "segment-fit"}, state={},
-                   resume=(folder / ckpt.MODEL_FILE).exists(), on_epoch_end=on_epoch_end, log=lambda line: None)
+                   resume=(folder / MODEL_FILE).exists(), on_epoch_end=on_epoch_end, log=lambda line: None)
     dist_utils.barrier()
     history = [{k: h[k] for k in ("epoch", "loss", "dice", "ce", "val_dice")} for h in result["history"]]
     best = max(history, key=lambda h: h["val_dice"])  # the first epoch reaching the best Dice
@@ -172,9 +174,9 @@ def train_into(s: SegmentSettings, folder: Path | None, log=info) -> dict:
               "pretrain_config": pre.config if fusion else None, "parameters": count_parameters(model)}
     state = {"split": split, "seed": s.fit.seed, "fit": dataclasses.asdict(s.fit), "images": os.path.abspath(s.images),
              "genes": os.path.abspath(s.genes) if use_genes else None, **trained, "test": summary}
-    ckpt.save_checkpoint(folder, model=model, config=config, state=state)
+    save_checkpoint(folder, model=model, config=config, state=state)
     if stats is not None:
-        ckpt.write_data_stats(folder, {"expr_mean": stats[0], "expr_std": stats[1]})
+        write_data_stats(folder, {"expr_mean": stats[0], "expr_std": stats[1]})
     figures = write_overlays(model, data, rows, folder / "overlays", use_genes, s.overlays)
     result = {"decoder": s.decoder, "genes": use_genes, "init": config["init"], "preset": preset,
               "parameters": config["parameters"], "train_seconds": trained["train_seconds"],

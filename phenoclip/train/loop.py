@@ -38,7 +38,8 @@ from phenoclip.data.multimodal import collate
 from phenoclip.errors import PhenoclipError, UsageError
 from phenoclip.ops.devices import to_device
 from phenoclip.progress import Progress
-from phenoclip import checkpoint as ckpt
+from phenoclip.checkpoint_load import load_training_state, load_weights
+from phenoclip.checkpoint_save import save_checkpoint
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.stop import StopFlag
 
@@ -217,19 +218,19 @@ def train(task, dataset: Dataset, settings: LoopSettings, out_dir: str | Path, *
 
     epoch, step_in_epoch, history, carried = 0, 0, [], {}
     if resume:
-        ckpt.load_weights(out_dir, task)
-        prev = ckpt.load_training_state(out_dir, optimizer, scheduler, task.generators)
+        load_weights(out_dir, task)
+        prev = load_training_state(out_dir, optimizer, scheduler, task.generators)
         epoch, step_in_epoch, history = prev["epoch"], prev["step_in_epoch"], prev["history"]
         carried = prev.get("epoch_sums", {})  # loss sums of the interrupted epoch's first steps
         log(f"resuming at epoch {epoch + 1}, step {step_in_epoch}")
 
     def save(finished: bool, epoch_sums: dict | None = None, preempted: bool = False) -> None:
         if dist_utils.rank() == 0:
-            ckpt.save_checkpoint(out_dir, model=task, config=config, optimizer=optimizer, scheduler=scheduler,
-                                 generators=task.generators,
-                                 state={**state, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                                        "history": history, "finished": finished, "preempted": preempted,
-                                        "epoch_sums": epoch_sums or {}})
+            save_checkpoint(out_dir, model=task, config=config, optimizer=optimizer, scheduler=scheduler,
+                            generators=task.generators,
+                            state={**state, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                                   "history": history, "finished": finished, "preempted": preempted,
+                                   "epoch_sums": epoch_sums or {}})
         dist_utils.barrier()
 
     if patience_spent(history, settings):  # resumed after an early stop: nothing left to train

@@ -47,7 +47,7 @@ def cli(*args) -> tuple[int, list[str]]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """One coalescent cohort through the CLI, its truth.json and its VCF as ``preprocess variants`` reads it."""
-    from phenoclip.store import open_store
+    from phenoclip.store_read import open_store
 
     d = tmp_path_factory.mktemp("coalescent")
     rc, err = cli("simulate", "--out", d / "cohort", *ARGS, "--genotypes", "coalescent")

@@ -19,7 +19,8 @@ from phenoclip.explain.targets import ContrastiveTarget, ModelTarget
 from phenoclip.models.multimodal import build_model
 from phenoclip.models.registry import build_encoder
 from phenoclip.objectives.contrastive import clip_pair_loss
-from phenoclip.store import create_store, open_store
+from phenoclip.store_read import open_store
+from phenoclip.store_write import create_store
 
 REF = "32"
 
@@ -259,12 +260,12 @@ def test_model_target_explains_the_fine_tuned_logit(pre, cohort, tmp_path):
     assert rc == 0, err
     # the target's output at the input is the fine-tuned model's logit
     from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
-    from phenoclip import checkpoint as ckpt
+    from phenoclip.checkpoint_load import read_data_stats
     from phenoclip.finetune.predict import load_finetuned
 
     ft, config = load_finetuned(ft_dir)
     stores = CohortStores([cohort["gene"], cohort["expr"]])
-    stats = ckpt.read_data_stats(ft_dir)
+    stats = read_data_stats(ft_dir)
     ids = stores.samples[:6]
     batch = collate([MultimodalDataset(stores, ["gene", "expr"], ids,
                                        expr_stats=(stats["expr_mean"], stats["expr_std"]))[i] for i in range(6)])

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import bcftools_dosage, needs
 from phenoclip.preprocess.variants import VariantSettings, convert_vcf
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 META = ("##fileformat=VCFv4.2\n##contig=<ID=1,length=1000000>\n##contig=<ID=2,length=1000000>\n"
         "##contig=<ID=X,length=1000000>\n"

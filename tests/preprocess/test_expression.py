@@ -8,7 +8,7 @@ import pytest
 from conftest import error_lines, run_cli
 from phenoclip.errors import MalformedInputError
 from phenoclip.preprocess.expression import convert_expression
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 COUNTS = np.array([[10, 0, 90], [1, 1, 8], [0, 50, 50]], dtype=float)
 

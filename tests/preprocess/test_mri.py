@@ -13,7 +13,7 @@ from phenoclip.errors import (EXIT_INCONSISTENT, EXIT_INPUT_MISSING, EXIT_MALFOR
                               UsageError)
 from phenoclip.io.nifti import read_volume, write_label_volume
 from phenoclip.preprocess.mri import convert_mri, row_info, to_original_space
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 SPACING = (1.5, 1.0, 2.0)   # mm along the file's axes
 SHAPE = (40, 50, 30)

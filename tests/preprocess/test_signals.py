@@ -12,7 +12,7 @@ from phenoclip.errors import (EXIT_INCONSISTENT, EXIT_INPUT_MISSING, EXIT_USAGE,
                               InconsistentInputError, InputMissingError, MalformedInputError, UsageError)
 from phenoclip.io.biosignals import read_recording
 from phenoclip.preprocess.signals import convert_signals
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 
 def tone(freq, rate, seconds, amp=1.0, phase=0.0):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import KNOWN_DOSAGE, bcftools_dosage, error_lines, needs, run_cli
 from phenoclip.preprocess.variants import VariantSettings, convert_vcf
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 HEADER = ("##fileformat=VCFv4.2\n##contig=<ID=chr1,length=10000000>\n##contig=<ID=chr2,length=10000000>\n"
           "##contig=<ID=chrX,length=10000000>\n"

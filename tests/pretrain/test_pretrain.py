@@ -17,6 +17,10 @@ from conftest import error_lines, needs, run_cli
 from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.train.loop import Preempted
 from phenoclip.pretrain.run import run_pretrain
+from phenoclip.checkpoint_files import OPTIMIZER_FILE, STATE_FILE
+from phenoclip.checkpoint_load import load_training_state, read_state
+from phenoclip.store_read import open_store
+from phenoclip.store_write import create_store
 
 FAST = {"gene": "mlp", "expr": "mlp"}
 
@@ -129,7 +133,6 @@ def test_kill_while_saving_leaves_the_old_or_the_new_checkpoint(small_cohort, tm
     code, _ = _traced_renames(_pretrain_argv(small_cohort, out), tmp_path / "cut.trace", inject_at=at + 1)
     assert code != 0
     assert list(out.glob(".tmp-*")) and (out / ".commit").exists() == (cut == "between_moves")
-    from phenoclip.checkpoint import read_state
     assert read_state(out)["epoch"] == (1 if cut == "before_commit" else 2)
     assert not list(out.glob(".tmp-*")) and not (out / ".commit").exists()
     proc = run_cli(*_pretrain_argv(small_cohort, out, "--resume")[3:])
@@ -154,7 +157,6 @@ def test_ctrl_c_exits_130_with_one_line(small_cohort, tmp_path):
     assert proc.wait(timeout=120) == 130, rest
     last = [line for line in rest.splitlines() if line.strip()][-1]
     assert last.startswith("phenoclip: interrupted") and "Traceback" not in rest
-    from phenoclip.checkpoint import read_state
     state = read_state(out)   # Ctrl-C may land inside a save: the reader sees one whole epoch
     assert state["finished"] is False and state["epoch"] >= 1
     assert not list(out.glob(".tmp-*")) and not (out / ".commit").exists()
@@ -186,7 +188,6 @@ def test_bad_inputs(small_cohort, tmp_path):
     proc = run_cli("pretrain", "--modalities", "gene,mri", "--data", g, "--data", e, "--out", tmp_path / "a")
     assert proc.returncode == 5 and "modality 'mri'" in proc.stderr and len(error_lines(proc)) == 1
     # stores with no patients in common
-    from phenoclip.store import create_store, open_store
     other = tmp_path / "other.h5"
     with open_store(e) as src, create_store(other, "expression", [f"X{i}" for i in range(20)]) as w:
         w.array("genes", src.strings("genes"))
@@ -325,7 +326,6 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resumes_exac
 def test_a_cohort_too_small_to_train_is_refused(small_cohort, tmp_path):
     """A 1-sample store reached the first batch and died (exit 70, "Expected more than 1 value per
     channel"): refused up front with the minimum."""
-    from phenoclip.store import create_store, open_store
 
     for n in (1, 5):
         tiny = {}
@@ -379,14 +379,13 @@ def test_an_optimizer_state_of_other_trainable_parameters_is_refused_in_one_line
     """Biases before batch norm stopped training in this release, so an optimizer.pt written before
     has one more parameter per such layer: resuming it was a ValueError from torch (exit 70)."""
     from phenoclip.errors import InconsistentInputError
-    from phenoclip import checkpoint as ckpt
 
     old = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))]
-    torch.save({"optimizer": torch.optim.AdamW(old).state_dict(), "scheduler": None}, tmp_path / ckpt.OPTIMIZER_FILE)
-    (tmp_path / ckpt.STATE_FILE).write_text("{}")
+    torch.save({"optimizer": torch.optim.AdamW(old).state_dict(), "scheduler": None}, tmp_path / OPTIMIZER_FILE)
+    (tmp_path / STATE_FILE).write_text("{}")
     now = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])
     with pytest.raises(InconsistentInputError, match="does not fit this model's trainable parameters"):
-        ckpt.load_training_state(tmp_path, now)
+        load_training_state(tmp_path, now)
 
 
 def test_the_dosage_mlps_l1_step_runs_after_every_pretraining_step(small_cohort, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
 from phenoclip.preprocess.phenotypes import read_phenotype_store
-from phenoclip import checkpoint as ckpt
+from phenoclip.checkpoint_load import load_weights, read_config
 from phenoclip.pretrain.run import _initialisation, run_pretrain
 from phenoclip.pretrain.task import PretrainTask
 
@@ -67,9 +67,9 @@ def test_tabular_ssl_beats_random_init_and_raw_features(sample_stores, tmp_path,
     state = json.loads((out / "state.json").read_text())
     train_ids, val_ids = state["split"]["train"], state["split"]["validation"]
     stores = CohortStores([sample_stores["expr"]])
-    cfg = PretrainSettings.from_dict(ckpt.read_config(out))
+    cfg = PretrainSettings.from_dict(read_config(out))
     trained = PretrainTask(cfg)
-    ckpt.load_weights(out, trained)
+    load_weights(out, trained)
     train_ds = MultimodalDataset(stores, ["expr"], train_ids)
     val_ds = MultimodalDataset(stores, ["expr"], val_ids, stats_samples=train_ids)
     torch.manual_seed(cfg.seed)

@@ -16,7 +16,7 @@ from phenoclip.eval import retrieval, topk
 from phenoclip.eval.topk import topk_chunked
 from phenoclip.retrieve.metrics import retrieval_metrics
 from phenoclip.retrieve.run import run_retrieve
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 LABELS = REPO / "data" / "sample" / "labels.tsv"
 K = 10

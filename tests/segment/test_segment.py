@@ -390,7 +390,7 @@ def test_freeze_encoders_keeps_the_pretrained_weights(seg, tmp_path):
 
 def _volumes_store(path, samples, shape=(32, 32, 32), mask_shape=None):
     """A tiny volumes store: noise images, a cube mask per patient (``mask_shape`` None: no masks)."""
-    from phenoclip.store import create_store
+    from phenoclip.store_write import create_store
 
     rng = np.random.default_rng(0)
     n = len(samples)
@@ -415,7 +415,7 @@ def _volumes_store(path, samples, shape=(32, 32, 32), mask_shape=None):
     ("predict_with_a_pretrain_folder", 5, "this is a pretrain checkpoint, not a segment one"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(seg, tmp_path, case, code, message):
-    from phenoclip.store import create_store
+    from phenoclip.store_write import create_store
 
     out = tmp_path / "seg"
     samples = [f"P{i:04d}" for i in range(1, 9)]

@@ -2,18 +2,20 @@ import h5py
 import numpy as np
 import pytest
 
-from phenoclip import store
 from phenoclip.errors import InconsistentInputError, MalformedInputError, OutputError
+from phenoclip.store_read import open_store
+from phenoclip.store_schema import SCHEMAS
+from phenoclip.store_write import create_store
 
 
 def test_round_trip_and_lazy_reads(tmp_path):
     path = tmp_path / "x.h5"
     values = np.arange(5 * 7, dtype=np.float32).reshape(5, 7)
-    with store.create_store(path, "expression", [f"s{i}" for i in range(5)], attrs={"transform": "none"}) as w:
+    with create_store(path, "expression", [f"s{i}" for i in range(5)], attrs={"transform": "none"}) as w:
         w.array("genes", [f"g{i}" for i in range(7)])
         w.per_sample("values", values)
-    with store.open_store(path, expect="expression") as s:
-        assert s.schema == "expression" and s.version == store.SCHEMAS["expression"]
+    with open_store(path, expect="expression") as s:
+        assert s.schema == "expression" and s.version == SCHEMAS["expression"]
         assert s.samples == ["s0", "s1", "s2", "s3", "s4"]
         assert s.strings("genes")[3] == "g3"
         np.testing.assert_array_equal(s.read("values", 2), values[2])
@@ -28,7 +30,7 @@ def test_round_trip_and_lazy_reads(tmp_path):
 def test_failed_write_leaves_nothing(tmp_path):
     path = tmp_path / "x.h5"
     with pytest.raises(RuntimeError):
-        with store.create_store(path, "expression", ["a", "b"]) as w:
+        with create_store(path, "expression", ["a", "b"]) as w:
             w.per_sample("values", np.zeros((2, 3), np.float32))
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
@@ -36,14 +38,14 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 def test_duplicate_samples_refused(tmp_path):
     with pytest.raises(MalformedInputError, match="duplicate sample ID 'a'"):
-        with store.create_store(tmp_path / "x.h5", "expression", ["a", "b", "a"]):
+        with create_store(tmp_path / "x.h5", "expression", ["a", "b", "a"]):
             pass
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_output_folder(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
-        with store.create_store(tmp_path / "nope" / "x.h5", "expression", ["a"]):
+        with create_store(tmp_path / "nope" / "x.h5", "expression", ["a"]):
             pass
 
 
@@ -58,7 +60,7 @@ def test_refuses_unknown_schema_and_newer_version(tmp_path, schema, version, mat
         f.attrs["schema_version"] = version
         f["samples"] = np.array([b"a"])
     with pytest.raises(MalformedInputError, match=match):
-        store.open_store(path)
+        open_store(path)
 
 
 def test_refuses_foreign_files(tmp_path):
@@ -66,19 +68,19 @@ def test_refuses_foreign_files(tmp_path):
     with h5py.File(plain, "w") as f:
         f["x"] = 1
     with pytest.raises(MalformedInputError, match="not a phenoclip store"):
-        store.open_store(plain)
+        open_store(plain)
     text = tmp_path / "t.h5"
     text.write_text("hello")
     with pytest.raises(MalformedInputError, match="not an HDF5 file"):
-        store.open_store(text)
+        open_store(text)
 
 
 def test_wrong_schema_for_caller(tmp_path):
     path = tmp_path / "x.h5"
-    with store.create_store(path, "signals", ["a"]) as w:
+    with create_store(path, "signals", ["a"]) as w:
         w.per_sample("signals", np.zeros((1, 1, 4), np.float32))
     with pytest.raises(InconsistentInputError, match="expected genotypes"):
-        store.open_store(path, expect="genotypes")
+        open_store(path, expect="genotypes")
 
 
 def test_parallel_direct_chunk_writes_read_back_exactly(tmp_path):
@@ -87,7 +89,7 @@ def test_parallel_direct_chunk_writes_read_back_exactly(tmp_path):
     dosage = rng.integers(-1, 3, size=(37, 5000)).astype(np.int8)
     haps = rng.integers(-1, 2, size=(37, 2, 5000)).astype(np.int8)
     floats = rng.normal(size=(37, 11)).astype(np.float32)  # shuffle filter on: takes the h5py path
-    with store.create_store(tmp_path / "x.h5", "genotypes", [f"s{i}" for i in range(37)]) as w:
+    with create_store(tmp_path / "x.h5", "genotypes", [f"s{i}" for i in range(37)]) as w:
         for name, arr in (("dosage", dosage), ("haplotypes", haps), ("values", floats)):
             w.per_sample(name, shape=arr.shape, dtype=arr.dtype)
             w.write_rows(name, 0, arr[:20], threads=2)
@@ -101,7 +103,7 @@ def test_parallel_direct_chunk_writes_read_back_exactly(tmp_path):
 
 def _store_with(path, build):
     """A valid expression store of 4 samples x 3 genes whose 'values' come from ``build(f)``."""
-    with store.create_store(path, "expression", [f"s{i}" for i in range(4)], attrs={"transform": "none"}) as w:
+    with create_store(path, "expression", [f"s{i}" for i in range(4)], attrs={"transform": "none"}) as w:
         w.array("genes", ["g0", "g1", "g2"])
         build(w.h5)
 
@@ -134,7 +136,7 @@ def test_stores_that_read_outside_the_file_are_refused(tmp_path, kind):
     path = tmp_path / "expr.h5"
     _store_with(path, build)
     with pytest.raises(MalformedInputError, match="must live inside the file"):
-        store.open_store(path)
+        open_store(path)
     proc = run_cli("pretrain", "--modalities", "expr", "--objective", "scarf", "--data", path, "--out",
                    tmp_path / "pre")
     assert proc.returncode == 4, proc.stderr

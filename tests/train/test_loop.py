@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from phenoclip import checkpoint as ckpt
+from phenoclip.checkpoint_load import read_state
 from phenoclip.train.loop import LoopSettings, Preempted, best_epoch, patience_spent, train
 
 
@@ -78,7 +78,7 @@ def test_early_stop_ends_training_and_a_resumed_run_stops_at_the_same_epoch_with
     whole, result = _fit(tmp_path / "whole")
     losses = [h["loss"] for h in result["history"]]
     assert result["stopped_early"] and len(losses) == 4 and losses[-1] < losses[0]  # trained, then stopped
-    assert ckpt.read_state(tmp_path / "whole")["finished"]
+    assert read_state(tmp_path / "whole")["finished"]
 
     with pytest.raises(Preempted):  # killed in the middle of epoch 3 (6 steps per epoch)
         _fit(tmp_path / "cut", stop_after_steps=15)
