@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from phenoclip_bench import genetics_ceiling as gc
+from phenoclip_bench.genetics_likelihood import score_matrix_metrics
 
 
 def _truth(tmp_path, n=160, snps=300, seed=0):
@@ -39,10 +40,10 @@ def test_partner_channels_follow_the_truth_files_drives(tmp_path):
 
 
 def test_score_matrix_metrics_perfect_and_uninformative():
-    perfect = gc.score_matrix_metrics(np.eye(20))
+    perfect = score_matrix_metrics(np.eye(20))
     assert perfect["R@1"] == 1.0 and perfect["x chance@1"] == pytest.approx(20.0)
     # every record scored alike: ties broken at random give exactly chance, never a lucky first place
-    flat = gc.score_matrix_metrics(np.zeros((20, 20)))
+    flat = score_matrix_metrics(np.zeros((20, 20)))
     assert flat["x chance@1"] == pytest.approx(1.0)
 
 
