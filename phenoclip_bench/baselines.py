@@ -68,7 +68,6 @@ def default_objectives(modalities: list[str]) -> list[str]:
 
 
 def _run(ctx: BenchContext) -> SuiteResult:
-
     cfg = SETTINGS["quick" if ctx.quick else "full"]
     cohort = bench_cohort(ctx)
     if cohort.labels is None:
@@ -100,7 +99,6 @@ def _run(ctx: BenchContext) -> SuiteResult:
 
 def evaluate(folder, cohort, seed: int, cfg: dict) -> dict:
     """Classification and retrieval of one pretraining run against the baselines, on its held-out patients."""
-
     pre = load_pretrained(folder)
     stores = CohortStores(cohort.data())
     mods = [m for m in pre.modalities if m in stores.by_modality]
@@ -111,7 +109,6 @@ def evaluate(folder, cohort, seed: int, cfg: dict) -> dict:
 
 
 def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-
     out = {}
     for m in mods:
         ids, x = raw_features(stores, m, samples, stats if m == "expr" else None, impute_dosage=False)
@@ -121,7 +118,6 @@ def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) -> dict:
     """``{row: {fraction: {method: mean AUROC over repeats}}}`` for every modality but hpo, and fused."""
-
     rows = [m for m in mods if m != "hpo"]
     usable = [x for x in stores.samples if any(stores.present(m, [x])[0] for m in rows)]
     labels = restrict_to(load_task_labels(str(labels_path)), usable, "benchmark stores")
@@ -184,7 +180,6 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
 def _probe_inputs(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
     """``x`` as ``finetune --mode linear`` scales a probe's inputs, fitted on the ``fit`` rows (NaN,
     a MOFA+ factor of a patient without views, at their mean)."""
-
     x = np.where(np.isnan(x), np.nan_to_num(np.nanmean(x[fit], axis=0)), x)
     mean, scale = probe_scaling(x[fit])
     return (x - mean) / scale
@@ -200,7 +195,6 @@ def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray:
 
 def retrieval(pre, stores, mods, stats, seed: int) -> dict:
     """Per modality pair on the held-out patients: Recall@1 (x chance) and MRR of ours, PCA + CCA and MOFA+."""
-
     train, val = pre.train_samples, pre.validation_samples
     ours = cross_modal_metrics(embed_modalities(pre.model, pre, stores, mods, val))
     reduced = {m: reduce_features(raw_features(stores, m, train + val, stats if m == "expr" else None), train)
@@ -228,7 +222,6 @@ def retrieval(pre, stores, mods, stats, seed: int) -> dict:
 
 def _on(reduced, samples) -> np.ndarray:
     """PCA-reduced rows of ``reduced = (ids, x)`` placed on ``samples`` (NaN rows where absent)."""
-
     return on_patients(reduced[0], reduced[1], samples)[0]
 
 

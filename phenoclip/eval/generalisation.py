@@ -59,9 +59,9 @@ def pair_ratios(train: dict[str, Embedded], unseen: dict[str, Embedded], seed: i
         if n < MIN_UNSEEN:
             continue
         fit = [_mrr(train[a], train[b], rows) for rows in subsets]
-        fit_mrr = float(np.nanmean([m for m, _ in fit])) if any(k >= 2 for _, k in fit) else float("nan")
-        if not np.isfinite(fit_mrr):  # no training patient has both: nothing to hold the pair against
+        if not any(k >= 2 for _, k in fit):  # no training patient has both: nothing to hold the pair against
             continue
+        fit_mrr = float(np.nanmean([m for m, _ in fit]))
         # chance at the unseen gallery size; a training subset with fewer pairs has higher chance, so ratio is conservative
         chance = chance_mrr(n)
         ratio = (val - chance) / max(fit_mrr - chance, 1e-9)

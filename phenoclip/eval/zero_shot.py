@@ -24,7 +24,7 @@ from phenoclip.errors import InconsistentInputError
 from phenoclip.io.ontology import Ontology, default_obo_path, load_ontology
 from phenoclip.preprocess.phenotypes import read_phenotype_store
 from phenoclip.progress import info
-from phenoclip.store import open_store
+from phenoclip.store_read import open_store
 
 
 @dataclass

@@ -18,8 +18,8 @@ from phenoclip.eval.raw_features import fuse, on_patients, raw_features
 from phenoclip.pretrained import expr_stats, load_pretrained, random_init_like
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info
-from phenoclip.store import create_store
-from phenoclip import checkpoint as ckpt
+from phenoclip.store_write import create_store
+from phenoclip.checkpoint_save import save_checkpoint, write_data_stats
 from phenoclip.finetune.settings import RAW_MODELS, FinetuneSettings, describe_labels, write_json
 from phenoclip.finetune.heads import (fit_linear_head, fused_features, predict_scores, scores_from_features,
                                             train_full)
@@ -134,7 +134,8 @@ class Experiment:
         idx = fraction_subset(self.labels, self.orders[repeat], fraction)
         seed = self.s.seed + 31 * repeat
         y = self.labels.y
-        keep = repeat == 0 and fraction == max(self.s.fractions) and name == "pretrained"  # the saved model
+        last = repeat == 0 and fraction == max(self.s.fractions)
+        keep = last and name == "pretrained"  # the saved model
         if name in self.raw_models:
             scores = kept = self._fit_raw(name, idx, seed)
         elif self.s.head.mode == "linear":
@@ -161,7 +162,7 @@ class Experiment:
         y_test = y[self.test_index]
         metrics = (classification_metrics(y_test, scores, self.labels.classes) if self.classification
                    else regression_metrics(y_test, scores))
-        if repeat == 0 and fraction == max(self.s.fractions):
+        if last:
             self.compared[name] = scores  # roc.png draws every model on the same test patients
         if keep:
             self.saved = (copy.deepcopy(ft), kept, idx)
@@ -226,9 +227,9 @@ class Experiment:
                            "pool": [s for s, p in zip(samples, self.pool) if p],
                            "train": [samples[i] for i in train_idx]},
                  "fraction": max(self.s.fractions), "repeat": 0, "seed": self.s.seed}
-        ckpt.save_checkpoint(folder, model=ft, config=config, state=state)
+        save_checkpoint(folder, model=ft, config=config, state=state)
         if self.stats is not None:
-            ckpt.write_data_stats(folder, {"expr_mean": self.stats[0], "expr_std": self.stats[1]})
+            write_data_stats(folder, {"expr_mean": self.stats[0], "expr_std": self.stats[1]})
 
     def _write_predictions(self, path: Path, scores: np.ndarray) -> None:
         samples = [self.labels.samples[i] for i in self.test_index]

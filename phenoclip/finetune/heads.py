@@ -26,7 +26,7 @@ from phenoclip.data.multimodal import MultimodalDataset, collate
 from phenoclip.eval.linear_models import as_logits, fit_logistic, fit_ridge, probe_scaling
 from phenoclip.eval.stacking import fit_stacked
 from phenoclip.models.finetune import FinetuneModel
-from phenoclip import checkpoint as ckpt
+from phenoclip.checkpoint_files import MODEL_FILE
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, train
 from phenoclip.finetune.task import FinetuneTask
@@ -140,7 +140,7 @@ def train_full(ft: FinetuneModel, dataset: MultimodalDataset, y: np.ndarray, cla
                         seed=seed, schedule="constant", progress=None, stop_after_steps=stop_after_steps)
     folder = Path(folder)
     train(task, dataset, loop, folder, config={"kind": "finetune-fit", "n_patients": len(dataset)}, state={},
-          resume=(folder / ckpt.MODEL_FILE).exists(), log=lambda line: None)
+          resume=(folder / MODEL_FILE).exists(), log=lambda line: None)
     ft.eval()
 
 

@@ -20,7 +20,7 @@ from phenoclip.pretrained import model_from_pretrain_config, read_config_of_kind
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info, warn
 from phenoclip.staging import write_text_atomic
-from phenoclip import checkpoint as ckpt
+from phenoclip.checkpoint_load import build_checked, load_weights, read_data_stats, split_of
 from phenoclip.finetune.heads import predict_scores
 
 
@@ -32,8 +32,8 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
         model = model_from_pretrain_config(config["pretrain_config"])
         return FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]))
 
-    ft = ckpt.build_checked(directory, build, "a fine-tuned model")
-    ckpt.load_weights(directory, ft)
+    ft = build_checked(directory, build, "a fine-tuned model")
+    load_weights(directory, ft)
     ft.eval()
     return ft, config
 
@@ -58,7 +58,7 @@ def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
     skipped = len(stores.samples) - len(samples)
     if skipped:
         warn(f"{skipped} patient(s) have none of the model's modalities and are left out")
-    stats = ckpt.read_data_stats(model_dir)
+    stats = read_data_stats(model_dir)
     expr = (stats["expr_mean"], stats["expr_std"]) if "expr_mean" in stats else None
     ds = MultimodalDataset(stores, mods, samples, expr_stats=expr)
     classification = config["task"] != "regression"
@@ -66,7 +66,7 @@ def run_predict(model_dir: str | os.PathLike, data: list[str], out: str) -> int:
     present = {m: stores.present(m, samples) for m in mods}
     classes = config.get("classes") or []
     # train (fitted on), test (held out, scored in metrics.json), unused (labelled, outside the fit)
-    split = ckpt.split_of(model_dir, rename={"pool": "unused"}, precedence=("pool", "train", "test"))
+    split = split_of(model_dir, rename={"pool": "unused"}, precedence=("pool", "train", "test"))
     header = (["sample", "predicted"] + [f"prob_{c}" for c in classes]
               + ["modalities", "split", f"held_out_{metric}"])
     lines = ["\t".join(header)]
