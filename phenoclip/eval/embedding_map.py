@@ -5,7 +5,8 @@ marked by data source; a shared space that works groups patients by disease, not
 :func:`cluster_scores` puts a number on that picture: the silhouette of the embeddings (cosine,
 in the full space, not the 2D projection) grouped by label and grouped by modality.
 
-numpy / scikit-learn / matplotlib only (matplotlib with the Agg backend, imported lazily).
+numpy / scikit-learn / matplotlib only; drawn and written through :mod:`phenoclip.eval.plots`
+(the Agg canvas without pyplot, an atomic PNG write).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 
-from phenoclip.errors import InputMissingError, MalformedInputError, OutputError
+from phenoclip.errors import InputMissingError, MalformedInputError
+from phenoclip.eval.plots import new_figure, save_png
 from phenoclip.io.tables import read_table
 
 
@@ -124,17 +126,16 @@ def plot_map(points: MapPoints, out_png: str | os.PathLike, *, title: str = "", 
 
     Returns the projection method, the scores of :func:`cluster_scores` and the file written.
     """
-    # imported here: only plotting pays for matplotlib
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # imported here: only plotting pays for matplotlib (importing this module must not load it)
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
 
     xy, method = project_2d(points.embeddings, seed)
     labels = sorted(set(points.labels))
     groups = sorted(set(points.groups))
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    fig = new_figure(figsize=(7, 6))
+    ax = fig.add_subplot(1, 1, 1)
     lab_arr, grp_arr = np.asarray(points.labels, dtype=object), np.asarray(points.groups, dtype=object)
     for gi, g in enumerate(groups):
         for li, lab in enumerate(labels):
@@ -142,8 +143,6 @@ def plot_map(points: MapPoints, out_png: str | os.PathLike, *, title: str = "", 
             if sel.any():
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=22, alpha=0.8, color=cmap(li % cmap.N),
                            marker=_MARKERS[gi % len(_MARKERS)], edgecolors="none")
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], linestyle="", marker="o", color=cmap(i % cmap.N), label=lab)
                for i, lab in enumerate(labels)]
     handles += [Line2D([], [], linestyle="", marker=_MARKERS[i % len(_MARKERS)], color="0.3", label=g)
@@ -159,16 +158,7 @@ def plot_map(points: MapPoints, out_png: str | os.PathLike, *, title: str = "", 
     ax.set_title((title + "\n" if title else "") + sub, fontsize=9)
     fig.tight_layout()
     out_png = os.fspath(out_png)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out_png)), f".{os.path.basename(out_png)}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out_png)
-    except OSError as e:
-        raise OutputError(f"cannot write the map ({e.strerror})", out_png) from None
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_png(fig, out_png)
     return {"method": method, **scores, "file": out_png}
 
 

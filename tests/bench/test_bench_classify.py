@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phenoclip_bench import classify
+from phenoclip_bench import classify_report
 from phenoclip_bench.classify_features import (channel_features, early_fusion, fit_elasticnet, full_proba,
                                                gene_features, volume_features)
 from phenoclip_bench.classify_scratch import (TrainSettings, predict_proba, signal_cnn1d, train_classifier,
@@ -122,21 +122,21 @@ def _row(modality, method, auroc, f1):
 
 
 def test_note_says_where_pretrained_falls_short():
-    rows = [_row("mri", classify.PROBE, 0.6, 0.4), _row("mri", classify.ENET, 0.8, 0.6),
-            _row("expr", classify.PROBE, 0.95, 0.9), _row("expr", classify.ENET, 0.9, 0.95)]
-    text = classify.shortfalls(rows, ["expr", "mri"])
+    rows = [_row("mri", classify_report.PROBE, 0.6, 0.4), _row("mri", classify_report.ENET, 0.8, 0.6),
+            _row("expr", classify_report.PROBE, 0.95, 0.9), _row("expr", classify_report.ENET, 0.9, 0.95)]
+    text = classify_report.shortfalls(rows, ["expr", "mri"])
     auroc_part, f1_part = text.split("On macro F1")
     assert "falls short of a baseline on 1 of 2 rows: mri (0.600 vs 0.800" in auroc_part
     assert "expr (0.950 vs 0.900" in auroc_part.split("matches or beats")[1]
     assert "falls short of a baseline on 2 of 2 rows" in f1_part
-    clean = classify.shortfalls([_row("gene", classify.PROBE, 0.7, 0.5), _row("gene", classify.ENET, 0.6, 0.4)],
+    clean = classify_report.shortfalls([_row("gene", classify_report.PROBE, 0.7, 0.5), _row("gene", classify_report.ENET, 0.6, 0.4)],
                                 ["gene"])
     assert "falls short" not in clean and "no baseline beats" in clean
 
 
 def test_best_baseline_ignores_the_pretrained_rows():
-    r = classify.Rows(["a", "b"])
-    r.rows = [_row("all", classify.PROBE, 0.99, 0.9), _row("mri", classify.ENET, 0.7, 0.5),
-              _row("signal", classify.SCRATCH["signal"], 0.8, 0.5), _row("all", classify.ENET, 0.75, 0.5)]
-    assert classify.best_baseline(r) == ("signal", classify.SCRATCH["signal"])
-    assert classify.best_baseline(r, "all") == ("all", classify.ENET)
+    r = classify_report.Rows(["a", "b"])
+    r.rows = [_row("all", classify_report.PROBE, 0.99, 0.9), _row("mri", classify_report.ENET, 0.7, 0.5),
+              _row("signal", classify_report.SCRATCH["signal"], 0.8, 0.5), _row("all", classify_report.ENET, 0.75, 0.5)]
+    assert classify_report.best_baseline(r) == ("signal", classify_report.SCRATCH["signal"])
+    assert classify_report.best_baseline(r, "all") == ("all", classify_report.ENET)
