@@ -105,6 +105,7 @@ def shortfalls(table_rows: list[list], modalities: list[str]) -> str:
 
 def note(rows: Rows, mods: list[str], never_seen: int, n_test: int, probe_c: dict, scratch_log: dict,
           finetune_check: dict, feature_names: dict, enet_iter: int) -> str:
+    """The table's note: the verdict, the test split, how every method was fitted and what it chose."""
     verdict = shortfalls(rows.rows, mods + ["all"])
     extra = sorted({n.rstrip("0123456789") for n in feature_names.get("gene", []) if n.startswith(("pgs", "burden"))})
     gene_extra = (f"+ the store's {' and '.join(extra)} columns" if extra else
