@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 
 import typer
 
+from phenoclip import staging
 from phenoclip.errors import UsageError, require_writable_parent
 from phenoclip.runlog import RunLog, log_path_for
 
@@ -50,10 +51,7 @@ def run_step(command: str, out: str, *, seed: Optional[int] = None, threads: Opt
         require_writable_parent(LOG_FILE)
     guard = contextlib.nullcontext()
     if rank0 and out != "-":
-        from phenoclip import staging
-
         staging.current_output = out.rstrip("/")
-
         # folder outputs are passed with a trailing '/'; a name without a suffix is a folder too
         folder = out.endswith("/") or not os.path.splitext(os.path.basename(out.rstrip("/")))[1]
         staging.check_output_location(out, folder)

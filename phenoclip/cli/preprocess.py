@@ -10,6 +10,7 @@ import typer
 
 from phenoclip.cli.common import Threads, run_step
 from phenoclip.errors import UsageError
+from phenoclip.io.stdin import readable_input
 
 app = typer.Typer(
     help="Convert a modality's files (VCF, PLINK, BGEN, expression table, NIfTI, biosignals, HPO terms) into an HDF5 "
@@ -83,8 +84,7 @@ def variants(
     opts = VariantSettings(regions=list(region), keep=keep, remove=remove, maf=maf, max_missing=max_missing,
                           every_kth=every_kth, pgs_files=list(pgs), genes_file=genes, burden_maf=burden_maf,
                           threads=threads, expected_dosage=expected_dosage, part=part, num_parts=num_parts)
-    from phenoclip.io.stdin import readable_input
-    from phenoclip.parts import check_part, store_part_path
+    from phenoclip.parts import check_part, store_part_path  # imported here too: it loads h5py and numpy
 
     check_part(part, num_parts)
     if num_parts is not None:
@@ -115,8 +115,6 @@ def expression(
     """Expression table -> expression store (values float32, samples x genes)."""
     # imported here, not at the top: `phenoclip --help` stays fast and torch-free
     from phenoclip.preprocess.expression import convert_expression
-
-    from phenoclip.io.stdin import readable_input
 
     with run_step("preprocess expression", str(out), threads=threads) as log, \
             readable_input(table, out, "--table") as path:
