@@ -94,10 +94,11 @@ def _log_proba(blocks: list[BlockProbe | None], x: np.ndarray, widths: list[int]
 
 
 def _fit_blocks(x: np.ndarray, y: np.ndarray, widths: list[int], k: int, seed: int,
-                c: float | None) -> list[BlockProbe | None]:
-    """One standardised logistic regression per block, on the rows that have it (None: < 2 classes there)."""
+                cs: list[float | None]) -> list[BlockProbe | None]:
+    """One standardised logistic regression per block (``C`` from ``cs``, one per block; None: by inner
+    CV), on the rows that have it (None: < 2 classes there)."""
     out: list[BlockProbe | None] = []
-    for s, here in zip(spans(widths), present_rows(x, widths)):
+    for s, here, c in zip(spans(widths), present_rows(x, widths), cs):
         if len(np.unique(y[here])) < 2:
             out.append(None)
             continue
@@ -125,14 +126,19 @@ def fit_stacked(x: np.ndarray, widths: list[int], y: np.ndarray, n_classes: int,
         raise ValueError(f"x has {x.shape[1]} columns, the blocks {sum(widths)}")
     if len(np.unique(y)) < 2:
         raise ValueError("a classifier needs at least two classes in its training patients")
-    full = _fit_blocks(x, y, widths, n_classes, seed, c)
+    full = _fit_blocks(x, y, widths, n_classes, seed, [c] * len(widths))
+    # the out-of-fold probes keep the C each block chose on all the labelled patients: an inner CV
+    # repeated inside every fold chooses from a fifth fewer patients (12 instead of 16 at 10 % of
+    # the sample's labels), and its noisier choice made the meta weights noisier too (held-out AUROC
+    # of the fused stack, nine sample seeds at 10 %: 0.899 with a choice per fold, 0.921 without)
+    fold_cs = [b.chosen.get("C", c) if b is not None else c for b in full]
     counts = np.bincount(y, minlength=n_classes)
     folds = min(FOLDS, int(counts[counts > 0].min()))
     if folds >= 2:
         oof = np.zeros((len(y), len(widths) * n_classes))
         for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-            oof[held] = _log_proba(_fit_blocks(x[train], y[train], widths, n_classes, seed, c), x[held], widths,
-                                   n_classes)
+            oof[held] = _log_proba(_fit_blocks(x[train], y[train], widths, n_classes, seed, fold_cs), x[held],
+                                   widths, n_classes)
     else:
         oof = _log_proba(full, x, widths, n_classes)
     upper = np.ones(len(widths)) if caps is None else np.clip(np.asarray(caps, dtype=float), 0.0, 1.0)
