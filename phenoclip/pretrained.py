@@ -19,6 +19,7 @@ from phenoclip.data.batch import PRESENT
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
 from phenoclip.errors import InconsistentInputError
 from phenoclip.models.multimodal import MultimodalModel, build_model
+from phenoclip.models.readout import fits_gene_readout
 from phenoclip.progress import track, warn
 from phenoclip.checkpoint_load import build_checked, load_weights, read_config, read_data_stats, read_state
 
@@ -77,8 +78,11 @@ def model_from_pretrain_config(config: dict) -> MultimodalModel:
     mods = list(config["modalities"])
     if "ontology" in config.get("objectives", []) and "hpo" not in mods:
         mods.append("hpo")  # term embeddings exist even when hpo was not a contrastive modality
+    # a checkpoint written before the read-out existed has no "gene_readout" and no read-out weights
+    readout = fits_gene_readout(config.get("gene_readout", False), config.get("objectives", []), config["modalities"])
     return build_model({m: shapes[m] for m in mods}, config.get("preset", "tiny"), config.get("architectures") or {},
-                       embed_dim=config.get("embed_dim"), linear_components=int(config.get("linear_path", 0)))
+                       embed_dim=config.get("embed_dim"), linear_components=int(config.get("linear_path", 0)),
+                       readouts=readout)
 
 
 def load_pretrained(directory: str | os.PathLike) -> Pretrained:
@@ -98,13 +102,15 @@ def random_init_like(pre: Pretrained, seed: int, stores: CohortStores | None = N
 
     It starts where pretraining started, not from less: buffers (variant positions, imputation
     means, the linear paths' principal axes, the HPO vocabulary) are copied from the checkpoint,
-    as they describe the data, and with a phenotype store among ``stores`` the HPO term table
+    as they describe the data (not the genotype read-out, fitted to the pretrained embeddings), and with a phenotype store among ``stores`` the HPO term table
     gets pretraining's ontology-graph initialisation (a fresh draw of it), not a plain random one.
     """
     torch.manual_seed(seed)
     model = model_from_pretrain_config(pre.config)
     params = {n for n, _ in model.named_parameters()}
-    buffers = {k: v for k, v in pre.model.state_dict().items() if k not in params}
+    # a read-out was fitted to the pretrained embeddings: learned from them, not data, so not copied
+    # (unfitted, the scratch model's probe reads its encoder)
+    buffers = {k: v for k, v in pre.model.state_dict().items() if k not in params and not k.startswith("readouts.")}
     model.load_state_dict(buffers, strict=False)
     if stores is not None and "hpo" in model.encoders and "hpo" in stores.by_modality:
         hpo = model.encoders["hpo"]
@@ -140,10 +146,12 @@ def expr_stats(pre: Pretrained, stores: CohortStores) -> tuple[np.ndarray, np.nd
 @torch.no_grad()
 def embed_samples(model: MultimodalModel, stores: CohortStores, modality: str, samples: Sequence[str],
                   stats: tuple[np.ndarray, np.ndarray] | None = None, batch_size: int = 64,
-                  label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  label: str | None = None, readout: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, E) float32, present (N,) bool) of ``samples`` for one modality.
 
-    Patients the modality's store lacks get a zero row and ``present`` False.
+    Patients the modality's store lacks get a zero row and ``present`` False. ``readout``: what a
+    linear probe reads (the modality's fitted read-out where there is one, see
+    :meth:`~phenoclip.models.multimodal.MultimodalModel.probe_embedding`) instead of the encoder.
     """
     model.eval()
     ds = MultimodalDataset(stores, [modality], samples, expr_stats=stats)
@@ -151,7 +159,7 @@ def embed_samples(model: MultimodalModel, stores: CohortStores, modality: str, s
     starts = range(0, len(ds), batch_size)
     for start in track(starts, label or f"embedding {modality}", total=len(starts)):
         batch = collate([ds[i] for i in range(start, min(len(ds), start + batch_size))])
-        z = model.encode(modality, batch[modality])
+        z = model.probe_embedding(modality, batch[modality]) if readout else model.encode(modality, batch[modality])
         ok = batch[modality][PRESENT]
         embs.append(torch.where(ok[:, None], z, torch.zeros_like(z)))
         present.append(ok)

@@ -126,8 +126,9 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     samples, y, k = labels.samples, labels.y, len(labels.classes)
     test = held_out_split(labels, TEST_FRACTION, seed, prefer=pre.validation_samples)
     emb, present = {}, {}
-    for m in rows:
-        emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats if m == "expr" else None)
+    for m in rows:  # what `finetune --mode linear` reads: a modality's read-out where it has one
+        emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats if m == "expr" else None,
+                                           readout=True)
     raw = _views(stores, rows, samples, stats)
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None

@@ -108,20 +108,29 @@ class DenseEncoder(nn.Module):
 
     For genes ``x`` holds dosages with missing calls already imputed (see
     :meth:`impute`); the result equals ``model.encode(modality, {DOSAGE: x})`` wherever ``x``
-    holds observed calls.
+    holds observed calls. With ``readout`` (a fine-tuned linear head that reads the modality's
+    fitted read-out, :meth:`MultimodalModel.probe_embedding`) the function is that linear read-out.
     """
 
-    def __init__(self, model: nn.Module, modality: str):
+    def __init__(self, model: nn.Module, modality: str, readout: bool = False):
         super().__init__()
         if modality not in INPUT_KEY:
             raise ValueError(f"no dense input for modality {modality!r} (explainable: {', '.join(INPUT_KEY)})")
         self.modality, self.key = modality, INPUT_KEY[modality]
+        self.readout = model.readouts[modality] if readout and model.has_readout(modality) else None
         # only the modules this function uses: DeepLift hooks every ReLU it finds, and one
-        # that never runs (another modality's) breaks its backward pass
-        self.encoder = model.encoders[modality]
-        self.projection = model.projections[modality]
+        # that never runs (another modality's, or the encoder beside a read-out) breaks its backward pass
+        self._encoder = [model.encoders[modality]]   # in a list: not a submodule
+        self.encoder = None if self.readout is not None else model.encoders[modality]
+        self.projection = None if self.readout is not None else model.projections[modality]
         # the linear path of the embedding (if the model has one) is part of the function explained
-        self.linear_path = model.linear_paths[modality] if modality in getattr(model, "linear_paths", {}) else None
+        self.linear_path = (model.linear_paths[modality] if self.readout is None
+                            and modality in getattr(model, "linear_paths", {}) else None)
+
+    @property
+    def model_encoder(self) -> nn.Module:
+        """The modality's encoder in the model (also when the read-out, not it, is explained)."""
+        return self._encoder[0]
 
     @property
     def variant_tokens(self) -> bool:
@@ -130,12 +139,13 @@ class DenseEncoder(nn.Module):
 
     @property
     def dosage_mlp(self) -> bool:
-        return isinstance(self.encoder, DosageMLP)
+        return isinstance(self.model_encoder, DosageMLP)
 
     @property
     def relu_mlp(self) -> bool:
-        """Whether every nonlinearity before the head is a ReLU module (DeepLift's rescale rule is exact there)."""
-        return isinstance(self.encoder, (DosageMLP, TabularMLP))
+        """Whether every nonlinearity before the head is a ReLU module (DeepLift's rescale rule is exact
+        there); a read-out is linear, so trivially."""
+        return self.readout is not None or isinstance(self.encoder, (DosageMLP, TabularMLP))
 
     def features(self, x: Tensor) -> Tensor:
         enc = self.encoder
@@ -150,12 +160,18 @@ class DenseEncoder(nn.Module):
         return enc({self.key: x})
 
     def raw(self, x: Tensor) -> Tensor:
-        """``(n, E)`` projected embedding (plus its linear path) before the L2 normalisation."""
+        """``(n, E)`` projected embedding (plus its linear path), or the read-out, before the L2 normalisation."""
+        if self.readout is not None:
+            return self.readout({self.key: x})
         z = self.projection(self.features(x))
         return z if self.linear_path is None else z + self.linear_path({self.key: x})
 
+    def embed(self, raw: Tensor) -> Tensor:
+        """The embedding a head reads from :meth:`raw`: L2-normalised, except a read-out's (linear)."""
+        return raw if self.readout is not None else nn.functional.normalize(raw, dim=-1)
+
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.normalize(self.raw(x), dim=-1)
+        return self.embed(self.raw(x))
 
     def impute(self, x: Tensor, column_mean: Tensor | None) -> Tensor:
         """Dosages with missing calls (< 0) replaced by ``column_mean`` (what the dosage MLP does)."""

@@ -157,7 +157,7 @@ def auto_internal_batch_size(dense: DenseEncoder, shape: tuple[int, ...]) -> int
     """Rows per pass so that inputs, gradients and activations stay near :data:`AUTO_BATCH_BYTES`."""
     elems = int(np.prod(shape))
     per_row = elems * 4 * 8
-    enc = dense.encoder
+    enc = dense.model_encoder
     tokens, width = getattr(enc, "n_tokens", 1), getattr(enc, "width", 64)
     depth = int(getattr(enc, "config", {}).get("depth", 1))
     per_row += tokens * width * 4 * 16 * depth

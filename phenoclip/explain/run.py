@@ -155,12 +155,15 @@ def prepare(s: ExplainSettings) -> Job:
     if not individuals:
         raise InconsistentInputError("no individual to explain", s.data)
 
-    dense = DenseEncoder(model, modality).eval()
+    # a linear head reads the modality's read-out where pretraining fitted one: explain that function
+    dense = DenseEncoder(model, modality, readout=target == "model" and ft.readout).eval()
     shape = tuple(stores.by_modality[modality].shapes[INPUT_KEY[modality]])
     train, column_mean = None, None
     if modality == "gene":
-        if dense.dosage_mlp:          # its column means are the training split's mean dosages
-            column_mean = dense.encoder.column_mean.detach().clone()[None]
+        if dense.readout is not None:  # a missing call adds nothing to the read-out at its own mean
+            column_mean = dense.readout.mean.detach().clone()[None]
+        elif dense.dosage_mlp:          # its column means are the training split's mean dosages
+            column_mean = dense.model_encoder.column_mean.detach().clone()[None]
         else:
             train = train_samples_in(pre, stores, modality)
             column_mean = input_mean(stores, modality, train, stats)

@@ -125,7 +125,7 @@ class ModelTarget(nn.Module):
 
     def outputs(self, raw: Tensor, others: Tensor, present: Tensor) -> Tensor:
         """``(n, n_outputs)``: the head's logits (or value) from the un-normalised embedding ``raw``."""
-        z = nn.functional.normalize(raw, dim=-1)
+        z = self.encoder.embed(raw)
         slot = torch.zeros_like(present)
         slot[:, self.position] = 1.0
         embs = others * (present * (1 - slot))[..., None] + z[:, None, :] * slot[..., None]  # (n, M, E)
@@ -228,7 +228,7 @@ def model_target(s, stores: CohortStores, ft: nn.Module, config: dict, dense: De
                 elif m in stores.by_modality:
                     ds = MultimodalDataset(stores, [m], ids, expr_stats=stats)
                     sub = collate([ds[i] for i in range(n)])[m]
-                    others[:, j] = ft.model.encode(m, sub)
+                    others[:, j] = ft.embedding(m, sub)
                     present[:, j] = sub[PRESENT].float()
             if fixed is None:
                 index = scorer.outputs(dense.raw(x), others, present).argmax(1)

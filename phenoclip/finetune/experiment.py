@@ -75,10 +75,12 @@ class Experiment:
         elif s.fusion == "stack" and not self.classification:
             raise UsageError(f"--fusion stack needs a class label; '{self.labels.column}' is a {self.labels.task} "
                              "target: use --fusion concat or mean")
-        self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out)}
+        # the linear head reads the genotype read-out where pretraining fitted one (models.readout)
+        readout = s.head.mode == "linear"
+        self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out, readout)}
         if "scratch" in s.baselines:
             scratch = random_init_like(self.pre, s.seed + 7919, self.stores)
-            self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out)
+            self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out, readout)
         self.features = {}
         if s.head.mode == "linear":  # frozen encoders: embed every labelled patient once per model
             self.features = {name: fused_features(ft, self.dataset) for name, ft in self.models.items()}

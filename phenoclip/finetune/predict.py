@@ -30,7 +30,8 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
     config = read_config_of_kind(directory, "finetune")
     def build() -> FinetuneModel:
         model = model_from_pretrain_config(config["pretrain_config"])
-        return FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]))
+        return FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]),
+                             readout=config.get("mode") == "linear")
 
     ft = build_checked(directory, build, "a fine-tuned model")
     load_weights(directory, ft)

@@ -70,8 +70,9 @@ def measure_stack_caps(pre: Pretrained, stores: CohortStores, modalities: Sequen
                                                   replace=False))]
 
     def embed(ids: list[str]) -> dict:
+        # the blocks the stack reads: a modality's read-out where it has one (models.readout)
         return {m: embed_samples(pre.model, stores, m, ids, stats if m == "expr" else None,
-                                 label=f"stack caps: embedding {m}") for m in partners}
+                                 label=f"stack caps: embedding {m}", readout=True) for m in partners}
 
     train_emb, unseen_emb = embed(train), embed(unseen)
 

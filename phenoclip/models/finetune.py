@@ -38,9 +38,14 @@ class FinetuneModel(nn.Module):
         ``concat``, ``mean`` or ``stack`` (see the module docstring).
     n_outputs:
         Classes (2 for binary) or 1 for regression.
+    readout:
+        Read a modality's fitted read-out instead of its encoder where the model has one
+        (:meth:`MultimodalModel.probe_embedding`): the linear head on frozen encoders does; full
+        fine-tuning, which trains the encoders, does not.
     """
 
-    def __init__(self, model: MultimodalModel, modalities: Sequence[str], fusion: str, n_outputs: int):
+    def __init__(self, model: MultimodalModel, modalities: Sequence[str], fusion: str, n_outputs: int,
+                 readout: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -50,6 +55,7 @@ class FinetuneModel(nn.Module):
         if n_outputs < 1:
             raise ValueError(f"n_outputs must be positive, got {n_outputs}")
         self.model = model
+        self.readout = bool(readout)
         self.modalities = list(modalities)
         self.fusion = fusion
         self.in_features = model.embed_dim * (1 if fusion == "mean" else len(self.modalities))
@@ -65,12 +71,18 @@ class FinetuneModel(nn.Module):
         else:
             self.head = nn.Linear(self.in_features, n_outputs)
 
+    def embedding(self, modality: str, inputs: dict) -> Tensor:
+        """``(B, E)``: the block of ``modality`` that :meth:`features` fuses."""
+        if self.readout:
+            return self.model.probe_embedding(modality, inputs)
+        return self.model.encode(modality, inputs)
+
     def features(self, batch: dict) -> Tensor:
         """``(B, F)`` fused, unstandardised features of the modalities present in ``batch``."""
         embs, present = [], []
         for m in self.modalities:
             if m in batch:
-                z = self.model.encode(m, batch[m])
+                z = self.embedding(m, batch[m])
                 ok = batch[m][PRESENT].to(z.dtype)[:, None]
             else:  # the store was not given: the modality is absent for every patient
                 n = len(next(iter(v for v in batch.values() if isinstance(v, dict)))[PRESENT])

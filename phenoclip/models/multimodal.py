@@ -7,6 +7,11 @@ and ``logit_scale`` is a learnable log inverse temperature initialised to ``ln(1
 A modality may also have a linear path (:mod:`phenoclip.models.linear_path`): its embedding is
 then ``projection(encoder(x)) + linear_path(x)``, a linear map of the raw input's whitened
 principal components beside the deep encoder.
+
+A modality may have a read-out (:mod:`phenoclip.models.readout`): a ridge map of its raw input
+fitted after pretraining to the other modalities' embeddings. :meth:`MultimodalModel.probe_embedding`
+returns it, once fitted, for the linear probes of ``finetune``; :meth:`MultimodalModel.encode`
+(retrieval, the losses) never does.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from phenoclip.data.batch import MODALITIES
 from phenoclip.models.heads import ProjectionHead, check_positive
 from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, PCAPath, build_linear_path
 from phenoclip.models.presets import Preset, get_preset
+from phenoclip.models.readout import READOUT_MODALITIES, GenotypeReadout
 from phenoclip.models.registry import build_encoder, encoder_class, encoder_from_config
 
 
@@ -41,11 +47,14 @@ class MultimodalModel(nn.Module):
         Initial ``logit_scale`` (log of the inverse temperature).
     linear_paths:
         Modality -> :class:`~phenoclip.models.linear_path.PCAPath` added to that modality's embedding.
+    readouts:
+        Modality -> :class:`~phenoclip.models.readout.GenotypeReadout` read by :meth:`probe_embedding`.
     """
 
     def __init__(self, encoders: Mapping[str, nn.Module], archs: Mapping[str, str], embed_dim: int,
                  projection_hidden: int | None = None, init_logit_scale: float = math.log(1 / 0.07),
-                 linear_paths: Mapping[str, PCAPath] | None = None):
+                 linear_paths: Mapping[str, PCAPath] | None = None,
+                 readouts: Mapping[str, GenotypeReadout] | None = None):
         super().__init__()
         check_positive(embed_dim=embed_dim)
         if not encoders:
@@ -66,6 +75,11 @@ class MultimodalModel(nn.Module):
             if m not in encoders or path.linear.out_features != embed_dim:
                 raise ValueError(f"linear path of '{m}' needs an encoder of '{m}' and output size {embed_dim}")
         self.linear_paths = nn.ModuleDict(paths)
+        outs = dict(readouts or {})
+        for m, r in outs.items():
+            if m not in encoders or r.out_dim != embed_dim:
+                raise ValueError(f"read-out of '{m}' needs an encoder of '{m}' and output size {embed_dim}")
+        self.readouts = nn.ModuleDict(outs)
 
     @property
     def modalities(self) -> list[str]:
@@ -77,6 +91,21 @@ class MultimodalModel(nn.Module):
         if modality in self.linear_paths:
             z = z + self.linear_paths[modality](inputs)
         return nn.functional.normalize(z, dim=-1) if normalize else z
+
+    def has_readout(self, modality: str) -> bool:
+        """Whether ``modality`` has a fitted read-out (see :mod:`phenoclip.models.readout`)."""
+        return modality in self.readouts and self.readouts[modality].is_fitted
+
+    def probe_embedding(self, modality: str, inputs: dict, normalize: bool = True) -> Tensor:
+        """``(B, E)``: what a linear probe of ``modality`` reads: its fitted read-out, else :meth:`encode`.
+
+        A read-out is never L2-normalised: it is a linear score of the input (its norm carries how
+        strongly a patient's genotypes predict the teacher; on the sample cohort normalising cost the
+        gene probe 0.006-0.010 AUROC at every label fraction, 3 seeds).
+        """
+        if not self.has_readout(modality):
+            return self.encode(modality, inputs, normalize)
+        return self.readouts[modality](inputs)
 
     def encode_terms(self, indices: Tensor | None = None, normalize: bool = True) -> Tensor:
         """``(K, E)``: HPO terms (ontology indices; default the vocabulary) as one-term patients in the
@@ -96,25 +125,28 @@ class MultimodalModel(nn.Module):
         return {"embed_dim": self.embed_dim, "projection_hidden": self.projection_hidden,
                 "encoders": {m: {"arch": self.archs[m], "config": dict(enc.config)}
                              for m, enc in self.encoders.items()},
-                "linear_paths": {m: path.config for m, path in self.linear_paths.items()}}
+                "linear_paths": {m: path.config for m, path in self.linear_paths.items()},
+                "readouts": {m: r.config for m, r in self.readouts.items()}}
 
     @classmethod
     def from_config(cls, config: dict) -> "MultimodalModel":
         encs = {m: encoder_from_config(m, e["arch"], e["config"]) for m, e in config["encoders"].items()}
         paths = {m: PCAPath(m, out_dim=config["embed_dim"], **c) for m, c in config.get("linear_paths", {}).items()}
+        outs = {m: GenotypeReadout(out_dim=config["embed_dim"], **c) for m, c in config.get("readouts", {}).items()}
         return cls(encs, {m: e["arch"] for m, e in config["encoders"].items()}, config["embed_dim"],
-                   config.get("projection_hidden"), linear_paths=paths)
+                   config.get("projection_hidden"), linear_paths=paths, readouts=outs)
 
 
 def build_model(data_shapes: Mapping[str, dict], preset: str | Preset = "tiny", archs: Mapping[str, str] | None = None,
                 overrides: Mapping[str, dict] | None = None, embed_dim: int | None = None,
-                linear_components: int = 0) -> MultimodalModel:
+                linear_components: int = 0, readouts: bool = False) -> MultimodalModel:
     """A :class:`MultimodalModel` over the modalities of ``data_shapes`` (modality -> data shape).
 
     ``archs`` and ``overrides`` (modality -> constructor arguments) refine the preset's defaults;
     ``embed_dim`` replaces the preset's. Encoders come in the order of ``batch.MODALITIES``.
     ``linear_components`` > 0 gives every modality of ``LINEAR_PATH_MODALITIES`` a linear path of
     that many principal components (their axes are set later by ``PCAPath.fit``).
+    ``readouts`` gives every modality of ``READOUT_MODALITIES`` an (unfitted) read-out.
     """
     p = get_preset(preset)
     unknown = sorted(set(data_shapes) - set(MODALITIES))
@@ -125,4 +157,6 @@ def build_model(data_shapes: Mapping[str, dict], preset: str | Preset = "tiny", 
     dim = embed_dim or p.embed_dim
     paths = {m: build_linear_path(m, data_shapes[m], linear_components, dim)
              for m in chosen if m in LINEAR_PATH_MODALITIES and linear_components > 0}
-    return MultimodalModel(encoders, chosen, dim, p.projection_hidden, linear_paths=paths)
+    outs = {m: GenotypeReadout(int(data_shapes[m]["n_variants"]), dim) for m in chosen
+            if m in READOUT_MODALITIES and readouts}
+    return MultimodalModel(encoders, chosen, dim, p.projection_hidden, linear_paths=paths, readouts=outs)

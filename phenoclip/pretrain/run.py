@@ -33,6 +33,7 @@ from phenoclip.checkpoint_save import write_data_stats
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, Preempted, train
 from phenoclip.train.stop import StopFlag
+from phenoclip.pretrain.readout import fit_gene_readout
 from phenoclip.pretrain.task import TABULAR_KEY, PretrainTask
 
 
@@ -136,6 +137,31 @@ def embed(model, dataset: MultimodalDataset, modality: str, batch_size: int = 64
     return torch.cat(embs).numpy(), torch.cat(present).numpy()
 
 
+def _dosages(dataset: MultimodalDataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(dosage (N, V) float32, present (N,))`` of every patient of ``dataset`` (missing calls < 0)."""
+    rows, present = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        rows.append(batch["gene"][DOSAGE].float().numpy())
+        present.append(batch["gene"][PRESENT].numpy())
+    return np.concatenate(rows), np.concatenate(present)
+
+
+def fit_readout(model, train_ds: MultimodalDataset, modalities: list[str], seed: int, log=info) -> dict[str, float]:
+    """Fit ``model``'s genotype read-out on the training patients (:mod:`phenoclip.pretrain.readout`);
+    returns the figures logged with the last epoch."""
+    teacher = {m: embed(model, train_ds, m) for m in modalities if m != "gene"}
+    dosage, present = _dosages(train_ds)
+    fit = fit_gene_readout(dosage, present, teacher, seed)
+    if fit is None:
+        log("gene read-out not fitted: too few training patients have genotypes and another modality")
+        return {}
+    model.readouts["gene"].set_fit(fit.mean, fit.scale, fit.weight, fit.bias, fit.alpha)
+    log(f"gene read-out: ridge from {dosage.shape[1]} variants to the consensus of {', '.join(teacher)} "
+        f"on {fit.patients} training patients (alpha {fit.alpha:.3g})")
+    return {"gene_readout/alpha": fit.alpha, "gene_readout/patients": float(fit.patients)}
+
+
 def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str]) -> dict[str, float]:
     """Recall@1/5/10 and MRR on held-out patients for every modality pair (patients having both)."""
     embs = {m: embed(model, dataset, m) for m in modalities}
@@ -157,7 +183,7 @@ def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str
 
 
 def _check_resume(out: Path, cfg: PretrainSettings) -> None:
-    prev = PretrainSettings.from_dict(read_config(out))
+    prev = PretrainSettings.from_dict({"gene_readout": False, **read_config(out)})
     for name in PretrainSettings.IDENTITY_FIELDS:
         a, b = getattr(prev, name), getattr(cfg, name)
         if a != b:
@@ -216,6 +242,8 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
     val_ds = MultimodalDataset(stores, needed, val_ids, stats_samples=train_ids)
     cfg.data_shapes["n_train"] = len(train_ds)
     if resume:
+        # a checkpoint written before the read-out existed has none (and no weights for one)
+        cfg.gene_readout = bool(read_config(out).get("gene_readout", False))
         _check_resume(out, cfg)
     init = None if resume else _initialisation(cfg, stores, train_ds)
     if init and "ld_blocks" in init:
@@ -230,7 +258,12 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
     def on_epoch_end(epoch: int, logged: dict) -> dict:
         if len(clip_modalities) < 2:
             return {}
-        return validation_retrieval(task.model, val_ds, clip_modalities)
+        extra = validation_retrieval(task.model, val_ds, clip_modalities)
+        if cfg.fits_gene_readout and epoch + 1 >= cfg.epochs:
+            # before the loop's last save, so the final checkpoint holds it (every rank fits the
+            # same read-out from the same training patients: sklearn's ridge is deterministic)
+            extra.update(fit_readout(task.model, train_ds, clip_modalities, cfg.seed, log))
+        return extra
 
     state = {"split": {"train": train_ids, "validation": val_ids}, "modalities": cfg.modalities,
              "world_size": dist_utils.world_size(), "device": device}

@@ -55,7 +55,7 @@ class PretrainTask(nn.Module):
         if "ontology" in cfg.objectives:
             shapes["hpo"] = cfg.data_shapes["hpo"]  # term embeddings, even when hpo is not a CLIP modality
         self.model = build_model(shapes, cfg.preset, cfg.architectures, embed_dim=cfg.embed_dim,
-                                 linear_components=cfg.linear_path)
+                                 linear_components=cfg.linear_path, readouts=cfg.fits_gene_readout)
         self.generators = {"task": torch.Generator().manual_seed(cfg.seed + 1)}
         objectives = cfg.objectives
         self.weights = WeightedSum({o: cfg.weights.get(o, 1.0) for o in objectives})

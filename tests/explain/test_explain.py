@@ -269,12 +269,15 @@ def test_model_target_explains_the_fine_tuned_logit(pre, cohort, tmp_path):
     ids = stores.samples[:6]
     batch = collate([MultimodalDataset(stores, ["gene", "expr"], ids,
                                        expr_stats=(stats["expr_mean"], stats["expr_std"]))[i] for i in range(6)])
-    dense = DenseEncoder(ft.model, "gene")
-    x = dense.impute(batch["gene"][DOSAGE], ft.model.encoders["gene"].column_mean[None])
+    # the linear head reads the genotype read-out (models.readout): the explained function is that read-out
+    assert ft.readout and ft.model.has_readout("gene")
+    dense = DenseEncoder(ft.model, "gene", readout=True)
+    assert dense.readout is not None and dense.encoder is None and dense.relu_mlp
+    x = dense.impute(batch["gene"][DOSAGE], dense.readout.mean[None])
     assert ft.modalities == ["gene", "expr"]
     with torch.no_grad():
         expected = ft(batch)
-        others = torch.stack([torch.zeros(6, ft.model.embed_dim), ft.model.encode("expr", batch["expr"])], 1)
+        others = torch.stack([torch.zeros(6, ft.model.embed_dim), ft.embedding("expr", batch["expr"])], 1)
         present = torch.stack([torch.ones(6), batch["expr"]["present"].float()], 1)
         got = ModelTarget(dense, ft, 0)(x, others, present, torch.full((6,), 2))
     torch.testing.assert_close(got, expected[:, 2], rtol=1e-4, atol=1e-5)

@@ -403,3 +403,32 @@ def test_the_dosage_mlps_l1_step_runs_after_every_pretraining_step(small_cohort,
         assert enc.config["l1"] == l1
         zero[l1] = float((enc.net[0].weight == 0).float().mean())
     assert zero[0.0] == 0.0 and zero[1.0] > 0.3, zero  # measured 0.40 after 6 epochs
+
+
+def test_the_last_epoch_fits_the_gene_read_out_and_older_checkpoints_still_load(small_cohort, tmp_path):
+    """The genotype read-out (models.readout) is fitted once, on the training patients, before the
+    last save; --no-gene-readout and checkpoints written before it existed have none."""
+    from safetensors.torch import save_file
+    from phenoclip.pretrained import load_pretrained, random_init_like
+
+    out = tmp_path / "pre"
+    run_pretrain(fast_config(small_cohort, epochs=2), out, log=lambda s: None)
+    history = read_state(out)["history"]
+    assert "gene_readout/alpha" not in history[0] and history[-1]["gene_readout/alpha"] > 0
+    train = read_state(out)["split"]["train"]
+    with open_store(small_cohort["gene"]) as g, open_store(small_cohort["expr"]) as e:
+        both = set(g.samples) & set(e.samples)   # genotypes and a teacher modality
+    assert history[-1]["gene_readout/patients"] == len([x for x in train if x in both])
+    pre = load_pretrained(out)
+    assert json.loads((out / "config.json").read_text())["gene_readout"] is True
+    assert pre.model.has_readout("gene") and not random_init_like(pre, 1).has_readout("gene")
+    # as before this release: no config key, no read-out weights
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["gene_readout"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    save_file({k: v for k, v in load_file(out / "model.safetensors").items() if ".readouts." not in k},
+              out / "model.safetensors")
+    assert not load_pretrained(out).model.readouts
+    off = tmp_path / "off"
+    run_pretrain(fast_config(small_cohort, epochs=1, gene_readout=False), off, log=lambda s: None)
+    assert not load_pretrained(off).model.readouts and "gene_readout/alpha" not in read_state(off)["history"][-1]
