@@ -56,7 +56,8 @@ class GenotypeReadout(nn.Module):
         self.register_buffer("bias", torch.zeros(out_dim))
         #: the ridge penalty chosen (0 while unfitted)
         self.register_buffer("alpha", torch.zeros(()))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        # 1.0 once fitted; a float, not a bool: tools that compare checkpoints subtract tensors
+        self.register_buffer("fitted", torch.zeros(()))
 
     @property
     def config(self) -> dict:
@@ -64,7 +65,7 @@ class GenotypeReadout(nn.Module):
 
     @property
     def is_fitted(self) -> bool:
-        return bool(self.fitted)
+        return bool(self.fitted > 0)
 
     @torch.no_grad()
     def set_fit(self, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, alpha: float) -> None:
@@ -76,7 +77,7 @@ class GenotypeReadout(nn.Module):
                 raise ValueError(f"read-out {name} must have shape {shape}, got {tuple(t.shape)}")
             getattr(self, name).copy_(t)
         self.alpha.fill_(float(alpha))
-        self.fitted.fill_(True)
+        self.fitted.fill_(1.0)
 
     def standardise(self, dosage: Tensor) -> Tensor:
         """``(B, V)`` standardised dosages, a missing call (``< 0``) at 0 (the training mean)."""
