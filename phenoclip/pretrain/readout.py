@@ -48,22 +48,32 @@ def consensus(embeddings: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.
     return total / np.maximum(count, 1)[:, None], count
 
 
+def fit_rows(present: np.ndarray, count: np.ndarray, n_variants: int, seed: int = 0) -> np.ndarray:
+    """Indices of the patients that enter the fit: genotypes and at least one teacher modality,
+    a seeded subset of them when more than :data:`MAX_CELLS` dosages would be read."""
+    rows = np.flatnonzero(np.asarray(present, bool) & (np.asarray(count) > 0))
+    if len(rows) * n_variants > MAX_CELLS:
+        keep = max(MIN_PATIENTS, MAX_CELLS // max(n_variants, 1))
+        rows = np.sort(np.random.default_rng(seed).permutation(rows)[:keep])
+    return rows
+
+
 def fit_gene_readout(dosage: np.ndarray, present: np.ndarray, teacher: dict[str, tuple[np.ndarray, np.ndarray]],
                      seed: int = 0) -> ReadoutFit | None:
     """Ridge map of ``dosage`` ``(N, V)`` (missing calls ``< 0``) to the consensus of ``teacher``.
 
     ``present`` ``(N,)``: which rows have genotypes. Returns None with fewer than
-    :data:`MIN_PATIENTS` patients having genotypes and at least one teacher modality.
+    :data:`MIN_PATIENTS` patients having genotypes and at least one teacher modality. ``dosage``
+    may hold only the rows :func:`fit_rows` picks (``len(dosage) == len(rows)``), so that a
+    caller need not read the others.
     """
     target, count = consensus(teacher)
-    rows = np.flatnonzero(np.asarray(present, bool) & (count > 0))
+    rows = fit_rows(present, count, dosage.shape[1], seed)
     if len(rows) < MIN_PATIENTS:
         return None
-    n_var = dosage.shape[1]
-    if len(rows) * n_var > MAX_CELLS:
-        keep = max(MIN_PATIENTS, MAX_CELLS // max(n_var, 1))
-        rows = np.sort(np.random.default_rng(seed).permutation(rows)[:keep])
-    x = np.asarray(dosage[rows], dtype=np.float64)
+    x = np.asarray(dosage[rows] if len(dosage) == len(target) else dosage, dtype=np.float64)
+    if len(x) != len(rows):
+        raise ValueError(f"dosage has {len(x)} rows: give all {len(target)} patients or the {len(rows)} picked")
     called = x >= 0
     mean = np.where(called, x, 0.0).sum(0) / np.maximum(called.sum(0), 1)
     x = np.where(called, x, mean) - mean

@@ -33,7 +33,7 @@ from phenoclip.checkpoint_save import write_data_stats
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, Preempted, train
 from phenoclip.train.stop import StopFlag
-from phenoclip.pretrain.readout import fit_gene_readout
+from phenoclip.pretrain.readout import consensus, fit_gene_readout, fit_rows
 from phenoclip.pretrain.task import TABULAR_KEY, PretrainTask
 
 
@@ -137,27 +137,28 @@ def embed(model, dataset: MultimodalDataset, modality: str, batch_size: int = 64
     return torch.cat(embs).numpy(), torch.cat(present).numpy()
 
 
-def _dosages(dataset: MultimodalDataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """``(dosage (N, V) float32, present (N,))`` of every patient of ``dataset`` (missing calls < 0)."""
-    rows, present = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
-        rows.append(batch["gene"][DOSAGE].float().numpy())
-        present.append(batch["gene"][PRESENT].numpy())
-    return np.concatenate(rows), np.concatenate(present)
+def _gene_rows(dataset: MultimodalDataset, rows: np.ndarray, n_variants: int) -> np.ndarray:
+    """``(len(rows), V)`` float32 dosages (missing calls < 0) of those patients of ``dataset``."""
+    ms = dataset.stores.by_modality["gene"]
+    out = np.empty((len(rows), n_variants), np.float32)
+    for j, i in enumerate(rows):
+        out[j] = dataset.read_row(ms, "dosage", DOSAGE, ms.row[dataset.samples[i]])
+    return out
 
 
 def fit_readout(model, train_ds: MultimodalDataset, modalities: list[str], seed: int, log=info) -> dict[str, float]:
     """Fit ``model``'s genotype read-out on the training patients (:mod:`phenoclip.pretrain.readout`);
-    returns the figures logged with the last epoch."""
+    returns the figures logged with the last epoch. Only the dosages that enter the fit are read."""
     teacher = {m: embed(model, train_ds, m) for m in modalities if m != "gene"}
-    dosage, present = _dosages(train_ds)
-    fit = fit_gene_readout(dosage, present, teacher, seed)
+    present = train_ds.stores.present("gene", train_ds.samples)
+    n_variants = model.readouts["gene"].n_features
+    rows = fit_rows(present, consensus(teacher)[1], n_variants, seed)
+    fit = fit_gene_readout(_gene_rows(train_ds, rows, n_variants), present, teacher, seed)
     if fit is None:
         log("gene read-out not fitted: too few training patients have genotypes and another modality")
         return {}
     model.readouts["gene"].set_fit(fit.mean, fit.scale, fit.weight, fit.bias, fit.alpha)
-    log(f"gene read-out: ridge from {dosage.shape[1]} variants to the consensus of {', '.join(teacher)} "
+    log(f"gene read-out: ridge from {n_variants} variants to the consensus of {', '.join(teacher)} "
         f"on {fit.patients} training patients (alpha {fit.alpha:.3g})")
     return {"gene_readout/alpha": fit.alpha, "gene_readout/patients": float(fit.patients)}
 
@@ -242,8 +243,8 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
     val_ds = MultimodalDataset(stores, needed, val_ids, stats_samples=train_ids)
     cfg.data_shapes["n_train"] = len(train_ds)
     if resume:
-        # a checkpoint written before the read-out existed has none (and no weights for one)
-        cfg.gene_readout = bool(read_config(out).get("gene_readout", False))
+        if "gene_readout" not in read_config(out):
+            cfg.gene_readout = False  # written before the read-out existed: no weights for one
         _check_resume(out, cfg)
     init = None if resume else _initialisation(cfg, stores, train_ds)
     if init and "ld_blocks" in init:

@@ -73,8 +73,13 @@ def test_too_few_patients_give_no_read_out_and_large_inputs_are_subsampled(monke
     # a patient with genotypes but no teacher modality is not used
     assert fitting.fit_gene_readout(dos, np.ones(40, bool), {"expr": (teacher, present)}) is None
     monkeypatch.setattr(fitting, "MAX_CELLS", 20 * 30)
-    fit = fitting.fit_gene_readout(dos, np.ones(40, bool), {"expr": (teacher, np.ones(40, bool))})
+    everyone = {"expr": (teacher, np.ones(40, bool))}
+    fit = fitting.fit_gene_readout(dos, np.ones(40, bool), everyone)
     assert fit.patients == 20
+    # a caller may read only the picked rows (pretraining does): the same fit
+    rows = fitting.fit_rows(np.ones(40, bool), np.ones(40), 30)
+    picked = fitting.fit_gene_readout(dos[rows], np.ones(40, bool), everyone)
+    assert np.array_equal(picked.weight, fit.weight) and picked.alpha == fit.alpha
 
 
 def test_consensus_averages_the_modalities_each_patient_has():
