@@ -102,8 +102,9 @@ def random_init_like(pre: Pretrained, seed: int, stores: CohortStores | None = N
 
     It starts where pretraining started, not from less: buffers (variant positions, imputation
     means, the linear paths' principal axes, the HPO vocabulary) are copied from the checkpoint,
-    as they describe the data (not the genotype read-out, fitted to the pretrained embeddings), and with a phenotype store among ``stores`` the HPO term table
-    gets pretraining's ontology-graph initialisation (a fresh draw of it), not a plain random one.
+    as they describe the data (not the genotype read-out, fitted to the pretrained embeddings),
+    and with a phenotype store among ``stores`` the HPO term table gets pretraining's
+    ontology-graph initialisation (a fresh draw of it), not a plain random one.
     """
     torch.manual_seed(seed)
     model = model_from_pretrain_config(pre.config)

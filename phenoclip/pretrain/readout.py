@@ -9,6 +9,7 @@ dosages to it. Only training patients are used, so the validation patients stay 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from sklearn.linear_model import RidgeCV
@@ -58,22 +59,20 @@ def fit_rows(present: np.ndarray, count: np.ndarray, n_variants: int, seed: int 
     return rows
 
 
-def fit_gene_readout(dosage: np.ndarray, present: np.ndarray, teacher: dict[str, tuple[np.ndarray, np.ndarray]],
-                     seed: int = 0) -> ReadoutFit | None:
-    """Ridge map of ``dosage`` ``(N, V)`` (missing calls ``< 0``) to the consensus of ``teacher``.
+def fit_gene_readout(read_dosage: Callable[[np.ndarray], np.ndarray], n_variants: int, present: np.ndarray,
+                     teacher: dict[str, tuple[np.ndarray, np.ndarray]], seed: int = 0) -> ReadoutFit | None:
+    """Ridge map of the dosages to the consensus of ``teacher`` over ``N`` patients.
 
-    ``present`` ``(N,)``: which rows have genotypes. Returns None with fewer than
-    :data:`MIN_PATIENTS` patients having genotypes and at least one teacher modality. ``dosage``
-    may hold only the rows :func:`fit_rows` picks (``len(dosage) == len(rows)``), so that a
-    caller need not read the others.
+    ``read_dosage(rows)`` gives the ``(len(rows), n_variants)`` dosages (missing calls ``< 0``) of
+    the patients :func:`fit_rows` picks, so only those are read; ``present`` ``(N,)``: which patients
+    have genotypes. Returns None with fewer than :data:`MIN_PATIENTS` patients having genotypes
+    and at least one teacher modality.
     """
     target, count = consensus(teacher)
-    rows = fit_rows(present, count, dosage.shape[1], seed)
+    rows = fit_rows(present, count, n_variants, seed)
     if len(rows) < MIN_PATIENTS:
         return None
-    x = np.asarray(dosage[rows] if len(dosage) == len(target) else dosage, dtype=np.float64)
-    if len(x) != len(rows):
-        raise ValueError(f"dosage has {len(x)} rows: give all {len(target)} patients or the {len(rows)} picked")
+    x = np.asarray(read_dosage(rows), dtype=np.float64)
     called = x >= 0
     mean = np.where(called, x, 0.0).sum(0) / np.maximum(called.sum(0), 1)
     x = np.where(called, x, mean) - mean

@@ -33,7 +33,7 @@ from phenoclip.checkpoint_save import write_data_stats
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, Preempted, train
 from phenoclip.train.stop import StopFlag
-from phenoclip.pretrain.readout import consensus, fit_gene_readout, fit_rows
+from phenoclip.pretrain.readout import fit_gene_readout
 from phenoclip.pretrain.task import TABULAR_KEY, PretrainTask
 
 
@@ -76,8 +76,9 @@ def _initialisation(cfg: PretrainSettings, stores: CohortStores, train_ds: Multi
     if "gene" in needs:
         ms = stores.by_modality["gene"]
         init["variant_pos"] = np.asarray(ms.meta["variants"]["pos"], dtype=np.int64)
-        rows = [ms.row[s] for s in train_ds.samples if s in ms.row]
-        dos = np.stack([train_ds.read_row(ms, "dosage", DOSAGE, r) for r in rows]).astype(np.float32)
+        have = [s for s in train_ds.samples if s in ms.row]
+        dos = _dosages(train_ds, have)
+        rows = [ms.row[s] for s in have]
         called = dos >= 0
         init["dosage_means"] = np.where(called, dos, 0).sum(0) / np.maximum(called.sum(0), 1)
         if "mhm" in cfg.objectives:
@@ -137,12 +138,12 @@ def embed(model, dataset: MultimodalDataset, modality: str, batch_size: int = 64
     return torch.cat(embs).numpy(), torch.cat(present).numpy()
 
 
-def _gene_rows(dataset: MultimodalDataset, rows: np.ndarray, n_variants: int) -> np.ndarray:
-    """``(len(rows), V)`` float32 dosages (missing calls < 0) of those patients of ``dataset``."""
+def _dosages(dataset: MultimodalDataset, samples: list[str]) -> np.ndarray:
+    """``(len(samples), V)`` float32 dosages (missing calls < 0) of those patients of ``dataset``'s stores."""
     ms = dataset.stores.by_modality["gene"]
-    out = np.empty((len(rows), n_variants), np.float32)
-    for j, i in enumerate(rows):
-        out[j] = dataset.read_row(ms, "dosage", DOSAGE, ms.row[dataset.samples[i]])
+    out = np.empty((len(samples), ms.shapes[DOSAGE][0]), np.float32)
+    for j, s in enumerate(samples):
+        out[j] = dataset.read_row(ms, "dosage", DOSAGE, ms.row[s])
     return out
 
 
@@ -152,8 +153,8 @@ def fit_readout(model, train_ds: MultimodalDataset, modalities: list[str], seed:
     teacher = {m: embed(model, train_ds, m) for m in modalities if m != "gene"}
     present = train_ds.stores.present("gene", train_ds.samples)
     n_variants = model.readouts["gene"].n_features
-    rows = fit_rows(present, consensus(teacher)[1], n_variants, seed)
-    fit = fit_gene_readout(_gene_rows(train_ds, rows, n_variants), present, teacher, seed)
+    fit = fit_gene_readout(lambda rows: _dosages(train_ds, [train_ds.samples[i] for i in rows]), n_variants,
+                           present, teacher, seed)
     if fit is None:
         log("gene read-out not fitted: too few training patients have genotypes and another modality")
         return {}

@@ -34,7 +34,8 @@ def test_the_read_out_carries_a_planted_liability_to_new_patients_better_than_fe
     # 600 unlabelled patients teach the read-out; 30 labelled ones fit each probe; 400 new ones score them
     dos, teacher, label = _planted(1030)
     unl, lab, new = slice(0, 600), slice(600, 630), slice(630, 1030)
-    fit = fitting.fit_gene_readout(dos[unl], np.ones(600, bool), {"expr": (teacher[unl], np.ones(600, bool))})
+    fit = fitting.fit_gene_readout(lambda r: dos[unl][r], dos.shape[1], np.ones(600, bool),
+                                   {"expr": (teacher[unl], np.ones(600, bool))})
     assert fit is not None and fit.patients == 600 and fitting.ALPHAS[0] < fit.alpha < fitting.ALPHAS[-1]
     r = GenotypeReadout(dos.shape[1], 8)
     r.set_fit(fit.mean, fit.scale, fit.weight, fit.bias, fit.alpha)
@@ -53,7 +54,7 @@ def test_the_read_out_carries_a_planted_liability_to_new_patients_better_than_fe
 def test_missing_calls_add_nothing_and_shapes_are_checked():
     dos, teacher, _ = _planted(60, v=30)
     dos[3, :5] = -1
-    fit = fitting.fit_gene_readout(dos, np.ones(60, bool), {"expr": (teacher, np.ones(60, bool))})
+    fit = fitting.fit_gene_readout(lambda r: dos[r], 30, np.ones(60, bool), {"expr": (teacher, np.ones(60, bool))})
     r = GenotypeReadout(30, 8)
     assert not r.is_fitted
     r.set_fit(fit.mean, fit.scale, fit.weight, fit.bias, fit.alpha)
@@ -69,17 +70,21 @@ def test_too_few_patients_give_no_read_out_and_large_inputs_are_subsampled(monke
     dos, teacher, _ = _planted(40, v=30)
     present = np.zeros(40, bool)
     present[:fitting.MIN_PATIENTS - 1] = True
-    assert fitting.fit_gene_readout(dos, present, {"expr": (teacher, np.ones(40, bool))}) is None
+    read = []
+
+    def reader(rows):
+        read.append(np.asarray(rows).copy())
+        return dos[rows]
+
+    assert fitting.fit_gene_readout(reader, 30, present, {"expr": (teacher, np.ones(40, bool))}) is None
     # a patient with genotypes but no teacher modality is not used
-    assert fitting.fit_gene_readout(dos, np.ones(40, bool), {"expr": (teacher, present)}) is None
+    assert fitting.fit_gene_readout(reader, 30, np.ones(40, bool), {"expr": (teacher, present)}) is None
+    assert not read                                   # nothing read when no fit can be made
     monkeypatch.setattr(fitting, "MAX_CELLS", 20 * 30)
-    everyone = {"expr": (teacher, np.ones(40, bool))}
-    fit = fitting.fit_gene_readout(dos, np.ones(40, bool), everyone)
-    assert fit.patients == 20
-    # a caller may read only the picked rows (pretraining does): the same fit
-    rows = fitting.fit_rows(np.ones(40, bool), np.ones(40), 30)
-    picked = fitting.fit_gene_readout(dos[rows], np.ones(40, bool), everyone)
-    assert np.array_equal(picked.weight, fit.weight) and picked.alpha == fit.alpha
+    fit = fitting.fit_gene_readout(reader, 30, np.ones(40, bool), {"expr": (teacher, np.ones(40, bool))})
+    # only the picked rows are read: a seeded subset of 20
+    assert fit.patients == 20 and len(read) == 1 and len(read[0]) == 20
+    assert np.array_equal(read[0], fitting.fit_rows(np.ones(40, bool), np.ones(40), 30))
 
 
 def test_consensus_averages_the_modalities_each_patient_has():
