@@ -10,7 +10,9 @@ cohort of one tabular modality) and is compared, on the same patients, with:
   logistic regression (C by inner CV) and an elastic net on the raw standardised features of the
   same modality, at label fractions 0.1-1 with repeated nested subsets, per modality and fused
   (every modality but hpo; raw features fused with equal weight per modality), and against
-  MOFA+ factors of the same views (fused row);
+  MOFA+ factors of the same views (fused row); beside them, the weak claim: the same probe on the
+  same architecture at random initialisation (``finetune``'s scratch model: the data-derived
+  parts, such as the linear paths' principal axes, copied; its stack uncapped);
 * **retrieval**: held-out Recall@1 and MRR for every modality pair against a CCA on the training
   patients' PCA-reduced raw features and against MOFA+ (each modality placed in the factor space
   from its own view).
@@ -41,7 +43,7 @@ from phenoclip.eval.stacking import fit_stacked
 from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                        restrict_to)
 from phenoclip.finetune.stack_caps import crossfit_scores, measure_stack_caps
-from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained
+from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained, random_init_like
 from phenoclip.progress import info
 
 FRACTIONS = [0.1, 0.2, 0.5, 1.0]
@@ -49,6 +51,10 @@ SETTINGS = {"quick": {"seeds": 3, "repeats": 3, "enet_max_features": 10_000},
             "full": {"seeds": 5, "repeats": 3, "enet_max_features": None}}
 TEST_FRACTION = 0.2
 PROBE, LOGISTIC, ENET, MOFA = "pretrained probe", "logistic regression, raw", "elastic net, raw", "MOFA+ factors"
+#: the same probe on the same architecture at random initialisation (beating it is the weak claim)
+RANDOM = "random-init probe"
+#: the classic baselines a verdict is taken against
+CLASSIC = (LOGISTIC, ENET, MOFA)
 #: retrieval methods and the columns of the retrieval table
 OURS, CCA, MOFA_R = "phenoclip", "PCA + CCA", "MOFA+"
 MOFA_FACTORS = 10
@@ -125,10 +131,13 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
         raise RuntimeError(f"the first label column '{labels.column}' is not a class label")
     samples, y, k = labels.samples, labels.y, len(labels.classes)
     test = held_out_split(labels, TEST_FRACTION, seed, prefer=pre.validation_samples)
-    emb, present = {}, {}
+    emb, present, emb_random = {}, {}, {}
+    # finetune's scratch model (same seed offset): no read-out, so its probe reads the encoder
+    scratch = random_init_like(pre, seed + 7919, stores)
     for m in rows:  # what `finetune --mode linear` reads: a modality's read-out where it has one
         emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats if m == "expr" else None,
                                            readout=True)
+        emb_random[m] = embed_samples(scratch, stores, m, samples, stats if m == "expr" else None, readout=True)[0]
     raw = _views(stores, rows, samples, stats)
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None
@@ -139,6 +148,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     for target in targets:
         have = np.ones(len(samples), bool) if target == "fused" else present[target]
         x_emb = np.concatenate([emb[m] for m in rows], 1) if target == "fused" else emb[target]
+        x_rand = np.concatenate([emb_random[m] for m in rows], 1) if target == "fused" else emb_random[target]
         widths = [emb[m].shape[1] for m in rows]
         blocks = raw if target == "fused" else {target: raw[target]}
         n_raw = sum(b[0].shape[1] for b in blocks.values())
@@ -157,6 +167,8 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 fits = {}
                 if target != "fused":
                     fits[PROBE] = (fit_logistic(xe[idx], y[idx], k, seed + r), xe)
+                    xz = _probe_inputs(x_rand, fit)
+                    fits[RANDOM] = (fit_logistic(xz[idx], y[idx], k, seed + r), xz)
                 else:  # as `finetune --fusion auto` does for a class label: per-modality probes stacked
                     def stack(c, idx=idx, r=r):
                         return fit_stacked(x_emb[idx], widths, y[idx], k, seed + r, caps=c).predict(x_emb[te])
@@ -164,6 +176,9 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                                                                          stack)
                     m = classification_metrics(y[te], p, labels.classes)
                     scores.setdefault(PROBE, []).append(float(m["auroc"]))
+                    # caps only for pretrained encoders (as finetune): a random initialisation memorised nothing
+                    p = fit_stacked(x_rand[idx], widths, y[idx], k, seed + r).predict(x_rand[te])
+                    scores.setdefault(RANDOM, []).append(float(classification_metrics(y[te], p, labels.classes)["auroc"]))
                 fits[LOGISTIC] = (fit_logistic(xr[idx], y[idx], k, seed + r), xr)
                 if run_enet:
                     fits[ENET] = (fit_elasticnet(xr[idx], y[idx], k, seed + r), xr)
@@ -239,18 +254,23 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
     """Mean ± sd over seeds of the held-out AUROC per row and fraction; shortfalls where a baseline is higher."""
     first = per_seed[0]["classification"]
     targets = [t for t in first if isinstance(first[t], dict) and "auroc" in first[t]]
-    methods = [PROBE, LOGISTIC, ENET, MOFA]
+    methods = [PROBE, LOGISTIC, ENET, MOFA, RANDOM]
     rows, short = [], []
     for target in targets:
         for f in FRACTIONS:
             cells = {m: [s["classification"][target]["auroc"][str(f)].get(m, np.nan) for s in per_seed] for m in methods}
             means = {m: np.nanmean(v) if np.isfinite(v).any() else np.nan for m, v in cells.items()}
-            best_other = max((means[m], m) for m in methods[1:] if means[m] == means[m])
+            best_other = max((means[m], m) for m in CLASSIC if means[m] == means[m])
             verdict = "win" if means[PROBE] >= best_other[0] else f"below {best_other[1]}"
-            rows.append([target, f, *[_mean_sd(cells[m]) for m in methods], verdict])
             if verdict != "win":
                 short.append(f"classification, {target} at label fraction {f}: pretrained probe AUROC "
                              f"{means[PROBE]:.3f} below {best_other[1]} {best_other[0]:.3f} (mean of {len(per_seed)} seeds)")
+            if means[RANDOM] == means[RANDOM] and means[PROBE] < means[RANDOM]:
+                verdict += "; below random init"
+                short.append(f"classification, {target} at label fraction {f}: pretrained probe AUROC "
+                             f"{means[PROBE]:.3f} below the same probe at random initialisation "
+                             f"{means[RANDOM]:.3f} (mean of {len(per_seed)} seeds)")
+            rows.append([target, f, *[_mean_sd(cells[m]) for m in methods], verdict])
     n_test = [s["classification"]["n_test"] for s in per_seed]
     enet_skipped = [t for t in targets if not first[t]["elasticnet_run"]]
     note = (f"Held-out macro AUROC ('{first['task']}' from {labels_path}), mean ± sd over {len(per_seed)} pretraining "
@@ -265,12 +285,15 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
             "class label), the baselines on the raw standardised features of the same "
             "modality (fused: every modality but hpo, each weighted equally, missing-modality indicators); C and "
             "l1_ratio by 3-fold CV on the training patients; MOFA+ (10 factors) fitted on the pretraining run's "
-            "training patients' views and probed like the embeddings.")
+            "training patients' views and probed like the embeddings. Random-init probe: the same probe on "
+            "`phenoclip finetune`'s scratch model (same architecture, fresh random parameters, the data-derived "
+            "parts such as the linear paths' principal axes copied; no genotype read-out; its stack uncapped); "
+            "the verdict is taken against the classic baselines, and a probe below random init is said beside it.")
     if enet_skipped:
         note += (f" The elastic net is not run on {', '.join(enet_skipped)} with --quick (over 10,000 raw features: "
                  "about 2 minutes per fit on one core); the full run includes it.")
     return Table("Pretrained probe against linear baselines on the same patients",
-                 ["row", "label fraction", PROBE, LOGISTIC, ENET, MOFA, "verdict"], rows, note), short
+                 ["row", "label fraction", *methods, "verdict"], rows, note), short
 
 
 def retrieval_table(per_seed: list[dict]) -> tuple[Table, list[str]]:

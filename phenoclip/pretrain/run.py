@@ -159,9 +159,11 @@ def fit_readout(model, train_ds: MultimodalDataset, modalities: list[str], seed:
         log("gene read-out not fitted: too few training patients have genotypes and another modality")
         return {}
     model.readouts["gene"].set_fit(fit.mean, fit.scale, fit.weight, fit.bias, fit.alpha)
-    log(f"gene read-out: ridge from {n_variants} variants to the consensus of {', '.join(teacher)} "
-        f"on {fit.patients} training patients (alpha {fit.alpha:.3g})")
-    return {"gene_readout/alpha": fit.alpha, "gene_readout/patients": float(fit.patients)}
+    log(f"gene read-out: ridge from {fit.variants} of {n_variants} variants (screened by their association "
+        f"with the teacher) to the consensus of {', '.join(teacher)} on {fit.patients} training patients "
+        f"(alpha {fit.alpha:.3g})")
+    return {"gene_readout/alpha": fit.alpha, "gene_readout/patients": float(fit.patients),
+            "gene_readout/variants": float(fit.variants)}
 
 
 def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str]) -> dict[str, float]:

@@ -7,9 +7,9 @@ import numpy as np
 from phenoclip_bench import baselines
 
 
-def _seed_result(probe, logistic, enet=np.nan, ours=(3.0, 0.3), cca=(2.5, 0.25), mofa=(1.0, 0.1)):
-    auroc = {str(f): {baselines.PROBE: probe, baselines.LOGISTIC: logistic, baselines.ENET: enet}
-             for f in baselines.FRACTIONS}
+def _seed_result(probe, logistic, enet=np.nan, ours=(3.0, 0.3), cca=(2.5, 0.25), mofa=(1.0, 0.1), random=0.5):
+    auroc = {str(f): {baselines.PROBE: probe, baselines.LOGISTIC: logistic, baselines.ENET: enet,
+                      baselines.RANDOM: random} for f in baselines.FRACTIONS}
     return {"classification": {"task": "disease", "n_test": 40, "expr": {"elasticnet_run": enet == enet,
                                                                          "auroc": auroc}},
             "retrieval": {"expr-mri": {baselines.OURS: {"x_chance": ours[0], "MRR": ours[1]},
@@ -26,6 +26,10 @@ def test_tables_state_wins_and_losses_over_seeds():
     table, short = baselines.classification_table(lost, "labels.tsv")
     assert len(short) == len(baselines.FRACTIONS) and "0.810 below logistic regression, raw 0.880" in short[0]
     assert "elastic net is not run on expr" in table.note
+    # random init above the probe: said beside the verdict (the weak claim lost), not counted as a baseline
+    table, short = baselines.classification_table([_seed_result(0.9, 0.8, random=0.95)], "labels.tsv")
+    assert table.rows[0][-1] == "win; below random init" and table.rows[0][-2] == "0.950 ± 0.000"
+    assert len(short) == len(baselines.FRACTIONS) and "0.900 below the same probe at random initialisation 0.950" in short[0]
     _, short = baselines.retrieval_table(won)
     assert not short
     # CCA above ours in MRR: a loss; MOFA+ at 1x chance never counts against us
@@ -55,10 +59,13 @@ def test_suite_runs_on_a_small_cohort(small_cohort, tmp_path, monkeypatch):
     assert [s["seed"] for s in seeds] == [0, 1]
     # each seed holds out its own patients and gets its own figures
     a, b = (s["classification"]["expr"]["auroc"]["1.0"] for s in seeds)
-    assert set(a) == {baselines.PROBE, baselines.LOGISTIC, baselines.ENET}
+    assert set(a) == {baselines.PROBE, baselines.LOGISTIC, baselines.ENET, baselines.RANDOM}
     assert all(0.0 <= v <= 1.0 for v in a.values()) and a != b
     fused = seeds[0]["classification"]["fused"]
-    assert fused["elasticnet_run"] is False and baselines.MOFA in fused["auroc"]["1.0"]
+    assert fused["elasticnet_run"] is False and {baselines.MOFA, baselines.RANDOM} <= set(fused["auroc"]["1.0"])
+    # the random-init model is another model, not the pretrained one read twice
+    assert any(s["classification"][m]["auroc"]["1.0"][baselines.RANDOM] != s["classification"][m]["auroc"]["1.0"][
+        baselines.PROBE] for s in seeds for m in ("gene", "expr", "signal", "fused"))
     json.dumps(result.metrics, default=str)  # the report writes them as JSON
 
 
