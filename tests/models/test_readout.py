@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import RidgeCV
 from sklearn.metrics import roc_auc_score
 
 from phenoclip.data.batch import DOSAGE, PRESENT
@@ -66,7 +67,6 @@ def test_screening_beats_the_dense_ridge_on_new_patients_and_keeps_every_variant
     assert set(order[:5]) == set(range(5))          # the causal SNPs rank first
 
     def held_out_error(keep):
-        from sklearn.linear_model import RidgeCV
         m = RidgeCV(alphas=fitting.ALPHAS).fit(x[fit_rows][:, keep], teacher[fit_rows])
         # the liability's dimension: the other 7 are noise no read-out can predict
         return float(((m.predict(x[new][:, keep]) - teacher[new])[:, 0] ** 2).sum())
