@@ -147,12 +147,15 @@ def expr_stats(pre: Pretrained, stores: CohortStores) -> tuple[np.ndarray, np.nd
 @torch.no_grad()
 def embed_samples(model: MultimodalModel, stores: CohortStores, modality: str, samples: Sequence[str],
                   stats: tuple[np.ndarray, np.ndarray] | None = None, batch_size: int = 64,
-                  label: str | None = None, readout: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  label: str | None = None, readout: bool = False,
+                  components: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, E) float32, present (N,) bool) of ``samples`` for one modality.
 
     Patients the modality's store lacks get a zero row and ``present`` False. ``readout``: what a
     linear probe reads (the modality's fitted read-out where there is one, see
-    :meth:`~phenoclip.models.multimodal.MultimodalModel.probe_embedding`) instead of the encoder.
+    :meth:`~phenoclip.models.multimodal.MultimodalModel.probe_embedding`) instead of the encoder;
+    with ``components`` too, the block ``finetune --mode linear`` reads (``(N, E + k)`` where the
+    probe reads principal-component scores, :meth:`~phenoclip.models.multimodal.MultimodalModel.probe_features`).
     """
     model.eval()
     ds = MultimodalDataset(stores, [modality], samples, expr_stats=stats)
@@ -160,10 +163,14 @@ def embed_samples(model: MultimodalModel, stores: CohortStores, modality: str, s
     starts = range(0, len(ds), batch_size)
     for start in track(starts, label or f"embedding {modality}", total=len(starts)):
         batch = collate([ds[i] for i in range(start, min(len(ds), start + batch_size))])
-        z = model.probe_embedding(modality, batch[modality]) if readout else model.encode(modality, batch[modality])
+        if readout and components:
+            z = model.probe_features(modality, batch[modality])
+        else:
+            z = model.probe_embedding(modality, batch[modality]) if readout else model.encode(modality, batch[modality])
         ok = batch[modality][PRESENT]
         embs.append(torch.where(ok[:, None], z, torch.zeros_like(z)))
         present.append(ok)
     if not embs:
-        return np.zeros((0, model.embed_dim), np.float32), np.zeros(0, bool)
+        width = model.probe_width(modality, components) if readout else model.embed_dim
+        return np.zeros((0, width), np.float32), np.zeros(0, bool)
     return torch.cat(embs).numpy().astype(np.float32), torch.cat(present).numpy().astype(bool)

@@ -134,10 +134,12 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     emb, present, emb_random = {}, {}, {}
     # finetune's scratch model (same seed offset): no read-out, so its probe reads the encoder
     scratch = random_init_like(pre, seed + 7919, stores)
-    for m in rows:  # what `finetune --mode linear` reads: a modality's read-out where it has one
+    for m in rows:  # what `finetune --mode linear` reads: a modality's read-out where it has one, and
+        # MRI's principal-component scores beside its embedding (models.linear_path.PROBE_COMPONENTS)
         emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats if m == "expr" else None,
-                                           readout=True)
-        emb_random[m] = embed_samples(scratch, stores, m, samples, stats if m == "expr" else None, readout=True)[0]
+                                           readout=True, components=True)
+        emb_random[m] = embed_samples(scratch, stores, m, samples, stats if m == "expr" else None, readout=True,
+                                      components=True)[0]
     raw = _views(stores, rows, samples, stats)
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None

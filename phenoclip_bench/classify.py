@@ -97,7 +97,7 @@ def _run(ctx: BenchContext) -> SuiteResult:
     emb, present = {}, {}
     for m in mods:
         emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats=stats if m == "expr" else None,
-                                           readout=True)  # as finetune --mode linear reads them
+                                           readout=True, components=True)  # as finetune --mode linear reads them
     probe_c = {}
     for m in mods + ["all"]:
         x = np.concatenate([emb[k] for k in mods], axis=1) if m == "all" else emb[m]

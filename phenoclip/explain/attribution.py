@@ -110,9 +110,12 @@ class DenseEncoder(nn.Module):
     :meth:`impute`); the result equals ``model.encode(modality, {DOSAGE: x})`` wherever ``x``
     holds observed calls. With ``readout`` (a fine-tuned linear head that reads the modality's
     fitted read-out, :meth:`MultimodalModel.probe_embedding`) the function is that linear read-out.
+    With ``components`` (a linear head whose block of this modality also holds the linear path's
+    principal-component scores, :meth:`MultimodalModel.probe_features`) the output is ``(n, E + k)``:
+    the embedding, then those scores.
     """
 
-    def __init__(self, model: nn.Module, modality: str, readout: bool = False):
+    def __init__(self, model: nn.Module, modality: str, readout: bool = False, components: bool = False):
         super().__init__()
         if modality not in INPUT_KEY:
             raise ValueError(f"no dense input for modality {modality!r} (explainable: {', '.join(INPUT_KEY)})")
@@ -126,6 +129,10 @@ class DenseEncoder(nn.Module):
         # the linear path of the embedding (if the model has one) is part of the function explained
         self.linear_path = (model.linear_paths[modality] if self.readout is None
                             and modality in getattr(model, "linear_paths", {}) else None)
+        if components and (self.linear_path is None or not model.probe_components(modality)):
+            raise ValueError(f"the probe of {modality!r} reads no principal-component scores")
+        #: columns of the embedding; any beyond are the principal-component scores, never normalised
+        self.components, self.embed_dim = bool(components), int(model.embed_dim)
 
     @property
     def model_encoder(self) -> nn.Module:
@@ -160,15 +167,25 @@ class DenseEncoder(nn.Module):
         return enc({self.key: x})
 
     def raw(self, x: Tensor) -> Tensor:
-        """``(n, E)`` projected embedding (plus its linear path), or the read-out, before the L2 normalisation."""
+        """``(n, E)`` projected embedding (plus its linear path), or the read-out, before the L2
+        normalisation; with ``components``, the principal-component scores after it (``(n, E + k)``)."""
         if self.readout is not None:
             return self.readout({self.key: x})
         z = self.projection(self.features(x))
-        return z if self.linear_path is None else z + self.linear_path({self.key: x})
+        if self.linear_path is None:
+            return z
+        z = z + self.linear_path({self.key: x})
+        return torch.cat([z, self.linear_path.scores({self.key: x})], dim=1) if self.components else z
 
     def embed(self, raw: Tensor) -> Tensor:
-        """The embedding a head reads from :meth:`raw`: L2-normalised, except a read-out's (linear)."""
-        return raw if self.readout is not None else nn.functional.normalize(raw, dim=-1)
+        """The block a head reads from :meth:`raw`: the embedding L2-normalised, except a read-out's
+        (linear); principal-component scores (``components``) as they are."""
+        if self.readout is not None:
+            return raw
+        if self.components:
+            e = self.embed_dim
+            return torch.cat([nn.functional.normalize(raw[:, :e], dim=-1), raw[:, e:]], dim=1)
+        return nn.functional.normalize(raw, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.embed(self.raw(x))

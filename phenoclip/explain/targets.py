@@ -114,8 +114,8 @@ class ModelTarget(nn.Module):
     position:
         Index of the explained modality in ``finetune.modalities``.
 
-    Per-row inputs: ``others (n, M, E)`` every modality's embedding (the explained one's row is
-    ignored), ``present (n, M)`` 1 where the individual has the modality, ``index (n,)`` the
+    Per-row inputs: ``others (n, M, W)`` every modality's block (the explained one's row is
+    ignored; block ``j`` fills its first ``finetune.widths[j]`` columns, ``W`` the widest), ``present (n, M)`` 1 where the individual has the modality, ``index (n,)`` the
     output column (class) to explain (0 for regression).
     """
 
@@ -128,9 +128,11 @@ class ModelTarget(nn.Module):
         z = self.encoder.embed(raw)
         slot = torch.zeros_like(present)
         slot[:, self.position] = 1.0
-        embs = others * (present * (1 - slot))[..., None] + z[:, None, :] * slot[..., None]  # (n, M, E)
+        if z.shape[1] < others.shape[2]:
+            z = nn.functional.pad(z, (0, others.shape[2] - z.shape[1]))
+        embs = others * (present * (1 - slot))[..., None] + z[:, None, :] * slot[..., None]  # (n, M, W)
         if self.finetune.fusion in ("concat", "stack"):
-            feats = embs.flatten(1)
+            feats = torch.cat([embs[:, j, :w] for j, w in enumerate(self.finetune.widths)], dim=1)
         else:
             feats = embs.sum(1) / (present * (1 - slot) + slot).sum(1, keepdim=True).clamp(min=1.0)
         return self.finetune.head_output(feats)
@@ -219,7 +221,7 @@ def model_target(s, stores: CohortStores, ft: nn.Module, config: dict, dense: De
 
     def extras(ids: list[str], x: torch.Tensor) -> tuple:
         n = len(ids)
-        others = torch.zeros(n, len(mods), ft.model.embed_dim)
+        others = torch.zeros(n, len(mods), max(ft.widths))
         present = torch.zeros(n, len(mods))
         with torch.no_grad():
             for j, m in enumerate(mods):
@@ -228,7 +230,7 @@ def model_target(s, stores: CohortStores, ft: nn.Module, config: dict, dense: De
                 elif m in stores.by_modality:
                     ds = MultimodalDataset(stores, [m], ids, expr_stats=stats)
                     sub = collate([ds[i] for i in range(n)])[m]
-                    others[:, j] = ft.embedding(m, sub)
+                    others[:, j, :ft.widths[j]] = ft.embedding(m, sub)
                     present[:, j] = sub[PRESENT].float()
             if fixed is None:
                 index = scorer.outputs(dense.raw(x), others, present).argmax(1)

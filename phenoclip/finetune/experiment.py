@@ -76,11 +76,13 @@ class Experiment:
             raise UsageError(f"--fusion stack needs a class label; '{self.labels.column}' is a {self.labels.task} "
                              "target: use --fusion concat or mean")
         # the linear head reads the genotype read-out where pretraining fitted one (models.readout)
+        # and, for MRI, the linear path's principal-component scores beside the embedding (models.linear_path)
         readout = s.head.mode == "linear"
-        self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out, readout)}
+        blocks = FinetuneModel.default_components(self.pre.model, self.modalities, s.fusion, readout)
+        self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out, readout, blocks)}
         if "scratch" in s.baselines:
             scratch = random_init_like(self.pre, s.seed + 7919, self.stores)
-            self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out, readout)
+            self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out, readout, blocks)
         self.features = {}
         if s.head.mode == "linear":  # frozen encoders: embed every labelled patient once per model
             self.features = {name: fused_features(ft, self.dataset) for name, ft in self.models.items()}
@@ -223,7 +225,8 @@ class Experiment:
     def _write_checkpoint(self, folder: Path, ft: FinetuneModel, train_idx: np.ndarray) -> None:
         config = {"kind": KIND, "pretrain_checkpoint": os.path.abspath(self.s.checkpoint),
                   "pretrain_config": self.pre.config, "modalities": self.modalities, "fusion": self.s.fusion,
-                  "n_outputs": ft.head.out_features, "mode": self.s.head.mode, **describe_labels(self.labels)}
+                  "n_outputs": ft.head.out_features, "mode": self.s.head.mode, "probe_components": ft.components,
+                  **describe_labels(self.labels)}
         samples = self.labels.samples
         state = {"split": {"test": [samples[i] for i in self.test_index],
                            "pool": [s for s, p in zip(samples, self.pool) if p],

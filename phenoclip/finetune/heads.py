@@ -103,7 +103,7 @@ def _fit_stacked_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classific
     if not classification:
         raise ValueError("stacked fusion needs a class label (use --fusion concat for a regression)")
     k = ft.head.out_features
-    fit = fit_stacked(x, [ft.model.embed_dim] * len(ft.modalities), y, k, seed, c=settings.c, caps=caps)
+    fit = fit_stacked(x, ft.widths, y, k, seed, c=settings.c, caps=caps)
     with torch.no_grad():
         ft.feature_mean.copy_(torch.as_tensor(np.concatenate(
             [b.mean if b else np.zeros(w) for b, w in zip(fit.blocks, fit.widths)])))

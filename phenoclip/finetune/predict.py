@@ -31,7 +31,8 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
     def build() -> FinetuneModel:
         model = model_from_pretrain_config(config["pretrain_config"])
         return FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]),
-                             readout=config.get("mode") == "linear")
+                             readout=config.get("mode") == "linear",
+                             components=config.get("probe_components") or ())  # absent before they existed
 
     ft = build_checked(directory, build, "a fine-tuned model")
     load_weights(directory, ft)

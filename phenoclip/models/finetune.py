@@ -5,7 +5,9 @@ lacks the modality), *fused* (``concat``: side by side; ``mean``: averaged over 
 the patient has, which the shared space makes meaningful), standardised with saved statistics
 and passed to one linear layer. Classification heads output one logit per class (binary: two,
 the first fixed at 0, so the softmax equals the logistic regression's sigmoid); regression heads
-one value, de-standardised with the saved target statistics.
+one value, de-standardised with the saved target statistics. A linear head's MRI block also holds
+the linear path's principal-component scores (:meth:`FinetuneModel.default_components`), so its
+blocks may be wider than ``E``.
 """
 
 from __future__ import annotations
@@ -42,10 +44,15 @@ class FinetuneModel(nn.Module):
         Read a modality's fitted read-out instead of its encoder where the model has one
         (:meth:`MultimodalModel.probe_embedding`): the linear head on frozen encoders does; full
         fine-tuning, which trains the encoders, does not.
+    components:
+        Modalities whose block also holds the linear path's principal-component scores
+        (:meth:`MultimodalModel.probe_features`; needs ``readout`` and ``concat`` or ``stack``):
+        the linear head of ``finetune`` reads them for :meth:`default_components`. Empty for heads
+        saved before they existed, so those load as they were fitted.
     """
 
     def __init__(self, model: MultimodalModel, modalities: Sequence[str], fusion: str, n_outputs: int,
-                 readout: bool = False):
+                 readout: bool = False, components: Sequence[str] = ()):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -58,7 +65,14 @@ class FinetuneModel(nn.Module):
         self.readout = bool(readout)
         self.modalities = list(modalities)
         self.fusion = fusion
-        self.in_features = model.embed_dim * (1 if fusion == "mean" else len(self.modalities))
+        self.components = [m for m in self.modalities if m in set(components)]
+        wrong = [m for m in components if m not in self.components or not model.probe_components(m)]
+        if wrong or (self.components and (not self.readout or fusion == "mean")):
+            raise ValueError(f"component blocks {list(components)} need a linear head (readout) with concat or "
+                             f"stack fusion over modalities whose probe reads components")
+        #: columns of each modality's block, in order
+        self.widths = [model.probe_width(m) if m in self.components else model.embed_dim for m in self.modalities]
+        self.in_features = model.embed_dim if fusion == "mean" else sum(self.widths)
         self.register_buffer("feature_mean", torch.zeros(self.in_features))
         self.register_buffer("feature_scale", torch.ones(self.in_features))
         self.register_buffer("target_mean", torch.zeros(()))
@@ -66,13 +80,23 @@ class FinetuneModel(nn.Module):
         if fusion == "stack":
             if n_outputs < 2:
                 raise ValueError("stacked fusion needs a class label (two or more outputs)")
-            self.block_heads = nn.ModuleList(nn.Linear(model.embed_dim, n_outputs) for _ in self.modalities)
+            self.block_heads = nn.ModuleList(nn.Linear(w, n_outputs) for w in self.widths)
             self.head = nn.Linear(len(self.modalities) * n_outputs, n_outputs)
         else:
             self.head = nn.Linear(self.in_features, n_outputs)
 
+    @staticmethod
+    def default_components(model: MultimodalModel, modalities: Sequence[str], fusion: str, readout: bool) -> list[str]:
+        """The component blocks a new head gets: every modality whose probe reads them, for a linear
+        head (``readout``) that concatenates or stacks."""
+        if not readout or fusion == "mean":
+            return []
+        return [m for m in modalities if model.probe_components(m)]
+
     def embedding(self, modality: str, inputs: dict) -> Tensor:
-        """``(B, E)``: the block of ``modality`` that :meth:`features` fuses."""
+        """``(B, width)``: the block of ``modality`` that :meth:`features` fuses."""
+        if modality in self.components:
+            return self.model.probe_features(modality, inputs)
         if self.readout:
             return self.model.probe_embedding(modality, inputs)
         return self.model.encode(modality, inputs)
@@ -80,13 +104,13 @@ class FinetuneModel(nn.Module):
     def features(self, batch: dict) -> Tensor:
         """``(B, F)`` fused, unstandardised features of the modalities present in ``batch``."""
         embs, present = [], []
-        for m in self.modalities:
+        for m, width in zip(self.modalities, self.widths):
             if m in batch:
                 z = self.embedding(m, batch[m])
                 ok = batch[m][PRESENT].to(z.dtype)[:, None]
             else:  # the store was not given: the modality is absent for every patient
                 n = len(next(iter(v for v in batch.values() if isinstance(v, dict)))[PRESENT])
-                z, ok = torch.zeros(n, self.model.embed_dim), torch.zeros(n, 1)
+                z, ok = torch.zeros(n, width), torch.zeros(n, 1)
             embs.append(z * ok)
             present.append(ok)
         if self.fusion in ("concat", "stack"):
@@ -103,11 +127,11 @@ class FinetuneModel(nn.Module):
         return out
 
     def _stacked(self, features: Tensor) -> Tensor:
-        e, k = self.model.embed_dim, self.head.out_features
+        k = self.head.out_features
         z = (features - self.feature_mean) / self.feature_scale
-        parts = []
-        for i, head in enumerate(self.block_heads):
-            block = slice(i * e, (i + 1) * e)
+        parts, start = [], 0
+        for head, width in zip(self.block_heads, self.widths):
+            block, start = slice(start, start + width), start + width
             here = features[:, block].abs().sum(dim=1, keepdim=True) > 0  # absent embeddings are zeros
             logp = torch.log_softmax(head(z[:, block]), dim=1).clamp(min=LOG_FLOOR)
             parts.append(torch.where(here, logp, torch.full_like(logp, -math.log(k))))

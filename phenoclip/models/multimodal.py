@@ -11,7 +11,9 @@ principal components beside the deep encoder.
 A modality may have a read-out (:mod:`phenoclip.models.readout`): a ridge map of its raw input
 fitted after pretraining to the other modalities' embeddings. :meth:`MultimodalModel.probe_embedding`
 returns it, once fitted, for the linear probes of ``finetune``; :meth:`MultimodalModel.encode`
-(retrieval, the losses) never does.
+(retrieval, the losses) never does. :meth:`MultimodalModel.probe_features` is what a linear probe
+reads: that, beside the linear path's principal-component scores for the modalities of
+:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 
 from phenoclip.data.batch import MODALITIES
 from phenoclip.models.heads import ProjectionHead, check_positive
-from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, PCAPath, build_linear_path
+from phenoclip.models.linear_path import LINEAR_PATH_MODALITIES, PROBE_COMPONENTS, PCAPath, build_linear_path
 from phenoclip.models.presets import Preset, get_preset
 from phenoclip.models.readout import READOUT_MODALITIES, GenotypeReadout
 from phenoclip.models.registry import build_encoder, encoder_class, encoder_from_config
@@ -106,6 +108,25 @@ class MultimodalModel(nn.Module):
         if not self.has_readout(modality):
             return self.encode(modality, inputs, normalize)
         return self.readouts[modality](inputs)
+
+    def probe_components(self, modality: str) -> bool:
+        """Whether a probe of ``modality`` reads its linear path's principal-component scores beside the
+        embedding (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`; never beside a read-out)."""
+        return (modality in PROBE_COMPONENTS and modality in self.linear_paths
+                and not self.has_readout(modality))
+
+    def probe_width(self, modality: str, components: bool = True) -> int:
+        """Columns of :meth:`probe_features` (``components=True``) or of :meth:`probe_embedding`."""
+        extra = self.linear_paths[modality].n_components if components and self.probe_components(modality) else 0
+        return self.embed_dim + extra
+
+    def probe_features(self, modality: str, inputs: dict) -> Tensor:
+        """``(B, E [+ k])``: :meth:`probe_embedding`, beside the linear path's ``k`` principal-component
+        scores where :meth:`probe_components` (components a checkpoint did not keep are zero columns)."""
+        z = self.probe_embedding(modality, inputs)
+        if not self.probe_components(modality):
+            return z
+        return torch.cat([z, self.linear_paths[modality].scores(inputs).to(z.dtype)], dim=1)
 
     def encode_terms(self, indices: Tensor | None = None, normalize: bool = True) -> Tensor:
         """``(K, E)``: HPO terms (ontology indices; default the vocabulary) as one-term patients in the

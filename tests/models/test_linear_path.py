@@ -147,3 +147,89 @@ def test_explain_attributes_the_embedding_with_its_linear_path():
     x = batch["expr"][VALUES]
     with torch.no_grad():
         assert torch.allclose(DenseEncoder(model, "expr")(x), model.encode("expr", batch["expr"]), atol=1e-6)
+
+
+def _mri_model(k=4):
+    torch.manual_seed(0)
+    shapes = {"expr": {"n_genes": 30}, "mri": {"volume_shape": (16, 16, 16), "in_channels": 1}}
+    model = build_model(shapes, "tiny", {"expr": "mlp"}, embed_dim=8, linear_components=k).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {"expr": {VALUES: torch.randn(6, 30, generator=g), PRESENT: torch.ones(6, dtype=torch.bool)},
+             "mri": {IMAGES: torch.randn(6, 1, 16, 16, 16, generator=g),
+                     PRESENT: torch.tensor([True, True, True, True, False, True])}}
+    for m in model.linear_paths:
+        model.linear_paths[m].fit(flat_input(m, batch[m]).double().numpy())
+    return model, batch
+
+
+def test_the_mri_probe_reads_its_principal_component_scores_beside_the_embedding():
+    from phenoclip.models.finetune import FinetuneModel
+
+    model, batch = _mri_model(k=4)
+    assert model.probe_components("mri") and not model.probe_components("expr")
+    assert model.probe_width("mri") == 8 + 4 and model.probe_width("mri", components=False) == 8
+    assert model.probe_width("expr") == 8
+    with torch.no_grad():
+        got = model.probe_features("mri", batch["mri"])
+        scores = model.linear_paths["mri"].scores(batch["mri"])
+        assert torch.equal(got[:, :8], model.probe_embedding("mri", batch["mri"])) and torch.equal(got[:, 8:], scores)
+        # the scores are the training rows' principal components: uncorrelated, of mean variance 1
+        assert abs(float(scores.var(0).mean()) - 1.0) < 1e-4
+        assert torch.equal(model.probe_features("expr", batch["expr"]), model.probe_embedding("expr", batch["expr"]))
+    # a linear head gets the wider MRI block; a mean fusion, full fine-tuning or an old head does not
+    for fusion in ("concat", "stack"):
+        blocks = FinetuneModel.default_components(model, ["expr", "mri"], fusion, readout=True)
+        ft = FinetuneModel(model, ["expr", "mri"], fusion, 3, readout=True, components=blocks)
+        assert ft.components == ["mri"] and ft.widths == [8, 12] and ft.in_features == 20
+        with torch.no_grad():
+            feats = ft.features(batch)
+            assert feats.shape == (6, 20) and torch.equal(feats[4], torch.cat([feats[4, :8], torch.zeros(12)]))
+            assert torch.allclose(feats[:4, 8:], got[:4], atol=1e-6)
+            assert ft.features({"expr": batch["expr"]}).shape == (6, 20)   # no MRI store: a zero block
+            assert ft(batch).shape == (6, 3)
+    assert FinetuneModel.default_components(model, ["expr", "mri"], "mean", readout=True) == []
+    assert FinetuneModel.default_components(model, ["expr", "mri"], "stack", readout=False) == []
+    assert FinetuneModel(model, ["expr", "mri"], "stack", 3, readout=True).widths == [8, 8]
+    for fusion, readout, blocks in (("mean", True, ["mri"]), ("stack", False, ["mri"]), ("stack", True, ["expr"])):
+        with pytest.raises(ValueError, match="component blocks"):
+            FinetuneModel(model, ["expr", "mri"], fusion, 3, readout=readout, components=blocks)
+
+
+def test_a_stacked_head_over_a_wider_mri_block_predicts_what_the_stacked_fit_predicts():
+    from phenoclip.eval.stacking import fit_stacked
+    from phenoclip.finetune.heads import HeadSettings, fit_linear_head, scores_from_features
+    from phenoclip.models.finetune import FinetuneModel
+
+    model, _ = _mri_model(k=4)
+    ft = FinetuneModel(model, ["expr", "mri"], "stack", 3, readout=True, components=["mri"])
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=90)
+    x = rng.normal(size=(90, 20))
+    x[:, 8] += 3.0 * y              # the label sits in one principal-component score of the MRI block
+    fit_linear_head(ft, x[:60], y[:60], True, HeadSettings(), seed=0)
+    ours = scores_from_features(ft, x[60:], True)
+    ref = fit_stacked(x[:60], [8, 12], y[:60], 3, 0).predict(x[60:])
+    assert np.allclose(ours, ref, atol=1e-5)
+    assert (ours.argmax(1) == y[60:]).mean() > 0.5     # measured 0.63 (chance 0.33; the block alone 0.73)
+
+
+def test_explain_attributes_the_mri_block_with_its_scores():
+    from phenoclip.explain.attribution import DenseEncoder
+    from phenoclip.explain.targets import ModelTarget
+    from phenoclip.models.finetune import FinetuneModel
+
+    model, batch = _mri_model(k=4)
+    dense = DenseEncoder(model, "mri", components=True).eval()
+    x = batch["mri"][IMAGES]
+    with torch.no_grad():
+        assert torch.allclose(dense(x), model.probe_features("mri", batch["mri"]), atol=1e-6)
+        ft = FinetuneModel(model, ["expr", "mri"], "concat", 3, readout=True, components=["mri"]).eval()
+        torch.nn.init.normal_(ft.head.weight)
+        expected = ft(batch)
+        others = torch.zeros(6, 2, 12)
+        others[:, 0, :8] = ft.embedding("expr", batch["expr"])
+        present = torch.ones(6, 2)
+        got = ModelTarget(dense, ft, 1)(x, others, present, torch.full((6,), 2))
+    torch.testing.assert_close(got[:4], expected[:4, 2], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="principal-component"):
+        DenseEncoder(model, "expr", components=True)
