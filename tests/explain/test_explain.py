@@ -2,6 +2,7 @@
 model, completeness of IG and DeepLift, bounded passes, outputs, shards merged into the single run,
 planted SNPs recovered, the fine-tuned model target, MRI volumes, and bad input."""
 
+import json
 import os
 from unittest import mock
 
@@ -323,6 +324,41 @@ def test_mri_attributions_are_written_as_volumes_in_original_space(cohort, tmp_p
         assert out.shape == original.shape[:3]
         np.testing.assert_allclose(out.affine, original.affine, atol=1e-4)
         assert np.abs(out.get_fdata()).max() > 0
+
+
+def test_a_linear_heads_mri_block_is_explained_with_its_principal_component_scores(cohort, tmp_path):
+    """A linear head reads MRI's embedding beside its principal-component scores (models.linear_path.
+    PROBE_COMPONENTS): explain's model target is that wider block, and its value at the input is the
+    fine-tuned model's logit."""
+    from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
+    from phenoclip.finetune.predict import load_finetuned
+    from phenoclip.pretrain.run import run_pretrain
+    from phenoclip.pretrain.settings import PretrainSettings
+
+    run_pretrain(PretrainSettings(modalities=["gene", "mri"], data=[str(cohort["gene"]), str(cohort["mri"])], epochs=1,
+                                seed=0, device="cpu"), tmp_path / "pre", log=lambda line: None)
+    rc, err = cli("finetune", "--threads", "1", "--checkpoint", tmp_path / "pre", "--data", cohort["gene"], "--data",
+                  cohort["mri"], "--labels", f"{cohort['dir'] / 'labels.tsv'}:disease", "--out", tmp_path / "ft",
+                  "--label-fractions", "1.0", "--repeats", "1", "--baseline", "none")
+    assert rc == 0, err
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["probe_components"] == ["mri"]
+    ft, _ = load_finetuned(tmp_path / "ft")
+    k = ft.model.linear_paths["mri"].n_components
+    assert ft.widths == [ft.model.embed_dim, ft.model.embed_dim + k] and k == 128
+    stores = CohortStores([cohort["gene"], cohort["mri"]])
+    ids = stores.samples[:3]
+    rc, err = cli("explain", "--threads", "1", "--checkpoint", tmp_path / "ft", "--modality", "mri", "--data",
+                  cohort["mri"], "--with", cohort["gene"], "--class", "neuro", "--samples", ",".join(ids),
+                  "--steps", "8", "--out", tmp_path / "m")
+    assert rc == 0, err
+    batch = collate([MultimodalDataset(stores, ["gene", "mri"], ids)[i] for i in range(3)])
+    with torch.no_grad():
+        logit = ft(batch)[:, config["classes"].index("neuro")].numpy()
+    with open_store(tmp_path / "m.h5") as s:
+        assert s.attrs["target"] == "model"
+        order = [s.samples.index(x) for x in ids]
+        np.testing.assert_allclose(s["target_value"][...][order], logit, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- bad input
