@@ -115,8 +115,9 @@ class ModelTarget(nn.Module):
         Index of the explained modality in ``finetune.modalities``.
 
     Per-row inputs: ``others (n, M, W)`` every modality's block (the explained one's row is
-    ignored; block ``j`` fills its first ``finetune.widths[j]`` columns, ``W`` the widest), ``present (n, M)`` 1 where the individual has the modality, ``index (n,)`` the
-    output column (class) to explain (0 for regression).
+    ignored; block ``j`` fills its first ``finetune.widths[j]`` columns, ``W`` the widest),
+    ``present (n, M)`` 1 where the individual has the modality, ``index (n,)`` the output column
+    (class) to explain (0 for regression).
     """
 
     def __init__(self, encoder: DenseEncoder, finetune: nn.Module, position: int):
