@@ -158,7 +158,7 @@ def prepare(s: ExplainSettings) -> Job:
     # a linear head reads the modality's read-out where pretraining fitted one: explain that function
     # (and, for a block that holds them, the linear path's principal-component scores)
     dense = DenseEncoder(model, modality, readout=target == "model" and ft.readout,
-                         components=target == "model" and modality in getattr(ft, "components", ())).eval()
+                         components=target == "model" and modality in ft.components).eval()
     shape = tuple(stores.by_modality[modality].shapes[INPUT_KEY[modality]])
     train, column_mean = None, None
     if modality == "gene":
