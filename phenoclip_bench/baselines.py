@@ -134,8 +134,9 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     emb, present, emb_random = {}, {}, {}
     # finetune's scratch model (same seed offset): no read-out, so its probe reads the encoder
     scratch = random_init_like(pre, seed + 7919, stores)
+    natural = {m: pre.model.probe_natural(m) for m in rows}  # columns the probe only centres
     for m in rows:  # what `finetune --mode linear` reads: a modality's read-out where it has one, and
-        # MRI's principal-component scores beside its embedding (models.linear_path.PROBE_COMPONENTS)
+        # MRI's and expression's principal-component scores beside the embedding (models.linear_path.PROBE_COMPONENTS)
         emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats if m == "expr" else None,
                                            readout=True, components=True)
         emb_random[m] = embed_samples(scratch, stores, m, samples, stats if m == "expr" else None, readout=True,
@@ -152,6 +153,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
         x_emb = np.concatenate([emb[m] for m in rows], 1) if target == "fused" else emb[target]
         x_rand = np.concatenate([emb_random[m] for m in rows], 1) if target == "fused" else emb_random[target]
         widths = [emb[m].shape[1] for m in rows]
+        nat = np.concatenate([natural[m] for m in rows]) if target == "fused" else np.asarray(natural[target])
         blocks = raw if target == "fused" else {target: raw[target]}
         n_raw = sum(b[0].shape[1] for b in blocks.values())
         run_enet = cfg["enet_max_features"] is None or n_raw <= cfg["enet_max_features"]
@@ -165,21 +167,22 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 fit = np.zeros(len(samples), bool)
                 fit[idx] = True
                 xr = fuse(blocks, fit)
-                xe = _probe_inputs(x_emb, fit)
+                xe = _probe_inputs(x_emb, fit, nat)
                 fits = {}
                 if target != "fused":
                     fits[PROBE] = (fit_logistic(xe[idx], y[idx], k, seed + r), xe)
-                    xz = _probe_inputs(x_rand, fit)
+                    xz = _probe_inputs(x_rand, fit, nat)
                     fits[RANDOM] = (fit_logistic(xz[idx], y[idx], k, seed + r), xz)
                 else:  # as `finetune --fusion auto` does for a class label: per-modality probes stacked
                     def stack(c, idx=idx, r=r):
-                        return fit_stacked(x_emb[idx], widths, y[idx], k, seed + r, caps=c).predict(x_emb[te])
+                        return fit_stacked(x_emb[idx], widths, y[idx], k, seed + r, caps=c,
+                                           natural=nat).predict(x_emb[te])
                     p = stack(None) if caps is None else crossfit_scores(caps, [samples[i] for i in np.flatnonzero(te)],
                                                                          stack)
                     m = classification_metrics(y[te], p, labels.classes)
                     scores.setdefault(PROBE, []).append(float(m["auroc"]))
                     # caps only for pretrained encoders (as finetune): a random initialisation memorised nothing
-                    p = fit_stacked(x_rand[idx], widths, y[idx], k, seed + r).predict(x_rand[te])
+                    p = fit_stacked(x_rand[idx], widths, y[idx], k, seed + r, natural=nat).predict(x_rand[te])
                     scores.setdefault(RANDOM, []).append(float(classification_metrics(y[te], p, labels.classes)["auroc"]))
                 fits[LOGISTIC] = (fit_logistic(xr[idx], y[idx], k, seed + r), xr)
                 if run_enet:
@@ -195,11 +198,11 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     return result
 
 
-def _probe_inputs(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
+def _probe_inputs(x: np.ndarray, fit: np.ndarray, natural=None) -> np.ndarray:
     """``x`` as ``finetune --mode linear`` scales a probe's inputs, fitted on the ``fit`` rows (NaN,
-    a MOFA+ factor of a patient without views, at their mean)."""
+    a MOFA+ factor of a patient without views, at their mean; ``natural`` columns only centred)."""
     x = np.where(np.isnan(x), np.nan_to_num(np.nanmean(x[fit], axis=0)), x)
-    mean, scale = probe_scaling(x[fit])
+    mean, scale = probe_scaling(x[fit], natural)
     return (x - mean) / scale
 
 

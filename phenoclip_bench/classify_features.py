@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy.signal import find_peaks, welch
+from sklearn.compose import ColumnTransformer
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -227,9 +228,13 @@ def full_proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def fit_probe(x_train: np.ndarray, y_train: np.ndarray, cs: list[float], seed: int):
-    """Standardised L2 logistic regression (as ``finetune --mode linear``), C by 3-fold CV; (model, C)."""
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, cs: list[float], seed: int, natural=None):
+    """Standardised L2 logistic regression (as ``finetune --mode linear``), C by 3-fold CV; (model, C).
+    ``natural`` columns (:meth:`~phenoclip.models.multimodal.MultimodalModel.probe_natural`) are only centred."""
+    natural = np.zeros(x_train.shape[1], bool) if natural is None else np.asarray(natural, dtype=bool)
+    scaler = ColumnTransformer([("z", StandardScaler(), np.flatnonzero(~natural)),
+                                ("centre", StandardScaler(with_std=False), np.flatnonzero(natural))])
+    model = make_pipeline(scaler, LogisticRegression(max_iter=5000, random_state=seed))
     search = GridSearchCV(model, {"logisticregression__C": cs}, scoring="roc_auc_ovr", n_jobs=1,
                           cv=StratifiedKFold(3, shuffle=True, random_state=seed)).fit(x_train, y_train)
     return search.best_estimator_, float(search.best_params_["logisticregression__C"])

@@ -43,16 +43,25 @@ FOLDS = 3
 PROBE_SCALING = "dimension"
 
 
-def probe_scaling(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def probe_scaling(x: np.ndarray, natural=None) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, scale)``, each ``(F,)``, that a probe standardises embedding rows ``x`` with
-    (:data:`PROBE_SCALING`); a constant column (an absent modality) is centred to 0."""
+    (:data:`PROBE_SCALING`); a constant column (an absent modality) is centred to 0. Columns where
+    ``natural`` (``(F,)`` bools, e.g. :meth:`~phenoclip.models.multimodal.MultimodalModel.probe_natural`)
+    is true are only centred: they keep their own scale."""
     x = np.asarray(x, dtype=np.float64)
     mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
     sd = x.std(axis=0) if len(x) else np.ones(x.shape[1])
     if PROBE_SCALING == "dimension":
-        return mean, np.where(sd > 1e-8, sd, 1.0)
-    common = float(np.sqrt(np.mean(sd ** 2))) if sd.size else 1.0
-    return mean, np.full(x.shape[1], common if common > 1e-8 else 1.0)
+        scale = np.where(sd > 1e-8, sd, 1.0)
+    else:
+        common = float(np.sqrt(np.mean(sd ** 2))) if sd.size else 1.0
+        scale = np.full(x.shape[1], common if common > 1e-8 else 1.0)
+    if natural is not None:
+        natural = np.asarray(natural, dtype=bool)
+        if natural.shape != scale.shape:
+            raise ValueError(f"natural has {natural.shape} entries, x {x.shape[1]} columns")
+        scale = np.where(natural, 1.0, scale)
+    return mean, scale
 
 
 @dataclass

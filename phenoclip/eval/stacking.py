@@ -94,16 +94,18 @@ def _log_proba(blocks: list[BlockProbe | None], x: np.ndarray, widths: list[int]
 
 
 def _fit_blocks(x: np.ndarray, y: np.ndarray, widths: list[int], k: int, seed: int,
-                cs: list[float | None]) -> list[BlockProbe | None]:
+                cs: list[float | None], natural: np.ndarray | None = None) -> list[BlockProbe | None]:
     """One standardised logistic regression per block (``C`` from ``cs``, one per block; None: by inner
-    CV), on the rows that have it (None: < 2 classes there)."""
+    CV), on the rows that have it (None: < 2 classes there); ``natural`` columns only centred
+    (:func:`~phenoclip.eval.linear_models.probe_scaling`)."""
     out: list[BlockProbe | None] = []
+    natural = np.zeros(x.shape[1], bool) if natural is None else np.asarray(natural, dtype=bool)
     for s, here, c in zip(spans(widths), present_rows(x, widths), cs):
         if len(np.unique(y[here])) < 2:
             out.append(None)
             continue
         xb = x[here, s]
-        mean, scale = probe_scaling(xb)
+        mean, scale = probe_scaling(xb, natural[s])
         fit = fit_logistic((xb - mean) / scale, y[here], k, seed, c=c)
         weight, bias = as_logits(fit, k)
         out.append(BlockProbe(mean, scale, weight, bias, fit.chosen))
@@ -111,7 +113,8 @@ def _fit_blocks(x: np.ndarray, y: np.ndarray, widths: list[int], k: int, seed: i
 
 
 def fit_stacked(x: np.ndarray, widths: list[int], y: np.ndarray, n_classes: int, seed: int = 0,
-                c: float | None = None, caps: list[float] | None = None) -> StackedFit:
+                c: float | None = None, caps: list[float] | None = None,
+                natural: np.ndarray | None = None) -> StackedFit:
     """Fit the per-block probes (``C`` by inner CV unless ``c``) and the meta regression on their
     out-of-fold log-probabilities (stratified folds, at most :data:`FOLDS`; with a class of one
     patient the in-sample log-probabilities are used instead).
@@ -120,13 +123,14 @@ def fit_stacked(x: np.ndarray, widths: list[int], y: np.ndarray, n_classes: int,
     pretraining patients are inflated for a block whose encoder memorised them, and
     :mod:`phenoclip.eval.generalisation` measures, without labels, how much of each block's
     agreement survives on patients pretraining did not fit (:mod:`phenoclip.finetune.stack_caps`).
-    None: every cap is 1."""
+    None: every cap is 1. ``natural`` (``(F,)`` bools): columns the block probes only centre
+    (:func:`~phenoclip.eval.linear_models.probe_scaling`)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y).astype(int)
     if x.shape[1] != sum(widths):
         raise ValueError(f"x has {x.shape[1]} columns, the blocks {sum(widths)}")
     if len(np.unique(y)) < 2:
         raise ValueError("a classifier needs at least two classes in its training patients")
-    full = _fit_blocks(x, y, widths, n_classes, seed, [c] * len(widths))
+    full = _fit_blocks(x, y, widths, n_classes, seed, [c] * len(widths), natural)
     # the out-of-fold probes keep the C each block chose on all the labelled patients: an inner CV
     # repeated inside every fold chooses from a third fewer patients (about 11 instead of 16 at 10 % of
     # the sample's labels), and its noisier choice made the meta weights noisier too (held-out AUROC
@@ -137,7 +141,7 @@ def fit_stacked(x: np.ndarray, widths: list[int], y: np.ndarray, n_classes: int,
     if folds >= 2:
         oof = np.zeros((len(y), len(widths) * n_classes))
         for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-            oof[held] = _log_proba(_fit_blocks(x[train], y[train], widths, n_classes, seed, fold_cs), x[held],
+            oof[held] = _log_proba(_fit_blocks(x[train], y[train], widths, n_classes, seed, fold_cs, natural), x[held],
                                    widths, n_classes)
     else:
         oof = _log_proba(full, x, widths, n_classes)

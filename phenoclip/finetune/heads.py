@@ -68,7 +68,7 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
     """
     if ft.fusion == "stack":
         return _fit_stacked_head(ft, x, y, classification, settings, seed, caps)
-    mean, scale = probe_scaling(x)  # constant features (an absent modality) stay at 0
+    mean, scale = probe_scaling(x, ft.natural)  # constant features (an absent modality) stay at 0
     z = (x - mean) / scale
     n_out = ft.head.out_features
     weight = np.zeros((n_out, x.shape[1]))
@@ -103,7 +103,7 @@ def _fit_stacked_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classific
     if not classification:
         raise ValueError("stacked fusion needs a class label (use --fusion concat for a regression)")
     k = ft.head.out_features
-    fit = fit_stacked(x, ft.widths, y, k, seed, c=settings.c, caps=caps)
+    fit = fit_stacked(x, ft.widths, y, k, seed, c=settings.c, caps=caps, natural=ft.natural)
     with torch.no_grad():
         ft.feature_mean.copy_(torch.as_tensor(np.concatenate(
             [b.mean if b else np.zeros(w) for b, w in zip(fit.blocks, fit.widths)])))

@@ -5,9 +5,10 @@ lacks the modality), *fused* (``concat``: side by side; ``mean``: averaged over 
 the patient has, which the shared space makes meaningful), standardised with saved statistics
 and passed to one linear layer. Classification heads output one logit per class (binary: two,
 the first fixed at 0, so the softmax equals the logistic regression's sigmoid); regression heads
-one value, de-standardised with the saved target statistics. A linear head's MRI block also holds
-the linear path's principal-component scores (:meth:`FinetuneModel.default_components`), so its
-blocks may be wider than ``E``.
+one value, de-standardised with the saved target statistics. A linear head's MRI and expression
+blocks also hold the linear path's principal-component scores (:meth:`FinetuneModel.default_components`),
+so its blocks may be wider than ``E``; expression's scores are only centred, not z-scored
+(:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class FinetuneModel(nn.Module):
         #: columns of each modality's block, in order
         self.widths = [model.probe_width(m) if m in self.components else model.embed_dim for m in self.modalities]
         self.in_features = model.embed_dim if fusion == "mean" else sum(self.widths)
+        #: per feature: a column the linear head only centres (:meth:`MultimodalModel.probe_natural`);
+        #: it matters when the head is fitted, the fitted scale is in ``feature_scale``
+        self.natural = [False] * self.in_features if fusion == "mean" else [
+            v for m, w in zip(self.modalities, self.widths)
+            for v in (model.probe_natural(m) if m in self.components else [False] * w)]
         self.register_buffer("feature_mean", torch.zeros(self.in_features))
         self.register_buffer("feature_scale", torch.ones(self.in_features))
         self.register_buffer("target_mean", torch.zeros(()))

@@ -43,17 +43,28 @@ MAX_MRI_FEATURES = 32 ** 3
 #: directions) and genotypes, so they keep every component; capping genotypes only pays together
 #: with an L1 first layer for the dosage MLP, which is not the default (DosageMLPConfig.l1).
 PATIENTS_PER_COMPONENT = {"signal": 4}
-#: modalities whose linear probe (``finetune --mode linear``) reads the path's principal-component
-#: scores beside the embedding. Contrastive training maps MRI's 128 components into the 64-wide
-#: space keeping the directions the other modalities share, and drops population directions that
-#: carry the label (the MRI deep path adds little: a probe on the ViT's pooled features alone is
-#: near chance on the sample cohort). Probed side by side, on the same checkpoints and splits: the
-#: sample cohort's MRI probe (9 seeds) and the 2,000-patient cohort's gained at every label
-#: fraction, the latter reaching raw-voxel logistic regression at full labels
-#: (docs/experiments.md, "the MRI probe reads its principal components too"). Expression lost
-#: (0.965 -> 0.890 at 10 % of labels, seed 0: 128 components of ~145 patients are nearly patient
-#: codes) and signals did not move, so they read the embedding alone.
-PROBE_COMPONENTS = ("mri",)
+#: modality -> how its linear probe (``finetune --mode linear``) scales the path's principal-component
+#: scores that it reads beside the embedding: "dimension" z-scores each score, as the embedding's
+#: dimensions are; "natural" only centres them, so they keep the path's own scale (relative variances
+#: as the data has them, mean variance 1) and the probe's L2 penalty sees the raw features'
+#: geometry: with every component kept it is a logistic regression on the raw standardised
+#: features, rotated, beside the embedding.
+#:
+#: MRI ("dimension"): contrastive training maps its 128 components into the 64-wide space keeping
+#: the directions the other modalities share and drops population directions that carry the label
+#: (the MRI deep path adds little: a probe on the ViT's pooled features alone is near chance on the
+#: sample cohort). Probed side by side, on the same checkpoints and splits, the sample cohort's MRI
+#: probe (9 seeds) and the 2,000-patient cohort's gained at every label fraction, the latter
+#: reaching raw-voxel logistic regression at full labels (docs/experiments.md, "the MRI probe reads
+#: its principal components too"). At their natural scale MRI's scores lost (raw-voxel geometry is
+#: itself near chance on the sample cohort: voxel logistic regression 0.48-0.52).
+#:
+#: Expression ("natural"): z-scored, its scores lost (0.965 -> 0.890 at 10 % of labels, seed 0: 128
+#: components of ~145 patients are nearly patient codes once each is lifted to unit variance); at
+#: their natural scale the probe gained at every label fraction, on the sample cohort (9 seeds) and
+#: on GSE7390 (18 seeds) (docs/experiments.md, "expression reads its components at their own scale").
+#: Signals moved at neither scale, so they read the embedding alone.
+PROBE_COMPONENTS = {"mri": "dimension", "expr": "natural"}
 
 
 def mri_pool_factor(volume_shape) -> int:

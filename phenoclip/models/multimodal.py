@@ -128,6 +128,13 @@ class MultimodalModel(nn.Module):
             return z
         return torch.cat([z, self.linear_paths[modality].scores(inputs).to(z.dtype)], dim=1)
 
+    def probe_natural(self, modality: str, components: bool = True) -> list[bool]:
+        """Per column of :meth:`probe_features` (``components``) or :meth:`probe_embedding`: whether a
+        probe only centres it instead of z-scoring it (the component scores of a modality whose
+        :data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` scale is "natural")."""
+        natural = components and self.probe_components(modality) and PROBE_COMPONENTS[modality] == "natural"
+        return [False] * self.embed_dim + [natural] * (self.probe_width(modality, components) - self.embed_dim)
+
     def encode_terms(self, indices: Tensor | None = None, normalize: bool = True) -> Tensor:
         """``(K, E)``: HPO terms (ontology indices; default the vocabulary) as one-term patients in the
         shared space, for an ontology-alignment loss. Needs an ``hpo`` encoder with ``term_embeddings``."""

@@ -162,35 +162,42 @@ def _mri_model(k=4):
     return model, batch
 
 
-def test_the_mri_probe_reads_its_principal_component_scores_beside_the_embedding():
+def test_the_mri_and_expression_probes_read_their_principal_component_scores_beside_the_embedding():
     from phenoclip.models.finetune import FinetuneModel
 
     model, batch = _mri_model(k=4)
-    assert model.probe_components("mri") and not model.probe_components("expr")
+    assert model.probe_components("mri") and model.probe_components("expr")
     assert model.probe_width("mri") == 8 + 4 and model.probe_width("mri", components=False) == 8
-    assert model.probe_width("expr") == 8
+    assert model.probe_width("expr") == 8 + 4
+    # expression's scores keep their own scale in a probe, MRI's are z-scored like the embedding
+    assert model.probe_natural("expr") == [False] * 8 + [True] * 4 and model.probe_natural("mri") == [False] * 12
+    assert model.probe_natural("expr", components=False) == [False] * 8
     with torch.no_grad():
         got = model.probe_features("mri", batch["mri"])
         scores = model.linear_paths["mri"].scores(batch["mri"])
         assert torch.equal(got[:, :8], model.probe_embedding("mri", batch["mri"])) and torch.equal(got[:, 8:], scores)
         # the scores are the training rows' principal components: uncorrelated, of mean variance 1
         assert abs(float(scores.var(0).mean()) - 1.0) < 1e-4
-        assert torch.equal(model.probe_features("expr", batch["expr"]), model.probe_embedding("expr", batch["expr"]))
-    # a linear head gets the wider MRI block; a mean fusion, full fine-tuning or an old head does not
+        expr = model.probe_features("expr", batch["expr"])
+        assert torch.equal(expr, torch.cat([model.probe_embedding("expr", batch["expr"]),
+                                            model.linear_paths["expr"].scores(batch["expr"])], dim=1))
+    # a linear head gets the wider blocks; a mean fusion, full fine-tuning or an old head does not
     for fusion in ("concat", "stack"):
         blocks = FinetuneModel.default_components(model, ["expr", "mri"], fusion, readout=True)
         ft = FinetuneModel(model, ["expr", "mri"], fusion, 3, readout=True, components=blocks)
-        assert ft.components == ["mri"] and ft.widths == [8, 12] and ft.in_features == 20
+        assert ft.components == ["expr", "mri"] and ft.widths == [12, 12] and ft.in_features == 24
+        assert ft.natural == [False] * 8 + [True] * 4 + [False] * 12
         with torch.no_grad():
             feats = ft.features(batch)
-            assert feats.shape == (6, 20) and torch.equal(feats[4], torch.cat([feats[4, :8], torch.zeros(12)]))
-            assert torch.allclose(feats[:4, 8:], got[:4], atol=1e-6)
-            assert ft.features({"expr": batch["expr"]}).shape == (6, 20)   # no MRI store: a zero block
+            assert feats.shape == (6, 24) and torch.equal(feats[4], torch.cat([feats[4, :12], torch.zeros(12)]))
+            assert torch.allclose(feats[:4, 12:], got[:4], atol=1e-6) and torch.allclose(feats[:, :12], expr, atol=1e-6)
+            assert ft.features({"expr": batch["expr"]}).shape == (6, 24)   # no MRI store: a zero block
             assert ft(batch).shape == (6, 3)
     assert FinetuneModel.default_components(model, ["expr", "mri"], "mean", readout=True) == []
     assert FinetuneModel.default_components(model, ["expr", "mri"], "stack", readout=False) == []
-    assert FinetuneModel(model, ["expr", "mri"], "stack", 3, readout=True).widths == [8, 8]
-    for fusion, readout, blocks in (("mean", True, ["mri"]), ("stack", False, ["mri"]), ("stack", True, ["expr"])):
+    old = FinetuneModel(model, ["expr", "mri"], "stack", 3, readout=True)
+    assert old.widths == [8, 8] and old.natural == [False] * 16
+    for fusion, readout, blocks in (("mean", True, ["mri"]), ("stack", False, ["mri"]), ("stack", True, ["signal"])):
         with pytest.raises(ValueError, match="component blocks"):
             FinetuneModel(model, ["expr", "mri"], fusion, 3, readout=readout, components=blocks)
 
@@ -213,6 +220,33 @@ def test_a_stacked_head_over_a_wider_mri_block_predicts_what_the_stacked_fit_pre
     assert (ours.argmax(1) == y[60:]).mean() > 0.5     # measured 0.63 (chance 0.33; the block alone 0.73)
 
 
+@pytest.mark.parametrize("fusion", ["concat", "stack"])
+def test_a_linear_head_keeps_the_expression_scores_at_their_own_scale(fusion):
+    """The expression block's principal-component scores are centred, not z-scored, by the head's
+    fit (models.linear_path.PROBE_COMPONENTS): a score of variance 25 keeps scale 1, so the L2 penalty
+    favours the directions with the data's variance, as a logistic regression on the raw genes does."""
+    from phenoclip.eval.stacking import fit_stacked
+    from phenoclip.finetune.heads import HeadSettings, fit_linear_head, scores_from_features
+    from phenoclip.models.finetune import FinetuneModel
+
+    model, _ = _mri_model(k=4)
+    ft = FinetuneModel(model, ["expr", "mri"], fusion, 2, readout=True, components=["expr", "mri"])
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=90)
+    x = rng.normal(size=(90, 24)) * 5.0
+    x[:, 8] += 15.0 * y             # the label in the first expression score
+    fit_linear_head(ft, x[:60], y[:60], True, HeadSettings(), seed=0)
+    sd = x[:60].std(0)
+    scale = ft.feature_scale.numpy()
+    assert np.allclose(scale[8:12], 1.0) and np.allclose(scale[:8], sd[:8]) and np.allclose(scale[12:], sd[12:])
+    assert np.allclose(ft.feature_mean.numpy(), x[:60].mean(0))
+    ours = scores_from_features(ft, x[60:], True)
+    if fusion == "stack":
+        ref = fit_stacked(x[:60], [12, 12], y[:60], 2, 0, natural=np.array(ft.natural)).predict(x[60:])
+        assert np.allclose(ours, ref, atol=1e-5)
+    assert (ours.argmax(1) == y[60:]).mean() > 0.8      # measured 0.93 for both fusions (chance 0.5)
+
+
 def test_explain_attributes_the_mri_block_with_its_scores():
     from phenoclip.explain.attribution import DenseEncoder
     from phenoclip.explain.targets import ModelTarget
@@ -231,5 +265,9 @@ def test_explain_attributes_the_mri_block_with_its_scores():
         present = torch.ones(6, 2)
         got = ModelTarget(dense, ft, 1)(x, others, present, torch.full((6,), 2))
     torch.testing.assert_close(got[:4], expected[:4, 2], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(DenseEncoder(model, "expr", components=True)(batch["expr"][VALUES]),
+                              model.probe_features("expr", batch["expr"]), atol=1e-6)
+    gene = build_model(SHAPES, "tiny", {"expr": "mlp"}, linear_components=4)
     with pytest.raises(ValueError, match="principal-component"):
-        DenseEncoder(model, "expr", components=True)
+        DenseEncoder(gene, "gene", components=True)   # genotypes read their embedding alone
