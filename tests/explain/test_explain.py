@@ -278,7 +278,10 @@ def test_model_target_explains_the_fine_tuned_logit(pre, cohort, tmp_path):
     assert ft.modalities == ["gene", "expr"]
     with torch.no_grad():
         expected = ft(batch)
-        others = torch.stack([torch.zeros(6, ft.model.embed_dim), ft.embedding("expr", batch["expr"])], 1)
+        # blocks padded to the widest: expression's holds its principal-component scores too
+        assert ft.components == ["expr"] and ft.widths[1] > ft.widths[0] == ft.model.embed_dim
+        others = torch.zeros(6, 2, max(ft.widths))
+        others[:, 1] = ft.embedding("expr", batch["expr"])
         present = torch.stack([torch.ones(6), batch["expr"]["present"].float()], 1)
         got = ModelTarget(dense, ft, 0)(x, others, present, torch.full((6,), 2))
     torch.testing.assert_close(got, expected[:, 2], rtol=1e-4, atol=1e-5)
