@@ -76,7 +76,8 @@ class Experiment:
             raise UsageError(f"--fusion stack needs a class label; '{self.labels.column}' is a {self.labels.task} "
                              "target: use --fusion concat or mean")
         # the linear head reads the genotype read-out where pretraining fitted one (models.readout)
-        # and, for MRI, the linear path's principal-component scores beside the embedding (models.linear_path)
+        # and, for MRI and expression, the linear path's principal-component scores beside the embedding
+        # (models.linear_path.PROBE_COMPONENTS)
         readout = s.head.mode == "linear"
         blocks = FinetuneModel.default_components(self.pre.model, self.modalities, s.fusion, readout)
         self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out, readout, blocks)}
