@@ -103,7 +103,8 @@ def _run(ctx: BenchContext) -> SuiteResult:
         x = np.concatenate([emb[k] for k in mods], axis=1) if m == "all" else emb[m]
         have = np.ones(len(samples), bool) if m == "all" else present[m]
         tr, te = train & have, test & have
-        natural = np.concatenate([pre.model.probe_natural(k) for k in mods]) if m == "all" else pre.model.probe_natural(m)
+        natural = (np.concatenate([pre.model.probe_natural(k) for k in mods]) if m == "all"
+                   else pre.model.probe_natural(m))  # columns the probe only centres
         model, probe_c[m] = fit_probe(x[tr], y[tr], PROBE_C[mode], ctx.seed, natural)
         rows.add(m, PROBE, y[te], full_proba(model, x[te], len(labels.classes)), int(tr.sum()), {"C": probe_c[m]})
     finetune_cmd, finetune_check = _finetune_all(ctx, cohort, ckpt_dir, probe_c["all"], samples, test, rows)
