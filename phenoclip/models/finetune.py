@@ -77,8 +77,7 @@ class FinetuneModel(nn.Module):
         #: per feature: a column the linear head only centres (:meth:`MultimodalModel.probe_natural`);
         #: it matters when the head is fitted, the fitted scale is in ``feature_scale``
         self.natural = [False] * self.in_features if fusion == "mean" else [
-            v for m, w in zip(self.modalities, self.widths)
-            for v in (model.probe_natural(m) if m in self.components else [False] * w)]
+            v for m in self.modalities for v in model.probe_natural(m, components=m in self.components)]
         self.register_buffer("feature_mean", torch.zeros(self.in_features))
         self.register_buffer("feature_scale", torch.ones(self.in_features))
         self.register_buffer("target_mean", torch.zeros(()))
