@@ -2,8 +2,9 @@
 
 Over several pretraining seeds (3 with ``--quick``, 5 without), each seed drawing its own
 held-out patients (the pretraining run's validation split; every figure below is measured on
-them), ``phenoclip pretrain`` runs with its defaults (CLIP over every modality pair; SCARF for a
-cohort of one tabular modality) and is compared, on the same patients, with:
+them), ``phenoclip pretrain`` runs with its defaults (CLIP over every modality pair, with SCARF on
+expression beside it; SCARF for a cohort of one tabular modality) and is compared, on the same
+patients, with:
 
 * **classification** (the cohort's first label column): ``phenoclip finetune --mode linear``'s
   probe (logistic regression on the frozen, standardised embeddings, C by inner CV) against
@@ -44,6 +45,7 @@ from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_ou
                                        restrict_to)
 from phenoclip.finetune.stack_caps import crossfit_scores, measure_stack_caps
 from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained, random_init_like
+from phenoclip.pretrain.settings import default_objectives as pretrain_default_objectives
 from phenoclip.progress import info
 
 FRACTIONS = [0.1, 0.2, 0.5, 1.0]
@@ -69,8 +71,9 @@ def run(ctx: BenchContext) -> SuiteResult:
 
 
 def default_objectives(modalities: list[str]) -> list[str]:
-    """What ``phenoclip pretrain`` is told by a user who tunes nothing: CLIP, or SCARF for one tabular modality."""
-    return ["clip"] if len(modalities) >= 2 else ["scarf"]
+    """What ``phenoclip pretrain`` is told by a user who tunes nothing: its default for two or more
+    modalities (CLIP, with SCARF on expression beside it), or SCARF for one tabular modality."""
+    return pretrain_default_objectives(modalities) if len(modalities) >= 2 else ["scarf"]
 
 
 def _run(ctx: BenchContext) -> SuiteResult:

@@ -17,7 +17,7 @@ phenoclip preprocess phenotypes --phenopackets $S/phenotypes/phenopackets --labe
 rm -rf "$OUT/pretrain"
 phenoclip pretrain --modalities gene,expr,mri,signal,hpo \
     --data "$OUT/gene.h5" --data "$OUT/expr.h5" --data "$OUT/mri.h5" --data "$OUT/signal.h5" --data "$OUT/pheno.h5" \
-    --objective clip --preset tiny --out "$OUT/pretrain"
+    --objective clip,scarf --preset tiny --out "$OUT/pretrain"
 DATA=(--data "$OUT/gene.h5" --data "$OUT/expr.h5" --data "$OUT/mri.h5" --data "$OUT/signal.h5" --data "$OUT/pheno.h5")
 # label-efficient disease classification from the four measurement modalities (hpo left out: its
 # simulated terms name the disease): linear heads on the pretrained embeddings, beside the same heads on

@@ -33,7 +33,7 @@ def _pairs(items: list[str], what: str) -> dict:
 def pretrain(
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated: gene, expr, mri, signal, hpo."),
     data: List[Path] = typer.Option([], "--data", help="A store from phenoclip preprocess; repeatable. Its schema tells its modality."),
-    objective: Optional[str] = typer.Option(None, "--objective", help="Comma-separated: clip, ontology, mvm, mhm, scarf, vime, byol [default: clip]."),
+    objective: Optional[str] = typer.Option(None, "--objective", help="Comma-separated: clip, ontology, mvm, mhm, scarf, vime, byol [default: clip,scarf when expr is one of two or more modalities, else clip]. scarf, vime and byol pretrain one tabular modality; beside clip, scarf runs on expr."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory (runs/NAME)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny (CPU, minutes) | small | paper (GPU) [default: tiny]."),
     arch: List[str] = typer.Option([], "--arch", help="MODALITY=ARCH, e.g. gene=mlp, expr=mamba; repeatable."),

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from phenoclip.pretrain.settings import TABULAR_OBJECTIVES, PretrainSettings
+from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.data.batch import DOSAGE, PRESENT, VALUES
 from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate, split_patients
 from phenoclip.errors import InconsistentInputError, OutputError, UsageError
@@ -99,8 +99,8 @@ def _initialisation(cfg: PretrainSettings, stores: CohortStores, train_ds: Multi
         init["hpo_vocab"] = hpo_vocabulary(data.ontology, used)
     if cfg.linear_path > 0:
         init["linear_inputs"] = _linear_inputs(cfg, train_ds)
-    if any(o in TABULAR_OBJECTIVES for o in cfg.objectives):
-        m = cfg.modalities[0]
+    if cfg.tabular_modality:
+        m = cfg.tabular_modality
         key = TABULAR_KEY[m]
         items = [train_ds[i][m] for i in range(len(train_ds))]
         init["tabular_train"] = torch.stack([it[key] for it in items if bool(it[PRESENT])]).numpy()
@@ -245,6 +245,9 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
     train_ds = MultimodalDataset(stores, needed, train_ids)
     val_ds = MultimodalDataset(stores, needed, val_ids, stats_samples=train_ids)
     cfg.data_shapes["n_train"] = len(train_ds)
+    if cfg.tabular_modality and len(cfg.modalities) > 1:
+        # SCARF beside CLIP draws its replacement values from the training patients that have expression
+        cfg.data_shapes["n_tabular_train"] = int(np.sum(stores.present(cfg.tabular_modality, train_ids)))
     if resume:
         if "gene_readout" not in read_config(out):
             cfg.gene_readout = False  # written before the read-out existed: no weights for one

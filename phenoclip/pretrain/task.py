@@ -79,10 +79,11 @@ class PretrainTask(nn.Module):
             self.register_buffer("ld_blocks", torch.zeros(enc.tokens.n_variants, dtype=torch.int64))
         tab = [o for o in objectives if o in TABULAR_OBJECTIVES]
         if tab:
-            self.tab_modality = cfg.modalities[0]
+            self.tab_modality = cfg.tabular_modality
             n_features = int(np.prod(next(v for k, v in cfg.data_shapes[self.tab_modality].items()
                                           if k in ("n_genes", "n_variants"))))
-            self.register_buffer("marginals", torch.zeros(cfg.data_shapes["n_train"], n_features))
+            n_rows = cfg.data_shapes.get("n_tabular_train", cfg.data_shapes["n_train"])
+            self.register_buffer("marginals", torch.zeros(n_rows, n_features))
         if "scarf" in objectives:
             self.scarf_loss = ScarfLoss(temperature=1.0)
         if "vime" in objectives:
@@ -222,7 +223,9 @@ class PretrainTask(nn.Module):
             z1 = self.model.encode(m, {key: x})
             z2 = self.model.encode(m, {key: x_tilde})
             # the other patients of the global batch are the negatives, as for CLIP
-            out.update(self.scarf_loss(all_gather_with_grad(z1), all_gather_with_grad(z2)))
+            z1, z2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
+            # beside CLIP a global batch can hold no patient with expression: then the term is 0
+            out["scarf"] = self.scarf_loss(z1, z2)["scarf"] if len(z1) else z1.sum() * 0.0
         if "vime" in self.cfg.objectives:
             x_tilde, mask = VimeMasking(self.cfg.vime_rate, self.marginals)(x, generator=g)
             h = self.model.encode(m, {key: x_tilde}, normalize=False)

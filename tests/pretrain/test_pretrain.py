@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import error_lines, needs, run_cli
+from phenoclip.errors import UsageError
 from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.train.loop import Preempted
 from phenoclip.pretrain.run import run_pretrain
@@ -227,7 +228,7 @@ def test_torchrun_two_cpu_processes(small_cohort, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective,modalities", [("clip", "gene,expr"), ("clip,ontology", "gene,expr,hpo"),
-                                                  ("scarf", "expr")])
+                                                  ("scarf", "expr"), ("clip,scarf", "gene,expr")])
 def test_two_processes_with_batch_b_train_like_one_with_batch_2b(small_cohort, tmp_path, objective, modalities):
     """Data-parallel training is exact: torchrun with 2 CPU processes (gloo) at batch 8 ends with the
     weights of one process at batch 16 (default augmentation, dropout and batch norm included): the
@@ -432,3 +433,47 @@ def test_the_last_epoch_fits_the_gene_read_out_and_older_checkpoints_still_load(
     off = tmp_path / "off"
     run_pretrain(fast_config(small_cohort, epochs=1, gene_readout=False), off, log=lambda s: None)
     assert not load_pretrained(off).model.readouts and "gene_readout/alpha" not in read_state(off)["history"][-1]
+
+
+def test_scarf_beside_clip_corrupts_expression_from_the_patients_that_have_it(small_cohort, tmp_path):
+    """``--objective clip,scarf``: SCARF's InfoNCE on expression beside CLIP. A quarter of the patients
+    have no expression here: the replacement values come from the training patients that have it,
+    the term is logged beside CLIP's, and a run stopped mid-epoch resumes to the same weights."""
+    sub = tmp_path / "expr_sub.h5"
+    with open_store(small_cohort["expr"]) as src:
+        keep = src.samples[:48]
+        with create_store(sub, "expression", keep) as w:
+            w.array("genes", src.strings("genes"))
+            w.per_sample("values", src["values"][:48])
+    cfg = dict(data=[str(small_cohort["gene"]), str(sub)], objectives=["clip", "scarf"])
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    run_pretrain(fast_config(small_cohort, **cfg), straight, log=lambda s: None)
+    config = json.loads((straight / "config.json").read_text())
+    n_train, n_expr = config["data_shapes"]["n_train"], config["data_shapes"]["n_tabular_train"]
+    assert n_expr < n_train and n_expr == pytest.approx(0.75 * n_train, abs=6), (n_expr, n_train)
+    history = json.loads((straight / "state.json").read_text())["history"]
+    first, last = history[0], history[-1]
+    assert {"clip", "scarf"} <= set(last) and last["loss"] == pytest.approx(last["clip"] + last["scarf"], rel=1e-5)
+    assert last["scarf"] < first["scarf"]  # the corrupted views are told apart better as it trains
+    with pytest.raises(Preempted):
+        run_pretrain(fast_config(small_cohort, **cfg), broken, stop_after_steps=5, log=lambda s: None)
+    run_pretrain(fast_config(small_cohort, **cfg), broken, resume=True, log=lambda s: None)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(broken / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("objective,modalities,message", [
+    ("clip,vime", "gene,expr", "one tabular modality"),
+    ("clip,scarf", "gene,mri", "one tabular modality"),
+    ("scarf", "gene,expr", "one tabular modality")])
+def test_tabular_objectives_beside_clip_are_scarf_on_expression_only(objective, modalities, message):
+    cfg = PretrainSettings(modalities=modalities.split(","), data=["x.h5"], objectives=objective.split(","))
+    with pytest.raises(UsageError, match=message):
+        cfg.validate()
+    ok = PretrainSettings(modalities=["gene", "expr"], data=["x.h5"], objectives=["clip", "scarf"]).validate()
+    assert ok.tabular_modality == "expr"
+    assert PretrainSettings(modalities=["gene"], data=["x.h5"], objectives=["scarf"]).validate().tabular_modality == "gene"
+    # without --objective: SCARF on expression beside CLIP where expression is among the modalities
+    assert PretrainSettings(modalities=["gene", "expr", "hpo"], data=["x.h5"]).objectives == ["clip", "scarf"]
+    assert PretrainSettings(modalities=["gene", "mri"], data=["x.h5"]).objectives == ["clip"]
+    assert PretrainSettings.from_dict({"modalities": ["gene", "expr"], "data": ["x.h5"], "objectives": ["clip"]}).objectives == ["clip"]
