@@ -207,8 +207,13 @@ def test_bad_inputs(small_cohort, tmp_path):
     run_pretrain(fast_config(small_cohort, epochs=1), out, log=lambda s: None)
     (out / "model.safetensors").write_bytes(b"\x80\x04pickled")
     proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", g, "--data", e, "--arch", "gene=mlp",
-                   "--arch", "expr=mlp", "--epochs", "2", "--batch-size", "16", "--seed", "5", "--out", out, "--resume")
+                   "--arch", "expr=mlp", "--objective", "clip", "--epochs", "2", "--batch-size", "16", "--seed", "5",
+                   "--out", out, "--resume")
     assert proc.returncode == 4 and "not a safetensors file" in proc.stderr, proc.stderr
+    # resuming a CLIP-only checkpoint without --objective (the default is now clip,scarf with expr) is refused in one line
+    proc = run_cli("pretrain", "--modalities", "gene,expr", "--data", g, "--data", e, "--arch", "gene=mlp",
+                   "--arch", "expr=mlp", "--epochs", "2", "--batch-size", "16", "--seed", "5", "--out", out, "--resume")
+    assert proc.returncode == 5 and "objectives was ['clip']" in proc.stderr and len(error_lines(proc)) == 1, proc.stderr
 
 
 @pytest.mark.slow
