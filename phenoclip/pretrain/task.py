@@ -220,8 +220,7 @@ class PretrainTask(nn.Module):
         share = share_of_global_mean(x.shape[0], x.device)[0] if {"vime", "byol"} & set(self.cfg.objectives) else 1.0
         if "scarf" in self.cfg.objectives:
             x_tilde, _ = ScarfCorruption(self.marginals, self.cfg.scarf_rate)(x, generator=g)
-            z1 = self.model.encode(m, {key: x})
-            z2 = self.model.encode(m, {key: x_tilde})
+            z1, z2 = self._scarf_views(m, key, x, x_tilde)
             # the other patients of the global batch are the negatives, as for CLIP
             z1, z2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
             # beside CLIP a global batch can hold no patient with expression: then the term is 0
@@ -241,6 +240,21 @@ class PretrainTask(nn.Module):
                 z1, z2 = self._byol_embed(self.byol_target, {key: v1}), self._byol_embed(self.byol_target, {key: v2})
             out.update({k: v * share for k, v in self.byol_loss(p1, p2, z1, z2).items()})
         return out
+
+    def _scarf_views(self, m: str, key: str, x: torch.Tensor, x_tilde: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SCARF's two embeddings of ``x`` and its corrupted copy, each ``(n, E)``.
+
+        Beside CLIP a batch (or one rank's share of it) can hold fewer than two patients with
+        expression: none is not encoded (the Mamba encoder cannot take an empty batch), and one is
+        encoded together with its corrupted copy (batch norm needs two rows in training).
+        """
+        if len(x) >= 2:
+            return self.model.encode(m, {key: x}), self.model.encode(m, {key: x_tilde})
+        if len(x) == 0:
+            empty = x.new_zeros((0, self.model.embed_dim))
+            return empty, empty
+        z = self.model.encode(m, {key: torch.cat([x, x_tilde])})
+        return z[:1], z[1:]
 
     # ------------------------------------------------------------------ BYOL's two networks
     def _byol_online(self) -> nn.ModuleDict:

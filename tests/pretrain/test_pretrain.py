@@ -9,6 +9,7 @@ import sys
 import time
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -440,16 +441,19 @@ def test_the_last_epoch_fits_the_gene_read_out_and_older_checkpoints_still_load(
     assert not load_pretrained(off).model.readouts and "gene_readout/alpha" not in read_state(off)["history"][-1]
 
 
+def _expression_of_the_first(cohort, n: int, path):
+    """An expression store holding only the cohort's first ``n`` patients (the others lack expression)."""
+    with open_store(cohort["expr"]) as src, create_store(path, "expression", src.samples[:n]) as w:
+        w.array("genes", src.strings("genes"))
+        w.per_sample("values", src["values"][:n])
+    return path
+
+
 def test_scarf_beside_clip_corrupts_expression_from_the_patients_that_have_it(small_cohort, tmp_path):
     """``--objective clip,scarf``: SCARF's InfoNCE on expression beside CLIP. A quarter of the patients
     have no expression here: the replacement values come from the training patients that have it,
     the term is logged beside CLIP's, and a run stopped mid-epoch resumes to the same weights."""
-    sub = tmp_path / "expr_sub.h5"
-    with open_store(small_cohort["expr"]) as src:
-        keep = src.samples[:48]
-        with create_store(sub, "expression", keep) as w:
-            w.array("genes", src.strings("genes"))
-            w.per_sample("values", src["values"][:48])
+    sub = _expression_of_the_first(small_cohort, 48, tmp_path / "expr_sub.h5")
     cfg = dict(data=[str(small_cohort["gene"]), str(sub)], objectives=["clip", "scarf"])
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     run_pretrain(fast_config(small_cohort, **cfg), straight, log=lambda s: None)
@@ -465,6 +469,21 @@ def test_scarf_beside_clip_corrupts_expression_from_the_patients_that_have_it(sm
     run_pretrain(fast_config(small_cohort, **cfg), broken, resume=True, log=lambda s: None)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(broken / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mlp"])
+def test_scarf_beside_clip_trains_through_batches_with_fewer_than_two_expression_profiles(small_cohort, tmp_path, arch):
+    """Three of 64 patients have expression: most batches of 8 hold none or one. The Mamba encoder
+    cannot take an empty batch and the MLP's batch norm needs two rows; SCARF's term is 0 on a
+    batch without expression and the run ends with finite weights."""
+    sub = _expression_of_the_first(small_cohort, 3, tmp_path / "expr_three.h5")
+    cfg = fast_config(small_cohort, data=[str(small_cohort["gene"]), str(sub)], objectives=["clip", "scarf"],
+                      architectures={"gene": "mlp", "expr": arch}, epochs=2, batch_size=8)
+    run_pretrain(cfg, tmp_path / "run", log=lambda s: None)
+    history = json.loads((tmp_path / "run" / "state.json").read_text())["history"]
+    assert len(history) == 2 and all(np.isfinite(h["scarf"]) and np.isfinite(h["loss"]) for h in history)
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("objective,modalities,message", [
