@@ -29,7 +29,7 @@ def default_objectives(modalities: list[str]) -> list[str]:
     SCARF beside CLIP keeps what tells expression profiles apart, not only what expression shares
     with the other modalities. On the sample cohort (9 pretraining seeds, the baselines suite's
     held-out patients) it lifted the expression probe at 10 % of labels and the fused probe above
-    MOFA+ there, with retrieval at least as good (docs/experiments.md, "SCARF beside CLIP").
+    MOFA+ there, with retrieval at least as good (docs/experiments.md, "SCARF on expression beside CLIP").
     """
     if len(modalities) >= 2 and "expr" in modalities:
         return ["clip", "scarf"]
