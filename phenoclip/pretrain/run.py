@@ -102,7 +102,11 @@ def _initialisation(cfg: PretrainSettings, stores: CohortStores, train_ds: Multi
     if cfg.tabular_modality:
         m = cfg.tabular_modality
         key = TABULAR_KEY[m]
-        items = [train_ds[i][m] for i in range(len(train_ds))]
+        # read only the corrupted modality (beside CLIP a whole item would load every MRI volume and
+        # recording too), scaled with the training split's own expression statistics
+        stats = (train_ds.expr_mean, train_ds.expr_std) if m == "expr" else None
+        view = MultimodalDataset(stores, [m], train_ds.samples, expr_stats=stats)
+        items = [view[i][m] for i in range(len(view))]
         init["tabular_train"] = torch.stack([it[key] for it in items if bool(it[PRESENT])]).numpy()
     return init
 
