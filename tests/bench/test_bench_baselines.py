@@ -82,3 +82,22 @@ def test_real_cohort_gse7390_is_written_from_the_package(tmp_path):
         assert 11.5 < float(f["values"][:, 0].mean()) < 12.0          # RMA log2 intensities as shipped
     er = load_task_labels(str(folder / "labels.tsv"))
     assert er.column == "er" and er.classes == ["negative", "positive"] and np.bincount(er.y).tolist() == [64, 134]
+
+
+def test_real_cohort_pbmc68k_is_written_from_the_package(tmp_path):
+    """scanpy's PBMC 68k extract: 765 log-normalised genes, the 7 cell types with >= 30 cells."""
+    import h5py
+
+    from phenoclip_bench.real_data import write_cohort
+    from phenoclip.finetune.labels import load_task_labels
+
+    folder = write_cohort("pbmc68k", tmp_path / "pbmc68k")
+    with h5py.File(folder / "expr.h5") as f:
+        values = f["values"][:]
+        assert values.shape == (660, 765) and f.attrs["transform"] == "none"
+        # log1p of counts per 10,000 as shipped: non-negative, mostly zeros, a few above 5
+        assert values.min() == 0.0 and 0.5 < (values == 0).mean() < 0.9 and 5 < values.max() < 10
+    cells = load_task_labels(str(folder / "labels.tsv"))
+    assert cells.column == "cell_type" and cells.task == "multiclass" and len(cells.classes) == 7
+    counts = dict(zip(cells.classes, np.bincount(cells.y).tolist()))
+    assert counts["Dendritic"] == 240 and counts["CD14+_Monocyte"] == 129 and min(counts.values()) == 31
