@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import error_lines, needs, run_cli
+from conftest import assert_data_parallel_equal, error_lines, needs, run_cli
 from phenoclip.errors import UsageError
 from phenoclip.pretrain.settings import PretrainSettings
 from phenoclip.train.loop import Preempted
@@ -261,11 +261,7 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(small_cohort, t
     assert (s1["world_size"], s2["world_size"]) == (1, 2) and len(s1["history"]) == len(s2["history"]) == 3
     for h1, h2 in zip(s1["history"], s2["history"]):
         assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-5), (h1["loss"], h2["loss"])
-    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
-    assert a.keys() == b.keys()
-    worst = max((float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12)), k) for k in a
-                if a[k].is_floating_point())
-    assert worst[0] <= 1e-4, worst
+    assert_data_parallel_equal(one, two)
 
 
 def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
