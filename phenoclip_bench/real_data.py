@@ -30,8 +30,8 @@ from phenoclip.preprocess.expression import convert_expression
 #: name -> one line for the report
 DATASETS = {"gse7390": "198 breast tumours (GSE7390 / TRANSBIG, 76 genes of Wang's signature, ER status), "
                        "shipped in scikit-survival",
-            "pbmc68k": "660 blood cells (10x PBMC 68k, 765 highly variable genes, 7 cell types assigned against sorted reference populations), "
-                       "shipped in scanpy"}
+            "pbmc68k": "660 blood cells (10x PBMC 68k, 765 highly variable genes, 7 cell types assigned against "
+                       "sorted reference populations), shipped in scanpy"}
 #: bulk-label classes with fewer cells than this are left out of the pbmc68k cohort
 MIN_CELLS_PER_TYPE = 30
 
@@ -86,7 +86,7 @@ def _write_pbmc68k(folder: Path) -> None:
     with warnings.catch_warnings():  # the file predates anndata's current layout and says so on every read
         warnings.simplefilter("ignore")
         data = anndata.read_h5ad(path)
-    counts = data.raw.X  # log-normalised counts of the 765 genes (X holds them z-scored and clipped)
+    counts = data.raw.X  # log-normalised counts of the 765 genes (X holds them scaled per gene)
     counts = np.asarray(counts.toarray() if hasattr(counts, "toarray") else counts, dtype=np.float64)
     cell_type = data.obs["bulk_labels"].astype(str).to_numpy()
     types, n = np.unique(cell_type, return_counts=True)

@@ -36,8 +36,9 @@ def assert_data_parallel_equal(one: Path, two: Path) -> None:
     off by 1.2e-4 of the largest from the first epoch on, not growing over epochs (1.19e-4, 1.17e-4,
     1.15e-4 after 1, 2, 3): most likely a weight whose gradient sits at rounding level, where the
     order of the ranks' sum decides its sign and AdamW's normalised step moves it by up to the
-    learning rate. The max-element bound alone held at 1e-4 on the machines measured before. A rank-local loss, per-rank randomness or
-    per-rank batch norm moves every weight of the tensor (1e-2 and more), far beyond both bounds.
+    learning rate. The max-element bound alone held at 1e-4 on the machines measured before. A
+    rank-local loss, per-rank randomness or per-rank batch norm moves every weight of the tensor
+    (1e-2 and more), far beyond both bounds.
     """
     from safetensors.torch import load_file
 
