@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phenoclip.data.simulate.writers import write_tsv
 from phenoclip.errors import UsageError
 from phenoclip.preprocess.expression import convert_expression
 
@@ -49,13 +50,6 @@ def write_cohort(name: str, folder: Path) -> Path:
     return folder
 
 
-def _write_table(path: Path, ids, columns, rows) -> None:
-    with open(path, "w") as fh:
-        fh.write("sample\t" + "\t".join(columns) + "\n")
-        for sid, row in zip(ids, rows):
-            fh.write(sid + "\t" + "\t".join(row) + "\n")
-
-
 def _write_gse7390(folder: Path) -> None:
     try:  # optional: scikit-survival comes with the bench extra
         from sksurv.datasets import load_breast_cancer
@@ -65,11 +59,11 @@ def _write_gse7390(folder: Path) -> None:
     x, y = load_breast_cancer()
     ids = [f"T{i + 1:03d}" for i in range(len(x))]
     genes = [c for c in x.columns if c not in ("age", "er", "grade", "size")]
-    _write_table(folder / "expression.tsv", ids, genes,
-                 ([f"{v:.6f}" for v in row.to_numpy()] for _, row in x[genes].iterrows()))
-    _write_table(folder / "labels.tsv", ids, ["er", "grade", "metastasis"],
-                 ([str(er), str(grade).replace(" ", "_"), str(int(event))]
-                  for er, grade, (event, _) in zip(x["er"], x["grade"], y)))
+    write_tsv(str(folder / "expression.tsv"), ["sample", *genes],
+              ([sid, *(f"{v:.6f}" for v in row.to_numpy())] for sid, (_, row) in zip(ids, x[genes].iterrows())))
+    write_tsv(str(folder / "labels.tsv"), ["sample", "er", "grade", "metastasis"],
+              ([sid, er, str(grade).replace(" ", "_"), int(event)]
+               for sid, er, grade, (event, _) in zip(ids, x["er"], x["grade"], y)))
 
 
 def _write_pbmc68k(folder: Path) -> None:
@@ -92,6 +86,7 @@ def _write_pbmc68k(folder: Path) -> None:
     types, n = np.unique(cell_type, return_counts=True)
     keep = np.isin(cell_type, types[n >= MIN_CELLS_PER_TYPE])
     ids = data.obs_names.to_numpy()[keep]
-    _write_table(folder / "expression.tsv", ids, list(data.raw.var_names),
-                 ([f"{v:.6f}" for v in row] for row in counts[keep]))
-    _write_table(folder / "labels.tsv", ids, ["cell_type"], ([t.replace(" ", "_")] for t in cell_type[keep]))
+    write_tsv(str(folder / "expression.tsv"), ["sample", *data.raw.var_names],
+              ([sid, *(f"{v:.6f}" for v in row)] for sid, row in zip(ids, counts[keep])))
+    write_tsv(str(folder / "labels.tsv"), ["sample", "cell_type"],
+              ([sid, t.replace(" ", "_")] for sid, t in zip(ids, cell_type[keep])))
