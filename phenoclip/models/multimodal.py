@@ -8,8 +8,8 @@ A modality may also have a linear path (:mod:`phenoclip.models.linear_path`): it
 then ``projection(encoder(x)) + linear_path(x)``, a linear map of the raw input's whitened
 principal components beside the deep encoder.
 
-A modality may have a read-out (:mod:`phenoclip.models.readout`): a ridge map of its raw input
-fitted after pretraining to the other modalities' embeddings. :meth:`MultimodalModel.probe_embedding`
+A modality may have a read-out (:mod:`phenoclip.models.readout`): a penalised linear map of its raw
+input fitted after pretraining to the other modalities' embeddings. :meth:`MultimodalModel.probe_embedding`
 returns it, once fitted, for the linear probes of ``finetune``; :meth:`MultimodalModel.encode`
 (retrieval, the losses) never does. :meth:`MultimodalModel.probe_features` is what a linear probe
 reads: that, beside the linear path's principal-component scores for the modalities of

@@ -1,4 +1,4 @@
-"""The genotype read-out: a ridge score of the dosages distilled from the other modalities.
+"""The genotype read-out: a linear score of the dosages distilled from the other modalities.
 
 Contrastive pretraining teaches the dosage encoder to place each training patient next to that
 patient's other modalities. With thousands of variants and a few hundred to a few thousand
@@ -8,10 +8,10 @@ simulated patients the gene probe stayed at 0.70 AUROC from 10 % to 100 % of lab
 elastic net on the dosages climbed to 0.83; docs/experiments.md, "a genotype read-out
 distilled from the other modalities").
 
-The read-out cannot memorise: once pretraining ends, a ridge regression maps the standardised
-dosages of the training patients to their *consensus*, the mean of their other modalities'
-L2-normalised embeddings (the teacher), with the penalty chosen by generalised cross-validation
-(:func:`phenoclip.pretrain.readout.fit_gene_readout`). It is what a linear probe of the gene
+The read-out cannot memorise: once pretraining ends, a penalised linear regression (a screened
+ridge or a multi-task elastic net, whichever cross-validates better) maps the standardised dosages
+of the training patients to their *consensus*, the mean of their other modalities' L2-normalised
+embeddings (the teacher) (:func:`phenoclip.pretrain.readout.fit_gene_readout`). It is what a linear probe of the gene
 block reads (``MultimodalModel.probe_embedding``); retrieval and the contrastive loss keep the
 encoder's embedding. On 2,000 patients it lifted the gene probe to 0.77-0.78 AUROC at every
 label fraction, above the elastic net up to half the labels.
@@ -54,7 +54,7 @@ class GenotypeReadout(nn.Module):
         self.register_buffer("scale", torch.ones(n_features))
         self.register_buffer("weight", torch.zeros(out_dim, n_features))
         self.register_buffer("bias", torch.zeros(out_dim))
-        #: the ridge penalty chosen (0 while unfitted)
+        #: the penalty chosen, the ridge's or the elastic net's (0 while unfitted)
         self.register_buffer("alpha", torch.zeros(()))
         # 1.0 once fitted; a float, not a bool: tools that compare checkpoints subtract tensors
         self.register_buffer("fitted", torch.zeros(()))

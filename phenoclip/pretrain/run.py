@@ -33,7 +33,7 @@ from phenoclip.checkpoint_save import write_data_stats
 from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, Preempted, train
 from phenoclip.train.stop import StopFlag
-from phenoclip.pretrain.readout import fit_gene_readout
+from phenoclip.pretrain.readout import RIDGE, SPARSE, fit_gene_readout
 from phenoclip.pretrain.task import TABULAR_KEY, PretrainTask
 
 
@@ -163,11 +163,12 @@ def fit_readout(model, train_ds: MultimodalDataset, modalities: list[str], seed:
         log("gene read-out not fitted: too few training patients have genotypes and another modality")
         return {}
     model.readouts["gene"].set_fit(fit.mean, fit.scale, fit.weight, fit.bias, fit.alpha)
-    log(f"gene read-out: ridge from {fit.variants} of {n_variants} variants (screened by their association "
-        f"with the teacher) to the consensus of {', '.join(teacher)} on {fit.patients} training patients "
-        f"(alpha {fit.alpha:.3g})")
+    how = ("screened by their association with the teacher" if fit.method == RIDGE else
+           "kept by its L1 penalty, chosen over the screened ridge by cross-validation")
+    log(f"gene read-out: {fit.method} from {fit.variants} of {n_variants} variants ({how}) to the consensus of "
+        f"{', '.join(teacher)} on {fit.patients} training patients (alpha {fit.alpha:.3g})")
     return {"gene_readout/alpha": fit.alpha, "gene_readout/patients": float(fit.patients),
-            "gene_readout/variants": float(fit.variants)}
+            "gene_readout/variants": float(fit.variants), "gene_readout/sparse": float(fit.method == SPARSE)}
 
 
 def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str]) -> dict[str, float]:
