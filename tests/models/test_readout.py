@@ -108,6 +108,16 @@ def test_the_folds_choose_the_elastic_net_for_few_causal_variants_and_the_ridge_
         assert chosen.method == fitting.RIDGE and chosen.variants == 400
 
 
+def test_the_elastic_net_must_win_by_more_than_the_folds_noise():
+    # per-fold held-out errors (folds x settings); each candidate judged at its best setting
+    ridge = np.array([[10.0, 9.0], [11.0, 9.5], [10.5, 9.2], [10.2, 9.1], [10.8, 9.4]])
+    steady = ridge[:, [1]] - np.array([[0.5], [0.6], [0.4], [0.5], [0.55]])  # the 2,000-patient cohort's kind
+    noisy = ridge[:, [1]] - np.array([[0.6], [-0.5], [0.4], [-0.3], [0.2]])  # lower in sum, within noise
+    assert fitting.clearly_better(ridge, np.c_[steady, steady + 1])
+    assert noisy.sum() < ridge[:, 1].sum() and not fitting.clearly_better(ridge, noisy)
+    assert not fitting.clearly_better(ridge, np.zeros((5, 0)))
+
+
 def test_missing_calls_add_nothing_and_shapes_are_checked():
     dos, teacher, _ = _planted(60, v=30)
     dos[3, :5] = -1
