@@ -58,7 +58,7 @@ SCREEN_MIN_PATIENTS = 50
 #: the sparse candidate: a multi-task elastic net (one group-L1 penalty per variant over its weights to
 #: every direction) from the dosages to the teacher's top SPARSE_DIRECTIONS principal directions, over
 #: SPARSE_ALPHAS penalties from the smallest that keeps no variant down by a factor SPARSE_EPS. On
-#: 2,000 simulated patients the folds chose a tenth of the largest (327 of 2,001 variants kept); the
+#: 2,000 simulated patients the folds chose about a tenth of the largest (267-330 of 2,001 kept); the
 #: path to a thousandth took 193 s per fold and did not converge, to a hundredth 8 s (1,162 x 2,001,
 #: one thread, random coordinate order)
 SPARSE_DIRECTIONS = 8
@@ -96,7 +96,8 @@ class ReadoutFit:
     patients: int
     #: variants with a non-zero weight (kept by the screening, or by the elastic net's L1 penalty)
     variants: int
-    #: :data:`RIDGE` or :data:`SPARSE`, whichever predicted the teacher better out of fold
+    #: :data:`RIDGE`, or :data:`SPARSE` where it predicted the teacher clearly better out of fold
+    #: (:func:`clearly_better`)
     method: str = RIDGE
 
 
