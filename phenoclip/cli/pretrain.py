@@ -49,7 +49,7 @@ def pretrain(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a [pretrain] table; options given here win."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Perturb each view during contrastive training (dosage/term dropout, noise, shifts) [default: on]."),
     linear_path: Optional[int] = typer.Option(None, "--linear-path", min=0, help="Principal components of each raw input (gene, expr, mri, signal) mapped linearly into the embedding beside the deep encoder; 0 turns it off [default: 128]."),
-    gene_readout: Optional[bool] = typer.Option(None, "--gene-readout/--no-gene-readout", help="After the last epoch, fit a linear map of the dosages to the other modalities' embeddings (a ridge on the variants most associated with them, or a multi-task elastic net, whichever cross-validates better) on the training patients: what finetune's linear probes read for gene (the encoder memorises its pretraining patients; the read-out cannot). Needs clip and another modality [default: on]."),
+    gene_readout: Optional[bool] = typer.Option(None, "--gene-readout/--no-gene-readout", help="After the last epoch, fit a linear map of the dosages to the other modalities' embeddings (a ridge on the variants most associated with them, or a multi-task elastic net where it cross-validates clearly better) on the training patients: what finetune's linear probes read for gene (the encoder memorises its pretraining patients; the read-out cannot). Needs clip and another modality [default: on]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out exactly where it stopped."),
     threads: Optional[int] = Threads,
 ) -> None:

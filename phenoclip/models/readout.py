@@ -9,11 +9,11 @@ elastic net on the dosages climbed to 0.83; docs/experiments.md, "a genotype rea
 distilled from the other modalities").
 
 The read-out cannot memorise: once pretraining ends, a penalised linear regression (a screened
-ridge or a multi-task elastic net, whichever cross-validates better) maps the standardised dosages
-of the training patients to their *consensus*, the mean of their other modalities' L2-normalised
-embeddings (the teacher) (:func:`phenoclip.pretrain.readout.fit_gene_readout`). It is what a linear probe of the gene
-block reads (``MultimodalModel.probe_embedding``); retrieval and the contrastive loss keep the
-encoder's embedding. On 2,000 patients it lifted the gene probe to 0.77-0.78 AUROC at every
+ridge, or a multi-task elastic net where it cross-validates clearly better) maps the standardised
+dosages of the training patients to their *consensus*, the mean of their other modalities'
+L2-normalised embeddings, the teacher (:func:`phenoclip.pretrain.readout.fit_gene_readout`). It
+is what a linear probe of the gene block reads (``MultimodalModel.probe_embedding``); retrieval
+and the contrastive loss keep the encoder's embedding. On 2,000 patients it lifted the gene probe to 0.77-0.78 AUROC at every
 label fraction, above the elastic net up to half the labels.
 
 A missing call (``< 0``) is set to the training mean, so it contributes nothing, as in the
