@@ -44,6 +44,7 @@ from phenoclip.eval.stacking import fit_stacked
 from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                        restrict_to)
 from phenoclip.finetune.stack_caps import crossfit_scores, measure_stack_caps
+from phenoclip.models.finetune import FinetuneModel
 from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained, random_init_like
 from phenoclip.pretrain.settings import default_objectives as pretrain_default_objectives
 from phenoclip.progress import info
@@ -138,12 +139,21 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     # finetune's scratch model (same seed offset): no read-out, so its probe reads the encoder
     scratch = random_init_like(pre, seed + 7919, stores)
     natural = {m: pre.model.probe_natural(m) for m in rows}  # columns the probe only centres
+    # the stack's blocks: as finetune's default head over these modalities (signals' summed embedding)
+    fused_blocks = FinetuneModel.default_components(pre.model, rows, "stack", readout=True)
+    emb_fused, random_fused = {}, {}
     for m in rows:  # what `finetune --mode linear` reads: a modality's read-out where it has one, and
-        # MRI's and expression's principal-component scores beside the embedding (models.linear_path.PROBE_COMPONENTS)
+        # MRI's and expression's principal-component scores beside the embedding, signals' two paths side by
+        # side (models.linear_path.PROBE_COMPONENTS)
         emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats if m == "expr" else None,
                                            readout=True, components=True)
         emb_random[m] = embed_samples(scratch, stores, m, samples, stats if m == "expr" else None, readout=True,
                                       components=True)[0]
+        emb_fused[m], random_fused[m] = emb[m], emb_random[m]
+        if pre.model.probe_components(m) and m not in fused_blocks:
+            emb_fused[m], random_fused[m] = (embed_samples(model, stores, m, samples, stats if m == "expr" else None,
+                                                           readout=True)[0] for model in (pre.model, scratch))
+    natural_fused = np.concatenate([pre.model.probe_natural(m, components=m in fused_blocks) for m in rows])
     raw = _views(stores, rows, samples, stats)
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None
@@ -153,10 +163,10 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     result["stack_caps"] = caps.record if caps is not None else None
     for target in targets:
         have = np.ones(len(samples), bool) if target == "fused" else present[target]
-        x_emb = np.concatenate([emb[m] for m in rows], 1) if target == "fused" else emb[target]
-        x_rand = np.concatenate([emb_random[m] for m in rows], 1) if target == "fused" else emb_random[target]
-        widths = [emb[m].shape[1] for m in rows]
-        nat = np.concatenate([natural[m] for m in rows]) if target == "fused" else np.asarray(natural[target])
+        x_emb = np.concatenate([emb_fused[m] for m in rows], 1) if target == "fused" else emb[target]
+        x_rand = np.concatenate([random_fused[m] for m in rows], 1) if target == "fused" else emb_random[target]
+        widths = [emb_fused[m].shape[1] for m in rows]
+        nat = natural_fused if target == "fused" else np.asarray(natural[target])
         blocks = raw if target == "fused" else {target: raw[target]}
         n_raw = sum(b[0].shape[1] for b in blocks.values())
         run_enet = cfg["enet_max_features"] is None or n_raw <= cfg["enet_max_features"]

@@ -45,6 +45,7 @@ from phenoclip.data.multimodal import CohortStores
 from phenoclip.finetune.heads import HeadSettings
 from phenoclip.finetune.labels import held_out_split, load_task_labels, restrict_to
 from phenoclip.finetune.run import FinetuneSettings, run_finetune
+from phenoclip.models.finetune import FinetuneModel
 from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained
 from phenoclip.progress import info
 
@@ -94,17 +95,21 @@ def _run(ctx: BenchContext) -> SuiteResult:
 
     # 1. pretrained: frozen embeddings + linear probe
     stats = expr_stats(pre, stores)
-    emb, present = {}, {}
+    emb, present, emb_all = {}, {}, {}
+    # a head over every modality reads signals' summed embedding (FinetuneModel.default_components)
+    all_blocks = FinetuneModel.default_components(pre.model, mods, "concat", readout=True)
     for m in mods:
         emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats=stats if m == "expr" else None,
                                            readout=True, components=True)  # as finetune --mode linear reads them
+        emb_all[m] = emb[m] if m in all_blocks or not pre.model.probe_components(m) else embed_samples(
+            pre.model, stores, m, samples, stats=stats if m == "expr" else None, readout=True)[0]
     probe_c = {}
     for m in mods + ["all"]:
-        x = np.concatenate([emb[k] for k in mods], axis=1) if m == "all" else emb[m]
+        x = np.concatenate([emb_all[k] for k in mods], axis=1) if m == "all" else emb[m]
         have = np.ones(len(samples), bool) if m == "all" else present[m]
         tr, te = train & have, test & have
-        natural = (np.concatenate([pre.model.probe_natural(k) for k in mods]) if m == "all"
-                   else pre.model.probe_natural(m))  # columns the probe only centres
+        natural = (np.concatenate([pre.model.probe_natural(k, components=k in all_blocks) for k in mods])
+                   if m == "all" else pre.model.probe_natural(m))  # columns the probe only centres
         model, probe_c[m] = fit_probe(x[tr], y[tr], PROBE_C[mode], ctx.seed, natural)
         rows.add(m, PROBE, y[te], full_proba(model, x[te], len(labels.classes)), int(tr.sum()), {"C": probe_c[m]})
     finetune_cmd, finetune_check = _finetune_all(ctx, cohort, ckpt_dir, probe_c["all"], samples, test, rows)

@@ -77,6 +77,7 @@ class Experiment:
                              "target: use --fusion concat or mean")
         # the linear head reads the genotype read-out where pretraining fitted one (models.readout)
         # and, for MRI and expression, the linear path's principal-component scores beside the embedding
+        # (for signals, the deep and the linear path side by side)
         # (models.linear_path.PROBE_COMPONENTS)
         readout = s.head.mode == "linear"
         blocks = FinetuneModel.default_components(self.pre.model, self.modalities, s.fusion, readout)

@@ -43,8 +43,9 @@ MAX_MRI_FEATURES = 32 ** 3
 #: directions) and genotypes, so they keep every component; capping genotypes only pays together
 #: with an L1 first layer for the dosage MLP, which is not the default (DosageMLPConfig.l1).
 PATIENTS_PER_COMPONENT = {"signal": 4}
-#: modality -> how its linear probe (``finetune --mode linear``) scales the path's principal-component
-#: scores that it reads beside the embedding: "dimension" z-scores each score, as the embedding's
+#: modality -> what its linear probe (``finetune --mode linear``) reads beyond the embedding, and how it
+#: scales the path's principal-component scores that it reads beside it ("paths": no scores, the
+#: two paths side by side instead of the embedding, below): "dimension" z-scores each score, as the embedding's
 #: dimensions are; "natural" only centres them, so they keep the path's own scale (relative variances
 #: as the data has them, mean variance 1) and the probe's L2 penalty sees the raw features'
 #: geometry: with every component kept it is a logistic regression on the raw standardised
@@ -63,8 +64,15 @@ PATIENTS_PER_COMPONENT = {"signal": 4}
 #: components of ~145 patients are nearly patient codes once each is lifted to unit variance); at
 #: their natural scale the probe gained at every label fraction, on the sample cohort (9 seeds) and
 #: on GSE7390 (18 seeds) (docs/experiments.md, "expression reads its components at their own scale").
-#: Signals moved at neither scale, so they read the embedding alone.
-PROBE_COMPONENTS = {"mri": "dimension", "expr": "natural"}
+#: Signals ("paths") read neither: their component scores moved the probe at neither scale. Their
+#: block is the two paths side by side instead of their sum, each L2-normalised (the deep path
+#: ``projection(encoder(x))``, then the linear path): CLIP trains both into the same 64 directions,
+#: so each dimension of the sum mixes them and 16-32 labelled patients cannot pull them apart. On
+#: the sample cohort, 12 pretraining seeds (docs/experiments.md, "the signal probe reads its two
+#: paths side by side"), the probe gained +0.037 / +0.025 / +0.010 / +0.000 at 10 / 20 / 50 / 100 %
+#: of labels (real at 10-20 %) and its loss to random init (-0.041 / -0.027, real) went level; on
+#: the coalescent cohort nothing moved (within 0.002). Unnormalised paths side by side gained less.
+PROBE_COMPONENTS = {"mri": "dimension", "expr": "natural", "signal": "paths"}
 
 
 def mri_pool_factor(volume_shape) -> int:

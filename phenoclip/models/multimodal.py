@@ -13,7 +13,8 @@ input fitted after pretraining to the other modalities' embeddings. :meth:`Multi
 returns it, once fitted, for the linear probes of ``finetune``; :meth:`MultimodalModel.encode`
 (retrieval, the losses) never does. :meth:`MultimodalModel.probe_features` is what a linear probe
 reads: that, beside the linear path's principal-component scores for the modalities of
-:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`.
+:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` (for signals, the deep and the linear path
+side by side instead of their sum).
 """
 
 from __future__ import annotations
@@ -110,19 +111,29 @@ class MultimodalModel(nn.Module):
         return self.readouts[modality](inputs)
 
     def probe_components(self, modality: str) -> bool:
-        """Whether a probe of ``modality`` reads its linear path's principal-component scores beside the
-        embedding (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`; never beside a read-out)."""
+        """Whether a probe of ``modality`` reads more than its embedding: its linear path's principal-component
+        scores beside it, or (signals) its two paths side by side
+        (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`; never beside a read-out)."""
         return (modality in PROBE_COMPONENTS and modality in self.linear_paths
                 and not self.has_readout(modality))
 
     def probe_width(self, modality: str, components: bool = True) -> int:
         """Columns of :meth:`probe_features` (``components=True``) or of :meth:`probe_embedding`."""
-        extra = self.linear_paths[modality].n_components if components and self.probe_components(modality) else 0
-        return self.embed_dim + extra
+        if not (components and self.probe_components(modality)):
+            return self.embed_dim
+        return self.embed_dim + (self.embed_dim if PROBE_COMPONENTS[modality] == "paths"
+                                 else self.linear_paths[modality].n_components)
 
     def probe_features(self, modality: str, inputs: dict) -> Tensor:
         """``(B, E [+ k])``: :meth:`probe_embedding`, beside the linear path's ``k`` principal-component
-        scores where :meth:`probe_components` (components a checkpoint did not keep are zero columns)."""
+        scores where :meth:`probe_components` (components a checkpoint did not keep are zero columns);
+        for a modality whose :data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` kind is "paths",
+        ``(B, 2E)``: its two paths side by side instead, each L2-normalised (the deep path
+        ``projection(encoder(x))``, then the linear path), not their normalised sum."""
+        if self.probe_components(modality) and PROBE_COMPONENTS[modality] == "paths":
+            deep = self.projections[modality](self.encoders[modality](inputs))
+            linear = self.linear_paths[modality](inputs)
+            return torch.cat([nn.functional.normalize(deep, dim=-1), nn.functional.normalize(linear, dim=-1)], dim=1)
         z = self.probe_embedding(modality, inputs)
         if not self.probe_components(modality):
             return z

@@ -271,3 +271,50 @@ def test_explain_attributes_the_mri_block_with_its_scores():
     gene = build_model(SHAPES, "tiny", {"expr": "mlp"}, linear_components=4)
     with pytest.raises(ValueError, match="principal-component"):
         DenseEncoder(gene, "gene", components=True)   # genotypes read their embedding alone
+
+
+def test_the_signal_probe_reads_its_two_paths_side_by_side():
+    """Signals' kind is "paths" (PROBE_COMPONENTS): a linear head reads the deep path and the linear
+    path side by side, each L2-normalised, instead of the normalised sum that retrieval reads, so it
+    can weigh the two apart; the component scores themselves are not read."""
+    from phenoclip.models.finetune import FinetuneModel
+
+    torch.manual_seed(0)
+    shapes = {"expr": {"n_genes": 30}, "signal": {"n_channels": 2, "length": 64}}
+    model = build_model(shapes, "tiny", {"expr": "mlp"}, embed_dim=8, linear_components=5).eval()
+    g = torch.Generator().manual_seed(2)
+    batch = {"expr": {VALUES: torch.randn(7, 30, generator=g), PRESENT: torch.ones(7, dtype=torch.bool)},
+             "signal": {SIGNALS: torch.randn(7, 2, 64, generator=g),
+                        PRESENT: torch.tensor([True, True, False, True, True, True, True])}}
+    for m in model.linear_paths:
+        model.linear_paths[m].fit(flat_input(m, batch[m]).double().numpy())
+    assert model.probe_components("signal")
+    assert model.probe_width("signal") == 8 + 8 and model.probe_width("signal", components=False) == 8
+    assert model.probe_natural("signal") == [False] * 16
+    with torch.no_grad():
+        got = model.probe_features("signal", batch["signal"])
+        deep = model.projections["signal"](model.encoders["signal"](batch["signal"]))
+        path = model.linear_paths["signal"](batch["signal"])
+        assert got.shape == (7, 16) and not torch.allclose(path, torch.zeros_like(path))
+        assert torch.allclose(got[:, :8], deep / deep.norm(dim=1, keepdim=True), atol=1e-6)
+        assert torch.allclose(got[:, 8:], path / path.norm(dim=1, keepdim=True), atol=1e-6)
+        # retrieval (and a head without component blocks) still reads the normalised sum
+        summed = model.encode("signal", batch["signal"])
+        assert torch.allclose(summed, torch.nn.functional.normalize(deep + path, dim=-1), atol=1e-6)
+        assert torch.equal(model.probe_embedding("signal", batch["signal"]), summed)
+    # a head over signals alone reads the two paths; one that fuses several modalities keeps the
+    # signal block at the summed embedding (the stack lost with the wider block at 16 labels)
+    for fusion in ("concat", "stack"):
+        assert FinetuneModel.default_components(model, ["signal"], fusion, readout=True) == ["signal"]
+        assert FinetuneModel.default_components(model, ["expr", "signal"], fusion, readout=True) == ["expr"]
+    alone = FinetuneModel(model, ["signal"], "concat", 2, readout=True, components=["signal"])
+    fused = FinetuneModel(model, ["expr", "signal"], "stack", 2, readout=True, components=["expr"])
+    assert alone.widths == [16] and fused.widths == [8 + 5, 8]
+    with torch.no_grad():
+        feats = alone.features(batch)
+        assert feats.shape == (7, 16) and torch.equal(feats[2], torch.zeros(16))
+        assert torch.allclose(feats[[0, 1, 3]], got[[0, 1, 3]], atol=1e-6)
+        assert torch.allclose(fused.features(batch)[[0, 1, 3], 13:], summed[[0, 1, 3]], atol=1e-6)
+    # an explicit request still gets the wider block beside other modalities
+    both = FinetuneModel(model, ["expr", "signal"], "stack", 2, readout=True, components=["expr", "signal"])
+    assert both.widths == [8 + 5, 16]
