@@ -9,7 +9,9 @@ patients, with:
 * **classification** (the cohort's first label column): ``phenoclip finetune --mode linear``'s
   probe (logistic regression on the frozen, standardised embeddings, C by inner CV) against
   logistic regression (C by inner CV) and an elastic net on the raw standardised features of the
-  same modality, at label fractions 0.1-1 with repeated nested subsets, per modality and fused
+  same modality (for signals also logistic regression on the principal components of their
+  amplitude spectra, the stronger classic model of a recording), at label fractions 0.1-1 with
+  repeated nested subsets, per modality and fused
   (every modality but hpo; raw features fused with equal weight per modality), and against
   MOFA+ factors of the same views (fused row); beside them, the weak claim: the same probe on the
   same architecture at random initialisation (``finetune``'s scratch model: the data-derived
@@ -29,6 +31,7 @@ from itertools import combinations
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
 from phenoclip_bench import BenchContext, SuiteResult, Table
@@ -39,7 +42,7 @@ from phenoclip_bench.retrieval_eval import (cca_pair_metrics, cross_modal_metric
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, probe_scaling
 from phenoclip.eval.metrics import classification_metrics
-from phenoclip.eval.raw_features import fuse, on_patients, raw_features
+from phenoclip.eval.raw_features import amplitude_spectra, fuse, on_patients, raw_features
 from phenoclip.eval.stacking import fit_stacked
 from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                        restrict_to)
@@ -54,10 +57,18 @@ SETTINGS = {"quick": {"seeds": 3, "repeats": 3, "enet_max_features": 10_000},
             "full": {"seeds": 5, "repeats": 3, "enet_max_features": None}}
 TEST_FRACTION = 0.2
 PROBE, LOGISTIC, ENET, MOFA = "pretrained probe", "logistic regression, raw", "elastic net, raw", "MOFA+ factors"
+#: signals only: logistic regression on the principal components of the amplitude spectra (time-domain
+#: samples of a recording that starts at an arbitrary beat are a weak reference: 0.55-0.64 against
+#: 0.73-0.75 on the sample cohort, docs/experiments.md, "a spectral baseline for signals")
+SPECTRAL = "logistic regression, spectral PCs"
+#: the spectral baseline keeps one component per this many training patients (at most SPECTRAL_MAX):
+#: as the signal linear path does (models.linear_path.PATIENTS_PER_COMPONENT); over 1 per 2-16
+#: patients and all of them the baseline moved by at most ~0.01 (docs/experiments.md)
+SPECTRAL_PATIENTS_PER_COMPONENT, SPECTRAL_MAX = 4, 128
 #: the same probe on the same architecture at random initialisation (beating it is the weak claim)
 RANDOM = "random-init probe"
 #: the classic baselines a verdict is taken against
-CLASSIC = (LOGISTIC, ENET, MOFA)
+CLASSIC = (LOGISTIC, SPECTRAL, ENET, MOFA)
 #: retrieval methods and the columns of the retrieval table
 OURS, CCA, MOFA_R = "phenoclip", "PCA + CCA", "MOFA+"
 MOFA_FACTORS = 10
@@ -155,6 +166,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                                                            readout=True)[0] for model in (pre.model, scratch))
     natural_fused = np.concatenate([pre.model.probe_natural(m, components=m in fused_blocks) for m in rows])
     raw = _views(stores, rows, samples, stats)
+    spectral = _spectral_components(stores, samples, pre.train_samples) if "signal" in rows else None
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None
     result: dict = {"task": labels.column, "classes": labels.classes, "n_test": int(test.sum())}
@@ -200,6 +212,9 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 fits[LOGISTIC] = (fit_logistic(xr[idx], y[idx], k, seed + r), xr)
                 if run_enet:
                     fits[ENET] = (fit_elasticnet(xr[idx], y[idx], k, seed + r), xr)
+                if target == "signal":  # at the spectrum's own scale: only centred
+                    xs = _probe_inputs(spectral, fit, np.ones(spectral.shape[1], bool))
+                    fits[SPECTRAL] = (fit_logistic(xs[idx], y[idx], k, seed + r), xs)
                 if target == "fused" and mofa is not None:
                     xm = _probe_inputs(mofa, fit)  # its factors probed like the embeddings
                     fits[MOFA] = (fit_logistic(xm[idx], y[idx], k, seed + r), xm)
@@ -217,6 +232,19 @@ def _probe_inputs(x: np.ndarray, fit: np.ndarray, natural=None) -> np.ndarray:
     x = np.where(np.isnan(x), np.nan_to_num(np.nanmean(x[fit], axis=0)), x)
     mean, scale = probe_scaling(x[fit], natural)
     return (x - mean) / scale
+
+
+def _spectral_components(stores, samples, train_samples) -> np.ndarray:
+    """``(N, k)``: principal-component scores of every patient's signal amplitude spectra (rows of
+    patients without signals at 0), the axes fitted on the pretraining run's training patients (no
+    labels, as pretraining), at their natural scale (one common scale, mean variance 1)."""
+    ids, x = amplitude_spectra(stores, samples)
+    train = [i for i, s in enumerate(ids) if s in set(train_samples)]
+    k = int(min(SPECTRAL_MAX, max(1, len(train) // SPECTRAL_PATIENTS_PER_COMPONENT), len(train) - 1, x.shape[1]))
+    pca = PCA(k, svd_solver="full").fit(x[train])
+    z = pca.transform(x)
+    z /= np.sqrt(np.mean(pca.explained_variance_))
+    return np.nan_to_num(on_patients(ids, z, samples)[0])
 
 
 def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray:
@@ -272,7 +300,7 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
     """Mean ± sd over seeds of the held-out AUROC per row and fraction; shortfalls where a baseline is higher."""
     first = per_seed[0]["classification"]
     targets = [t for t in first if isinstance(first[t], dict) and "auroc" in first[t]]
-    methods = [PROBE, LOGISTIC, ENET, MOFA, RANDOM]
+    methods = [PROBE, LOGISTIC, SPECTRAL, ENET, MOFA, RANDOM]
     rows, short = [], []
     for target in targets:
         for f in FRACTIONS:
@@ -301,7 +329,9 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
             "agreement kept on the pretraining run's validation patients, measured without labels and cross-fitted "
             "over two halves of them so that no test patient's own inputs set its caps; finetune's default for a "
             "class label), the baselines on the raw standardised features of the same "
-            "modality (fused: every modality but hpo, each weighted equally, missing-modality indicators); C and "
+            "modality (fused: every modality but hpo, each weighted equally, missing-modality indicators; signals also "
+            "logistic regression on the principal components of their amplitude spectra, one per 4 of the pretraining "
+            "run's training patients, fitted on them without labels, at their own scale); C and "
             "l1_ratio by 3-fold CV on the training patients; MOFA+ (10 factors) fitted on the pretraining run's "
             "training patients' views and probed like the embeddings. Random-init probe: the same probe on "
             "`phenoclip finetune`'s scratch model (same architecture, fresh random parameters, the data-derived "

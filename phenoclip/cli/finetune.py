@@ -37,7 +37,7 @@ def finetune(
     task: str = typer.Option("auto", "--task", help="auto | binary | multiclass | regression."),
     positive: Optional[str] = typer.Option(None, "--positive", help="Positive class of a binary label [default: 1, case, affected, ... or the second class]."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out test patients (stratified; the pretraining run's validation patients first)."),
-    baseline: str = typer.Option("scratch,logistic", "--baseline", help="Comma-separated: scratch (same head on a randomly initialised model), logistic and elasticnet (on the raw standardised features of the same modalities and patients, penalty by inner CV); or none."),
+    baseline: str = typer.Option("scratch,logistic", "--baseline", help="Comma-separated: scratch (same head on a randomly initialised model), logistic and elasticnet (on the raw standardised features of the same modalities and patients, a recording's amplitude spectra, penalty by inner CV); or none."),
     fusion: str = typer.Option("auto", "--fusion", help="concat | mean | stack: how the modalities' embeddings are combined; stack fits a probe per modality and a weighted product of their out-of-fold class probabilities, one weight in [0, 1] per modality (class labels only). auto: stack for a class label over two or more modalities, else concat."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the checkpoint's modalities [default: all with a store]."),
     epochs: int = typer.Option(30, "--epochs", min=1, help="Epochs of --mode full."),

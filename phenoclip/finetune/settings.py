@@ -20,6 +20,7 @@ from phenoclip.finetune.labels import TaskLabels
 
 #: what each fit is held against: the same architecture at random initialisation, and logistic
 #: regression / elastic net on the standardised raw features of the same modalities and patients
+#: (a recording's amplitude spectra, not its time-domain samples)
 BASELINES = ("scratch", "logistic", "elasticnet")
 #: rows of metrics.tsv written by the raw-feature baselines (the ``model`` column)
 RAW_MODELS = {"logistic": "logistic_raw", "elasticnet": "elasticnet_raw"}

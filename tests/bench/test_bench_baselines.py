@@ -61,6 +61,13 @@ def test_suite_runs_on_a_small_cohort(small_cohort, tmp_path, monkeypatch):
     a, b = (s["classification"]["expr"]["auroc"]["1.0"] for s in seeds)
     assert set(a) == {baselines.PROBE, baselines.LOGISTIC, baselines.ENET, baselines.RANDOM}
     assert all(0.0 <= v <= 1.0 for v in a.values()) and a != b
+    # signals are also held against logistic regression on their spectra's principal components, a
+    # model of its own (not the time-domain one read twice); the other rows are not
+    sig = seeds[0]["classification"]["signal"]["auroc"]["1.0"]
+    assert baselines.SPECTRAL in sig and 0.0 <= sig[baselines.SPECTRAL] <= 1.0
+    assert any(s["classification"]["signal"]["auroc"][str(f)][baselines.SPECTRAL] !=
+               s["classification"]["signal"]["auroc"][str(f)][baselines.LOGISTIC] for s in seeds for f in baselines.FRACTIONS)
+    assert baselines.SPECTRAL in cls.columns and cls.rows[0][cls.columns.index(baselines.SPECTRAL)] == "—"
     fused = seeds[0]["classification"]["fused"]
     assert fused["elasticnet_run"] is False and {baselines.MOFA, baselines.RANDOM} <= set(fused["auroc"]["1.0"])
     # the random-init model is another model, not the pretrained one read twice

@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, fit_ridge
 from phenoclip.eval.raw_features import fuse, on_patients, standardise
+from conftest import SAMPLE
 
 
 def _planted(n=200, p=1000, informative=5, seed=0):
@@ -131,3 +132,43 @@ def test_probe_scaling_z_scores_by_default_and_common_keeps_the_geometry(monkeyp
     # the variance ratios between dimensions are kept: 5 : 1 : 0.1 in standard deviation
     sd = z.std(axis=0)
     assert sd[0] / sd[1] == pytest.approx(x[:, 0].std() / x[:, 1].std())
+
+
+def test_signal_amplitude_spectra_are_the_linear_paths_input_and_the_stronger_baseline(sample_stores):
+    """The spectral baseline reads exactly what the signal linear path takes its components of, and on
+    the sample cohort's recordings (which start at an arbitrary beat) it is the stronger classic
+    model: logistic regression on its principal components against one on the time-domain samples,
+    three re-splits of the 176 patients with recordings (measured 0.72-0.75 against 0.55-0.64 over 12 seeds in the
+    baselines suite)."""
+    import torch
+    from sklearn.decomposition import PCA
+
+    from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
+    from phenoclip.eval.linear_models import fit_logistic
+    from phenoclip.eval.metrics import classification_metrics
+    from phenoclip.eval.raw_features import amplitude_spectra, raw_features, standardise
+    from phenoclip.finetune.labels import load_task_labels
+    from phenoclip.models.linear_path import flat_input
+
+    stores = CohortStores([str(sample_stores["signal"])])
+    labels = load_task_labels(str(SAMPLE / "labels.tsv"))
+    ids, spec = amplitude_spectra(stores, labels.samples)
+    y = labels.y[[labels.samples.index(s) for s in ids]]
+    assert len(ids) == spec.shape[0] == 176  # the sample's patients with recordings
+    batch = collate([MultimodalDataset(stores, ["signal"], ids[:4])[i] for i in range(4)])["signal"]
+    np.testing.assert_allclose(spec[:4], flat_input("signal", batch).to(torch.float64).numpy(), rtol=1e-4, atol=1e-3)  # float32 FFT
+    _, time_domain = raw_features(stores, "signal", ids)
+    assert time_domain.shape[1] > spec.shape[1]
+    gains = []
+    for seed in range(3):
+        test = np.random.default_rng(seed).permutation(len(ids)) < 36
+        fit = ~test
+        idx = np.flatnonzero(fit)
+        z = PCA(len(idx) // 4, svd_solver="full").fit(spec[fit]).transform(spec)
+        z = z - z[fit].mean(0)
+        xt = standardise(time_domain, fit)
+        auc = [classification_metrics(y[test], fit_logistic(x[idx], y[idx], len(labels.classes), seed).predict(x[test]),
+                                      labels.classes)["auroc"]
+               for x in (z, xt)]
+        gains.append(auc[0] - auc[1])
+    assert np.mean(gains) > 0.05 and min(gains) > 0.0, gains
