@@ -154,8 +154,8 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     fused_blocks = FinetuneModel.default_components(pre.model, rows, "stack", readout=True)
     emb_fused, random_fused = {}, {}
     for m in rows:  # what `finetune --mode linear` reads: a modality's read-out where it has one, and
-        # MRI's and expression's principal-component scores beside the embedding, signals' two paths side by
-        # side (models.linear_path.PROBE_COMPONENTS)
+        # MRI's and expression's principal-component scores beside the embedding, signals' beside their
+        # encoder's pooled output (models.linear_path.PROBE_COMPONENTS)
         emb[m], present[m] = embed_samples(pre.model, stores, m, samples, stats if m == "expr" else None,
                                            readout=True, components=True)
         emb_random[m] = embed_samples(scratch, stores, m, samples, stats if m == "expr" else None, readout=True,

@@ -20,6 +20,7 @@ from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info
 from phenoclip.store_write import create_store
 from phenoclip.checkpoint_save import save_checkpoint, write_data_stats
+from phenoclip.models.linear_path import PROBE_COMPONENTS
 from phenoclip.finetune.settings import RAW_MODELS, FinetuneSettings, describe_labels, write_json
 from phenoclip.finetune.heads import (fit_linear_head, fused_features, predict_scores, scores_from_features,
                                             train_full)
@@ -77,7 +78,7 @@ class Experiment:
                              "target: use --fusion concat or mean")
         # the linear head reads the genotype read-out where pretraining fitted one (models.readout)
         # and, for MRI and expression, the linear path's principal-component scores beside the embedding
-        # (for signals, the deep and the linear path side by side)
+        # (for signals, beside the deep encoder's pooled output instead of the embedding)
         # (models.linear_path.PROBE_COMPONENTS)
         readout = s.head.mode == "linear"
         blocks = FinetuneModel.default_components(self.pre.model, self.modalities, s.fusion, readout)
@@ -235,6 +236,7 @@ class Experiment:
         config = {"kind": KIND, "pretrain_checkpoint": os.path.abspath(self.s.checkpoint),
                   "pretrain_config": self.pre.config, "modalities": self.modalities, "fusion": self.s.fusion,
                   "n_outputs": ft.head.out_features, "mode": self.s.head.mode, "probe_components": ft.components,
+                  "probe_kinds": {m: PROBE_COMPONENTS[m] for m in ft.components},
                   **describe_labels(self.labels)}
         samples = self.labels.samples
         state = {"split": {"test": [samples[i] for i in self.test_index],

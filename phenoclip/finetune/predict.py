@@ -18,6 +18,7 @@ from phenoclip.data.multimodal import CohortStores, MultimodalDataset
 from phenoclip.errors import InconsistentInputError
 from phenoclip.pretrained import model_from_pretrain_config, read_config_of_kind
 from phenoclip.models.finetune import FinetuneModel
+from phenoclip.models.linear_path import PROBE_COMPONENTS
 from phenoclip.progress import info, warn
 from phenoclip.staging import write_text_atomic
 from phenoclip.checkpoint_load import build_checked, load_weights, read_data_stats, split_of
@@ -28,11 +29,21 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
     """(model in eval mode, config.json) of a ``phenoclip finetune`` output folder."""
     directory = Path(directory)
     config = read_config_of_kind(directory, "finetune")
+    components = list(config.get("probe_components") or ())  # absent before they existed
+    # what each component block read when it was fitted (not recorded before 2026-12-07 late, when
+    # the signal block was the two paths side by side): a head fitted on another block cannot be reused
+    kinds = config.get("probe_kinds") or {m: "paths" for m in components if m == "signal"}
+    stale = [m for m in components if m in kinds and kinds[m] != PROBE_COMPONENTS.get(m)]
+    if stale:
+        raise InconsistentInputError(
+            f"{directory}: its linear head was fitted on another {', '.join(stale)} block ({kinds[stale[0]]}) than "
+            f"this phenoclip's probe reads ({PROBE_COMPONENTS.get(stale[0])}); fit it again with `phenoclip finetune`")
+
     def build() -> FinetuneModel:
         model = model_from_pretrain_config(config["pretrain_config"])
         return FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]),
                              readout=config.get("mode") == "linear",
-                             components=config.get("probe_components") or ())  # absent before they existed
+                             components=components)
 
     ft = build_checked(directory, build, "a fine-tuned model")
     load_weights(directory, ft)

@@ -48,8 +48,8 @@ class FinetuneModel(nn.Module):
         (:meth:`MultimodalModel.probe_embedding`): the linear head on frozen encoders does; full
         fine-tuning, which trains the encoders, does not.
     components:
-        Modalities whose block also holds the linear path's principal-component scores (signals: whose
-        block is the two paths side by side)
+        Modalities whose block also holds the linear path's principal-component scores (signals: beside
+        the deep encoder's pooled output instead of the embedding)
         (:meth:`MultimodalModel.probe_features`; needs ``readout`` and ``concat`` or ``stack``):
         the linear head of ``finetune`` reads them for :meth:`default_components`. Empty for heads
         saved before they existed, so those load as they were fitted.
@@ -96,16 +96,17 @@ class FinetuneModel(nn.Module):
     @staticmethod
     def default_components(model: MultimodalModel, modalities: Sequence[str], fusion: str, readout: bool) -> list[str]:
         """The component blocks a new head gets: every modality whose probe reads them, for a linear
-        head (``readout``) that concatenates or stacks; signals' two paths side by side
-        (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` "paths") only in a head over signals
-        alone. Measured: in the stack over the sample cohort's four modalities the wider signal block
+        head (``readout``) that concatenates or stacks; signals' encoder output beside their components
+        (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` "encoder") only in a head over signals
+        alone. Measured (with the two paths side by side, the signal block before 2026-12-07 late): in
+        the stack over the sample cohort's four modalities the wider signal block
         cost the fused probe at 10 % of labels (-0.011 [-0.035, +0.012], 9 seeds, 3 ahead; with 16
         labelled patients the stack trusts a 128-column block fitted on them more than it earns),
         while the signal probe alone gained +0.033 there (docs/experiments.md)."""
         if not readout or fusion == "mean":
             return []
         return [m for m in modalities if model.probe_components(m)
-                and (len(modalities) == 1 or PROBE_COMPONENTS[m] != "paths")]
+                and (len(modalities) == 1 or PROBE_COMPONENTS[m] != "encoder")]
 
     def embedding(self, modality: str, inputs: dict) -> Tensor:
         """``(B, width)``: the block of ``modality`` that :meth:`features` fuses."""

@@ -44,8 +44,8 @@ MAX_MRI_FEATURES = 32 ** 3
 #: with an L1 first layer for the dosage MLP, which is not the default (DosageMLPConfig.l1).
 PATIENTS_PER_COMPONENT = {"signal": 4}
 #: modality -> what its linear probe (``finetune --mode linear``) reads beyond the embedding, and how it
-#: scales the path's principal-component scores that it reads beside it ("paths": no scores, the
-#: two paths side by side instead of the embedding, below): "dimension" z-scores each score, as the embedding's
+#: scales the path's principal-component scores that it reads beside it ("encoder": beside the deep
+#: encoder's output instead of the embedding, below): "dimension" z-scores each score, as the embedding's
 #: dimensions are; "natural" only centres them, so they keep the path's own scale (relative variances
 #: as the data has them, mean variance 1) and the probe's L2 penalty sees the raw features'
 #: geometry: with every component kept it is a logistic regression on the raw standardised
@@ -64,15 +64,19 @@ PATIENTS_PER_COMPONENT = {"signal": 4}
 #: components of ~145 patients are nearly patient codes once each is lifted to unit variance); at
 #: their natural scale the probe gained at every label fraction, on the sample cohort (9 seeds) and
 #: on GSE7390 (18 seeds) (docs/experiments.md, "expression reads its components at their own scale").
-#: Signals ("paths") read neither: their component scores moved the probe at neither scale. Their
-#: block is the two paths side by side instead of their sum, each L2-normalised (the deep path
-#: ``projection(encoder(x))``, then the linear path): CLIP trains both into the same 64 directions,
-#: so each dimension of the sum mixes them and 16-32 labelled patients cannot pull them apart. On
-#: the sample cohort, 12 pretraining seeds (docs/experiments.md, "the signal probe reads its two
-#: paths side by side"), the probe gained +0.037 / +0.025 / +0.010 / +0.000 at 10 / 20 / 50 / 100 %
-#: of labels (real at 10-20 %) and its loss to random init (-0.041 / -0.027, real) went level; on
-#: the coalescent cohort nothing moved (within 0.002). Unnormalised paths side by side gained less.
-PROBE_COMPONENTS = {"mri": "dimension", "expr": "natural", "signal": "paths"}
+#: Signals ("encoder"): the deep encoder's pooled output (before the projection head, z-scored)
+#: beside the component scores at their natural scale. Logistic regression on the scores alone,
+#: the principal components of the amplitude spectra, is the strongest classic model of a recording
+#: measured; the pretrained embedding lost to it (the two paths side by side, each L2-normalised,
+#: the kind before: -0.012 / -0.016 at 10 % of labels on the sample, 12 seeds, and the coalescent
+#: cohort, 6 seeds, the latter real), as CLIP keeps in its 64 shared directions what signals share
+#: with the other modalities, not all the spectral variance that carries the label. Beside the
+#: scores the encoder output comes level with it at every fraction on both cohorts (within 0.002)
+#: and gains on the paths +0.012 / +0.018 at 10 % (real); the two paths beside the scores, or the
+#: encoder output beside the linear path, gained less, and the encoder output alone lost on the
+#: coalescent cohort (-0.013 to -0.042) (docs/experiments.md, "2026-12-07 (late)"). It is a tie with
+#: the classic model, not a win: the random-init encoder's output does as well.
+PROBE_COMPONENTS = {"mri": "dimension", "expr": "natural", "signal": "encoder"}
 
 
 def mri_pool_factor(volume_shape) -> int:

@@ -13,8 +13,8 @@ input fitted after pretraining to the other modalities' embeddings. :meth:`Multi
 returns it, once fitted, for the linear probes of ``finetune``; :meth:`MultimodalModel.encode`
 (retrieval, the losses) never does. :meth:`MultimodalModel.probe_features` is what a linear probe
 reads: that, beside the linear path's principal-component scores for the modalities of
-:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` (for signals, the deep and the linear path
-side by side instead of their sum).
+:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` (for signals, beside the deep encoder's
+pooled output instead of the embedding).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class MultimodalModel(nn.Module):
 
     def probe_components(self, modality: str) -> bool:
         """Whether a probe of ``modality`` reads more than its embedding: its linear path's principal-component
-        scores beside it, or (signals) its two paths side by side
+        scores beside it (signals: beside the encoder's pooled output instead of the embedding)
         (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`; never beside a read-out)."""
         return (modality in PROBE_COMPONENTS and modality in self.linear_paths
                 and not self.has_readout(modality))
@@ -121,30 +121,34 @@ class MultimodalModel(nn.Module):
         """Columns of :meth:`probe_features` (``components=True``) or of :meth:`probe_embedding`."""
         if not (components and self.probe_components(modality)):
             return self.embed_dim
-        return self.embed_dim + (self.embed_dim if PROBE_COMPONENTS[modality] == "paths"
-                                 else self.linear_paths[modality].n_components)
+        if PROBE_COMPONENTS[modality] == "encoder":
+            return self.encoders[modality].width + self.linear_paths[modality].n_components
+        return self.embed_dim + self.linear_paths[modality].n_components
 
     def probe_features(self, modality: str, inputs: dict) -> Tensor:
         """``(B, E [+ k])``: :meth:`probe_embedding`, beside the linear path's ``k`` principal-component
         scores where :meth:`probe_components` (components a checkpoint did not keep are zero columns);
-        for a modality whose :data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` kind is "paths",
-        ``(B, 2E)``: its two paths side by side instead, each L2-normalised (the deep path
-        ``projection(encoder(x))``, then the linear path), not their normalised sum."""
-        if self.probe_components(modality) and PROBE_COMPONENTS[modality] == "paths":
-            deep = self.projections[modality](self.encoders[modality](inputs))
-            linear = self.linear_paths[modality](inputs)
-            return torch.cat([nn.functional.normalize(deep, dim=-1), nn.functional.normalize(linear, dim=-1)], dim=1)
-        z = self.probe_embedding(modality, inputs)
+        for a modality whose :data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` kind is "encoder",
+        ``(B, W + k)``: the deep encoder's pooled output (before its projection head) instead of the
+        embedding, beside the scores."""
         if not self.probe_components(modality):
-            return z
-        return torch.cat([z, self.linear_paths[modality].scores(inputs).to(z.dtype)], dim=1)
+            return self.probe_embedding(modality, inputs)
+        scores = self.linear_paths[modality].scores(inputs)
+        if PROBE_COMPONENTS[modality] == "encoder":
+            h = self.encoders[modality](inputs)
+            return torch.cat([h, scores.to(h.dtype)], dim=1)
+        z = self.probe_embedding(modality, inputs)
+        return torch.cat([z, scores.to(z.dtype)], dim=1)
 
     def probe_natural(self, modality: str, components: bool = True) -> list[bool]:
         """Per column of :meth:`probe_features` (``components``) or :meth:`probe_embedding`: whether a
         probe only centres it instead of z-scoring it (the component scores of a modality whose
-        :data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` scale is "natural")."""
-        natural = components and self.probe_components(modality) and PROBE_COMPONENTS[modality] == "natural"
-        return [False] * self.embed_dim + [natural] * (self.probe_width(modality, components) - self.embed_dim)
+        :data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` kind is "natural" or "encoder")."""
+        if not (components and self.probe_components(modality)):
+            return [False] * self.embed_dim
+        kind = PROBE_COMPONENTS[modality]
+        first = self.encoders[modality].width if kind == "encoder" else self.embed_dim
+        return [False] * first + [kind in ("natural", "encoder")] * (self.probe_width(modality) - first)
 
     def encode_terms(self, indices: Tensor | None = None, normalize: bool = True) -> Tensor:
         """``(K, E)``: HPO terms (ontology indices; default the vocabulary) as one-term patients in the

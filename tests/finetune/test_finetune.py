@@ -338,3 +338,30 @@ def test_predict_refuses_a_pretrain_checkpoint(gene_expr_checkpoint, sample_stor
                    "--out", tmp_path / "p.tsv")
     assert proc.returncode == 5 and "not a finetune one" in proc.stderr
     assert not (tmp_path / "p.tsv").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_head_records_its_block_and_one_fitted_on_another_is_refused(sample_checkpoint, sample_stores,
+                                                                              tmp_path):
+    """A linear head over signals reads the encoder's output beside the component scores; its
+    config says so, and a head whose config names another block (or none: saved before 2026-12-07
+    late, when it read the two paths side by side) is refused in one line instead of loaded wrong."""
+    out = tmp_path / "sig"
+    proc = run_cli("finetune", "--checkpoint", sample_checkpoint, *_data_args(sample_stores, ("signal",)),
+                   "--labels", f"{LABELS}:disease", "--out", out, "--label-fractions", "1", "--repeats", "1",
+                   "--baseline", "logistic")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["probe_components"] == ["signal"] and config["probe_kinds"] == {"signal": "encoder"}
+    result = json.loads((out / "metrics.json").read_text())
+    auroc = {r["model"]: r["auroc_mean"] for r in result["summary"]}
+    # the raw baseline reads the amplitude spectra: well above the time-domain samples' 0.55-0.64
+    assert auroc["logistic_raw"] > 0.65 and auroc["pretrained"] > 0.65, auroc
+    assert run_cli("finetune", "predict", "--model", out, *_data_args(sample_stores, ("signal",)),
+                   "--out", tmp_path / "ok.tsv").returncode == 0
+    del config["probe_kinds"]
+    (out / "config.json").write_text(json.dumps(config))
+    proc = run_cli("finetune", "predict", "--model", out, *_data_args(sample_stores, ("signal",)),
+                   "--out", tmp_path / "p.tsv")
+    assert proc.returncode == 5 and "fit it again" in proc.stderr and len(error_lines(proc)) == 1
+    assert not (tmp_path / "p.tsv").exists()

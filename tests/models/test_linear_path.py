@@ -273,10 +273,11 @@ def test_explain_attributes_the_mri_block_with_its_scores():
         DenseEncoder(gene, "gene", components=True)   # genotypes read their embedding alone
 
 
-def test_the_signal_probe_reads_its_two_paths_side_by_side():
-    """Signals' kind is "paths" (PROBE_COMPONENTS): a linear head reads the deep path and the linear
-    path side by side, each L2-normalised, instead of the normalised sum that retrieval reads, so it
-    can weigh the two apart; the component scores themselves are not read."""
+def test_the_signal_probe_reads_its_encoder_output_beside_its_component_scores():
+    """Signals' kind is "encoder" (PROBE_COMPONENTS): a linear head reads the deep encoder's pooled
+    output (before the projection head) beside the linear path's principal-component scores, the
+    scores only centred (their own scale: logistic regression on them alone is the spectral baseline),
+    while retrieval keeps the normalised sum of both paths."""
     from phenoclip.models.finetune import FinetuneModel
 
     torch.manual_seed(0)
@@ -288,33 +289,36 @@ def test_the_signal_probe_reads_its_two_paths_side_by_side():
                         PRESENT: torch.tensor([True, True, False, True, True, True, True])}}
     for m in model.linear_paths:
         model.linear_paths[m].fit(flat_input(m, batch[m]).double().numpy())
-    assert model.probe_components("signal")
-    assert model.probe_width("signal") == 8 + 8 and model.probe_width("signal", components=False) == 8
-    assert model.probe_natural("signal") == [False] * 16
+    w = model.encoders["signal"].width
+    assert model.probe_components("signal") and w != 8
+    assert model.probe_width("signal") == w + 5 and model.probe_width("signal", components=False) == 8
+    assert model.probe_natural("signal") == [False] * w + [True] * 5
+    assert model.probe_natural("signal", components=False) == [False] * 8
     with torch.no_grad():
         got = model.probe_features("signal", batch["signal"])
-        deep = model.projections["signal"](model.encoders["signal"](batch["signal"]))
-        path = model.linear_paths["signal"](batch["signal"])
-        assert got.shape == (7, 16) and not torch.allclose(path, torch.zeros_like(path))
-        assert torch.allclose(got[:, :8], deep / deep.norm(dim=1, keepdim=True), atol=1e-6)
-        assert torch.allclose(got[:, 8:], path / path.norm(dim=1, keepdim=True), atol=1e-6)
-        # retrieval (and a head without component blocks) still reads the normalised sum
+        h = model.encoders["signal"](batch["signal"])
+        scores = model.linear_paths["signal"].scores(batch["signal"])
+        assert got.shape == (7, w + 5) and not torch.allclose(scores, torch.zeros_like(scores))
+        assert torch.allclose(got[:, :w], h, atol=1e-6) and torch.allclose(got[:, w:], scores, atol=1e-6)
+        # retrieval (and a head without component blocks) still reads the normalised sum of both paths
         summed = model.encode("signal", batch["signal"])
+        deep = model.projections["signal"](h)
+        path = model.linear_paths["signal"](batch["signal"])
         assert torch.allclose(summed, torch.nn.functional.normalize(deep + path, dim=-1), atol=1e-6)
         assert torch.equal(model.probe_embedding("signal", batch["signal"]), summed)
-    # a head over signals alone reads the two paths; one that fuses several modalities keeps the
-    # signal block at the summed embedding (the stack lost with the wider block at 16 labels)
+    # a head over signals alone reads that block; one that fuses several modalities keeps the
+    # signal block at the summed embedding (the stack lost with a wider signal block at 16 labels)
     for fusion in ("concat", "stack"):
         assert FinetuneModel.default_components(model, ["signal"], fusion, readout=True) == ["signal"]
         assert FinetuneModel.default_components(model, ["expr", "signal"], fusion, readout=True) == ["expr"]
     alone = FinetuneModel(model, ["signal"], "concat", 2, readout=True, components=["signal"])
     fused = FinetuneModel(model, ["expr", "signal"], "stack", 2, readout=True, components=["expr"])
-    assert alone.widths == [16] and fused.widths == [8 + 5, 8]
+    assert alone.widths == [w + 5] and fused.widths == [8 + 5, 8]
     with torch.no_grad():
         feats = alone.features(batch)
-        assert feats.shape == (7, 16) and torch.equal(feats[2], torch.zeros(16))
+        assert feats.shape == (7, w + 5) and torch.equal(feats[2], torch.zeros(w + 5))
         assert torch.allclose(feats[[0, 1, 3]], got[[0, 1, 3]], atol=1e-6)
         assert torch.allclose(fused.features(batch)[[0, 1, 3], 13:], summed[[0, 1, 3]], atol=1e-6)
     # an explicit request still gets the wider block beside other modalities
     both = FinetuneModel(model, ["expr", "signal"], "stack", 2, readout=True, components=["expr", "signal"])
-    assert both.widths == [8 + 5, 16]
+    assert both.widths == [8 + 5, w + 5]
