@@ -59,7 +59,7 @@ TEST_FRACTION = 0.2
 PROBE, LOGISTIC, ENET, MOFA = "pretrained probe", "logistic regression, raw", "elastic net, raw", "MOFA+ factors"
 #: signals only: logistic regression on the principal components of the amplitude spectra (time-domain
 #: samples of a recording that starts at an arbitrary beat are a weak reference: 0.55-0.64 against
-#: 0.73-0.75 on the sample cohort, docs/experiments.md, "a spectral baseline for signals")
+#: 0.73-0.75 on the sample cohort, docs/experiments.md, "2026-12-07 (last)")
 SPECTRAL = "logistic regression, spectral PCs"
 #: the spectral baseline keeps one component per this many training patients (at most SPECTRAL_MAX):
 #: as the signal linear path does (models.linear_path.PATIENTS_PER_COMPONENT); over 1 per 2-16

@@ -110,7 +110,7 @@ class Experiment:
 
         A recording's raw features are its amplitude spectra: its time-domain samples, which start at an
         arbitrary beat, are a weak reference (logistic regression 0.55-0.64 against 0.70-0.73 on the
-        spectra, sample cohort, 12 seeds; docs/experiments.md, "a spectral baseline for signals")."""
+        spectra, sample cohort, 12 seeds; docs/experiments.md, "2026-12-07 (last)")."""
         out = {}
         for m in self.modalities:
             if m == "signal":

@@ -30,8 +30,8 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
     directory = Path(directory)
     config = read_config_of_kind(directory, "finetune")
     components = list(config.get("probe_components") or ())  # absent before they existed
-    # what each component block read when it was fitted (not recorded before 2026-12-07 late, when
-    # the signal block was the two paths side by side): a head fitted on another block cannot be reused
+    # what each component block read when it was fitted (not recorded by earlier versions, whose
+    # signal block was the two paths side by side): a head fitted on another block cannot be reused
     kinds = config.get("probe_kinds") or {m: "paths" for m in components if m == "signal"}
     stale = [m for m in components if m in kinds and kinds[m] != PROBE_COMPONENTS.get(m)]
     if stale:

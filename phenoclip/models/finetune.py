@@ -98,7 +98,7 @@ class FinetuneModel(nn.Module):
         """The component blocks a new head gets: every modality whose probe reads them, for a linear
         head (``readout``) that concatenates or stacks; signals' encoder output beside their components
         (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` "encoder") only in a head over signals
-        alone. Measured (with the two paths side by side, the signal block before 2026-12-07 late): in
+        alone. Measured (with the two paths side by side, the signal block before the encoder's output): in
         the stack over the sample cohort's four modalities the wider signal block
         cost the fused probe at 10 % of labels (-0.011 [-0.035, +0.012], 9 seeds, 3 ahead; with 16
         labelled patients the stack trusts a 128-column block fitted on them more than it earns),

@@ -74,7 +74,7 @@ PATIENTS_PER_COMPONENT = {"signal": 4}
 #: scores the encoder output comes level with it at every fraction on both cohorts (within 0.002)
 #: and gains on the paths +0.012 / +0.018 at 10 % (real); the two paths beside the scores, or the
 #: encoder output beside the linear path, gained less, and the encoder output alone lost on the
-#: coalescent cohort (-0.013 to -0.042) (docs/experiments.md, "2026-12-07 (late)"). It is a tie with
+#: coalescent cohort (-0.013 to -0.042) (docs/experiments.md, "2026-12-07 (last)"). It is a tie with
 #: the classic model, not a win: the random-init encoder's output does as well.
 PROBE_COMPONENTS = {"mri": "dimension", "expr": "natural", "signal": "encoder"}
 

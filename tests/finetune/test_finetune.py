@@ -344,8 +344,8 @@ def test_predict_refuses_a_pretrain_checkpoint(gene_expr_checkpoint, sample_stor
 def test_a_signal_head_records_its_block_and_one_fitted_on_another_is_refused(sample_checkpoint, sample_stores,
                                                                               tmp_path):
     """A linear head over signals reads the encoder's output beside the component scores; its
-    config says so, and a head whose config names another block (or none: saved before 2026-12-07
-    late, when it read the two paths side by side) is refused in one line instead of loaded wrong."""
+    config says so, and a head whose config names another block (or none: saved by phenoclip
+    before it recorded one, when it read the two paths side by side) is refused in one line instead of loaded wrong."""
     out = tmp_path / "sig"
     proc = run_cli("finetune", "--checkpoint", sample_checkpoint, *_data_args(sample_stores, ("signal",)),
                    "--labels", f"{LABELS}:disease", "--out", out, "--label-fractions", "1", "--repeats", "1",
