@@ -48,6 +48,7 @@ from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_ou
                                        restrict_to)
 from phenoclip.finetune.stack_caps import crossfit_scores, measure_stack_caps
 from phenoclip.models.finetune import FinetuneModel
+from phenoclip.models.linear_path import PATIENTS_PER_COMPONENT
 from phenoclip.pretrained import embed_samples, expr_stats, load_pretrained, random_init_like
 from phenoclip.pretrain.settings import default_objectives as pretrain_default_objectives
 from phenoclip.progress import info
@@ -61,10 +62,10 @@ PROBE, LOGISTIC, ENET, MOFA = "pretrained probe", "logistic regression, raw", "e
 #: samples of a recording that starts at an arbitrary beat are a weak reference: 0.55-0.64 against
 #: 0.73-0.75 on the sample cohort, docs/experiments.md, "2026-12-07 (last)")
 SPECTRAL = "logistic regression, spectral PCs"
-#: the spectral baseline keeps one component per this many training patients (at most SPECTRAL_MAX):
-#: as the signal linear path does (models.linear_path.PATIENTS_PER_COMPONENT); over 1 per 2-16
-#: patients and all of them the baseline moved by at most ~0.01 (docs/experiments.md)
-SPECTRAL_PATIENTS_PER_COMPONENT, SPECTRAL_MAX = 4, 128
+#: the spectral baseline keeps one component per this many training patients (at most SPECTRAL_MAX),
+#: as the signal linear path does; over 1 per 2-16 patients and all of them the baseline moved by
+#: at most ~0.01 (docs/experiments.md)
+SPECTRAL_PATIENTS_PER_COMPONENT, SPECTRAL_MAX = PATIENTS_PER_COMPONENT["signal"], 128
 #: the same probe on the same architecture at random initialisation (beating it is the weak claim)
 RANDOM = "random-init probe"
 #: the classic baselines a verdict is taken against

@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from phenoclip.data.batch import DOSAGE, IMAGES, SIGNALS, VALUES
 from phenoclip.data.multimodal import MultimodalDataset
+from phenoclip.models.linear_path import flat_input
 
 #: the one tensor of a modality's batch item that its encoder reads (never an MRI store's masks)
 MODEL_INPUT = {"gene": DOSAGE, "expr": VALUES, "mri": IMAGES, "signal": SIGNALS}
@@ -72,8 +74,9 @@ def amplitude_spectra(stores, samples: Sequence[str]) -> tuple[list[str], np.nda
     ds = MultimodalDataset(stores, ["signal"], ids)
     if not ids:
         return ids, np.zeros((0, 0))
-    x = np.stack([ds[i]["signal"][SIGNALS].numpy() for i in range(len(ids))]).astype(np.float64)
-    return ids, np.abs(np.fft.rfft(x, axis=-1)).reshape(len(ids), -1)
+    # the linear path's own function, so the baseline and the path cannot drift apart
+    windows = torch.stack([ds[i]["signal"][SIGNALS] for i in range(len(ids))])
+    return ids, flat_input("signal", {SIGNALS: windows}).numpy().astype(np.float64)
 
 
 def on_patients(ids: Sequence[str], x: np.ndarray, samples: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
