@@ -42,7 +42,7 @@ from phenoclip_bench.retrieval_eval import (cca_pair_metrics, cross_modal_metric
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, probe_scaling
 from phenoclip.eval.metrics import classification_metrics
-from phenoclip.eval.raw_features import amplitude_spectra, fuse, on_patients, raw_features
+from phenoclip.eval.raw_features import amplitude_spectra, classic_features, fuse, on_patients
 from phenoclip.eval.stacking import fit_stacked
 from phenoclip.finetune.labels import (fraction_orders, fraction_subset, held_out_split, load_task_labels,
                                        restrict_to)
@@ -133,7 +133,7 @@ def evaluate(folder, cohort, seed: int, cfg: dict) -> dict:
 def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for m in mods:
-        ids, x = raw_features(stores, m, samples, stats if m == "expr" else None, impute_dosage=False)
+        ids, x = classic_features(stores, m, samples, stats if m == "expr" else None, impute_dosage=False)
         out[m] = on_patients(ids, x, samples)
     return out
 
@@ -260,7 +260,7 @@ def retrieval(pre, stores, mods, stats, seed: int) -> dict:
     """Per modality pair on the held-out patients: Recall@1 (x chance) and MRR of ours, PCA + CCA and MOFA+."""
     train, val = pre.train_samples, pre.validation_samples
     ours = cross_modal_metrics(embed_modalities(pre.model, pre, stores, mods, val))
-    reduced = {m: reduce_features(raw_features(stores, m, train + val, stats if m == "expr" else None), train)
+    reduced = {m: reduce_features(classic_features(stores, m, train + val, stats if m == "expr" else None), train)
                for m in mods}
     everyone = train + val
     views = {m: _on(reduced[m], everyone) for m in mods}

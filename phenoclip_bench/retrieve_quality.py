@@ -45,7 +45,7 @@ from phenoclip_bench.retrieval_eval import (Embedded, cca_pair_metrics, cross_mo
                                             reduce_features)
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.eval.embedding_map import cluster_scores, plot_map, points_from, read_label_column
-from phenoclip.eval.raw_features import raw_features
+from phenoclip.eval.raw_features import classic_features, raw_features
 from phenoclip.pretrained import expr_stats, load_pretrained, random_init_like
 
 N_PCA, N_CCA = 32, 8
@@ -62,9 +62,10 @@ def read_labels(cohort, column: str = "disease") -> dict[str, str]:
 
 
 def reduced_inputs(stores, pre, modalities, train, test, seed) -> dict[str, Embedded]:
-    """Per modality the PCA-reduced raw input features of the train and test patients."""
+    """Per modality the PCA-reduced raw input features of the train and test patients (a recording's
+    amplitude spectra: :func:`~phenoclip.eval.raw_features.classic_features`)."""
     scaling = expr_stats(pre, stores) if "expr" in modalities else None
-    return {m: reduce_features(raw_features(stores, m, list(train) + list(test), scaling if m == "expr" else None),
+    return {m: reduce_features(classic_features(stores, m, list(train) + list(test), scaling if m == "expr" else None),
                                train, N_PCA, seed) for m in modalities}
 
 

@@ -5,6 +5,8 @@
   volumes (the images only: lesion masks are labels, not inputs) and signal windows, and for HPO the multi-hot of the recorded terms and their ancestors;
 * :func:`amplitude_spectra`: each signal window's amplitude spectrum per channel, the features a
   classic model of a recording whose start is arbitrary reads (a circular shift leaves it unchanged);
+* :func:`classic_features`: what every classic baseline reads of a modality: :func:`raw_features`,
+  but a recording's amplitude spectra;
 * :func:`on_patients`: the same rows placed on a list of patients, NaN rows for those lacking it;
 * :func:`standardise`: mean imputation and z-scoring fitted on training rows only;
 * :func:`fuse`: early fusion of several modalities into one matrix, each block weighted equally.
@@ -77,6 +79,20 @@ def amplitude_spectra(stores, samples: Sequence[str]) -> tuple[list[str], np.nda
     # the linear path's own function, so the baseline and the path cannot drift apart
     windows = torch.stack([ds[i]["signal"][SIGNALS] for i in range(len(ids))])
     return ids, flat_input("signal", {SIGNALS: windows}).numpy().astype(np.float64)
+
+
+def classic_features(stores, modality: str, samples: Sequence[str], expr_scaling=None,
+                     impute_dosage: bool = True) -> tuple[list[str], np.ndarray]:
+    """``(ids, X)`` a classic baseline reads of ``modality``: :func:`raw_features`, except that a
+    recording is read as its :func:`amplitude_spectra`.
+
+    Every raw-feature reference (finetune's logistic regression and elastic net, the benchmark's raw,
+    fused, MOFA+ and PCA + CCA baselines) reads these, so that none is handicapped by a signal's
+    arbitrary starting beat.
+    """
+    if modality == "signal":
+        return amplitude_spectra(stores, samples)
+    return raw_features(stores, modality, samples, expr_scaling, impute_dosage)
 
 
 def on_patients(ids: Sequence[str], x: np.ndarray, samples: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

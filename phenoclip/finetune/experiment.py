@@ -14,7 +14,7 @@ from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval import plots
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, fit_ridge
 from phenoclip.eval.metrics import classification_metrics, mean_sd, regression_metrics
-from phenoclip.eval.raw_features import amplitude_spectra, fuse, on_patients, raw_features
+from phenoclip.eval.raw_features import classic_features, fuse, on_patients
 from phenoclip.pretrained import expr_stats, load_pretrained, random_init_like
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info
@@ -113,10 +113,7 @@ class Experiment:
         spectra, sample cohort, 12 seeds; docs/experiments.md, "2026-12-07 (last)")."""
         out = {}
         for m in self.modalities:
-            if m == "signal":
-                ids, x = amplitude_spectra(self.stores, self.labels.samples)
-            else:
-                ids, x = raw_features(self.stores, m, self.labels.samples, self.stats if m == "expr" else None,
+            ids, x = classic_features(self.stores, m, self.labels.samples, self.stats if m == "expr" else None,
                                       impute_dosage=False)
             out[m] = on_patients(ids, x, self.labels.samples)
         return out
