@@ -9,16 +9,17 @@ patients, with:
 * **classification** (the cohort's first label column): ``phenoclip finetune --mode linear``'s
   probe (logistic regression on the frozen, standardised embeddings, C by inner CV) against
   logistic regression (C by inner CV) and an elastic net on the raw standardised features of the
-  same modality (for signals also logistic regression on the principal components of their
-  amplitude spectra, the stronger classic model of a recording), at label fractions 0.1-1 with
+  same modality (a recording read as its amplitude spectra, as every classic baseline here reads
+  it; for signals also logistic regression on the principal components of those spectra, the
+  strongest classic model of a recording measured), at label fractions 0.1-1 with
   repeated nested subsets, per modality and fused
   (every modality but hpo; raw features fused with equal weight per modality), and against
   MOFA+ factors of the same views (fused row); beside them, the weak claim: the same probe on the
   same architecture at random initialisation (``finetune``'s scratch model: the data-derived
   parts, such as the linear paths' principal axes, copied; its stack uncapped);
 * **retrieval**: held-out Recall@1 and MRR for every modality pair against a CCA on the training
-  patients' PCA-reduced raw features and against MOFA+ (each modality placed in the factor space
-  from its own view).
+  patients' PCA-reduced raw features (a recording's amplitude spectra) and against MOFA+ (each
+  modality placed in the factor space from its own view).
 
 Tables give mean ± sd over seeds, and every row where phenoclip is below a baseline becomes a
 shortfall of the report.
@@ -27,7 +28,9 @@ shortfall of the report.
 from __future__ import annotations
 
 import dataclasses
+import json
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,6 +73,13 @@ SPECTRAL_PATIENTS_PER_COMPONENT, SPECTRAL_MAX = PATIENTS_PER_COMPONENT["signal"]
 RANDOM = "random-init probe"
 #: the classic baselines a verdict is taken against
 CLASSIC = (LOGISTIC, SPECTRAL, ENET, MOFA)
+#: simulated cohorts, signals only: logistic regression on each recording's noise-free planted
+#: parameters (truth.json), what the recording is made from; a reference for how much any model of the
+#: recording could gain, not a baseline the verdict is taken against
+PLANTED = "logistic regression, planted signal parameters"
+#: the truth.json fields of a recording's planted parameters (rhythm, rate, T wave, pulse wave)
+PLANTED_SIGNAL = ("af", "heart_rate_bpm", "trait_effects.t_wave_scale", "trait_effects.ppg_amplitude_scale",
+                  "trait_effects.ppg_dicrotic_ratio")
 #: retrieval methods and the columns of the retrieval table
 OURS, CCA, MOFA_R = "phenoclip", "PCA + CCA", "MOFA+"
 MOFA_FACTORS = 10
@@ -125,7 +135,8 @@ def evaluate(folder, cohort, seed: int, cfg: dict) -> dict:
     stores = CohortStores(cohort.data())
     mods = [m for m in pre.modalities if m in stores.by_modality]
     stats = expr_stats(pre, stores)
-    out = {"seed": seed, "classification": classification(pre, stores, mods, stats, cohort.labels, seed, cfg)}
+    out = {"seed": seed, "classification": classification(pre, stores, mods, stats, cohort.labels, seed, cfg,
+                                                          truth=cohort.truth)}
     out["retrieval"] = retrieval(pre, stores, mods, stats, seed) if len(mods) >= 2 else {}
     return out
 
@@ -138,8 +149,9 @@ def _views(stores, mods, samples, stats) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
-def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) -> dict:
-    """``{row: {fraction: {method: mean AUROC over repeats}}}`` for every modality but hpo, and fused."""
+def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, truth=None) -> dict:
+    """``{row: {fraction: {method: mean AUROC over repeats}}}`` for every modality but hpo, and fused
+    (with a simulated cohort's ``truth`` file, the signal row also gets :data:`PLANTED`)."""
     rows = [m for m in mods if m != "hpo"]
     usable = [x for x in stores.samples if any(stores.present(m, [x])[0] for m in rows)]
     labels = restrict_to(load_task_labels(str(labels_path)), usable, "benchmark stores")
@@ -168,6 +180,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
     natural_fused = np.concatenate([pre.model.probe_natural(m, components=m in fused_blocks) for m in rows])
     raw = _views(stores, rows, samples, stats)
     spectral = _spectral_components(stores, samples, pre.train_samples) if "signal" in rows else None
+    planted = planted_signal(truth, samples) if "signal" in rows and truth is not None else None
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None
     result: dict = {"task": labels.column, "classes": labels.classes, "n_test": int(test.sum())}
@@ -216,6 +229,9 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict) 
                 if target == "signal":  # at the spectrum's own scale: only centred
                     xs = _probe_inputs(spectral, fit, np.ones(spectral.shape[1], bool))
                     fits[SPECTRAL] = (fit_logistic(xs[idx], y[idx], k, seed + r), xs)
+                    if planted is not None:
+                        xp = _probe_inputs(planted, fit)
+                        fits[PLANTED] = (fit_logistic(xp[idx], y[idx], k, seed + r), xp)
                 if target == "fused" and mofa is not None:
                     xm = _probe_inputs(mofa, fit)  # its factors probed like the embeddings
                     fits[MOFA] = (fit_logistic(xm[idx], y[idx], k, seed + r), xm)
@@ -246,6 +262,25 @@ def _spectral_components(stores, samples, train_samples) -> np.ndarray:
     z = pca.transform(x)
     z /= np.sqrt(np.mean(pca.explained_variance_))
     return np.nan_to_num(on_patients(ids, z, samples)[0])
+
+
+def planted_signal(truth_path, samples) -> np.ndarray | None:
+    """``(N, 5)``: each patient's planted recording parameters (:data:`PLANTED_SIGNAL`) from a simulated
+    cohort's ``truth.json``; None when the file does not give them for every patient (another
+    simulator, an older version)."""
+    by_sample = {p["sample"]: p for p in json.loads(Path(truth_path).read_text()).get("patients", [])}
+    rows = []
+    for s in samples:
+        row = []
+        for field in PLANTED_SIGNAL:
+            value = by_sample.get(s, {})
+            for key in field.split("."):
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is None:
+                return None
+            row.append(float(value))
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64)
 
 
 def _mofa_factors(raw: dict, samples, train_samples, seed: int) -> np.ndarray:
@@ -302,6 +337,8 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
     first = per_seed[0]["classification"]
     targets = [t for t in first if isinstance(first[t], dict) and "auroc" in first[t]]
     methods = [PROBE, LOGISTIC, SPECTRAL, ENET, MOFA, RANDOM]
+    if any(PLANTED in s["classification"].get("signal", {}).get("auroc", {}).get("1.0", {}) for s in per_seed):
+        methods.append(PLANTED)
     rows, short = [], []
     for target in targets:
         for f in FRACTIONS:
@@ -330,14 +367,19 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
             "agreement kept on the pretraining run's validation patients, measured without labels and cross-fitted "
             "over two halves of them so that no test patient's own inputs set its caps; finetune's default for a "
             "class label), the baselines on the raw standardised features of the same "
-            "modality (fused: every modality but hpo, each weighted equally, missing-modality indicators; signals also "
-            "logistic regression on the principal components of their amplitude spectra, one per 4 of the pretraining "
+            "modality (a recording: its amplitude spectra per channel; fused: every modality but hpo, each weighted "
+            "equally, missing-modality indicators; signals also logistic regression on the principal components of their amplitude spectra, one per 4 of the pretraining "
             "run's training patients, fitted on them without labels, at their own scale); C and "
             "l1_ratio by 3-fold CV on the training patients; MOFA+ (10 factors) fitted on the pretraining run's "
             "training patients' views and probed like the embeddings. Random-init probe: the same probe on "
             "`phenoclip finetune`'s scratch model (same architecture, fresh random parameters, the data-derived "
             "parts such as the linear paths' principal axes copied; no genotype read-out; its stack uncapped); "
             "the verdict is taken against the classic baselines, and a probe below random init is said beside it.")
+    if PLANTED in methods:
+        note += (" Planted signal parameters (a simulated cohort only): logistic regression on each recording's "
+                 "noise-free parameters from truth.json (AF rhythm, mean heart rate, T-wave scale, pulse amplitude "
+                 "and dicrotic ratio), what the recording was made from: how far a model of the recording could "
+                 "go, not a baseline the verdict is taken against.")
     if enet_skipped:
         note += (f" The elastic net is not run on {', '.join(enet_skipped)} with --quick (over 10,000 raw features: "
                  "about 2 minutes per fit on one core); the full run includes it.")
@@ -364,7 +406,7 @@ def retrieval_table(per_seed: list[dict]) -> tuple[Table, list[str]]:
                          f"(mean of {len(per_seed)} seeds)")
     note = ("Held-out patients of each seed's pretraining run (those having both modalities), both directions "
             "averaged; R@1 in multiples of chance, MRR mean ± sd over seeds. PCA + CCA: 32 principal components "
-            "of each modality's raw features and 8 canonical pairs, fitted on the training patients; MOFA+: 10 "
+            "of each modality's raw standardised features (a recording: its amplitude spectra) and 8 canonical pairs, fitted on the training patients; MOFA+: 10 "
             "factors on the same PCA-reduced views of the training patients, each held-out modality placed in the "
             "factor space from its own view. A baseline counts against phenoclip only where it is above 2x chance.")
     return Table("Cross-modal retrieval against PCA + CCA and MOFA+ on the same patients",

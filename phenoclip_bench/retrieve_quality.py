@@ -9,7 +9,8 @@ the two directions (a -> b and b -> a). Beside it:
 * chance level (Recall@K = K / n, MRR = H(n) / n) and the ratio of Recall@1 to it;
 * the same architecture at random initialisation (:func:`~phenoclip.pretrained.random_init_like`):
   what the architecture gives with no training;
-* a supervised linear ceiling: per modality a PCA of the raw input features (32 components),
+* a supervised linear ceiling: per modality a PCA of the raw input features (32 components; a
+  recording's amplitude spectra, which do not depend on the beat a window starts at),
   then CCA (8 components) fitted on the *training* patients' paired features, scored on the same
   held-out patients in the canonical space (cosine). CCA sees the pairing of the two modalities
   it is scored on, and only those; the pretrained model learns all pairs at once.
@@ -97,7 +98,7 @@ def _retrieval_table(ours, rand, cca, n_train: int, epochs) -> Table:
     note = (f"Held-out (validation) patients of the shared checkpoint ({epochs} epochs), n = patients having both "
             f"modalities; every metric is the mean of the two retrieval directions; gallery = those n patients. "
             f"CCA: PCA {N_PCA} + CCA {N_CCA} components fitted on the {n_train} training patients' raw features "
-            "of that pair (supervised by the pairing, one pair at a time). ")
+            "(a recording: its amplitude spectra) of that pair (supervised by the pairing, one pair at a time). ")
     note += (f"**Below the CCA ceiling on R@1: {', '.join(below_r1)}" if below_r1
              else "**Ours is at or above CCA on R@1 for every pair") + "; "
     note += (f"below it on MRR: {', '.join(below_mrr)}.**" if below_mrr else "at or above it on MRR for every pair.**")

@@ -48,6 +48,7 @@ def test_suite_runs_on_a_small_cohort(small_cohort, tmp_path, monkeypatch):
     for m in ("gene", "expr", "signal"):
         (cohort / f"{m}.h5").symlink_to(small_cohort[m])
     (cohort / "labels.tsv").symlink_to(small_cohort["dir"] / "labels.tsv")
+    (cohort / "truth.json").symlink_to(small_cohort["dir"] / "truth.json")
     ctx = BenchContext(out=tmp_path / "report", cohort=cohort, patients=None, variants=None, quick=True, seed=0,
                        work=tmp_path / "work")
     ctx.work.mkdir()
@@ -68,12 +69,29 @@ def test_suite_runs_on_a_small_cohort(small_cohort, tmp_path, monkeypatch):
     assert any(s["classification"]["signal"]["auroc"][str(f)][baselines.SPECTRAL] !=
                s["classification"]["signal"]["auroc"][str(f)][baselines.LOGISTIC] for s in seeds for f in baselines.FRACTIONS)
     assert baselines.SPECTRAL in cls.columns and cls.rows[0][cls.columns.index(baselines.SPECTRAL)] == "—"
+    # a simulated cohort's signal row also reads the recordings' planted parameters (a reference, no verdict)
+    assert baselines.PLANTED in sig and 0.0 <= sig[baselines.PLANTED] <= 1.0
+    assert baselines.PLANTED not in seeds[0]["classification"]["expr"]["auroc"]["1.0"]
+    assert baselines.PLANTED in cls.columns and baselines.PLANTED not in baselines.CLASSIC
     fused = seeds[0]["classification"]["fused"]
     assert fused["elasticnet_run"] is False and {baselines.MOFA, baselines.RANDOM} <= set(fused["auroc"]["1.0"])
     # the random-init model is another model, not the pretrained one read twice
     assert any(s["classification"][m]["auroc"]["1.0"][baselines.RANDOM] != s["classification"][m]["auroc"]["1.0"][
         baselines.PROBE] for s in seeds for m in ("gene", "expr", "signal", "fused"))
     json.dumps(result.metrics, default=str)  # the report writes them as JSON
+
+
+def test_planted_signal_parameters_are_read_from_the_truth_file(tmp_path):
+    """The sample's first patient, as data/sample/truth.json records it; a truth file without them gives None."""
+    from pathlib import Path
+
+    truth = Path(__file__).resolve().parents[2] / "data" / "sample" / "truth.json"
+    x = baselines.planted_signal(truth, ["P0001", "P0003"])
+    assert x.shape == (2, 5)
+    np.testing.assert_allclose(x[0], [0.0, 56.01, 0.63, 0.8162, 0.4143])
+    older = tmp_path / "truth.json"
+    older.write_text(json.dumps({"patients": [{"sample": "P0001", "af": False}]}))
+    assert baselines.planted_signal(older, ["P0001"]) is None
 
 
 def test_real_cohort_gse7390_is_written_from_the_package(tmp_path):
