@@ -8,8 +8,9 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from phenoclip.data.multimodal import CohortStores, MultimodalDataset
+from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval import plots
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, fit_ridge
@@ -56,6 +57,12 @@ class Experiment:
         self.pre = load_pretrained(s.checkpoint)
         self.stores = CohortStores(s.data)
         self.modalities = choose_modalities(self.pre, self.stores, s.modalities)
+        self.baselines = s.baselines_for(self.modalities, "signal" in self.pre.model.linear_paths)
+        if "spectral" in self.baselines and (self.modalities != ["signal"]
+                                             or "signal" not in self.pre.model.linear_paths):
+            raise UsageError("--baseline spectral is logistic regression on the principal components of a recording's "
+                             "amplitude spectra: it needs a head over signals alone (--modalities signal) and a "
+                             "checkpoint with a signal linear path; use logistic or elasticnet otherwise")
         labels = load_task_labels(s.labels, s.task, s.positive)
         usable = [x for x in self.stores.samples
                   if any(self.stores.present(m, [x])[0] for m in self.modalities)]
@@ -83,7 +90,7 @@ class Experiment:
         readout = s.head.mode == "linear"
         blocks = FinetuneModel.default_components(self.pre.model, self.modalities, s.fusion, readout)
         self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out, readout, blocks)}
-        if "scratch" in s.baselines:
+        if "scratch" in self.baselines:
             scratch = random_init_like(self.pre, s.seed + 7919, self.stores)
             self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out, readout, blocks)
         self.features = {}
@@ -92,7 +99,7 @@ class Experiment:
         # the stack's block weights capped by what each encoder keeps on patients pretraining did not fit
         self.caps = (measure_stack_caps(self.pre, self.stores, self.modalities, self.stats, s.seed)
                      if s.fusion == "stack" and s.head.mode == "linear" else None)
-        self.raw_models = [RAW_MODELS[b] for b in s.baselines if b in RAW_MODELS]
+        self.raw_models = [RAW_MODELS[b] for b in self.baselines if b in RAW_MODELS]
         self.raw_blocks = self._raw_blocks() if self.raw_models else {}
         self.saved: tuple[FinetuneModel, np.ndarray, np.ndarray] | None = None
         self.compared: dict[str, np.ndarray] = {}
@@ -105,8 +112,9 @@ class Experiment:
     def model_names(self) -> list[str]:
         return list(self.models) + self.raw_models
 
-    def _raw_blocks(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per modality, (raw features with NaN rows and missing calls, present) of the labelled patients.
+    def _raw_blocks(self) -> dict:
+        """Per modality, (raw features with NaN rows and missing calls, present) of the labelled patients;
+        with ``--baseline spectral`` also ``"spectral"``: :meth:`_spectral_scores`.
 
         A recording's raw features are its amplitude spectra: its time-domain samples, which start at an
         arbitrary beat, are a weak reference (logistic regression 0.55-0.64 against 0.70-0.73 on the
@@ -116,7 +124,23 @@ class Experiment:
             ids, x = classic_features(self.stores, m, self.labels.samples, self.stats if m == "expr" else None,
                                       impute_dosage=False)
             out[m] = on_patients(ids, x, self.labels.samples)
+        if RAW_MODELS["spectral"] in self.raw_models:
+            out["spectral"] = self._spectral_scores()
         return out
+
+    def _spectral_scores(self) -> np.ndarray:
+        """``(N, k)``: every labelled patient's principal-component scores of its amplitude spectra, on the
+        checkpoint's signal linear path's axes (PCA fitted without labels on the pretraining run's training
+        patients, one component per 4 of them), at their own scale: ``--baseline spectral``'s features.
+        Every labelled patient has a recording (the head is over signals alone)."""
+        path = self.pre.model.linear_paths["signal"]
+        ds = MultimodalDataset(self.stores, ["signal"], self.labels.samples)
+        rows = []
+        with torch.no_grad():
+            for start in range(0, len(ds), 64):
+                batch = collate([ds[i] for i in range(start, min(len(ds), start + 64))])
+                rows.append(path.scores(batch["signal"]).double())
+        return torch.cat(rows).numpy()
 
     def _fit_raw(self, name: str, idx: np.ndarray, seed: int) -> np.ndarray:
         """A raw-feature baseline fitted on patients ``idx``: scores of the test split.
@@ -126,14 +150,18 @@ class Experiment:
         """
         fit_rows = np.zeros(len(self.labels.samples), bool)
         fit_rows[idx] = True
-        x = fuse(self.raw_blocks, fit_rows)
+        if name == RAW_MODELS["spectral"]:  # at the components' own scale: only centred
+            x = self.raw_blocks["spectral"]
+            x = x - x[idx].mean(axis=0)
+        else:
+            x = fuse({m: b for m, b in self.raw_blocks.items() if m != "spectral"}, fit_rows)
         y = self.labels.y
         if not self.classification:
             target_mean, target_scale = float(y[idx].mean()), float(y[idx].std() or 1.0)
             fit = fit_ridge(x[idx], (y[idx] - target_mean) / target_scale, seed)
             return fit.predict(x[self.test_index]) * target_scale + target_mean
         n_classes = len(self.labels.classes)
-        fitter = fit_logistic if name == RAW_MODELS["logistic"] else fit_elasticnet
+        fitter = fit_elasticnet if name == RAW_MODELS["elasticnet"] else fit_logistic
         return fitter(x[idx], y[idx], n_classes, seed).predict(x[self.test_index])
 
     def _subset(self, index: np.ndarray) -> MultimodalDataset:

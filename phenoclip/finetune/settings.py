@@ -20,10 +20,14 @@ from phenoclip.finetune.labels import TaskLabels
 
 #: what each fit is held against: the same architecture at random initialisation, and logistic
 #: regression / elastic net on the standardised raw features of the same modalities and patients
-#: (a recording's amplitude spectra, not its time-domain samples)
-BASELINES = ("scratch", "logistic", "elasticnet")
-#: rows of metrics.tsv written by the raw-feature baselines (the ``model`` column)
-RAW_MODELS = {"logistic": "logistic_raw", "elasticnet": "elasticnet_raw"}
+#: (a recording's amplitude spectra, not its time-domain samples); for a head over signals alone,
+#: also logistic regression on the principal components of those spectra at their own scale, the
+#: strongest classic model of a recording measured at few labels (docs/experiments.md)
+BASELINES = ("scratch", "logistic", "elasticnet", "spectral")
+#: ``--baseline auto``: these, and ``spectral`` for a head over signals alone
+DEFAULT_BASELINES = ("scratch", "logistic")
+#: rows of metrics.tsv written by the classic baselines (the ``model`` column)
+RAW_MODELS = {"logistic": "logistic_raw", "elasticnet": "elasticnet_raw", "spectral": "spectral_pcs"}
 
 
 @dataclass
@@ -42,7 +46,7 @@ class FinetuneSettings:
     test_fraction: float = 0.2
     seed: int = 0
     #: comma-separated subset of BASELINES, or "none"
-    baseline: str = "scratch,logistic"
+    baseline: str = "auto"
     #: concat | mean | stack, or auto: stack for a class label over two or more modalities, else concat
     fusion: str = "auto"
     modalities: list[str] | None = None
@@ -66,13 +70,21 @@ class FinetuneSettings:
         names = [b.strip() for b in self.baseline.split(",") if b.strip()]
         return [] if names == ["none"] else names
 
+    def baselines_for(self, modalities: list[str], signal_path: bool) -> list[str]:
+        """``--baseline`` for a head over ``modalities``: ``auto`` is :data:`DEFAULT_BASELINES`, and ``spectral``
+        too for a head over signals alone whose checkpoint has a signal linear path (``signal_path``), so
+        that a recording's head stands beside its strongest classic model without asking."""
+        if self.baselines != ["auto"]:
+            return self.baselines
+        return [*DEFAULT_BASELINES, *(["spectral"] if modalities == ["signal"] and signal_path else [])]
+
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"unknown --mode '{self.mode}': use {' or '.join(MODES)}")
         for b in self.baselines:
-            if b not in BASELINES:
-                raise UsageError(f"unknown --baseline '{b}': use a comma-separated list of {', '.join(BASELINES)}, "
-                                 "or none")
+            if b not in BASELINES and self.baselines != ["auto"]:
+                raise UsageError(f"unknown --baseline '{b}': use auto, a comma-separated list of "
+                                 f"{', '.join(BASELINES)}, or none")
         if self.fusion not in ("auto", *FUSIONS):
             raise UsageError(f"unknown --fusion '{self.fusion}': use auto, {', '.join(FUSIONS)}")
         if self.repeats < 1:

@@ -22,6 +22,21 @@ def _labels(n_per_class=(30, 20, 10)) -> TaskLabels:
 
 
 # ------------------------------------------------------------------ labels and splits
+def test_auto_baselines_add_the_spectral_model_for_a_head_over_signals_alone():
+    from phenoclip.errors import UsageError
+    from phenoclip.finetune.settings import FinetuneSettings
+
+    s = FinetuneSettings(checkpoint="c", data=["d"], labels="l", out="o")
+    assert s.baseline == "auto"
+    assert s.baselines_for(["signal"], True) == ["scratch", "logistic", "spectral"]
+    assert s.baselines_for(["signal"], False) == s.baselines_for(["gene", "signal"], True) == ["scratch", "logistic"]
+    s.baseline = "scratch,elasticnet"
+    assert s.baselines_for(["signal"], True) == ["scratch", "elasticnet"]  # what is asked, as asked
+    s.baseline = "auto,logistic"
+    with pytest.raises(UsageError, match="unknown --baseline 'auto'"):
+        s.validate()
+
+
 def test_task_is_inferred_from_the_column():
     assert load_task_labels(f"{LABELS}:disease").task == "multiclass"
     affected = load_task_labels(f"{LABELS}:affected")
@@ -302,6 +317,7 @@ def gene_expr_checkpoint(sample_stores, tmp_path_factory):
     ("missing_modality", 5, "no 'mri' encoder"),
     ("no_model_modality", 5, "no --data store holds a modality of the checkpoint"),
     ("bad_column", 2, "no label column 'nope'"),
+    ("spectral_without_signals", 2, "--baseline spectral"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(gene_expr_checkpoint, sample_stores, tmp_path, case, code,
                                                   message):
@@ -325,6 +341,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(gene_expr_checkpoint, sample_s
         data = ["--data", str(sample_stores["mri"])]
     elif case == "bad_column":
         labels = f"{LABELS}:nope"
+    elif case == "spectral_without_signals":  # a recording's spectral baseline on a genotype head
+        extra = ["--baseline", "scratch,spectral"]
     out = tmp_path / "ft"
     proc = run_cli("finetune", "--checkpoint", gene_expr_checkpoint, *data, "--labels", labels, "--out", out, *extra)
     assert proc.returncode == code, proc.stderr
@@ -348,8 +366,7 @@ def test_a_signal_head_records_its_block_and_one_fitted_on_another_is_refused(sa
     before it recorded one, when it read the two paths side by side) is refused in one line instead of loaded wrong."""
     out = tmp_path / "sig"
     proc = run_cli("finetune", "--checkpoint", sample_checkpoint, *_data_args(sample_stores, ("signal",)),
-                   "--labels", f"{LABELS}:disease", "--out", out, "--label-fractions", "1", "--repeats", "1",
-                   "--baseline", "logistic")
+                   "--labels", f"{LABELS}:disease", "--out", out, "--label-fractions", "1", "--repeats", "1")
     assert proc.returncode == 0, proc.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["probe_components"] == ["signal"] and config["probe_kinds"] == {"signal": "encoder"}
@@ -357,6 +374,13 @@ def test_a_signal_head_records_its_block_and_one_fitted_on_another_is_refused(sa
     auroc = {r["model"]: r["auroc_mean"] for r in result["summary"]}
     # the raw baseline reads the amplitude spectra: well above the time-domain samples' 0.55-0.64
     assert auroc["logistic_raw"] > 0.65 and auroc["pretrained"] > 0.65, auroc
+    # and beside it LR on the spectra's principal components (the checkpoint's own label-free axes), a model
+    # of its own: 0.70-0.75 on the sample's held-out patients
+    assert auroc["spectral_pcs"] > 0.65 and auroc["spectral_pcs"] != auroc["logistic_raw"], auroc
+    rows = [ln.split("\t") for ln in (out / "metrics.tsv").read_text().splitlines()]
+    # the default baselines (auto) of a head over signals alone: scratch, logistic and the spectral model
+    assert sorted(r[rows[0].index("model")] for r in rows[1:]) == ["logistic_raw", "pretrained", "scratch",
+                                                                   "spectral_pcs"]
     assert run_cli("finetune", "predict", "--model", out, *_data_args(sample_stores, ("signal",)),
                    "--out", tmp_path / "ok.tsv").returncode == 0
     del config["probe_kinds"]
