@@ -45,7 +45,8 @@ class FinetuneSettings:
     positive: str | None = None
     test_fraction: float = 0.2
     seed: int = 0
-    #: comma-separated subset of BASELINES, or "none"
+    #: "auto" (DEFAULT_BASELINES, and spectral for a head over signals alone), a comma-separated subset of
+    #: BASELINES, or "none"
     baseline: str = "auto"
     #: concat | mean | stack, or auto: stack for a class label over two or more modalities, else concat
     fusion: str = "auto"
