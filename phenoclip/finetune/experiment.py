@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
+from phenoclip.data.multimodal import CohortStores, MultimodalDataset
 from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval import plots
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, fit_ridge
@@ -101,6 +101,7 @@ class Experiment:
                      if s.fusion == "stack" and s.head.mode == "linear" else None)
         self.raw_models = [RAW_MODELS[b] for b in self.baselines if b in RAW_MODELS]
         self.raw_blocks = self._raw_blocks() if self.raw_models else {}
+        self.spectral_scores = self._spectral_scores() if RAW_MODELS["spectral"] in self.raw_models else None
         self.saved: tuple[FinetuneModel, np.ndarray, np.ndarray] | None = None
         self.compared: dict[str, np.ndarray] = {}
         n_pref = int(sum(self.labels.samples[i] in set(self.pre.validation_samples) for i in self.test_index))
@@ -112,9 +113,8 @@ class Experiment:
     def model_names(self) -> list[str]:
         return list(self.models) + self.raw_models
 
-    def _raw_blocks(self) -> dict:
-        """Per modality, (raw features with NaN rows and missing calls, present) of the labelled patients;
-        with ``--baseline spectral`` also ``"spectral"``: :meth:`_spectral_scores`.
+    def _raw_blocks(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per modality, (raw features with NaN rows and missing calls, present) of the labelled patients.
 
         A recording's raw features are its amplitude spectra: its time-domain samples, which start at an
         arbitrary beat, are a weak reference (logistic regression 0.55-0.64 against 0.70-0.73 on the
@@ -124,23 +124,18 @@ class Experiment:
             ids, x = classic_features(self.stores, m, self.labels.samples, self.stats if m == "expr" else None,
                                       impute_dosage=False)
             out[m] = on_patients(ids, x, self.labels.samples)
-        if RAW_MODELS["spectral"] in self.raw_models:
-            out["spectral"] = self._spectral_scores()
         return out
 
     def _spectral_scores(self) -> np.ndarray:
-        """``(N, k)``: every labelled patient's principal-component scores of its amplitude spectra, on the
-        checkpoint's signal linear path's axes (PCA fitted without labels on the pretraining run's training
-        patients, one component per 4 of them), at their own scale: ``--baseline spectral``'s features.
-        Every labelled patient has a recording (the head is over signals alone)."""
+        """``(N, k)``: every labelled patient's principal-component scores of its amplitude spectra (the
+        signal raw block already read), on the checkpoint's signal linear path's axes (PCA fitted without
+        labels on the pretraining run's training patients, one component per 4 of them), at their own
+        scale: ``--baseline spectral``'s features. Every labelled patient has a recording (the head is
+        over signals alone), so the block has no NaN rows."""
+        spectra, _ = self.raw_blocks["signal"]
         path = self.pre.model.linear_paths["signal"]
-        ds = MultimodalDataset(self.stores, ["signal"], self.labels.samples)
-        rows = []
         with torch.no_grad():
-            for start in range(0, len(ds), 64):
-                batch = collate([ds[i] for i in range(start, min(len(ds), start + 64))])
-                rows.append(path.scores(batch["signal"]).double())
-        return torch.cat(rows).numpy()
+            return path.project(torch.from_numpy(spectra).to(path.mean.dtype)).double().numpy()
 
     def _fit_raw(self, name: str, idx: np.ndarray, seed: int) -> np.ndarray:
         """A raw-feature baseline fitted on patients ``idx``: scores of the test split.
@@ -151,10 +146,9 @@ class Experiment:
         fit_rows = np.zeros(len(self.labels.samples), bool)
         fit_rows[idx] = True
         if name == RAW_MODELS["spectral"]:  # at the components' own scale: only centred
-            x = self.raw_blocks["spectral"]
-            x = x - x[idx].mean(axis=0)
+            x = self.spectral_scores - self.spectral_scores[idx].mean(axis=0)
         else:
-            x = fuse({m: b for m, b in self.raw_blocks.items() if m != "spectral"}, fit_rows)
+            x = fuse(self.raw_blocks, fit_rows)
         y = self.labels.y
         if not self.classification:
             target_mean, target_scale = float(y[idx].mean()), float(y[idx].std() or 1.0)

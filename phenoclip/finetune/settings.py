@@ -82,8 +82,8 @@ class FinetuneSettings:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"unknown --mode '{self.mode}': use {' or '.join(MODES)}")
-        for b in self.baselines:
-            if b not in BASELINES and self.baselines != ["auto"]:
+        for b in [] if self.baselines == ["auto"] else self.baselines:
+            if b not in BASELINES:
                 raise UsageError(f"unknown --baseline '{b}': use auto, a comma-separated list of "
                                  f"{', '.join(BASELINES)}, or none")
         if self.fusion not in ("auto", *FUSIONS):

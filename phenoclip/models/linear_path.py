@@ -181,7 +181,10 @@ class PCAPath(nn.Module):
 
     def scores(self, inputs: dict) -> Tensor:
         """``(B, k)`` principal-component scores of a batch sub-dict."""
-        x = flat_input(self.modality, inputs, self.pool)
+        return self.project(flat_input(self.modality, inputs, self.pool))
+
+    def project(self, x: Tensor) -> Tensor:
+        """``(B, k)`` principal-component scores of raw features ``x`` ``(B, F)`` already flat (:func:`flat_input`)."""
         centred = x - self.mean
         if self.modality == "gene":
             centred = torch.where(x < 0, torch.zeros_like(centred), centred)
