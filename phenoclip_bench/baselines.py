@@ -11,7 +11,9 @@ patients, with:
   logistic regression (C by inner CV) and an elastic net on the raw standardised features of the
   same modality (a recording read as its amplitude spectra, as every classic baseline here reads
   it; for signals also logistic regression on the principal components of those spectra, the
-  strongest classic model of a recording measured), at label fractions 0.1-1 with
+  strongest classic model of a recording measured; for genotypes beside expression also logistic
+  regression on the variants an eQTL screen keeps, :mod:`phenoclip.eval.eqtl_screen`), at label
+  fractions 0.1-1 with
   repeated nested subsets, per modality and fused
   (every modality but hpo; raw features fused with equal weight per modality), and against
   MOFA+ factors of the same views (fused row); beside them, the weak claim: the same probe on the
@@ -43,6 +45,7 @@ from phenoclip_bench.mofa import fit_mofa
 from phenoclip_bench.retrieval_eval import (cca_pair_metrics, cross_modal_metrics, embed_modalities,
                                             paired_metrics, reduce_features)
 from phenoclip.data.multimodal import CohortStores
+from phenoclip.eval.eqtl_screen import eqtl_variants
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, probe_scaling
 from phenoclip.eval.metrics import classification_metrics
 from phenoclip.eval.raw_features import amplitude_spectra, classic_features, fuse, on_patients
@@ -69,10 +72,16 @@ SPECTRAL = "logistic regression, spectral PCs"
 #: as the signal linear path does; over 1 per 2-16 patients and all of them the baseline moved by
 #: at most ~0.01 (docs/experiments.md)
 SPECTRAL_PATIENTS_PER_COMPONENT, SPECTRAL_MAX = PATIENTS_PER_COMPONENT["signal"], 128
+#: genotypes beside expression: logistic regression on the dosages of the variants an eQTL screen keeps
+#: (phenoclip.eval.eqtl_screen: per gene its strongest variant, Bonferroni over genes x variants), fitted
+#: without labels on the pretraining run's training patients; the classic two-stage, expression-informed
+#: model (PrediXcan / TWAS's idea), above both raw models on the sample cohort (docs/experiments.md,
+#: "2026-12-07 (session 55)")
+EQTL = "logistic regression, eQTL-screened SNPs"
 #: the same probe on the same architecture at random initialisation (beating it is the weak claim)
 RANDOM = "random-init probe"
 #: the classic baselines a verdict is taken against
-CLASSIC = (LOGISTIC, SPECTRAL, ENET, MOFA)
+CLASSIC = (LOGISTIC, SPECTRAL, EQTL, ENET, MOFA)
 #: simulated cohorts, signals only: logistic regression on each recording's noise-free planted
 #: parameters (truth.json), what the recording is made from; a reference for how much any model of the
 #: recording could gain, not a baseline the verdict is taken against
@@ -181,6 +190,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, 
     raw = _views(stores, rows, samples, stats)
     spectral = _spectral_components(stores, samples, pre.train_samples) if "signal" in rows else None
     planted = planted_signal(truth, samples) if "signal" in rows and truth is not None else None
+    eqtl = eqtl_dosages(stores, stats, raw["gene"][0], pre.train_samples) if "gene" in rows else None
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None
     result: dict = {"task": labels.column, "classes": labels.classes, "n_test": int(test.sum())}
@@ -232,6 +242,9 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, 
                     if planted is not None:
                         xp = _probe_inputs(planted, fit)
                         fits[PLANTED] = (fit_logistic(xp[idx], y[idx], k, seed + r), xp)
+                if target == "gene" and eqtl is not None:
+                    xq = _probe_inputs(eqtl, fit)
+                    fits[EQTL] = (fit_logistic(xq[idx], y[idx], k, seed + r), xq)
                 if target == "fused" and mofa is not None:
                     xm = _probe_inputs(mofa, fit)  # its factors probed like the embeddings
                     fits[MOFA] = (fit_logistic(xm[idx], y[idx], k, seed + r), xm)
@@ -262,6 +275,21 @@ def _spectral_components(stores, samples, train_samples) -> np.ndarray:
     z = pca.transform(x)
     z /= np.sqrt(np.mean(pca.explained_variance_))
     return np.nan_to_num(on_patients(ids, z, samples)[0])
+
+
+def eqtl_dosages(stores, stats, dosage: np.ndarray, train_samples) -> np.ndarray | None:
+    """``dosage``'s columns (``(N, V)``, NaN a missing call) at the variants the eQTL screen keeps,
+    screened on the pretraining run's training patients that have genotypes and expression (no labels);
+    None without an expression store or when no gene passes the screen."""
+    if "expr" not in stores.by_modality:
+        return None
+    both = [s for s in train_samples if stores.present("gene", [s])[0] and stores.present("expr", [s])[0]]
+    if len(both) < 4:
+        return None
+    ids, d = classic_features(stores, "gene", both, None, impute_dosage=False)
+    e = on_patients(*classic_features(stores, "expr", both, stats), ids)[0]
+    keep = eqtl_variants(d, e)
+    return dosage[:, keep] if len(keep) else None
 
 
 def planted_signal(truth_path, samples) -> np.ndarray | None:
@@ -337,6 +365,8 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
     first = per_seed[0]["classification"]
     targets = [t for t in first if isinstance(first[t], dict) and "auroc" in first[t]]
     methods = [PROBE, LOGISTIC, SPECTRAL, ENET, MOFA, RANDOM]
+    if any(EQTL in s["classification"].get("gene", {}).get("auroc", {}).get("1.0", {}) for s in per_seed):
+        methods.insert(methods.index(ENET), EQTL)
     if any(PLANTED in s["classification"].get("signal", {}).get("auroc", {}).get("1.0", {}) for s in per_seed):
         methods.append(PLANTED)
     rows, short = [], []
@@ -344,7 +374,7 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
         for f in FRACTIONS:
             cells = {m: [s["classification"][target]["auroc"][str(f)].get(m, np.nan) for s in per_seed] for m in methods}
             means = {m: np.nanmean(v) if np.isfinite(v).any() else np.nan for m, v in cells.items()}
-            best_other = max((means[m], m) for m in CLASSIC if means[m] == means[m])
+            best_other = max((means[m], m) for m in CLASSIC if m in means and means[m] == means[m])
             verdict = "win" if means[PROBE] >= best_other[0] else f"below {best_other[1]}"
             if verdict != "win":
                 short.append(f"classification, {target} at label fraction {f}: pretrained probe AUROC "
@@ -375,6 +405,11 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
             "`phenoclip finetune`'s scratch model (same architecture, fresh random parameters, the data-derived "
             "parts such as the linear paths' principal axes copied; no genotype read-out; its stack uncapped); "
             "the verdict is taken against the classic baselines, and a probe below random init is said beside it.")
+    if EQTL in methods:
+        note += (" eQTL-screened SNPs (genotypes beside expression): logistic regression on the dosages of each "
+                 "expression gene's most correlated variant, kept where it passes a Bonferroni bound over every "
+                 "gene x variant test, screened without labels on the pretraining run's training patients (the "
+                 "two-stage, expression-informed model of PrediXcan and TWAS); a classic baseline of the verdict.")
     if PLANTED in methods:
         note += (" Planted signal parameters (a simulated cohort only): logistic regression on each recording's "
                  "noise-free parameters from truth.json (AF rhythm, mean heart rate, T-wave scale, pulse amplitude "

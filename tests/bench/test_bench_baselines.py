@@ -73,6 +73,10 @@ def test_suite_runs_on_a_small_cohort(small_cohort, tmp_path, monkeypatch):
     assert baselines.PLANTED in sig and 0.0 <= sig[baselines.PLANTED] <= 1.0
     assert baselines.PLANTED not in seeds[0]["classification"]["expr"]["auroc"]["1.0"]
     assert baselines.PLANTED in cls.columns and baselines.PLANTED not in baselines.CLASSIC
+    # genotypes beside expression: the eQTL-screened SNPs, a classic baseline of the gene row only
+    gene = seeds[0]["classification"]["gene"]["auroc"]["1.0"]
+    assert baselines.EQTL in gene and 0.0 <= gene[baselines.EQTL] <= 1.0 and baselines.EQTL in baselines.CLASSIC
+    assert baselines.EQTL not in sig and baselines.EQTL in cls.columns
     fused = seeds[0]["classification"]["fused"]
     assert fused["elasticnet_run"] is False and {baselines.MOFA, baselines.RANDOM} <= set(fused["auroc"]["1.0"])
     # the random-init model is another model, not the pretrained one read twice
