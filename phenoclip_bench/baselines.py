@@ -45,7 +45,7 @@ from phenoclip_bench.mofa import fit_mofa
 from phenoclip_bench.retrieval_eval import (cca_pair_metrics, cross_modal_metrics, embed_modalities,
                                             paired_metrics, reduce_features)
 from phenoclip.data.multimodal import CohortStores
-from phenoclip.eval.eqtl_screen import eqtl_variants
+from phenoclip.eval.eqtl_screen import screen_cohort
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, probe_scaling
 from phenoclip.eval.metrics import classification_metrics
 from phenoclip.eval.raw_features import amplitude_spectra, classic_features, fuse, on_patients
@@ -190,7 +190,9 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, 
     raw = _views(stores, rows, samples, stats)
     spectral = _spectral_components(stores, samples, pre.train_samples) if "signal" in rows else None
     planted = planted_signal(truth, samples) if "signal" in rows and truth is not None else None
-    eqtl = eqtl_dosages(stores, stats, raw["gene"][0], pre.train_samples) if "gene" in rows else None
+    screened = screen_cohort(stores, pre.train_samples) if "gene" in rows else []
+    # the eQTL baseline's dosages (NaN: a missing call or an absent patient), screened without labels
+    eqtl = raw["gene"][0][:, screened] if len(screened) else None
     targets = rows + (["fused"] if len(rows) >= 2 else [])
     mofa = _mofa_factors(raw, samples, pre.train_samples, seed) if len(rows) >= 2 else None
     result: dict = {"task": labels.column, "classes": labels.classes, "n_test": int(test.sum())}
@@ -275,21 +277,6 @@ def _spectral_components(stores, samples, train_samples) -> np.ndarray:
     z = pca.transform(x)
     z /= np.sqrt(np.mean(pca.explained_variance_))
     return np.nan_to_num(on_patients(ids, z, samples)[0])
-
-
-def eqtl_dosages(stores, stats, dosage: np.ndarray, train_samples) -> np.ndarray | None:
-    """``dosage``'s columns (``(N, V)``, NaN a missing call) at the variants the eQTL screen keeps,
-    screened on the pretraining run's training patients that have genotypes and expression (no labels);
-    None without an expression store or when no gene passes the screen."""
-    if "expr" not in stores.by_modality:
-        return None
-    both = [s for s in train_samples if stores.present("gene", [s])[0] and stores.present("expr", [s])[0]]
-    if len(both) < 4:
-        return None
-    ids, d = classic_features(stores, "gene", both, None, impute_dosage=False)
-    e = on_patients(*classic_features(stores, "expr", both, stats), ids)[0]
-    keep = eqtl_variants(d, e)
-    return dosage[:, keep] if len(keep) else None
 
 
 def planted_signal(truth_path, samples) -> np.ndarray | None:

@@ -74,3 +74,25 @@ def eqtl_variants(dosage: np.ndarray, expression: np.ndarray, alpha: float = ALP
         strength[variant] = max(r, strength.get(variant, 0.0))
     order = sorted(strength, key=lambda k: (-strength[k], k))
     return np.asarray(order[:max_variants], dtype=np.int64)
+
+
+#: fewer patients with genotypes and expression: no screen
+MIN_PATIENTS = 8
+
+
+def screen_cohort(stores, samples) -> np.ndarray:
+    """:func:`eqtl_variants` over those of ``samples`` (e.g. a pretraining run's training patients)
+    that have genotypes and expression in ``stores`` (a :class:`~phenoclip.data.multimodal.CohortStores`):
+    indices into the genotype store's variants. Empty without an expression store or with fewer
+    than :data:`MIN_PATIENTS` such patients. (A correlation is blind to each gene's scaling, so the
+    expression is read unscaled.)"""
+    from phenoclip.eval.raw_features import classic_features, on_patients
+
+    if "gene" not in stores.by_modality or "expr" not in stores.by_modality:
+        return np.zeros(0, dtype=np.int64)
+    both = [s for s in samples if stores.present("gene", [s])[0] and stores.present("expr", [s])[0]]
+    if len(both) < MIN_PATIENTS:
+        return np.zeros(0, dtype=np.int64)
+    ids, dosage = classic_features(stores, "gene", both, None, impute_dosage=False)
+    expression = on_patients(*classic_features(stores, "expr", both, None), ids)[0]
+    return eqtl_variants(dosage, expression)

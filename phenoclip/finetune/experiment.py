@@ -15,7 +15,8 @@ from phenoclip.errors import InconsistentInputError, UsageError
 from phenoclip.eval import plots
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, fit_ridge
 from phenoclip.eval.metrics import classification_metrics, mean_sd, regression_metrics
-from phenoclip.eval.raw_features import classic_features, fuse, on_patients
+from phenoclip.eval.eqtl_screen import screen_cohort
+from phenoclip.eval.raw_features import classic_features, fuse, on_patients, standardise
 from phenoclip.pretrained import expr_stats, load_pretrained, random_init_like
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.progress import info
@@ -57,12 +58,18 @@ class Experiment:
         self.pre = load_pretrained(s.checkpoint)
         self.stores = CohortStores(s.data)
         self.modalities = choose_modalities(self.pre, self.stores, s.modalities)
-        self.baselines = s.baselines_for(self.modalities, "signal" in self.pre.model.linear_paths)
+        self.baselines = s.baselines_for(self.modalities, "signal" in self.pre.model.linear_paths,
+                                         "expr" in self.stores.by_modality)
         if "spectral" in self.baselines and (self.modalities != ["signal"]
                                              or "signal" not in self.pre.model.linear_paths):
             raise UsageError("--baseline spectral is logistic regression on the principal components of a recording's "
                              "amplitude spectra: it needs a head over signals alone (--modalities signal) and a "
                              "checkpoint with a signal linear path; use logistic or elasticnet otherwise")
+        if "eqtl" in self.baselines and (self.modalities != ["gene"] or "expr" not in self.stores.by_modality):
+            raise UsageError("--baseline eqtl is logistic regression on the SNPs an eQTL screen keeps: it needs a head "
+                             "over genotypes alone (--modalities gene) and an expression store among --data (the "
+                             "screen reads the pretraining patients' expression, no labels); use logistic or "
+                             "elasticnet otherwise")
         labels = load_task_labels(s.labels, s.task, s.positive)
         usable = [x for x in self.stores.samples
                   if any(self.stores.present(m, [x])[0] for m in self.modalities)]
@@ -102,6 +109,7 @@ class Experiment:
         self.raw_models = [RAW_MODELS[b] for b in self.baselines if b in RAW_MODELS]
         self.raw_blocks = self._raw_blocks() if self.raw_models else {}
         self.spectral_scores = self._spectral_scores() if RAW_MODELS["spectral"] in self.raw_models else None
+        self.eqtl_dosages = self._eqtl_dosages() if RAW_MODELS["eqtl"] in self.raw_models else None
         self.saved: tuple[FinetuneModel, np.ndarray, np.ndarray] | None = None
         self.compared: dict[str, np.ndarray] = {}
         n_pref = int(sum(self.labels.samples[i] in set(self.pre.validation_samples) for i in self.test_index))
@@ -137,6 +145,20 @@ class Experiment:
         with torch.no_grad():
             return path.project(torch.from_numpy(spectra).to(path.mean.dtype)).double().numpy()
 
+    def _eqtl_dosages(self) -> np.ndarray | None:
+        """``(N, k)``: the labelled patients' dosages (NaN: a missing call) of the SNPs the eQTL screen keeps
+        on the pretraining run's training patients with genotypes and expression (no labels):
+        ``--baseline eqtl``'s features. None, and the baseline dropped with a line in the log, when no
+        gene's strongest variant passes the screen's Bonferroni bound."""
+        keep = screen_cohort(self.stores, self.pre.train_samples)
+        if not len(keep):
+            info("--baseline eqtl: no expression gene's strongest variant passes the Bonferroni bound on the "
+                 "pretraining patients; the eQTL baseline is not fitted")
+            self.raw_models.remove(RAW_MODELS["eqtl"])
+            return None
+        info(f"--baseline eqtl: {len(keep)} SNPs kept by the eQTL screen of the pretraining patients")
+        return self.raw_blocks["gene"][0][:, keep]
+
     def _fit_raw(self, name: str, idx: np.ndarray, seed: int) -> np.ndarray:
         """A raw-feature baseline fitted on patients ``idx``: scores of the test split.
 
@@ -147,6 +169,8 @@ class Experiment:
         fit_rows[idx] = True
         if name == RAW_MODELS["spectral"]:  # at the components' own scale: only centred
             x = self.spectral_scores - self.spectral_scores[idx].mean(axis=0)
+        elif name == RAW_MODELS["eqtl"]:
+            x = standardise(self.eqtl_dosages, fit_rows)
         else:
             x = fuse(self.raw_blocks, fit_rows)
         y = self.labels.y

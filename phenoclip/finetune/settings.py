@@ -22,12 +22,17 @@ from phenoclip.finetune.labels import TaskLabels
 #: regression / elastic net on the standardised raw features of the same modalities and patients
 #: (a recording's amplitude spectra, not its time-domain samples); for a head over signals alone,
 #: also logistic regression on the principal components of those spectra at their own scale, the
-#: strongest classic model of a recording measured at few labels (docs/experiments.md)
-BASELINES = ("scratch", "logistic", "elasticnet", "spectral")
-#: ``--baseline auto``: these, and ``spectral`` for a head over signals alone
+#: strongest classic model of a recording measured at few labels; for a head over genotypes alone with an
+#: expression store among the data, also logistic regression on the SNPs an eQTL screen keeps
+#: (phenoclip.eval.eqtl_screen), the strongest classic model of genotypes on the sample cohort
+#: (docs/experiments.md)
+BASELINES = ("scratch", "logistic", "elasticnet", "spectral", "eqtl")
+#: ``--baseline auto``: these, and ``spectral`` for a head over signals alone, ``eqtl`` for one over
+#: genotypes alone beside an expression store
 DEFAULT_BASELINES = ("scratch", "logistic")
 #: rows of metrics.tsv written by the classic baselines (the ``model`` column)
-RAW_MODELS = {"logistic": "logistic_raw", "elasticnet": "elasticnet_raw", "spectral": "spectral_pcs"}
+RAW_MODELS = {"logistic": "logistic_raw", "elasticnet": "elasticnet_raw", "spectral": "spectral_pcs",
+              "eqtl": "eqtl_snps"}
 
 
 @dataclass
@@ -45,7 +50,8 @@ class FinetuneSettings:
     positive: str | None = None
     test_fraction: float = 0.2
     seed: int = 0
-    #: "auto" (DEFAULT_BASELINES, and spectral for a head over signals alone), a comma-separated subset of
+    #: "auto" (DEFAULT_BASELINES, with spectral for a head over signals alone and eqtl for one over genotypes
+    #: alone beside an expression store), a comma-separated subset of
     #: BASELINES, or "none"
     baseline: str = "auto"
     #: concat | mean | stack, or auto: stack for a class label over two or more modalities, else concat
@@ -71,13 +77,16 @@ class FinetuneSettings:
         names = [b.strip() for b in self.baseline.split(",") if b.strip()]
         return [] if names == ["none"] else names
 
-    def baselines_for(self, modalities: list[str], signal_path: bool) -> list[str]:
+    def baselines_for(self, modalities: list[str], signal_path: bool, expression: bool = False) -> list[str]:
         """``--baseline`` for a head over ``modalities``: ``auto`` is :data:`DEFAULT_BASELINES`, and ``spectral``
-        too for a head over signals alone whose checkpoint has a signal linear path (``signal_path``), so
-        that a recording's head stands beside its strongest classic model without asking."""
+        too for a head over signals alone whose checkpoint has a signal linear path (``signal_path``),
+        ``eqtl`` for a head over genotypes alone when an expression store is among the data
+        (``expression``), so that a head stands beside its modality's strongest classic model without
+        asking."""
         if self.baselines != ["auto"]:
             return self.baselines
-        return [*DEFAULT_BASELINES, *(["spectral"] if modalities == ["signal"] and signal_path else [])]
+        return [*DEFAULT_BASELINES, *(["spectral"] if modalities == ["signal"] and signal_path else []),
+                *(["eqtl"] if modalities == ["gene"] and expression else [])]
 
     def validate(self) -> None:
         if self.mode not in MODES:

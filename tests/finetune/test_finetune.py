@@ -1,6 +1,7 @@
 """``phenoclip finetune``: labels and splits, the head, the label-fraction experiment, predict, bad input."""
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -30,6 +31,9 @@ def test_auto_baselines_add_the_spectral_model_for_a_head_over_signals_alone():
     assert s.baseline == "auto"
     assert s.baselines_for(["signal"], True) == ["scratch", "logistic", "spectral"]
     assert s.baselines_for(["signal"], False) == s.baselines_for(["gene", "signal"], True) == ["scratch", "logistic"]
+    # a genotype head beside an expression store also meets the eQTL-screened SNPs
+    assert s.baselines_for(["gene"], False, True) == ["scratch", "logistic", "eqtl"]
+    assert s.baselines_for(["gene"], False) == s.baselines_for(["gene", "expr"], False, True) == ["scratch", "logistic"]
     s.baseline = "scratch,elasticnet"
     assert s.baselines_for(["signal"], True) == ["scratch", "elasticnet"]  # what is asked, as asked
     s.baseline = "auto,logistic"
@@ -318,6 +322,7 @@ def gene_expr_checkpoint(sample_stores, tmp_path_factory):
     ("no_model_modality", 5, "no --data store holds a modality of the checkpoint"),
     ("bad_column", 2, "no label column 'nope'"),
     ("spectral_without_signals", 2, "--baseline spectral"),
+    ("eqtl_without_expression", 2, "--baseline eqtl"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(gene_expr_checkpoint, sample_stores, tmp_path, case, code,
                                                   message):
@@ -343,12 +348,32 @@ def test_bad_input_is_one_line_and_leaves_nothing(gene_expr_checkpoint, sample_s
         labels = f"{LABELS}:nope"
     elif case == "spectral_without_signals":  # a recording's spectral baseline on a genotype head
         extra = ["--baseline", "scratch,spectral"]
+    elif case == "eqtl_without_expression":  # the eQTL screen reads expression: no expression store given
+        extra = ["--baseline", "scratch,eqtl"]
     out = tmp_path / "ft"
     proc = run_cli("finetune", "--checkpoint", gene_expr_checkpoint, *data, "--labels", labels, "--out", out, *extra)
     assert proc.returncode == code, proc.stderr
     lines = [ln for ln in error_lines(proc) if "warning" not in ln]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".ft")]
+
+
+def test_a_genotype_head_beside_an_expression_store_meets_the_eqtl_screened_snps(gene_expr_checkpoint, sample_stores,
+                                                                                 tmp_path):
+    """auto adds the eQTL baseline to a head over genotypes alone when an expression store is given: the
+    screen reads the pretraining patients' expression (no labels) and keeps a handful of the sample's SNPs."""
+    out = tmp_path / "ft"
+    proc = run_cli("finetune", "--checkpoint", gene_expr_checkpoint, "--data", sample_stores["gene"], "--data",
+                   sample_stores["expr"], "--modalities", "gene", "--labels", f"{LABELS}:disease", "--out", out,
+                   "--label-fractions", "0.5,1", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr
+    kept = re.search(r"(\d+) SNPs kept by the eQTL screen", proc.stderr)
+    assert kept and 6 <= int(kept.group(1)) <= 16, proc.stderr
+    result = json.loads((out / "metrics.json").read_text())
+    auroc = {(r["model"], r["fraction"]): r["auroc_mean"] for r in result["summary"]}
+    assert {m for m, _ in auroc} == {"pretrained", "scratch", "logistic_raw", "eqtl_snps"}
+    assert all(0.0 <= v <= 1.0 for v in auroc.values())
+    assert auroc[("eqtl_snps", 1.0)] != auroc[("logistic_raw", 1.0)]
 
 
 def test_predict_refuses_a_pretrain_checkpoint(gene_expr_checkpoint, sample_stores, tmp_path):
