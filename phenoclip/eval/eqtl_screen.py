@@ -78,14 +78,20 @@ def eqtl_variants(dosage: np.ndarray, expression: np.ndarray, alpha: float = ALP
 
 #: fewer patients with genotypes and expression: no screen
 MIN_PATIENTS = 8
+#: at most this many dosages (patients x variants) are read for the screen, in float64 about 0.8 GB
+#: (as the genotype read-out's fit, phenoclip.pretrain.readout.MAX_CELLS); beyond it a seeded subset
+#: of the patients, which the Bonferroni bound then counts
+MAX_CELLS = 100_000_000
 
 
 def screen_cohort(stores, samples) -> np.ndarray:
     """:func:`eqtl_variants` over those of ``samples`` (e.g. a pretraining run's training patients)
     that have genotypes and expression in ``stores`` (a :class:`~phenoclip.data.multimodal.CohortStores`):
     indices into the genotype store's variants. Empty without an expression store or with fewer
-    than :data:`MIN_PATIENTS` such patients. (A correlation is blind to each gene's scaling, so the
+    than :data:`MIN_PATIENTS` such patients; at most :data:`MAX_CELLS` dosages are read (a seeded
+    subset of the patients beyond it). (A correlation is blind to each gene's scaling, so the
     expression is read unscaled.)"""
+    from phenoclip.data.batch import DOSAGE
     from phenoclip.eval.raw_features import classic_features, on_patients
 
     if "gene" not in stores.by_modality or "expr" not in stores.by_modality:
@@ -93,6 +99,10 @@ def screen_cohort(stores, samples) -> np.ndarray:
     both = [s for s in samples if stores.present("gene", [s])[0] and stores.present("expr", [s])[0]]
     if len(both) < MIN_PATIENTS:
         return np.zeros(0, dtype=np.int64)
+    n_variants = max(1, int(stores.by_modality["gene"].shapes[DOSAGE][0]))
+    if len(both) * n_variants > MAX_CELLS:
+        keep = max(MIN_PATIENTS, MAX_CELLS // n_variants)
+        both = [both[i] for i in np.sort(np.random.default_rng(0).permutation(len(both))[:keep])]
     ids, dosage = classic_features(stores, "gene", both, None, impute_dosage=False)
     expression = on_patients(*classic_features(stores, "expr", both, None), ids)[0]
     return eqtl_variants(dosage, expression)

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 
 from phenoclip.eval import eqtl_screen
-from phenoclip.eval.eqtl_screen import critical_r, eqtl_variants
+from phenoclip.eval.eqtl_screen import critical_r, eqtl_variants, screen_cohort
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
@@ -59,3 +59,19 @@ def test_the_screen_finds_every_causal_variants_block_on_the_sample(sample_store
         block = truth["blocks"][c["block"]]
         assert any(chrom[i] == block["chrom"] and block["start"] <= pos[i] <= block["end"] for i in keep), c["id"]
     assert 6 <= len(keep) <= 16, len(keep)
+    # what the suite and finetune call: the same screen from the stores
+    assert screen_cohort(stores, stores.samples).tolist() == keep.tolist()
+
+
+def test_a_screen_past_its_dosage_cap_reads_a_seeded_subset_of_patients(sample_stores, monkeypatch):
+    from phenoclip.data.multimodal import CohortStores
+
+    stores = CohortStores([str(sample_stores["gene"]), str(sample_stores["expr"])])
+    monkeypatch.setattr(eqtl_screen, "MAX_CELLS", 2001 * 60)    # 60 of the 164 patients
+    read = []
+    original = eqtl_screen.eqtl_variants
+    monkeypatch.setattr(eqtl_screen, "eqtl_variants", lambda d, e: read.append(d.shape) or original(d, e))
+    first = screen_cohort(stores, stores.samples)
+    assert read == [(60, 2001)]
+    assert screen_cohort(stores, stores.samples).tolist() == first.tolist()   # seeded: the same subset
+    assert screen_cohort(CohortStores([str(sample_stores["gene"])]), stores.samples).size == 0  # no expression
