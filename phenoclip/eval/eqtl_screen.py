@@ -18,22 +18,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from phenoclip.data.batch import DOSAGE
+from phenoclip.eval.raw_features import classic_features, on_patients, standardise
+
 #: family-wise error of the Bonferroni bound over genes x variants
 ALPHA = 0.05
 #: at most this many variants are kept (the strongest first)
 MAX_VARIANTS = 64
 #: variants correlated per block (bounds memory at CHUNK x genes floats)
 CHUNK = 4096
-
-
-def _standardised(x: np.ndarray) -> np.ndarray:
-    """Columns centred and scaled to unit sd (a constant column stays 0); NaN (a missing call) at
-    its column's mean, so it adds nothing."""
-    x = np.asarray(x, dtype=np.float64)
-    mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
-    x = np.where(np.isnan(x), np.nan_to_num(mean), x) - np.nan_to_num(mean)
-    sd = x.std(axis=0)
-    return x / np.where(sd > 1e-12, sd, np.inf)
 
 
 def critical_r(n: int, tests: int, alpha: float = ALPHA) -> float:
@@ -54,9 +47,12 @@ def eqtl_variants(dosage: np.ndarray, expression: np.ndarray, alpha: float = ALP
     tests contributes nothing; a variant strongest for several genes is kept once, at its largest
     correlation. Empty when no gene passes.
     """
-    d, e = _standardised(dosage), _standardised(expression)
-    if d.shape[0] != e.shape[0]:
-        raise ValueError(f"dosage has {d.shape[0]} patients, expression {e.shape[0]}")
+    if len(dosage) != len(expression):
+        raise ValueError(f"dosage has {len(dosage)} patients, expression {len(expression)}")
+    # every patient's column z-scores (a missing call at its column's mean adds nothing; a constant column is 0)
+    every = np.ones(len(dosage), bool)
+    d = standardise(np.asarray(dosage, dtype=np.float64), every)
+    e = standardise(np.asarray(expression, dtype=np.float64), every)
     n, v = d.shape
     g = e.shape[1]
     if v == 0 or g == 0:
@@ -91,9 +87,6 @@ def screen_cohort(stores, samples) -> np.ndarray:
     than :data:`MIN_PATIENTS` such patients; at most :data:`MAX_CELLS` dosages are read (a seeded
     subset of the patients beyond it). (A correlation is blind to each gene's scaling, so the
     expression is read unscaled.)"""
-    from phenoclip.data.batch import DOSAGE
-    from phenoclip.eval.raw_features import classic_features, on_patients
-
     if "gene" not in stores.by_modality or "expr" not in stores.by_modality:
         return np.zeros(0, dtype=np.int64)
     both = [s for s in samples if stores.present("gene", [s])[0] and stores.present("expr", [s])[0]]
