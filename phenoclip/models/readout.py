@@ -18,6 +18,14 @@ label fraction, above the elastic net up to half the labels.
 
 A missing call (``< 0``) is set to the training mean, so it contributes nothing, as in the
 dosage MLP and the linear path.
+
+On the patients it was fitted on the read-out is an in-sample fit, pulled towards their teacher. A
+probe fitted on those patients (the usual case: fine-tuning labels a subset of the pretraining
+cohort) therefore learns the teacher's direction for the label, and a few labels fix it: on the
+sample cohort the gene probe is flat with the label fraction and level with a probe fitted on the
+teacher itself. Its ceiling is how much of that direction the dosages predict, and anything that
+weighs the read-out against another model on those patients overrates it (docs/experiments.md,
+2026-12-08).
 """
 
 from __future__ import annotations
