@@ -49,6 +49,24 @@ class Pretrained:
     def validation_samples(self) -> list[str]:
         return list(self.state.get("split", {}).get("validation", []))
 
+    def honest_gene_block(self, samples: Sequence[str], block: np.ndarray) -> np.ndarray:
+        """``block`` (the gene probe's ``(N, E + S)`` columns of ``samples``, read-out first) with each
+        training patient's in-sample read-out replaced by its cross-fitted one where the checkpoint keeps
+        it (:class:`~phenoclip.models.readout.GenotypeReadout`): how a new patient looks to the read-out."""
+        out = np.array(block, dtype=np.float64, copy=True)
+        readout = self.model.readouts["gene"] if self.model.has_readout("gene") else None
+        if readout is None or not readout.n_patients:
+            return out
+        values, kept = readout.crossfit.cpu().numpy(), readout.crossfit_set.cpu().numpy() > 0
+        if len(self.train_samples) != len(kept):  # a split the buffers do not describe: nothing replaced
+            return out
+        row = {s: i for i, s in enumerate(self.train_samples)}
+        for j, s in enumerate(samples):
+            i = row.get(s)
+            if i is not None and kept[i]:
+                out[j, :values.shape[1]] = values[i]
+        return out
+
     def require(self, modality: str) -> None:
         """One clear line (exit 5) when the checkpoint has no encoder for ``modality``."""
         if modality not in self.model.encoders:
@@ -82,7 +100,9 @@ def model_from_pretrain_config(config: dict) -> MultimodalModel:
     readout = fits_gene_readout(config.get("gene_readout", False), config.get("objectives", []), config["modalities"])
     return build_model({m: shapes[m] for m in mods}, config.get("preset", "tiny"), config.get("architectures") or {},
                        embed_dim=config.get("embed_dim"), linear_components=int(config.get("linear_path", 0)),
-                       readouts=readout)
+                       readouts=readout,
+                       # written before the read-out kept cross-fitted values: no buffers for them
+                       readout_patients=int(shapes.get("n_train", 0)) if readout and config.get("gene_probe_choice") else 0)
 
 
 def load_pretrained(directory: str | os.PathLike) -> Pretrained:

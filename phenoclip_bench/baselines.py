@@ -46,6 +46,7 @@ from phenoclip_bench.retrieval_eval import (cca_pair_metrics, cross_modal_metric
                                             paired_metrics, reduce_features)
 from phenoclip.data.multimodal import CohortStores
 from phenoclip.eval.eqtl_screen import screen_cohort
+from phenoclip.eval.gene_probe import fit_gene_probe
 from phenoclip.eval.linear_models import fit_elasticnet, fit_logistic, probe_scaling
 from phenoclip.eval.metrics import classification_metrics
 from phenoclip.eval.raw_features import amplitude_spectra, classic_features, fuse, on_patients
@@ -210,6 +211,10 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, 
         run_enet = cfg["enet_max_features"] is None or n_raw <= cfg["enet_max_features"]
         te = test & have
         by_fraction: dict = {}
+        # the gene probe's choice between the read-out and the eQTL SNPs (eval.gene_probe), where it has one
+        honest = (pre.honest_gene_block(samples, emb["gene"])
+                  if target == "gene" and pre.model.probe_components("gene") else None)
+        picks: dict[str, list[str]] = {str(f): [] for f in FRACTIONS}
         for f in FRACTIONS:
             scores: dict[str, list[float]] = {}
             for r in range(cfg["repeats"]):
@@ -220,8 +225,15 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, 
                 xr = fuse(blocks, fit)
                 xe = _probe_inputs(x_emb, fit, nat)
                 fits = {}
-                if target != "fused":
+                if target == "gene" and honest is not None:  # as finetune's gene head: its honest choice
+                    mean, scale = probe_scaling(x_emb[fit], nat)
+                    probe = fit_gene_probe(xe[idx], ((honest - mean) / scale)[idx], y[idx], pre.model.embed_dim, k,
+                                           seed + r)
+                    fits[PROBE] = (probe, xe)
+                    picks[str(f)].append(probe.chosen["gene_probe"])
+                elif target != "fused":
                     fits[PROBE] = (fit_logistic(xe[idx], y[idx], k, seed + r), xe)
+                if target != "fused":
                     xz = _probe_inputs(x_rand, fit, nat)
                     fits[RANDOM] = (fit_logistic(xz[idx], y[idx], k, seed + r), xz)
                 else:  # as `finetune --fusion auto` does for a class label: per-modality probes stacked
@@ -255,6 +267,8 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, 
                     scores.setdefault(name, []).append(float(m["auroc"]))
             by_fraction[str(f)] = {name: float(np.mean(v)) for name, v in scores.items()}
         result[target] = {"n_features_raw": int(n_raw), "elasticnet_run": bool(run_enet), "auroc": by_fraction}
+        if honest is not None:
+            result[target]["gene_probe_choice"] = picks
     return result
 
 

@@ -42,6 +42,8 @@ from phenoclip_bench.classify_report import figures as report_figures
 from phenoclip_bench.cohort import bench_cohort, pretrained
 from phenoclip.data.batch import IMAGES, SIGNALS
 from phenoclip.data.multimodal import CohortStores
+from phenoclip.eval.gene_probe import fit_gene_probe
+from phenoclip.eval.linear_models import probe_scaling
 from phenoclip.finetune.heads import HeadSettings
 from phenoclip.finetune.labels import held_out_split, load_task_labels, restrict_to
 from phenoclip.finetune.run import FinetuneSettings, run_finetune
@@ -110,6 +112,14 @@ def _run(ctx: BenchContext) -> SuiteResult:
         tr, te = train & have, test & have
         natural = (np.concatenate([pre.model.probe_natural(k, components=k in all_blocks) for k in mods])
                    if m == "all" else pre.model.probe_natural(m))  # columns the probe only centres
+        if m == "gene" and pre.model.probe_components("gene"):  # as finetune's gene head: its honest choice
+            mean, scale = probe_scaling(x[tr], natural)
+            honest = (pre.honest_gene_block(samples, x) - mean) / scale
+            probe = fit_gene_probe(((x - mean) / scale)[tr], honest[tr], y[tr], pre.model.embed_dim,
+                                   len(labels.classes), ctx.seed)
+            probe_c[m] = probe.chosen["gene_probe"]
+            rows.add(m, PROBE, y[te], probe.predict(((x - mean) / scale)[te]), int(tr.sum()), probe.chosen)
+            continue
         model, probe_c[m] = fit_probe(x[tr], y[tr], PROBE_C[mode], ctx.seed, natural)
         rows.add(m, PROBE, y[te], full_proba(model, x[te], len(labels.classes)), int(tr.sum()), {"C": probe_c[m]})
     finetune_cmd, finetune_check = _finetune_all(ctx, cohort, ckpt_dir, probe_c["all"], samples, test, rows)

@@ -106,6 +106,7 @@ def shortfalls(table_rows: list[list], modalities: list[str]) -> str:
 def note(rows: Rows, mods: list[str], never_seen: int, n_test: int, probe_c: dict, scratch_log: dict,
           finetune_check: dict, feature_names: dict, enet_iter: int) -> str:
     """The table's note: the verdict, the test split, how every method was fitted and what it chose."""
+    chosen = ", ".join(f"{m} {c:g}" if isinstance(c, float) else f"{m} {c}" for m, c in probe_c.items())
     verdict = shortfalls(rows.rows, mods + ["all"])
     extra = sorted({n.rstrip("0123456789") for n in feature_names.get("gene", []) if n.startswith(("pgs", "burden"))})
     gene_extra = (f"+ the store's {' and '.join(extra)} columns" if extra else
@@ -124,7 +125,8 @@ def note(rows: Rows, mods: list[str], never_seen: int, n_test: int, probe_c: dic
             "patients only, and a modality's row uses those of them with that modality. Macro one-vs-rest AUROC "
             "and macro F1 (scikit-learn); chance AUROC is 0.5. Pretrained: the shared multimodal checkpoint "
             "(command below), frozen; logistic regression on standardised embeddings, C by 3-fold CV on the "
-            f"training patients (chosen: {', '.join(f'{m} {c:g}' for m, c in probe_c.items())}); 'all' "
+            f"training patients (chosen: {chosen}; the gene probe's choice between its read-out and the eQTL-screened "
+            "SNPs is phenoclip.eval.gene_probe's); 'all' "
             f"concatenates the modalities' embeddings (zeros where absent); {check}. ElasticNet: scikit-learn "
             f"LogisticRegression(solver='saga', l1_ratio in (0, 1), at most {enet_iter} epochs) on standardised "
             "features, C and l1_ratio by 3-fold CV on the training patients; features: genetics = 10 dosage PCs + "

@@ -112,7 +112,8 @@ class DenseEncoder(nn.Module):
     fitted read-out, :meth:`MultimodalModel.probe_embedding`) the function is that linear read-out.
     With ``components`` (a linear head whose block of this modality also holds the linear path's
     principal-component scores, :meth:`MultimodalModel.probe_features`) the output is ``(n, E + k)``:
-    the embedding, then those scores.
+    the embedding, then those scores (a read-out's: the read-out, then its eQTL-screened SNPs' standardised
+    dosages).
     """
 
     def __init__(self, model: nn.Module, modality: str, readout: bool = False, components: bool = False):
@@ -129,8 +130,8 @@ class DenseEncoder(nn.Module):
         # the linear path of the embedding (if the model has one) is part of the function explained
         self.linear_path = (model.linear_paths[modality] if self.readout is None
                             and modality in getattr(model, "linear_paths", {}) else None)
-        if components and (self.linear_path is None or not model.probe_components(modality)):
-            raise ValueError(f"the probe of {modality!r} reads no principal-component scores")
+        if components and not model.probe_components(modality):
+            raise ValueError(f"the probe of {modality!r} reads no principal-component scores or SNPs beside it")
         #: columns of the embedding; any beyond are the principal-component scores, never normalised
         self.components, self.embed_dim = bool(components), int(model.embed_dim)
 
@@ -170,7 +171,9 @@ class DenseEncoder(nn.Module):
         """``(n, E)`` projected embedding (plus its linear path), or the read-out, before the L2
         normalisation; with ``components``, the principal-component scores after it (``(n, E + k)``)."""
         if self.readout is not None:
-            return self.readout({self.key: x})
+            z = self.readout({self.key: x})
+            # a gene head's eQTL-screened SNPs beside the read-out (models.readout), linear in the dosages too
+            return torch.cat([z, self.readout.eqtl_dosages({self.key: x})], dim=1) if self.components else z
         z = self.projection(self.features(x))
         if self.linear_path is None:
             return z

@@ -99,10 +99,16 @@ class Experiment:
         self.models = {"pretrained": FinetuneModel(self.pre.model, self.modalities, s.fusion, n_out, readout, blocks)}
         if "scratch" in self.baselines:
             scratch = random_init_like(self.pre, s.seed + 7919, self.stores)
-            self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out, readout, blocks)
+            # the same blocks, but no read-out (it is fitted to pretrained embeddings), so no eQTL SNPs beside one
+            self.models["scratch"] = FinetuneModel(scratch, self.modalities, s.fusion, n_out, readout,
+                                                   [m for m in blocks if scratch.probe_components(m)])
         self.features = {}
         if s.head.mode == "linear":  # frozen encoders: embed every labelled patient once per model
             self.features = {name: fused_features(ft, self.dataset) for name, ft in self.models.items()}
+        # a gene head that chooses between the read-out and the eQTL SNPs scores its folds on the
+        # training patients' cross-fitted read-outs (eval.gene_probe)
+        self.honest = {name: self.pre.honest_gene_block(self.labels.samples, self.features[name])
+                       for name, ft in self.models.items() if name == "pretrained" and ft.gene_choice and self.features}
         # the stack's block weights capped by what each encoder keeps on patients pretraining did not fit
         self.caps = (measure_stack_caps(self.pre, self.stores, self.modalities, self.stats, s.seed)
                      if s.fusion == "stack" and s.head.mode == "linear" else None)
@@ -198,8 +204,10 @@ class Experiment:
         elif self.s.head.mode == "linear":
             ft, x = self.models[name], self.features[name]
 
+            honest = self.honest[name][idx] if name in self.honest else None
+
             def fit_and_score(caps: list[float] | None) -> np.ndarray:
-                fit_linear_head(ft, x[idx], y[idx], self.classification, self.s.head, seed, caps)
+                fit_linear_head(ft, x[idx], y[idx], self.classification, self.s.head, seed, caps, honest)
                 return scores_from_features(ft, x[self.test_index], self.classification)
 
             # caps only for the pretrained encoders: a random initialisation memorised nothing

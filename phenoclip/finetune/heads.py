@@ -24,6 +24,7 @@ from sklearn.linear_model import Ridge
 
 from phenoclip.data.multimodal import MultimodalDataset, collate
 from phenoclip.eval.linear_models import as_logits, fit_logistic, fit_ridge, probe_scaling
+from phenoclip.eval.gene_probe import fit_gene_probe
 from phenoclip.eval.stacking import fit_stacked
 from phenoclip.models.finetune import FinetuneModel
 from phenoclip.checkpoint_files import MODEL_FILE
@@ -59,12 +60,16 @@ def fused_features(ft: FinetuneModel, dataset: MultimodalDataset, batch_size: in
 
 
 def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classification: bool,
-                    settings: HeadSettings, seed: int, caps: list[float] | None = None) -> dict:
+                    settings: HeadSettings, seed: int, caps: list[float] | None = None,
+                    honest: np.ndarray | None = None) -> dict:
     """Fit the head of ``ft`` on features ``x`` (N, F) and targets ``y``; encoders untouched.
 
     The penalty (``C`` or ridge ``alpha``) is chosen by inner cross-validation on these
     patients unless ``settings.c`` fixes ``C``; returns what was chosen. ``caps``: a stacked
-    head's per-block weight caps (:mod:`phenoclip.finetune.stack_caps`; None: uncapped).
+    head's per-block weight caps (:mod:`phenoclip.finetune.stack_caps`; None: uncapped). A head over
+    genotypes alone whose block holds the eQTL-screened SNPs beside the read-out
+    (:attr:`FinetuneModel.gene_choice`) chooses between them (:func:`phenoclip.eval.gene_probe.fit_gene_probe`),
+    scoring its folds on ``honest``: ``x`` with each patient's cross-fitted read-out (default ``x``).
     """
     if ft.fusion == "stack":
         return _fit_stacked_head(ft, x, y, classification, settings, seed, caps)
@@ -73,10 +78,16 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
     n_out = ft.head.out_features
     weight = np.zeros((n_out, x.shape[1]))
     bias = np.zeros(n_out)
-    if classification:
+    if ft.gene_choice:
+        target_mean, target_scale = (0.0, 1.0) if classification else (float(y.mean()), float(y.std() or 1.0))
+        z_honest = z if honest is None else (np.asarray(honest, dtype=np.float64) - mean) / scale
+        probe = fit_gene_probe(z, z_honest, y if classification else (y - target_mean) / target_scale,
+                               ft.model.embed_dim, n_out if classification else None, seed, c=settings.c)
+        weight, bias, chosen = probe.weight, probe.bias, probe.chosen
+    elif classification:
         fit = fit_logistic(z, y, n_out, seed, c=settings.c)
         weight, bias = as_logits(fit, n_out)
-        target_mean, target_scale = 0.0, 1.0
+        target_mean, target_scale, chosen = 0.0, 1.0, fit.chosen
     else:
         target_mean, target_scale = float(y.mean()), float(y.std() or 1.0)
         fit = fit_ridge(z, (y - target_mean) / target_scale, seed) if settings.c is None else None
@@ -93,7 +104,7 @@ def fit_linear_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classificat
         ft.head.bias.copy_(torch.as_tensor(bias))
         ft.target_mean.fill_(target_mean)
         ft.target_scale.fill_(target_scale)
-    return fit.chosen if classification else chosen
+    return chosen
 
 
 def _fit_stacked_head(ft: FinetuneModel, x: np.ndarray, y: np.ndarray, classification: bool,

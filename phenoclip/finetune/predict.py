@@ -41,6 +41,8 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
 
     def build() -> FinetuneModel:
         model = model_from_pretrain_config(config["pretrain_config"])
+        if "gene" in components:  # the gene block's width is the read-out's count of eQTL SNPs: in its weights
+            load_weights(directory, model, prefix="model.")
         return FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]),
                              readout=config.get("mode") == "linear",
                              components=components)

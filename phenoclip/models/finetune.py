@@ -105,8 +105,17 @@ class FinetuneModel(nn.Module):
         while the signal probe alone gained +0.033 there (docs/experiments.md)."""
         if not readout or fusion == "mean":
             return []
+        # the read-out's eQTL SNPs only in a head over genotypes alone, whose fit chooses between the two
+        # (eval.gene_probe); in a stack the gene block's one probe could not weigh them honestly
         return [m for m in modalities if model.probe_components(m)
-                and (len(modalities) == 1 or PROBE_COMPONENTS[m] != "encoder")]
+                and (len(modalities) == 1 or (PROBE_COMPONENTS.get(m) != "encoder" and not model.has_readout(m)))]
+
+    @property
+    def gene_choice(self) -> bool:
+        """Whether this is a head over genotypes alone whose block holds the read-out and, beside it, the
+        eQTL-screened SNPs: its linear fit chooses between them (:mod:`phenoclip.eval.gene_probe`)."""
+        return (self.modalities == ["gene"] and self.components == ["gene"] and self.fusion == "concat"
+                and self.model.has_readout("gene"))
 
     def embedding(self, modality: str, inputs: dict) -> Tensor:
         """``(B, width)``: the block of ``modality`` that :meth:`features` fuses."""

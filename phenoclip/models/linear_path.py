@@ -76,7 +76,9 @@ PATIENTS_PER_COMPONENT = {"signal": 4}
 #: encoder output beside the linear path, gained less, and the encoder output alone lost on the
 #: coalescent cohort (-0.013 to -0.042) (docs/experiments.md, "2026-12-07 (last)"). It is a tie with
 #: the classic model, not a win: the random-init encoder's output does as well.
-PROBE_COMPONENTS = {"mri": "dimension", "expr": "natural", "signal": "encoder"}
+#: Genotypes have no linear path: a head over them alone reads the read-out's eQTL-screened SNPs beside it
+#: ("eqtl", :class:`~phenoclip.models.readout.GenotypeReadout`), and chooses between the two.
+PROBE_COMPONENTS = {"mri": "dimension", "expr": "natural", "signal": "encoder", "gene": "eqtl"}
 
 
 def mri_pool_factor(volume_shape) -> int:

@@ -113,14 +113,19 @@ class MultimodalModel(nn.Module):
     def probe_components(self, modality: str) -> bool:
         """Whether a probe of ``modality`` reads more than its embedding: its linear path's principal-component
         scores beside it (signals: beside the encoder's pooled output instead of the embedding)
-        (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`; never beside a read-out)."""
-        return (modality in PROBE_COMPONENTS and modality in self.linear_paths
-                and not self.has_readout(modality))
+        (:data:`~phenoclip.models.linear_path.PROBE_COMPONENTS`; never beside a read-out), or, for a
+        read-out that keeps them, the eQTL-screened SNPs' dosages beside the read-out
+        (:attr:`~phenoclip.models.readout.GenotypeReadout.has_choice`)."""
+        if self.has_readout(modality):
+            return self.readouts[modality].has_choice
+        return modality in PROBE_COMPONENTS and modality in self.linear_paths
 
     def probe_width(self, modality: str, components: bool = True) -> int:
         """Columns of :meth:`probe_features` (``components=True``) or of :meth:`probe_embedding`."""
         if not (components and self.probe_components(modality)):
             return self.embed_dim
+        if self.has_readout(modality):
+            return self.embed_dim + len(self.readouts[modality].eqtl_index)
         if PROBE_COMPONENTS[modality] == "encoder":
             return self.encoders[modality].width + self.linear_paths[modality].n_components
         return self.embed_dim + self.linear_paths[modality].n_components
@@ -133,6 +138,9 @@ class MultimodalModel(nn.Module):
         embedding, beside the scores."""
         if not self.probe_components(modality):
             return self.probe_embedding(modality, inputs)
+        if self.has_readout(modality):  # the read-out, then the eQTL-screened SNPs' standardised dosages
+            z = self.probe_embedding(modality, inputs)
+            return torch.cat([z, self.readouts[modality].eqtl_dosages(inputs).to(z.dtype)], dim=1)
         scores = self.linear_paths[modality].scores(inputs)
         if PROBE_COMPONENTS[modality] == "encoder":
             h = self.encoders[modality](inputs)
@@ -146,6 +154,8 @@ class MultimodalModel(nn.Module):
         :data:`~phenoclip.models.linear_path.PROBE_COMPONENTS` kind is "natural" or "encoder")."""
         if not (components and self.probe_components(modality)):
             return [False] * self.embed_dim
+        if self.has_readout(modality):
+            return [False] * self.probe_width(modality)
         kind = PROBE_COMPONENTS[modality]
         first = self.encoders[modality].width if kind == "encoder" else self.embed_dim
         return [False] * first + [kind in ("natural", "encoder")] * (self.probe_width(modality) - first)
@@ -182,14 +192,16 @@ class MultimodalModel(nn.Module):
 
 def build_model(data_shapes: Mapping[str, dict], preset: str | Preset = "tiny", archs: Mapping[str, str] | None = None,
                 overrides: Mapping[str, dict] | None = None, embed_dim: int | None = None,
-                linear_components: int = 0, readouts: bool = False) -> MultimodalModel:
+                linear_components: int = 0, readouts: bool = False, readout_patients: int = 0) -> MultimodalModel:
     """A :class:`MultimodalModel` over the modalities of ``data_shapes`` (modality -> data shape).
 
     ``archs`` and ``overrides`` (modality -> constructor arguments) refine the preset's defaults;
     ``embed_dim`` replaces the preset's. Encoders come in the order of ``batch.MODALITIES``.
     ``linear_components`` > 0 gives every modality of ``LINEAR_PATH_MODALITIES`` a linear path of
     that many principal components (their axes are set later by ``PCAPath.fit``).
-    ``readouts`` gives every modality of ``READOUT_MODALITIES`` an (unfitted) read-out.
+    ``readouts`` gives every modality of ``READOUT_MODALITIES`` an (unfitted) read-out;
+    ``readout_patients`` > 0 (the training patients) lets it keep their cross-fitted values and the
+    eQTL-screened SNPs (:class:`~phenoclip.models.readout.GenotypeReadout`).
     """
     p = get_preset(preset)
     unknown = sorted(set(data_shapes) - set(MODALITIES))
@@ -200,6 +212,6 @@ def build_model(data_shapes: Mapping[str, dict], preset: str | Preset = "tiny", 
     dim = embed_dim or p.embed_dim
     paths = {m: build_linear_path(m, data_shapes[m], linear_components, dim)
              for m in chosen if m in LINEAR_PATH_MODALITIES and linear_components > 0}
-    outs = {m: GenotypeReadout(int(data_shapes[m]["n_variants"]), dim) for m in chosen
+    outs = {m: GenotypeReadout(int(data_shapes[m]["n_variants"]), dim, readout_patients) for m in chosen
             if m in READOUT_MODALITIES and readouts}
     return MultimodalModel(encoders, chosen, dim, p.projection_hidden, linear_paths=paths, readouts=outs)

@@ -25,7 +25,11 @@ cohort) therefore learns the teacher's direction for the label, and a few labels
 sample cohort the gene probe is flat with the label fraction and level with a probe fitted on the
 teacher itself. Its ceiling is how much of that direction the dosages predict, and anything that
 weighs the read-out against another model on those patients overrates it (docs/experiments.md,
-2026-12-08).
+2026-12-08). So a read-out fitted with ``n_patients`` also keeps what an honest comparison needs:
+each training patient's *cross-fitted* read-out (from the fit's own cross-validation folds, a fit
+that did not see the patient: how a new patient looks to it) and the SNPs the eQTL screen keeps
+(:mod:`phenoclip.eval.eqtl_screen`); a gene probe then chooses between the read-out, those SNPs
+and both by scoring its held folds on the cross-fitted values (:mod:`phenoclip.eval.gene_probe`).
 """
 
 from __future__ import annotations
@@ -51,13 +55,19 @@ class GenotypeReadout(nn.Module):
     """Dosages ``(B, V)`` -> ``(B, E)``: ``((x - mean) / scale) @ weight.T + bias``.
 
     Every tensor is a buffer (fitted in closed form, never by the optimiser); ``fitted`` is 0
-    until :meth:`set_fit` is called, and an unfitted read-out is not used.
+    until :meth:`set_fit` is called, and an unfitted read-out is not used. With ``n_patients`` > 0
+    (the pretraining run's training patients, in its split's order) it also holds ``crossfit``
+    ``(n_patients, E)``, each one's cross-fitted read-out where ``crossfit_set`` is 1
+    (:meth:`set_crossfit`), and ``eqtl`` ``(V,)``, 1 on the SNPs the eQTL screen keeps
+    (:meth:`set_eqtl`). Checkpoints written before these existed load with ``n_patients`` 0.
     """
 
-    def __init__(self, n_features: int, out_dim: int):
+    def __init__(self, n_features: int, out_dim: int, n_patients: int = 0):
         super().__init__()
         check_positive(n_features=n_features, out_dim=out_dim)
-        self.n_features, self.out_dim = n_features, out_dim
+        if n_patients < 0:
+            raise ValueError(f"n_patients must be >= 0, got {n_patients}")
+        self.n_features, self.out_dim, self.n_patients = n_features, out_dim, int(n_patients)
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("scale", torch.ones(n_features))
         self.register_buffer("weight", torch.zeros(out_dim, n_features))
@@ -66,10 +76,52 @@ class GenotypeReadout(nn.Module):
         self.register_buffer("alpha", torch.zeros(()))
         # 1.0 once fitted; a float, not a bool: tools that compare checkpoints subtract tensors
         self.register_buffer("fitted", torch.zeros(()))
+        if self.n_patients:
+            self.register_buffer("crossfit", torch.zeros(self.n_patients, out_dim))
+            self.register_buffer("crossfit_set", torch.zeros(self.n_patients))
+            self.register_buffer("eqtl", torch.zeros(n_features))
 
     @property
     def config(self) -> dict:
-        return {"n_features": self.n_features}
+        return {"n_features": self.n_features, **({"n_patients": self.n_patients} if self.n_patients else {})}
+
+    @property
+    def eqtl_index(self) -> np.ndarray:
+        """Indices of the eQTL-screened SNPs, ascending (empty where none was kept or stored)."""
+        if not self.n_patients:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.eqtl.cpu().numpy() > 0)
+
+    @property
+    def has_choice(self) -> bool:
+        """Whether a probe can choose honestly between the read-out and the eQTL SNPs: fitted, with
+        SNPs kept by the screen and cross-fitted read-outs of the training patients."""
+        return bool(self.is_fitted and self.n_patients and self.eqtl.sum() > 0 and self.crossfit_set.sum() > 0)
+
+    @torch.no_grad()
+    def set_crossfit(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Store the cross-fitted read-outs ``values`` ``(len(rows), E)`` of training patients ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self.n_patients or (len(rows) and (rows.min() < 0 or rows.max() >= self.n_patients)):
+            raise ValueError(f"cross-fitted rows must lie in [0, {self.n_patients})")
+        self.crossfit.zero_()
+        self.crossfit_set.zero_()
+        self.crossfit[torch.as_tensor(rows)] = torch.as_tensor(np.asarray(values), dtype=self.crossfit.dtype)
+        self.crossfit_set[torch.as_tensor(rows)] = 1.0
+
+    @torch.no_grad()
+    def set_eqtl(self, index: np.ndarray) -> None:
+        """Mark the variants ``index`` (into the dosages) as kept by the eQTL screen."""
+        index = np.asarray(index, dtype=np.int64)
+        if not self.n_patients or (len(index) and (index.min() < 0 or index.max() >= self.n_features)):
+            raise ValueError(f"eQTL variants must lie in [0, {self.n_features})")
+        self.eqtl.zero_()
+        self.eqtl[torch.as_tensor(index)] = 1.0
+
+    def eqtl_dosages(self, inputs: dict) -> Tensor:
+        """``(B, K)``: the standardised dosages (:meth:`standardise`) of the eQTL-screened SNPs."""
+        index = torch.as_tensor(self.eqtl_index, device=self.weight.device)
+        return self.standardise(inputs[DOSAGE].to(self.weight.dtype)).index_select(1, index)
 
     @property
     def is_fitted(self) -> bool:

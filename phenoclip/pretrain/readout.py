@@ -99,6 +99,11 @@ class ReadoutFit:
     #: :data:`RIDGE`, or :data:`SPARSE` where it predicted the teacher clearly better out of fold
     #: (:func:`clearly_better`)
     method: str = RIDGE
+    #: indices (into the ``N`` patients) of the patients fitted, and ``(len(rows), E)`` the cross-fitted
+    #: read-out of each: the chosen candidate at its chosen setting, fitted in the cross-validation fold
+    #: that held the patient out. None where nothing was cross-validated (too few patients)
+    rows: np.ndarray | None = None
+    crossfit: np.ndarray | None = None
 
 
 def consensus(embeddings: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +150,8 @@ def fit_gene_readout(read_dosage: Callable[[np.ndarray], np.ndarray], n_variants
     scale = np.where(sd > 1e-8, sd, 1.0)
     x /= scale
     t = target[rows]
-    ridge_error, sparse_error, alphas = cross_validated_errors(x, t, seed)
+    held_out: dict[str, np.ndarray] = {}
+    ridge_error, sparse_error, alphas = cross_validated_errors(x, t, seed, predictions=held_out)
     weight = np.zeros((t.shape[1], n_variants))
     if sparse_error is not None and clearly_better(ridge_error, sparse_error):
         best = int(np.argmin(sparse_error.sum(0)))
@@ -154,12 +160,14 @@ def fit_gene_readout(read_dosage: Callable[[np.ndarray], np.ndarray], n_variants
         some = sparse_rows(len(x), n_variants, seed)
         weight[:], bias = sparse_fit(x[some], t[some], alphas[:best + 1], seed)[-1]
         kept = int((np.abs(weight).sum(0) > 0).sum())
-        return ReadoutFit(mean, scale, weight, bias, alpha, len(rows), kept, SPARSE)
+        return ReadoutFit(mean, scale, weight, bias, alpha, len(rows), kept, SPARSE, rows, held_out["sparse"][:, best])
     k = chosen_count(ridge_error, n_variants)
     keep = np.sort(association_order(x, t)[:k])
     ridge = ridge_cv(len(x), len(keep)).fit(x[:, keep], t)
     weight[:, keep] = np.atleast_2d(ridge.coef_)
-    return ReadoutFit(mean, scale, weight, np.atleast_1d(ridge.intercept_), float(ridge.alpha_), len(rows), k)
+    crossfit = held_out["ridge"][:, screen_grid(n_variants).index(k)] if "ridge" in held_out else None
+    return ReadoutFit(mean, scale, weight, np.atleast_1d(ridge.intercept_), float(ridge.alpha_), len(rows), k,
+                      RIDGE, rows if crossfit is not None else None, crossfit)
 
 
 def ridge_cv(n_rows: int, n_columns: int) -> RidgeCV:
@@ -236,7 +244,8 @@ def sparse_fit(x: np.ndarray, t: np.ndarray, alphas, seed: int = 0) -> list[tupl
     return [(w, centre - w @ x_mean) for w in weights]
 
 
-def cross_validated_errors(x: np.ndarray, t: np.ndarray, seed: int = 0, sparse: bool = True):
+def cross_validated_errors(x: np.ndarray, t: np.ndarray, seed: int = 0, sparse: bool = True,
+                           predictions: dict | None = None):
     """Held-out squared error of the teacher ``t`` over :data:`SCREEN_FOLDS` folds, for the screened
     ridge at each count of :func:`screen_grid` and for the multi-task elastic net at each penalty of
     :func:`sparse_alphas`, per fold: ``(ridge (folds, n_grid), sparse (folds, SPARSE_ALPHAS) or None,
@@ -246,6 +255,10 @@ def cross_validated_errors(x: np.ndarray, t: np.ndarray, seed: int = 0, sparse: 
     teacher's directions), on the same folds, so their errors compare. Below
     :data:`SCREEN_MIN_PATIENTS` nothing is cross-validated: every variant, the ridge; with
     ``sparse`` False only the ridge is.
+
+    ``predictions`` (a dict, filled in place): each patient's held-out prediction of the teacher at every
+    setting, float32, ``"ridge"`` ``(N, n_grid, E)`` and ``"sparse"`` ``(N, SPARSE_ALPHAS, E)`` (the
+    cross-fitted read-out, :attr:`ReadoutFit.crossfit`); left empty where nothing is cross-validated.
     """
     n, v = x.shape
     grid = screen_grid(v)
@@ -254,6 +267,10 @@ def cross_validated_errors(x: np.ndarray, t: np.ndarray, seed: int = 0, sparse: 
     sparse = sparse and SPARSE_ALPHAS > 0
     alphas = sparse_alphas(x, t) if sparse else np.zeros(0)
     ridge, sparse_error = np.zeros((SCREEN_FOLDS, len(grid))), np.zeros((SCREEN_FOLDS, len(alphas)))
+    if predictions is not None:
+        predictions["ridge"] = np.zeros((n, len(grid), t.shape[1]), np.float32)
+        if sparse:
+            predictions["sparse"] = np.zeros((n, len(alphas), t.shape[1]), np.float32)
     for f, (train, held) in enumerate(KFold(SCREEN_FOLDS, shuffle=True, random_state=seed).split(x)):
         # the fold's rows are gathered once, not again for every k (at the 10^8-dosage cap a copy is 0.6 GB)
         x_fit, t_fit, x_held, t_held = x[train], t[train], x[held], t[held]
@@ -261,10 +278,16 @@ def cross_validated_errors(x: np.ndarray, t: np.ndarray, seed: int = 0, sparse: 
         for i, k in enumerate(grid):
             keep = order[:k]
             fit = ridge_cv(len(x_fit), len(keep)).fit(x_fit[:, keep], t_fit)
-            ridge[f, i] = float(((fit.predict(x_held[:, keep]) - t_held) ** 2).sum())
+            predicted = fit.predict(x_held[:, keep]).reshape(t_held.shape)
+            ridge[f, i] = float(((predicted - t_held) ** 2).sum())
+            if predictions is not None:
+                predictions["ridge"][held, i] = predicted
         some = sparse_rows(len(x_fit), v, seed)
         for i, (weight, bias) in enumerate(sparse_fit(x_fit[some], t_fit[some], alphas, seed) if sparse else []):
-            sparse_error[f, i] = float(((x_held @ weight.T + bias - t_held) ** 2).sum())
+            predicted = x_held @ weight.T + bias
+            sparse_error[f, i] = float(((predicted - t_held) ** 2).sum())
+            if predictions is not None:
+                predictions["sparse"][held, i] = predicted
     return ridge, (sparse_error if sparse else None), (alphas if sparse else None)
 
 

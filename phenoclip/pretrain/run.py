@@ -34,6 +34,7 @@ from phenoclip.train import distributed as dist_utils
 from phenoclip.train.loop import LoopSettings, Preempted, train
 from phenoclip.train.stop import StopFlag
 from phenoclip.pretrain.readout import RIDGE, SPARSE, fit_gene_readout
+from phenoclip.eval.eqtl_screen import screen_cohort
 from phenoclip.pretrain.task import TABULAR_KEY, PretrainTask
 
 
@@ -162,13 +163,35 @@ def fit_readout(model, train_ds: MultimodalDataset, modalities: list[str], seed:
     if fit is None:
         log("gene read-out not fitted: too few training patients have genotypes and another modality")
         return {}
-    model.readouts["gene"].set_fit(fit.mean, fit.scale, fit.weight, fit.bias, fit.alpha)
+    readout = model.readouts["gene"]
+    readout.set_fit(fit.mean, fit.scale, fit.weight, fit.bias, fit.alpha)
     how = ("screened by their association with the teacher" if fit.method == RIDGE else
            "kept by its L1 penalty, chosen over the screened ridge by cross-validation")
     log(f"gene read-out: {fit.method} from {fit.variants} of {n_variants} variants ({how}) to the consensus of "
         f"{', '.join(teacher)} on {fit.patients} training patients (alpha {fit.alpha:.3g})")
-    return {"gene_readout/alpha": fit.alpha, "gene_readout/patients": float(fit.patients),
-            "gene_readout/variants": float(fit.variants), "gene_readout/sparse": float(fit.method == SPARSE)}
+    out = {"gene_readout/alpha": fit.alpha, "gene_readout/patients": float(fit.patients),
+           "gene_readout/variants": float(fit.variants), "gene_readout/sparse": float(fit.method == SPARSE)}
+    if readout.n_patients:
+        out.update(keep_gene_choice(readout, fit, train_ds, log))
+    return out
+
+
+def keep_gene_choice(readout, fit, train_ds: MultimodalDataset, log=info) -> dict[str, float]:
+    """Store what a gene probe needs to choose honestly (:mod:`phenoclip.eval.gene_probe`): the training
+    patients' cross-fitted read-outs and the SNPs the eQTL screen of their genotypes and expression
+    keeps (no labels read; none without an expression store). Returns the figures logged."""
+    if fit.crossfit is not None:
+        readout.set_crossfit(fit.rows, fit.crossfit)
+    snps = screen_cohort(train_ds.stores, train_ds.samples)
+    readout.set_eqtl(snps)
+    if readout.has_choice:
+        log(f"gene probe choice: cross-fitted read-outs of {len(fit.rows)} training patients and {len(snps)} "
+            "eQTL-screened SNPs kept")
+    else:
+        log("gene probe choice not available: " + ("too few patients to cross-fit the read-out" if fit.crossfit is None
+                                                   else "no expression gene's strongest SNP passes the eQTL screen"))
+    return {"gene_readout/eqtl_snps": float(len(snps)),
+            "gene_readout/crossfit": float(0 if fit.crossfit is None else len(fit.rows))}
 
 
 def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str]) -> dict[str, float]:
@@ -192,7 +215,7 @@ def validation_retrieval(model, dataset: MultimodalDataset, modalities: list[str
 
 
 def _check_resume(out: Path, cfg: PretrainSettings) -> None:
-    prev = PretrainSettings.from_dict({"gene_readout": False, **read_config(out)})
+    prev = PretrainSettings.from_dict({"gene_readout": False, "gene_probe_choice": False, **read_config(out)})
     for name in PretrainSettings.IDENTITY_FIELDS:
         a, b = getattr(prev, name), getattr(cfg, name)
         if a != b:
@@ -256,6 +279,8 @@ def _run_pretrain(cfg: PretrainSettings, out: str | os.PathLike, resume: bool, l
     if resume:
         if "gene_readout" not in read_config(out):
             cfg.gene_readout = False  # written before the read-out existed: no weights for one
+        if "gene_probe_choice" not in read_config(out):
+            cfg.gene_probe_choice = False  # written before the read-out kept cross-fitted values
         _check_resume(out, cfg)
     init = None if resume else _initialisation(cfg, stores, train_ds)
     if init and "ld_blocks" in init:

@@ -79,6 +79,9 @@ class PretrainSettings:
     #: On 2,000 simulated patients it lifted the gene probe from 0.70 to 0.77-0.78 AUROC at every
     #: label fraction (docs/experiments.md, "a genotype read-out distilled from the other modalities")
     gene_readout: bool = True
+    #: the read-out also keeps the training patients' cross-fitted values and the eQTL screen's SNPs, so a
+    #: gene probe can choose honestly between them (models.readout); False for checkpoints from before
+    gene_probe_choice: bool = True
     data_shapes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -158,7 +161,7 @@ class PretrainSettings:
     IDENTITY_FIELDS = ("modalities", "objectives", "preset", "architectures", "embed_dim", "batch_size", "lr",
                        "weight_decay", "val_fraction", "val_samples", "seed", "weights", "mvm_mask_rate", "mhm_mask_rate",
                        "scarf_rate", "vime_rate", "byol_tau", "ontology_temperature", "augment", "linear_path",
-                       "gene_readout", "data_shapes")
+                       "gene_readout", "gene_probe_choice", "data_shapes")
 
     @property
     def tabular_modality(self) -> str | None:

@@ -55,7 +55,8 @@ class PretrainTask(nn.Module):
         if "ontology" in cfg.objectives:
             shapes["hpo"] = cfg.data_shapes["hpo"]  # term embeddings, even when hpo is not a CLIP modality
         self.model = build_model(shapes, cfg.preset, cfg.architectures, embed_dim=cfg.embed_dim,
-                                 linear_components=cfg.linear_path, readouts=cfg.fits_gene_readout)
+                                 linear_components=cfg.linear_path, readouts=cfg.fits_gene_readout,
+                                 readout_patients=cfg.data_shapes["n_train"] if cfg.gene_probe_choice else 0)
         self.generators = {"task": torch.Generator().manual_seed(cfg.seed + 1)}
         objectives = cfg.objectives
         self.weights = WeightedSum({o: cfg.weights.get(o, 1.0) for o in objectives})
