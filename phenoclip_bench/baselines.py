@@ -206,6 +206,8 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, 
         x_rand = np.concatenate([random_fused[m] for m in rows], 1) if target == "fused" else emb_random[target]
         widths = [emb_fused[m].shape[1] for m in rows]
         nat = natural_fused if target == "fused" else np.asarray(natural[target])
+        # the scratch model has no read-out, so no eQTL SNPs beside its gene block
+        nat_random = natural_fused if target == "fused" else np.asarray(scratch.probe_natural(target))
         blocks = raw if target == "fused" else {target: raw[target]}
         n_raw = sum(b[0].shape[1] for b in blocks.values())
         run_enet = cfg["enet_max_features"] is None or n_raw <= cfg["enet_max_features"]
@@ -234,7 +236,7 @@ def classification(pre, stores, mods, stats, labels_path, seed: int, cfg: dict, 
                 elif target != "fused":
                     fits[PROBE] = (fit_logistic(xe[idx], y[idx], k, seed + r), xe)
                 if target != "fused":
-                    xz = _probe_inputs(x_rand, fit, nat)
+                    xz = _probe_inputs(x_rand, fit, nat_random)
                     fits[RANDOM] = (fit_logistic(xz[idx], y[idx], k, seed + r), xz)
                 else:  # as `finetune --fusion auto` does for a class label: per-modality probes stacked
                     def stack(c, idx=idx, r=r):
@@ -406,6 +408,15 @@ def classification_table(per_seed: list[dict], labels_path) -> tuple[Table, list
             "`phenoclip finetune`'s scratch model (same architecture, fresh random parameters, the data-derived "
             "parts such as the linear paths' principal axes copied; no genotype read-out; its stack uncapped); "
             "the verdict is taken against the classic baselines, and a probe below random init is said beside it.")
+    picks = [p for s in per_seed for v in s["classification"].get("gene", {}).get("gene_probe_choice", {}).values()
+             for p in v]
+    if picks:
+        counts = ", ".join(f"{name} {picks.count(name)}" for name in ("readout", "eqtl", "average") if name in picks)
+        note += (" The gene probe (as `finetune --mode linear` over genotypes alone) chooses by 3-fold CV on its "
+                 "training patients between logistic regression on the genotype read-out, on the eQTL-screened "
+                 "SNPs (the same screen, kept by pretraining) and the mean of the two's logits, each held fold "
+                 "scored on its patients' cross-fitted read-out (phenoclip.eval.gene_probe); it chose " + counts +
+                 f" of its {len(picks)} fits.")
     if EQTL in methods:
         note += (" eQTL-screened SNPs (genotypes beside expression): logistic regression on the dosages of each "
                  "expression gene's most correlated variant, kept where it passes a Bonferroni bound over every "

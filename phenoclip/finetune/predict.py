@@ -41,7 +41,10 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetuneModel, dict]:
 
     def build() -> FinetuneModel:
         model = model_from_pretrain_config(config["pretrain_config"])
-        if "gene" in components:  # the gene block's width is the read-out's count of eQTL SNPs: in its weights
+        readout = model.readouts["gene"] if "gene" in model.readouts else None
+        if "gene" in components and readout is not None and not readout.fitted.is_meta:
+            # the gene block's width is the read-out's count of eQTL SNPs: in its weights (on the meta device
+            # of the size check, the widest it could be)
             load_weights(directory, model, prefix="model.")
         return FinetuneModel(model, config["modalities"], config["fusion"], int(config["n_outputs"]),
                              readout=config.get("mode") == "linear",

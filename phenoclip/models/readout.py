@@ -90,12 +90,16 @@ class GenotypeReadout(nn.Module):
         """Indices of the eQTL-screened SNPs, ascending (empty where none was kept or stored)."""
         if not self.n_patients:
             return np.zeros(0, dtype=np.int64)
+        if self.eqtl.is_meta:
+            return np.arange(self.n_features)
         return np.flatnonzero(self.eqtl.cpu().numpy() > 0)
 
     @property
     def has_choice(self) -> bool:
         """Whether a probe can choose honestly between the read-out and the eQTL SNPs: fitted, with
         SNPs kept by the screen and cross-fitted read-outs of the training patients."""
+        if self.fitted.is_meta:
+            return bool(self.n_patients)
         return bool(self.is_fitted and self.n_patients and self.eqtl.sum() > 0 and self.crossfit_set.sum() > 0)
 
     @torch.no_grad()
@@ -125,7 +129,9 @@ class GenotypeReadout(nn.Module):
 
     @property
     def is_fitted(self) -> bool:
-        return bool(self.fitted > 0)
+        # on PyTorch's meta device (a checkpoint's size checked before it is built) values are unknown:
+        # taken as fitted, with every variant an eQTL SNP (the widest head the weights could describe)
+        return True if self.fitted.is_meta else bool(self.fitted > 0)
 
     @torch.no_grad()
     def set_fit(self, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, alpha: float) -> None:

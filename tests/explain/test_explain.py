@@ -364,6 +364,37 @@ def test_a_linear_heads_mri_block_is_explained_with_its_principal_component_scor
         np.testing.assert_allclose(s["target_value"][...][order], logit, rtol=1e-4, atol=1e-4)
 
 
+def test_a_genotype_heads_read_out_and_eqtl_snps_are_explained_together(pre, cohort, tmp_path):
+    """A linear head over genotypes alone reads the read-out beside the eQTL-screened SNPs pretraining kept
+    (models.readout, eval.gene_probe): explain's model target is that block, linear in the dosages, and its
+    value at the input is the fine-tuned model's logit."""
+    from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
+    from phenoclip.finetune.predict import load_finetuned
+
+    rc, err = cli("finetune", "--threads", "1", "--checkpoint", pre, "--data", cohort["gene"], "--data", cohort["expr"],
+                  "--modalities", "gene", "--labels", f"{cohort['dir'] / 'labels.tsv'}:disease", "--out",
+                  tmp_path / "ft", "--label-fractions", "1.0", "--repeats", "1", "--baseline", "none")
+    assert rc == 0, err
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["probe_components"] == ["gene"] and config["probe_kinds"] == {"gene": "eqtl"}
+    ft, _ = load_finetuned(tmp_path / "ft")
+    snps = len(ft.model.readouts["gene"].eqtl_index)
+    assert ft.gene_choice and snps > 0 and ft.widths == [ft.model.embed_dim + snps]
+    stores = CohortStores([cohort["gene"]])
+    ids = stores.samples[:4]
+    rc, err = cli("explain", "--threads", "1", "--checkpoint", tmp_path / "ft", "--data", cohort["gene"],
+                  "--class", "neuro", "--samples", ",".join(ids), "--method", "ig", "--steps", "8",
+                  "--out", tmp_path / "g")
+    assert rc == 0, err
+    batch = collate([MultimodalDataset(stores, ["gene"], ids)[i] for i in range(4)])
+    with torch.no_grad():
+        logit = ft(batch)[:, config["classes"].index("neuro")].numpy()
+    with open_store(tmp_path / "g.h5") as s:
+        assert s.attrs["target"] == "model"
+        order = [s.samples.index(x) for x in ids]
+        np.testing.assert_allclose(s["target_value"][...][order], logit, rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def _other_shape_store(path, n_variants):

@@ -374,6 +374,20 @@ def test_a_genotype_head_beside_an_expression_store_meets_the_eqtl_screened_snps
     assert {m for m, _ in auroc} == {"pretrained", "scratch", "logistic_raw", "eqtl_snps"}
     assert all(0.0 <= v <= 1.0 for v in auroc.values())
     assert auroc[("eqtl_snps", 1.0)] != auroc[("logistic_raw", 1.0)]
+    # the probe's block: the read-out, then the same screen's SNPs (kept by pretraining), between which
+    # its fit chooses on the read-out's cross-fitted values (eval.gene_probe); predict gives what was saved
+    config = json.loads((out / "config.json").read_text())
+    assert config["probe_components"] == ["gene"] and config["probe_kinds"] == {"gene": "eqtl"}
+    assert "cross-fitted read-outs of" in (gene_expr_checkpoint / "pretrain.log").read_text()
+    preds = tmp_path / "preds.tsv"
+    proc = run_cli("finetune", "predict", "--model", out, "--data", sample_stores["gene"], "--out", preds)
+    assert proc.returncode == 0, proc.stderr
+    table = {line.split("\t")[0]: line.split("\t") for line in preds.read_text().splitlines()[1:]}
+    with h5py.File(out / "predictions.h5") as f:
+        samples = [s.decode() for s in f["samples"][:]]
+        proba = f["probabilities"][:]
+    again = np.array([[float(v) for v in table[s][2:2 + proba.shape[1]]] for s in samples])
+    assert np.allclose(proba, again, atol=1e-5)
 
 
 def test_predict_refuses_a_pretrain_checkpoint(gene_expr_checkpoint, sample_stores, tmp_path):

@@ -437,6 +437,54 @@ def test_the_last_epoch_fits_the_gene_read_out_and_older_checkpoints_still_load(
     assert not load_pretrained(off).model.readouts and "gene_readout/alpha" not in read_state(off)["history"][-1]
 
 
+def test_the_read_out_keeps_cross_fitted_values_and_the_eqtl_snps_and_older_checkpoints_load(small_cohort, tmp_path,
+                                                                                              monkeypatch):
+    """Beside its fit the read-out keeps each fit patient's cross-fitted value (from the fit's own folds)
+    and the SNPs the eQTL screen of the training patients keeps: what the gene probe's honest choice
+    reads (eval.gene_probe). A checkpoint from before them loads without them."""
+    from safetensors.torch import save_file
+    from phenoclip.data.multimodal import CohortStores, MultimodalDataset, collate
+    from phenoclip.eval.eqtl_screen import screen_cohort
+    from phenoclip.pretrain import readout as fitting
+    from phenoclip.pretrained import load_pretrained
+
+    # the small cohort's 42 fit patients are below the folds' minimum: cross-validate them anyway
+    monkeypatch.setattr(fitting, "SCREEN_MIN_PATIENTS", 20)
+    out = tmp_path / "pre"
+    run_pretrain(fast_config(small_cohort, epochs=1, val_fraction=0.1), out, log=lambda s: None)
+    last = read_state(out)["history"][-1]
+    pre = load_pretrained(out)
+    readout = pre.model.readouts["gene"]
+    train = pre.train_samples
+    assert readout.n_patients == len(train) and last["gene_readout/patients"] >= 20
+    stores = CohortStores([str(small_cohort["gene"]), str(small_cohort["expr"])])
+    assert sorted(readout.eqtl_index) == sorted(screen_cohort(stores, train)) and len(readout.eqtl_index) > 0
+    kept = readout.crossfit_set.numpy() > 0
+    assert kept.sum() == last["gene_readout/crossfit"] == last["gene_readout/patients"]
+    assert readout.has_choice and pre.model.probe_components("gene")
+    ds = MultimodalDataset(stores, ["gene"], train)
+    dosage = collate([ds[i] for i in range(len(train))])["gene"]["dosage"]
+    in_sample = readout({"dosage": dosage}).detach().numpy()
+    crossfit = readout.crossfit.numpy()
+    # a fit that did not see the patient: not the in-sample value, but the same map of the same dosages
+    assert not np.allclose(crossfit[kept], in_sample[kept], atol=1e-3)
+    r = np.corrcoef(crossfit[kept].ravel(), in_sample[kept].ravel())[0, 1]
+    assert 0.3 < r < 0.999, r
+    block = pre.model.probe_features("gene", {"dosage": dosage})
+    assert block.shape == (len(train), pre.model.embed_dim + len(readout.eqtl_index))
+    honest = pre.honest_gene_block(train, block.detach().numpy())
+    np.testing.assert_allclose(honest[kept, :pre.model.embed_dim], crossfit[kept], rtol=1e-6)
+    np.testing.assert_allclose(honest[:, pre.model.embed_dim:], block[:, pre.model.embed_dim:].numpy(), rtol=1e-6)
+    # as before this release: no config key, no buffers for them; the read-out alone
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["gene_probe_choice"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    save_file({k: v for k, v in load_file(out / "model.safetensors").items()
+               if not k.endswith((".crossfit", ".crossfit_set", ".eqtl"))}, out / "model.safetensors")
+    old = load_pretrained(out).model
+    assert old.has_readout("gene") and not old.probe_components("gene") and old.probe_width("gene") == old.embed_dim
+
+
 def _expression_of_the_first(cohort, n: int, path):
     """An expression store holding only the cohort's first ``n`` patients (the others lack expression)."""
     with open_store(cohort["expr"]) as src, create_store(path, "expression", src.samples[:n]) as w:
