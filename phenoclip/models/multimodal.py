@@ -118,7 +118,8 @@ class MultimodalModel(nn.Module):
         (:attr:`~phenoclip.models.readout.GenotypeReadout.has_choice`)."""
         if self.has_readout(modality):
             return self.readouts[modality].has_choice
-        return modality in PROBE_COMPONENTS and modality in self.linear_paths
+        # "eqtl" blocks belong to a read-out; a genotype linear path alone adds no block
+        return PROBE_COMPONENTS.get(modality, "eqtl") != "eqtl" and modality in self.linear_paths
 
     def probe_width(self, modality: str, components: bool = True) -> int:
         """Columns of :meth:`probe_features` (``components=True``) or of :meth:`probe_embedding`."""
