@@ -114,11 +114,10 @@ def _run(ctx: BenchContext) -> SuiteResult:
                    if m == "all" else pre.model.probe_natural(m))  # columns the probe only centres
         if m == "gene" and pre.model.probe_components("gene"):  # as finetune's gene head: its honest choice
             mean, scale = probe_scaling(x[tr], natural)
-            honest = (pre.honest_gene_block(samples, x) - mean) / scale
-            probe = fit_gene_probe(((x - mean) / scale)[tr], honest[tr], y[tr], pre.model.embed_dim,
-                                   len(labels.classes), ctx.seed)
+            z, honest = (x - mean) / scale, (pre.honest_gene_block(samples, x) - mean) / scale
+            probe = fit_gene_probe(z[tr], honest[tr], y[tr], pre.model.embed_dim, len(labels.classes), ctx.seed)
             probe_c[m] = probe.chosen["gene_probe"]
-            rows.add(m, PROBE, y[te], probe.predict(((x - mean) / scale)[te]), int(tr.sum()), probe.chosen)
+            rows.add(m, PROBE, y[te], probe.predict(z[te]), int(tr.sum()), probe.chosen)
             continue
         model, probe_c[m] = fit_probe(x[tr], y[tr], PROBE_C[mode], ctx.seed, natural)
         rows.add(m, PROBE, y[te], full_proba(model, x[te], len(labels.classes)), int(tr.sum()), {"C": probe_c[m]})

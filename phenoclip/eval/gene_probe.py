@@ -106,7 +106,7 @@ def fit_gene_probe(z: np.ndarray, z_honest: np.ndarray, y: np.ndarray, width: in
             if classification and len(np.unique(y[train])) < 2:
                 held_out = None
                 break
-            parts = {b: _linear(z[train][:, s], y[train], n_classes, seed, c) for b, s in blocks.items()}
+            parts = {b: _linear(z[train, s], y[train], n_classes, seed, c) for b, s in blocks.items()}
             for name in CANDIDATES:
                 weight, bias = _candidate(name, parts, width, total)
                 held_out[name][held] = z_honest[held] @ weight.T + bias

@@ -123,9 +123,12 @@ class GenotypeReadout(nn.Module):
         self.eqtl[torch.as_tensor(index)] = 1.0
 
     def eqtl_dosages(self, inputs: dict) -> Tensor:
-        """``(B, K)``: the standardised dosages (:meth:`standardise`) of the eQTL-screened SNPs."""
+        """``(B, K)``: the standardised dosages (as :meth:`standardise`) of the eQTL-screened SNPs; only
+        those K columns are read, not all V."""
         index = torch.as_tensor(self.eqtl_index, device=self.weight.device)
-        return self.standardise(inputs[DOSAGE].to(self.weight.dtype)).index_select(1, index)
+        x = inputs[DOSAGE].to(self.weight.dtype).index_select(1, index)
+        z = (x - self.mean.index_select(0, index)) / self.scale.index_select(0, index)
+        return torch.where(x < 0, torch.zeros_like(z), z)
 
     @property
     def is_fitted(self) -> bool:
